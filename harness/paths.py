@@ -1,0 +1,46 @@
+"""Where medxfer keeps its caches and outputs.
+
+Everything heavy lives under one home folder (``MEDXFER_HOME``, default
+``~/.cache/medxfer``): prepared datasets, extracted features, downloaded weights.
+Result records go to ``MEDXFER_RESULTS`` (default ``./results``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def home() -> Path:
+    """Return the medxfer cache home, creating it if needed."""
+    root = Path(os.environ.get("MEDXFER_HOME", Path.home() / ".cache" / "medxfer"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def data_dir() -> Path:
+    """Return the folder that holds prepared datasets."""
+    return _sub("data")
+
+
+def feature_dir() -> Path:
+    """Return the folder that holds the feature cache."""
+    return _sub("features")
+
+
+def weights_dir() -> Path:
+    """Return the folder that holds downloaded checkpoints."""
+    return _sub("weights")
+
+
+def results_dir() -> Path:
+    """Return the default folder for result records."""
+    return Path(os.environ.get("MEDXFER_RESULTS", Path.cwd() / "results"))
+
+
+def _sub(name: str) -> Path:
+    path = home() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,1 @@
+"""Benchmark protocols: each module has a config dataclass, a VERSION and ``run()``."""

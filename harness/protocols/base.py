@@ -1,0 +1,45 @@
+"""Types shared by the protocols: frozen features in, metrics and chosen settings out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """Frozen features of one split and their labels.
+
+    Attributes:
+        features: float32 array (N, D).
+        labels: int64 array (N,) for binary/multiclass/ordinal, or (N, C) 0/1 for multilabel.
+        groups: optional (N,) array of group ids (patient, source image) for pairing/splits.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a protocol needs to know about the target task (from the dataset card)."""
+
+    task: str
+    num_classes: int
+    primary_metric: str
+    metrics: tuple[str, ...]
+
+
+@dataclass
+class ProtocolResult:
+    """What a protocol returns: metrics on test, the chosen hyperparameters, and extras."""
+
+    metrics: dict[str, float]
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
