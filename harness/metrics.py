@@ -1,0 +1,234 @@
+"""Classification metrics for the protocols, computed from predicted probabilities.
+
+Every metric is "higher is better"; all lie in [0, 1] except quadratic kappa (at most 1,
+negative when worse than chance).
+A metric that is undefined for the given labels (for example ROC AUC when ``labels``
+holds a single class) is returned as ``float("nan")``, and
+:func:`compute_metrics_with_notes` says why in its notes; it never raises for that.
+
+Conventions (the peers differ on these; see ``shared/reference/peers.md`` section 6):
+
+* ``roc_auc`` is computed from probabilities, never from argmax hard predictions.
+  Binary: AUC of P(class 1). Multiclass and ordinal: macro one-vs-rest AUC over the
+  classes present in ``labels``. Multilabel: mean over labels of the per-label AUC,
+  skipping labels whose ``labels`` column holds a single value; the number of labels
+  scored is recorded in the notes.
+* ``mean_per_class_accuracy`` is balanced accuracy: the mean of per-class recall over
+  the classes present in ``labels``.
+* ``quadratic_kappa`` is Cohen's kappa with quadratic weights on the argmax, with the
+  weights laid out over all ``C`` classes (not only those that occur), so the distance
+  between classes 0 and 2 stays 2 even when class 1 is absent.
+* Multilabel ``accuracy`` is the label-wise (Hamming) accuracy at threshold 0.5.
+  ``mean_per_class_accuracy`` and ``quadratic_kappa`` are not defined for multilabel
+  tasks and raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+TASKS = ("binary", "multiclass", "ordinal", "multilabel")
+
+METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True,
+    "mean_per_class_accuracy": True,
+    "roc_auc": True,
+    "quadratic_kappa": True,
+}
+
+_MULTILABEL_METRICS = ("accuracy", "roc_auc")
+
+
+def compute_metrics(
+    task: str, labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]
+) -> dict[str, float]:
+    """Compute the named metrics from labels and predicted probabilities.
+
+    Args:
+        task: One of "binary", "multiclass", "ordinal", "multilabel".
+        labels: Integer class ids (N,) for single-label tasks, or 0/1 (N, C) for multilabel.
+        probabilities: (N, C) predicted probabilities; two columns for binary tasks.
+            For multilabel tasks column ``c`` is P(label ``c`` = 1).
+        names: Metric names, each a key of ``METRIC_HIGHER_IS_BETTER``.
+
+    Returns:
+        Metric name -> value, in the order of ``names``. Undefined metrics are NaN;
+        use :func:`compute_metrics_with_notes` to learn why.
+
+    Raises:
+        ValueError: On an unknown task or metric, a metric not defined for the task,
+            or labels/probabilities of the wrong shape or range.
+    """
+    values, _ = compute_metrics_with_notes(task, labels, probabilities, names)
+    return values
+
+
+def compute_metrics_with_notes(
+    task: str, labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Like :func:`compute_metrics`, also returning notes on how each metric was computed.
+
+    The notes hold ``"<metric>_undefined"``: a reason, for each NaN metric; for
+    multiclass/ordinal/multilabel ``roc_auc`` also ``"roc_auc_n_scored"`` (classes or labels
+    that entered the mean) and for multilabel ``"roc_auc_skipped_labels"`` (label indices
+    skipped because ``labels`` holds a single value in that column).
+
+    Args:
+        task: One of "binary", "multiclass", "ordinal", "multilabel".
+        labels: Integer class ids (N,) for single-label tasks, or 0/1 (N, C) for multilabel.
+        probabilities: (N, C) predicted probabilities.
+        names: Metric names.
+
+    Returns:
+        (metric name -> value, notes).
+
+    Raises:
+        ValueError: As for :func:`compute_metrics`.
+    """
+    labels, probabilities = _check_inputs(task, labels, probabilities, names)
+    values: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+    for name in names:
+        if task == "multilabel":
+            value, reason = _multilabel_metric(name, labels, probabilities, notes)
+        else:
+            value, reason = _single_label_metric(name, task, labels, probabilities, notes)
+        values[name] = float(value)
+        if reason is not None:
+            notes[f"{name}_undefined"] = reason
+    return values, notes
+
+
+def check_metric_names(task: str, names: tuple[str, ...]) -> None:
+    """Check that the task is known and every metric is defined for it.
+
+    Args:
+        task: Task type.
+        names: Metric names.
+
+    Raises:
+        ValueError: On an unknown task or metric, or a metric not defined for the task.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    for name in names:
+        if name not in METRIC_HIGHER_IS_BETTER:
+            raise ValueError(
+                f"unknown metric {name!r}; expected one of {tuple(METRIC_HIGHER_IS_BETTER)}"
+            )
+        if task == "multilabel" and name not in _MULTILABEL_METRICS:
+            raise ValueError(
+                f"metric {name!r} is not defined for multilabel tasks; "
+                f"use one of {_MULTILABEL_METRICS}"
+            )
+
+
+def _check_inputs(
+    task: str, labels: np.ndarray, probabilities: np.ndarray, names: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    check_metric_names(task, names)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    if probabilities.ndim != 2:
+        raise ValueError(f"probabilities must be 2-D (N, C), got shape {probabilities.shape}")
+    n, n_classes = probabilities.shape
+    if n == 0:
+        raise ValueError("no samples: probabilities has 0 rows")
+    if not np.all(np.isfinite(probabilities)):
+        raise ValueError("probabilities contain NaN or infinite values")
+    if task == "binary" and n_classes != 2:
+        raise ValueError(f"binary task needs two probability columns, got {n_classes}")
+    if task == "multilabel":
+        if labels.shape != probabilities.shape:
+            raise ValueError(
+                f"multilabel labels must have the shape of probabilities {probabilities.shape}, "
+                f"got {labels.shape}"
+            )
+        if not np.all((labels == 0) | (labels == 1)):
+            raise ValueError("multilabel labels must be 0/1")
+        return labels.astype(np.int64), probabilities
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
+    if not is_integer_valued(labels):
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) to match the probability columns, "
+            f"got range [{labels.min()}, {labels.max()}]"
+        )
+    return labels, probabilities
+
+
+def is_integer_valued(values: np.ndarray) -> bool:
+    """Whether an array can hold class ids.
+
+    Args:
+        values: Any array.
+
+    Returns:
+        True for integer and bool arrays, and for float arrays holding only whole numbers.
+    """
+    if values.dtype.kind in "iub":
+        return True
+    return values.dtype.kind == "f" and bool(np.all(np.mod(values, 1) == 0))
+
+
+def _single_label_metric(
+    name: str, task: str, labels: np.ndarray, probabilities: np.ndarray, notes: dict[str, Any]
+) -> tuple[float, str | None]:
+    n_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    if name == "accuracy":
+        return float(np.mean(predicted == labels)), None
+    if name == "mean_per_class_accuracy":
+        present = np.unique(labels)
+        recalls = [np.mean(predicted[labels == k] == k) for k in present]
+        return float(np.mean(recalls)), None
+    if name == "quadratic_kappa":
+        confusion = np.zeros((n_classes, n_classes))
+        np.add.at(confusion, (labels, predicted), 1)
+        expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0))
+        weights = (np.arange(n_classes)[:, None] - np.arange(n_classes)[None, :]) ** 2
+        if np.sum(weights * expected) == 0:
+            return math.nan, "kappa is 0/0: labels and predictions are the same single class"
+        # labels=arange(C) keeps ordinal distances right when some classes are absent;
+        # without it sklearn re-indexes the classes that occur.
+        kappa = cohen_kappa_score(
+            labels, predicted, labels=np.arange(n_classes), weights="quadratic"
+        )
+        return float(kappa), None
+    # roc_auc
+    present = np.unique(labels)
+    if present.size < 2:
+        return math.nan, f"ROC AUC needs two classes in labels, found only class {present[0]}"
+    if task == "binary":
+        return float(roc_auc_score(labels == 1, probabilities[:, 1])), None
+    aucs = [roc_auc_score(labels == k, probabilities[:, k]) for k in present]
+    notes["roc_auc_n_scored"] = int(present.size)
+    return float(np.mean(aucs)), None
+
+
+def _multilabel_metric(
+    name: str, labels: np.ndarray, probabilities: np.ndarray, notes: dict[str, Any]
+) -> tuple[float, str | None]:
+    if name == "accuracy":
+        return float(np.mean((probabilities >= 0.5) == (labels == 1))), None
+    # roc_auc
+    aucs: list[float] = []
+    skipped: list[int] = []
+    for j in range(labels.shape[1]):
+        column = labels[:, j]
+        if column.min() == column.max():
+            skipped.append(j)
+            continue
+        aucs.append(float(roc_auc_score(column, probabilities[:, j])))
+    notes["roc_auc_n_scored"] = len(aucs)
+    notes["roc_auc_skipped_labels"] = skipped
+    if not aucs:
+        return math.nan, "ROC AUC needs both values in at least one label column; none has"
+    return float(np.mean(aucs)), None

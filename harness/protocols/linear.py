@@ -1,0 +1,413 @@
+"""Linear probe on frozen features: L2 logistic regression, C chosen on validation.
+
+Follows ssl-transfer's ``linear.py`` (``shared/reference/peers.md`` section 2.1): lbfgs
+logistic regression, C swept over 45 log-spaced values from 1e-5 to 1e6 (``C = 1/wd`` for
+``wd = logspace(-6, 5, 45)``), the best C chosen on the validation split, a refit on
+train+val, and the test split scored once. It fixes the pitfalls listed in section 6:
+
+* No warm start. Every C gets a fresh estimator, so the result does not depend on the
+  order of the sweep. ssl-transfer carried coefficients across the sweep and into the
+  refit.
+* The best C has the highest validation score of the task's primary metric; ties (scores
+  within ``_TIE_TOLERANCE``) go to the smallest C, the most regularised model. ssl-transfer
+  kept the first C in sweep order that beat the best so far with a strict ``>``, which
+  depends on the order. NaN scores never win.
+* Convergence is checked, not silenced: a fit that raises ``ConvergenceWarning`` is retried
+  with 4x the iterations up to ``max_iter_cap``. Cs that still fail are listed in
+  ``details["not_converged_C"]`` and reported with a ``RuntimeWarning``.
+* Features are standardised with a ``StandardScaler`` fitted on the training fold only
+  (train for the sweep, train+val for the refit). Pretrained features have very different
+  scales per dimension; standardising conditions the problem so lbfgs converges in tens of
+  iterations instead of hitting ``max_iter`` (ssl-transfer kept ``max_iter=100`` and
+  silenced the warning). Set ``standardize=False`` for ssl-transfer's raw features; the
+  setting is recorded in ``details``.
+* ROC AUC comes from probabilities (``harness.metrics``), never from argmax predictions.
+
+Multilabel tasks fit one binary logistic regression per label (one-vs-rest) with the same
+C for every label, and score the mean per-label AUROC.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import sklearn
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from harness.metrics import (
+    check_metric_names,
+    compute_metrics,
+    compute_metrics_with_notes,
+    is_integer_valued,
+)
+from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+
+VERSION = 1
+
+# Validation scores this close count as a tie (guards against summation-order noise).
+_TIE_TOLERANCE = 1e-12
+
+_PROFILES = ("smoke", "demo", "paper")
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Settings of the linear probe.
+
+    Attributes:
+        c_min: Smallest inverse regularisation strength C of the sweep.
+        c_max: Largest C of the sweep.
+        n_c: Number of C values, log-spaced from ``c_min`` to ``c_max``.
+        c_values: An explicit sweep (in sweep order) that replaces ``c_min``/``c_max``/``n_c``.
+        standardize: Fit a ``StandardScaler`` on the training fold before each fit.
+        max_iter: lbfgs iteration limit of the first attempt of every fit.
+        max_iter_cap: Largest iteration limit a non-converged fit is retried with (4x steps).
+        tol: lbfgs gradient tolerance (sklearn's default).
+        seed: ``random_state`` passed to the estimator (lbfgs itself is deterministic).
+    """
+
+    c_min: float = 1e-5
+    c_max: float = 1e6
+    n_c: int = 45
+    c_values: tuple[float, ...] | None = None
+    standardize: bool = True
+    max_iter: int = 10_000
+    max_iter_cap: int = 40_000
+    tol: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.c_values is not None:
+            values = tuple(float(c) for c in self.c_values)
+            if not values:
+                raise ValueError("LinearConfig.c_values must not be empty")
+            if not all(math.isfinite(c) and c > 0 for c in values):
+                raise ValueError(f"LinearConfig.c_values must be positive and finite: {values}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"LinearConfig.c_values has duplicates: {values}")
+            object.__setattr__(self, "c_values", values)
+        else:
+            if not (0 < self.c_min <= self.c_max and math.isfinite(self.c_max)):
+                raise ValueError(
+                    f"LinearConfig needs 0 < c_min <= c_max < inf, got {self.c_min}, {self.c_max}"
+                )
+            if self.n_c < 1:
+                raise ValueError(f"LinearConfig.n_c must be >= 1, got {self.n_c}")
+        if self.max_iter < 1 or self.max_iter_cap < self.max_iter:
+            raise ValueError(
+                f"LinearConfig needs 1 <= max_iter <= max_iter_cap, "
+                f"got {self.max_iter}, {self.max_iter_cap}"
+            )
+        if not self.tol > 0:
+            raise ValueError(f"LinearConfig.tol must be > 0, got {self.tol}")
+
+    @classmethod
+    def for_profile(cls, profile: str) -> LinearConfig:
+        """The configuration of a run profile.
+
+        ``smoke`` sweeps 12 values over the same C range; ``demo`` and ``paper`` sweep
+        ssl-transfer's 45.
+
+        Args:
+            profile: "smoke", "demo" or "paper".
+
+        Returns:
+            The profile's configuration.
+
+        Raises:
+            ValueError: On an unknown profile.
+        """
+        if profile == "smoke":
+            return cls(n_c=12)
+        if profile in ("demo", "paper"):
+            return cls(n_c=45)
+        raise ValueError(f"unknown profile {profile!r}; expected one of {_PROFILES}")
+
+    def grid(self) -> np.ndarray:
+        """The C values in sweep order.
+
+        Returns:
+            float64 array of C values.
+        """
+        if self.c_values is not None:
+            return np.asarray(self.c_values, dtype=np.float64)
+        grid = np.logspace(np.log10(self.c_min), np.log10(self.c_max), self.n_c)
+        # 12 significant digits: 1e-05 rather than 9.999999999999999e-06 in records.
+        return np.array([float(f"{c:.12g}") for c in grid])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-friendly dict (``c_values`` as a list or None).
+
+        Returns:
+            Field name -> value.
+        """
+        out = asdict(self)
+        if self.c_values is not None:
+            out["c_values"] = list(self.c_values)
+        return out
+
+
+def run(
+    train: SplitFeatures,
+    val: SplitFeatures,
+    test: SplitFeatures,
+    task: TaskInfo,
+    config: LinearConfig,
+) -> ProtocolResult:
+    """Sweep C on train/val, refit the best C on train+val and score the test split.
+
+    Args:
+        train: Features and labels the sweep fits on.
+        val: Features and labels the sweep is scored on (``task.primary_metric``).
+        test: Features and labels the final model is scored on (all ``task.metrics``).
+        task: Task type, number of classes and metrics.
+        config: Sweep and solver settings.
+
+    Returns:
+        ``metrics``: test metrics. ``hyperparameters``: ``C``, ``C_index`` (its position in
+        the grid sorted ascending) and ``val_primary``. ``details``: ``val_curve``
+        (``[C, val score]`` sorted by C), ``val_n_iter``, split sizes, ``standardize``,
+        ``n_iter`` and ``final_converged`` of the refit, ``not_converged_C`` (sweep), timings,
+        ``metric_notes`` and ``sklearn_version``.
+
+    Raises:
+        ValueError: On malformed inputs; the message names the split at fault.
+    """
+    x_train, y_train, x_val, y_val, x_test, y_test = _check_inputs(train, val, test, task)
+    # One BLAS/OpenMP thread: these problems are too small to gain from threads, pytest-xdist
+    # already runs one case per core (oversubscription made the sweep ~15x slower on a
+    # loaded 2-core machine), and single-threaded BLAS sums in a fixed order.
+    with threadpool_limits(limits=1):
+        return _run(x_train, y_train, x_val, y_val, x_test, y_test, task, config)
+
+
+def _run(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    task: TaskInfo,
+    config: LinearConfig,
+) -> ProtocolResult:
+    grid = config.grid()
+
+    start = time.perf_counter()
+    train_scaler = _scaler(x_train, config.standardize)
+    xs_train, xs_val = train_scaler(x_train), train_scaler(x_val)
+    scores: dict[float, float] = {}
+    iterations: dict[float, int] = {}
+    not_converged: list[float] = []
+    for c in grid:
+        c = float(c)
+        model, n_iter, converged = _fit(xs_train, y_train, c, task.task, config)
+        probabilities = _predict_proba(model, xs_val)
+        score = compute_metrics(task.task, y_val, probabilities, (task.primary_metric,))
+        scores[c] = score[task.primary_metric]
+        iterations[c] = n_iter
+        if not converged:
+            not_converged.append(c)
+    sweep_seconds = time.perf_counter() - start
+
+    not_converged.sort()
+    if not_converged:
+        warnings.warn(
+            f"linear probe: logistic regression did not converge within "
+            f"{config.max_iter_cap} iterations for C in {not_converged}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    best_c = _select(scores)
+    ascending = sorted(scores)
+
+    start = time.perf_counter()
+    x_fit = np.concatenate([x_train, x_val])
+    y_fit = np.concatenate([y_train, y_val])
+    fit_scaler = _scaler(x_fit, config.standardize)
+    model, n_iter, converged = _fit(fit_scaler(x_fit), y_fit, best_c, task.task, config)
+    probabilities = _predict_proba(model, fit_scaler(x_test))
+    metrics, notes = compute_metrics_with_notes(task.task, y_test, probabilities, task.metrics)
+    refit_seconds = time.perf_counter() - start
+    refit_warnings: list[str] = []
+    if not converged:
+        message = (
+            f"linear probe: the final refit (C={best_c}) did not converge within "
+            f"{config.max_iter_cap} iterations"
+        )
+        refit_warnings.append(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    return ProtocolResult(
+        metrics=metrics,
+        hyperparameters={
+            "C": best_c,
+            "C_index": ascending.index(best_c),
+            "val_primary": scores[best_c],
+        },
+        details={
+            "val_curve": [[c, scores[c]] for c in ascending],
+            "val_n_iter": [iterations[c] for c in ascending],
+            "n_train": len(y_train),
+            "n_val": len(y_val),
+            "n_test": len(y_test),
+            "standardize": config.standardize,
+            "n_iter": n_iter,
+            "final_converged": converged,
+            "not_converged_C": not_converged,
+            "warnings": refit_warnings,
+            "tie_break": "smallest C",
+            "sweep_seconds": sweep_seconds,
+            "refit_seconds": refit_seconds,
+            "metric_notes": notes,
+            "sklearn_version": sklearn.__version__,
+        },
+    )
+
+
+def _select(scores: dict[float, float]) -> float:
+    """Best C: highest score, ties to the smallest C; independent of dict order."""
+    finite = {c: s for c, s in scores.items() if not math.isnan(s)}
+    if not finite:
+        raise ValueError("linear probe: the validation metric is NaN for every C")
+    best = max(finite.values())
+    return min(c for c, s in finite.items() if s >= best - _TIE_TOLERANCE)
+
+
+def _scaler(x: np.ndarray, standardize: bool) -> Callable[[np.ndarray], np.ndarray]:
+    if not standardize:
+        return lambda z: z
+    scaler = StandardScaler().fit(x)
+    return scaler.transform
+
+
+def _fit(
+    x: np.ndarray, y: np.ndarray, c: float, task: str, config: LinearConfig
+) -> tuple[LogisticRegression | list[LogisticRegression], int, bool]:
+    """Fit one model (or one per label for multilabel); return it, iterations, converged."""
+    if task != "multilabel":
+        return _fit_one(x, y, c, config)
+    models: list[LogisticRegression] = []
+    n_iter, converged = 0, True
+    for j in range(y.shape[1]):
+        model, label_iter, label_converged = _fit_one(x, y[:, j], c, config)
+        models.append(model)
+        n_iter = max(n_iter, label_iter)
+        converged = converged and label_converged
+    return models, n_iter, converged
+
+
+def _fit_one(
+    x: np.ndarray, y: np.ndarray, c: float, config: LinearConfig
+) -> tuple[LogisticRegression, int, bool]:
+    max_iter = config.max_iter
+    while True:
+        # L2 is the default penalty in every supported sklearn (``penalty`` is deprecated
+        # in 1.8+); lbfgs fits a multinomial model for more than two classes.
+        model = LogisticRegression(
+            C=c, solver="lbfgs", max_iter=max_iter, tol=config.tol, random_state=config.seed
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            # "always" beats an outer "error" filter, so non-convergence is seen, not raised.
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(x, y)
+        converged = True
+        for record in caught:
+            if issubclass(record.category, ConvergenceWarning):
+                converged = False
+            else:
+                warnings.warn_explicit(
+                    record.message, record.category, record.filename, record.lineno
+                )
+        n_iter = int(np.max(model.n_iter_))
+        if converged or max_iter >= config.max_iter_cap:
+            return model, n_iter, converged
+        max_iter = min(max_iter * 4, config.max_iter_cap)
+
+
+def _predict_proba(
+    model: LogisticRegression | list[LogisticRegression], x: np.ndarray
+) -> np.ndarray:
+    if isinstance(model, list):
+        return np.column_stack([m.predict_proba(x)[:, 1] for m in model])
+    return model.predict_proba(x)
+
+
+def _check_inputs(
+    train: SplitFeatures, val: SplitFeatures, test: SplitFeatures, task: TaskInfo
+) -> tuple[np.ndarray, ...]:
+    check_metric_names(task.task, (task.primary_metric, *task.metrics))
+    if task.num_classes < 2:
+        raise ValueError(f"task needs at least 2 classes, got num_classes={task.num_classes}")
+    out: list[np.ndarray] = []
+    n_features: int | None = None
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        x = np.asarray(split.features)
+        if x.ndim != 2:
+            raise ValueError(f"{name} split: features must be 2-D (N, D), got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} split is empty")
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"{name} split: features must be real numbers, got {x.dtype}")
+        if not np.all(np.isfinite(x)):
+            bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
+            raise ValueError(f"{name} split: features contain NaN or inf ({bad} rows)")
+        if n_features is None:
+            n_features = x.shape[1]
+        elif x.shape[1] != n_features:
+            raise ValueError(
+                f"{name} split: features have dimension {x.shape[1]}, but train has {n_features}"
+            )
+        y = _check_labels(name, np.asarray(split.labels), x.shape[0], task)
+        out += [np.ascontiguousarray(x, dtype=np.float64), y]
+    return tuple(out)
+
+
+def _check_labels(name: str, y: np.ndarray, n: int, task: TaskInfo) -> np.ndarray:
+    k = task.num_classes
+    if task.task == "multilabel":
+        if y.shape != (n, k):
+            raise ValueError(
+                f"{name} split: multilabel labels must have shape ({n}, {k}), got {y.shape}"
+            )
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError(f"{name} split: multilabel labels must be 0/1")
+        y = y.astype(np.int64)
+        constant = [j for j in range(k) if y[:, j].min() == y[:, j].max()]
+        if name == "train" and constant:
+            raise ValueError(
+                f"train split: label column(s) {constant} hold a single value; "
+                "a classifier cannot be fitted for them"
+            )
+        if len(constant) == k:
+            raise ValueError(
+                f"{name} split has only one class in every label column; ROC AUC is undefined"
+            )
+        return y
+    if y.shape != (n,):
+        raise ValueError(f"{name} split: labels must have shape ({n},), got {y.shape}")
+    if not is_integer_valued(y):
+        raise ValueError(f"{name} split: labels must be integer class ids, got {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(
+            f"{name} split: labels must lie in [0, {k}), got range [{y.min()}, {y.max()}]"
+        )
+    present = np.unique(y)
+    if name == "train" and present.size < k:
+        missing = sorted(set(range(k)) - set(present.tolist()))
+        raise ValueError(
+            f"train split lacks class(es) {missing} of {k}; the probe cannot learn them"
+        )
+    if present.size < 2:
+        raise ValueError(f"{name} split has only one class (class {present[0]})")
+    return y

@@ -1,0 +1,246 @@
+"""Markdown report: leaderboards, ranks, mean ranks, random-twin deltas, determinism."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from harness.report import ReportError, render_report, write_report
+from harness.results import (
+    DatasetInfo,
+    ModelInfo,
+    ProtocolInfo,
+    ResultRecord,
+    load_records,
+    store,
+)
+
+MODELS = {
+    "alpha.in1k": ("supervised", None),
+    "beta.ssl": ("self-supervised", None),
+    "alpha.random": ("random-init", "alpha.in1k"),
+}
+DATASETS = {
+    # name: (primary metric, semi-synthetic)
+    "lesions": ("roc_auc", True),
+    "modality": ("accuracy", False),
+}
+# primary values; on "modality" alpha and beta tie -> both rank 1.5
+PRIMARY = {
+    ("lesions", "alpha.in1k"): 0.9,
+    ("lesions", "beta.ssl"): 0.8,
+    ("lesions", "alpha.random"): 0.6,
+    ("modality", "alpha.in1k"): 0.8,
+    ("modality", "beta.ssl"): 0.8,
+    ("modality", "alpha.random"): 0.55,
+}
+COMMIT = "c0ffee" + "0" * 34
+
+
+def make_record(dataset: str, model: str, value: float, timestamp: str, **extra: Any):
+    category, twin_of = MODELS[model]
+    metric, semi = DATASETS[dataset]
+    metrics = {"accuracy": round(value - 0.1, 4), "mean_per_class_accuracy": 0.5}
+    metrics[metric] = value
+    return ResultRecord(
+        case_id=f"linear/{dataset}/{model}",
+        suite="demo",
+        profile="demo",
+        model=ModelInfo(
+            model,
+            category,
+            model.split(".")[0],
+            "random" if twin_of else "pip",
+            random_twin_of=twin_of,
+        ),
+        dataset=DatasetInfo(dataset, 2, "binary", metric, semi_synthetic=semi),
+        protocol=ProtocolInfo("linear", 1),
+        metrics=metrics,
+        primary_metric=metric,
+        primary_value=value,
+        hyperparameters={"C": 0.012},
+        feature_cache={"train": "miss", "test": "hit"},
+        timings={"extraction_s": 2.0, "protocol_s": 0.5},
+        hardware={"platform": "Linux-test", "cpu_count": 4, "cuda_available": False},
+        versions={"python": "3.11.7", "torch": "2.14.1"},
+        git={"commit": COMMIT, "dirty": False},
+        timestamp=timestamp,
+        run_id=extra.pop("run_id", "run-1"),
+        **extra,
+    )
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    for index, ((dataset, model), value) in enumerate(sorted(PRIMARY.items())):
+        store(make_record(dataset, model, value, f"2026-01-01T00:00:{index:02d}Z"), tmp_path)
+    # an older run of one case, superseded by the record above
+    store(
+        make_record("lesions", "beta.ssl", 0.99, "2025-12-31T00:00:00Z", run_id="run-0"), tmp_path
+    )
+    return tmp_path
+
+
+def tables(markdown: str) -> dict[str, list[list[str]]]:
+    """Map each ``###``/``##`` heading to the rows (header first) of the first table under it."""
+    found: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|", line):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            found.setdefault(heading, []).append(cells)
+    return found
+
+
+def test_leaderboards_rank_by_primary_metric(results: Path) -> None:
+    report = render_report(load_records(results), "Demo report")
+    found = tables(report)
+
+    lesions = found["`lesions`† · `linear`"]
+    assert lesions[0] == [
+        "rank",
+        "model",
+        "category",
+        "**roc_auc**",
+        "accuracy",
+        "mean_per_class_accuracy",
+        "hyperparameters",
+        "Δ vs random twin",
+    ]
+    assert lesions[1:] == [
+        ["1", "`alpha.in1k`", "supervised", "0.900", "0.800", "0.500", "C=1.2e-02", "+0.300"],
+        ["2", "`beta.ssl`", "self-supervised", "0.800", "0.700", "0.500", "C=1.2e-02", ""],
+        ["3", "`alpha.random`", "random-init", "0.600", "0.500", "0.500", "C=1.2e-02", ""],
+    ]
+
+    modality = found["`modality` · `linear`"]
+    assert modality[0][3] == "**accuracy**"
+    assert "accuracy" not in modality[0][4:]
+    assert [row[:4] for row in modality[1:]] == [
+        ["1.5", "`alpha.in1k`", "supervised", "0.800"],
+        ["1.5", "`beta.ssl`", "self-supervised", "0.800"],
+        ["3", "`alpha.random`", "random-init", "0.550"],
+    ]
+    assert [row[-1] for row in modality[1:]] == ["+0.250", "", ""]
+    assert report.index("### `lesions`†") < report.index("### `modality`")
+
+
+def test_mean_rank_table_averages_ties(results: Path) -> None:
+    report = render_report(load_records(results), "Demo report")
+    assert tables(report)["`linear`"] == [
+        ["model", "`lesions`†", "`modality`", "mean rank"],
+        ["`alpha.in1k`", "1", "1.5", "1.250"],
+        ["`beta.ssl`", "2", "1.5", "1.750"],
+        ["`alpha.random`", "3", "3", "3.000"],
+    ]
+
+
+def test_pretrained_vs_random_summary(results: Path) -> None:
+    report = render_report(load_records(results), "Demo report")
+    rows = tables(report)["Pretrained vs random initialisation"]
+    assert rows[1:] == [
+        [
+            "`lesions`†",
+            "`linear`",
+            "`alpha.in1k`",
+            "`alpha.random`",
+            "roc_auc",
+            "0.900",
+            "0.600",
+            "+0.300",
+            "yes",
+        ],
+        [
+            "`modality`",
+            "`linear`",
+            "`alpha.in1k`",
+            "`alpha.random`",
+            "accuracy",
+            "0.800",
+            "0.550",
+            "+0.250",
+            "yes",
+        ],
+    ]
+    assert "beat their random-initialisation twin in 2 of 2 comparisons" in report
+
+
+def test_header_legend_and_provenance(results: Path) -> None:
+    report = render_report(load_records(results), "Demo report")
+    lines = report.splitlines()
+    assert lines[0] == "# Demo report"
+    generated = "Generated from 6 result records (1 run, 1 git commit; suite: demo; profile: demo)"
+    assert generated in report
+    assert f"commit `{COMMIT[:12]}`" in report
+    semi_note = (
+        "† Semi-synthetic dataset (`lesions`†): real medical image backgrounds with synthetic"
+    )
+    assert semi_note in report
+    assert "Legend:" in report
+    # every mention of the semi-synthetic dataset carries the mark
+    assert re.findall(r"`lesions`(?!†)", report) == []
+    assert "`modality`†" not in report
+    assert "- Versions: python 3.11.7, torch 2.14.1" in report
+    assert "- Hardware: Linux-test, 4 CPUs, no GPU (6 records)" in report
+    assert f"- Git commit: `{COMMIT}` (6 records)" in report
+    assert "feature extraction 12.0 s, protocols 3.0 s; feature cache: 6 hits, 6 misses" in report
+    assert "2026-01-01" not in report  # no timestamps anywhere
+    assert report.endswith("\n") and not report.endswith("\n\n")
+    sections = [line for line in lines if line.startswith("## ")]
+    assert sections == [
+        "## Leaderboards",
+        "## Mean rank across datasets",
+        "## Pretrained vs random initialisation",
+        "## Provenance",
+    ]
+
+
+def test_render_is_deterministic(results: Path) -> None:
+    latest = load_records(results)
+    first = render_report(latest, "Demo report")
+    assert render_report(latest, "Demo report") == first
+    # row order of the input and superseded runs do not change the output
+    shuffled = latest.sample(frac=1, random_state=3)
+    assert render_report(shuffled, "Demo report") == first
+    assert render_report(load_records(results, latest_only=False), "Demo report") == first
+
+
+def test_nan_primary_ranks_last_without_rank(tmp_path: Path) -> None:
+    store(make_record("lesions", "alpha.in1k", 0.7, "2026-01-01T00:00:00Z"), tmp_path)
+    store(make_record("lesions", "beta.ssl", float("nan"), "2026-01-01T00:00:01Z"), tmp_path)
+    store(make_record("lesions", "alpha.random", 0.75, "2026-01-01T00:00:02Z"), tmp_path)
+    report = render_report(load_records(tmp_path), "T")
+    rows = tables(report)["`lesions`† · `linear`"][1:]
+    assert [(row[0], row[1], row[3], row[-1]) for row in rows] == [
+        ("1", "`alpha.random`", "0.750", ""),
+        ("2", "`alpha.in1k`", "0.700", "-0.050"),
+        ("—", "`beta.ssl`", "—", ""),
+    ]
+    assert "in 0 of 1 comparison." in report
+
+
+def test_suite_filter_and_errors(results: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    frame = load_records(results)
+    with pytest.raises(ReportError, match="for suite paper"):
+        render_report(frame, "T", suite="paper")
+    with pytest.raises(ReportError, match="lacks column"):
+        render_report(pd.DataFrame({"model": ["x"]}), "T")
+
+    empty = tmp_path_factory.mktemp("empty")
+    message = f"no result records under {empty} for suite demo: run pytest benchmarks --suite demo"
+    with pytest.raises(ReportError, match=re.escape(message)):
+        write_report(empty, empty / "report.md", "demo", "T")
+    with pytest.raises(ReportError, match="run pytest benchmarks first"):
+        write_report(empty, empty / "report.md", None, "T")
+
+
+def test_write_report(results: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = tmp_path_factory.mktemp("reports") / "demo.md"
+    assert write_report(results, out, "demo", "Demo report") == out
+    assert out.read_text(encoding="utf-8") == render_report(load_records(results), "Demo report")
