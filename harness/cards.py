@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -32,6 +33,7 @@ TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
 METRICS = ("accuracy", "mean_per_class_accuracy", "roc_auc", "quadratic_kappa")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 TIMM_PREFIX = "timm:"
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+")
 
 
 class CardError(ValueError):
@@ -181,7 +183,9 @@ class _Fields:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            expected = (
+                kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            )
             raise CardError(
                 f"{self.where}: field '{key}' must be {expected}, got {type(value).__name__} "
                 f"({value!r})"
@@ -203,7 +207,9 @@ class _Fields:
 
 def _triple(fields: _Fields, key: str) -> tuple[float, float, float]:
     value = fields.get(key, list)
-    if len(value) != 3 or not all(isinstance(v, int | float) for v in value):
+    if len(value) != 3 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
         raise CardError(f"{fields.where}: field '{key}' must be a list of 3 numbers, got {value!r}")
     return (float(value[0]), float(value[1]), float(value[2]))
 
@@ -256,8 +262,12 @@ def _parse_weights(fields: _Fields) -> WeightsSpec:
     for key in required.get(source, ()):
         if getattr(spec, key) is None:
             raise CardError(f"{fields.where}: source '{source}' needs field '{key}'")
-    if spec.sha256 is not None and len(spec.sha256) != 64:
-        raise CardError(f"{fields.where}: field 'sha256' must be 64 hex digits")
+    if spec.sha256 is not None and (
+        len(spec.sha256) != 64 or not all(c in "0123456789abcdef" for c in spec.sha256)
+    ):
+        raise CardError(
+            f"{fields.where}: field 'sha256' must be 64 lowercase hex digits, got {spec.sha256!r}"
+        )
     return spec
 
 
@@ -267,8 +277,10 @@ def _parse_model(fields: _Fields) -> ModelCard:
         | {"paper", "license", "random_twin_of"}
     )
     name = fields.get("name", str)
-    if "." not in name:
-        raise CardError(f"{fields.where}: model name {name!r} must be 'arch.tag'")
+    if not MODEL_NAME.fullmatch(name):
+        raise CardError(
+            f"{fields.where}: model name {name!r} must be 'arch.tag' (letters, digits, _ - . only)"
+        )
     arch = fields.sub("architecture")
     arch.unknown({"library", "name"})
     return ModelCard(
@@ -397,7 +409,9 @@ def dataset_cards(directory: Path = DATASET_CARD_DIR) -> dict[str, DatasetCard]:
     for path in sorted(Path(directory).glob("*.yaml")):
         card = load_dataset_card_file(path)
         if card.name in cards:
-            raise CardError(f"{path}: dataset {card.name!r} is already defined elsewhere")
+            raise CardError(
+                f"{path}: dataset {card.name!r} is already defined in {cards[card.name].source_file}"
+            )
         cards[card.name] = card
     return cards
 
@@ -410,7 +424,7 @@ def get_model_card(name: str) -> ModelCard:
     """
     if name.startswith(TIMM_PREFIX):
         return timm_model_card(name[len(TIMM_PREFIX) :])
-    cards = model_cards()
+    cards = model_cards(MODEL_CARD_DIR)  # read at call time, so the folder can be redirected
     if name not in cards:
         raise CardError(
             f"unknown model {name!r}: no card in {MODEL_CARD_DIR} has that name "
@@ -425,7 +439,7 @@ def get_dataset_card(name: str) -> DatasetCard:
     Raises:
         CardError: when no card has that name.
     """
-    cards = dataset_cards()
+    cards = dataset_cards(DATASET_CARD_DIR)  # read at call time, so the folder can be redirected
     if name not in cards:
         raise CardError(
             f"unknown dataset {name!r}: no card in {DATASET_CARD_DIR} has that name "

@@ -1,0 +1,134 @@
+"""The ``medxfer`` command: list | prepare | report | cache."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.paths import PROJECT_ROOT
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from harness.cards import dataset_cards, model_cards
+    from harness.data.prepare import is_prepared
+    from harness.suites import available_suites, load_suite
+
+    if args.what in ("models", "all"):
+        print("# models")
+        for card in model_cards().values():
+            print(f"{card.name:40s} {card.category:16s} {card.weights.source:7s} {card.pretraining_data}")
+    if args.what in ("datasets", "all"):
+        print("# datasets")
+        for card in dataset_cards().values():
+            state = "prepared" if is_prepared(card) else "not prepared"
+            kind = "semi-synthetic" if card.semi_synthetic else "real"
+            print(f"{card.name:28s} v{card.version:<3d} {card.task:10s} {kind:15s} {state}")
+    if args.what in ("suites", "all"):
+        print("# suites")
+        for name in available_suites():
+            suite = load_suite(name)
+            n = len(suite.models) * len(suite.datasets) * len(suite.protocols) - len(suite.exclude)
+            print(f"{name:16s} {n:4d} cases  profile={suite.profile:6s} {suite.description}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from harness.cards import get_dataset_card
+    from harness.data.prepare import DatasetNotPrepared, prepare
+
+    status = 0
+    for name in args.datasets:
+        card = get_dataset_card(name)
+        try:
+            path = prepare(card)
+            print(f"{name}: ready at {path}")
+        except DatasetNotPrepared as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.paths import results_dir
+    from harness.report import write_report
+
+    results = Path(args.results) if args.results else results_dir()
+    out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / f"{args.suite or 'all'}.md"
+    title = args.title or f"medxfer report: {args.suite or 'all suites'}"
+    path = write_report(results, out, args.suite, title)
+    print(f"report written to {path}")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from harness.features import list_cache
+    from harness.paths import feature_dir
+
+    if args.action == "ls":
+        entries = list_cache()
+        total = 0
+        for meta in entries:
+            total += meta["bytes"]
+            flag = "  CORRUPT" if meta.get("corrupt") else ""
+            print(
+                f"{meta['model']:36s} {meta['dataset']:22s} {meta['split']:6s} "
+                f"n={meta.get('n', '?'):<6} dim={meta.get('dim', '?'):<6} "
+                f"{meta['bytes'] / 1e6:7.2f} MB{flag}"
+            )
+        print(f"{len(entries)} feature files, {total / 1e6:.1f} MB in {feature_dir()}")
+        return 0
+    root = feature_dir()
+    targets = [root / args.model] if args.model else [p for p in root.iterdir()]
+    removed = 0
+    for target in targets:
+        if target.is_dir():
+            removed += sum(1 for _ in target.rglob("*.npz"))
+            shutil.rmtree(target)
+        elif target.is_file():
+            target.unlink()
+    print(f"removed {removed} feature files from {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``medxfer`` command."""
+    parser = argparse.ArgumentParser(prog="medxfer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="list model cards, dataset cards and suites")
+    p_list.add_argument("what", nargs="?", default="all", choices=("models", "datasets", "suites", "all"))
+    p_list.set_defaults(func=_cmd_list)
+
+    p_prep = sub.add_parser("prepare", help="build or check datasets (demo datasets build offline)")
+    p_prep.add_argument("datasets", nargs="+")
+    p_prep.set_defaults(func=_cmd_prepare)
+
+    p_report = sub.add_parser("report", help="render result records as a markdown report")
+    p_report.add_argument("--suite", default=None, help="only this suite's records")
+    p_report.add_argument("--results", default=None, help="records folder (default ./results)")
+    p_report.add_argument("--out", default=None, help="output file (default reports/<suite>.md)")
+    p_report.add_argument("--title", default=None)
+    p_report.set_defaults(func=_cmd_report)
+
+    p_cache = sub.add_parser("cache", help="inspect or clear the feature cache")
+    p_cache.add_argument("action", choices=("ls", "clear"))
+    p_cache.add_argument("--model", default=None, help="clear only this model's features")
+    p_cache.set_defaults(func=_cmd_cache)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medxfer`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"medxfer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

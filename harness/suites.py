@@ -1,0 +1,200 @@
+"""Suites: named YAML lists of models x datasets x protocols, with a profile.
+
+A suite file ``benchmarks/suites/<name>.yaml``::
+
+    name: demo
+    version: 1
+    profile: demo
+    models: [tf_efficientnet_lite0.in1k_pip, tf_efficientnet_lite0.random]
+    datasets: [demo_modality]
+    protocols: [linear]
+    exclude:                      # optional: drop single triples
+      - {model: ..., dataset: ..., protocol: ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.cards import CardError, DatasetCard, ModelCard, get_dataset_card, get_model_card
+from harness.paths import PROJECT_ROOT
+from harness.profiles import PROFILES, Profile, get_profile
+
+SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"
+PROTOCOL_NAMES = ("linear", "fewshot", "knn", "invariance", "finetune")
+
+
+class SuiteError(ValueError):
+    """A suite file is missing or malformed, or names an unknown card."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: a (model, dataset, protocol) triple run under a profile."""
+
+    model: ModelCard
+    dataset: DatasetCard
+    protocol: str
+    suite: str
+    profile: Profile
+
+    @property
+    def case_id(self) -> str:
+        """Stable identifier used in records and expected-value files."""
+        return f"{self.protocol}/{self.dataset.name}/{self.model.name}"
+
+    @property
+    def param_id(self) -> str:
+        """The pytest parameter id: dataset and model (the test name carries the protocol)."""
+        return f"{self.dataset.name}-{self.model.name}"
+
+    @property
+    def group(self) -> str:
+        """xdist group: cases sharing model and dataset run on one worker to reuse features."""
+        return f"{self.model.name}@{self.dataset.name}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file."""
+
+    name: str
+    version: int
+    profile: str
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    protocols: tuple[str, ...]
+    exclude: tuple[tuple[str, str, str], ...] = ()
+    description: str = ""
+    path: Path = field(default=Path())
+
+    def cases(self, profile: str | None = None) -> list[Case]:
+        """Expand the suite into cases, in protocol, dataset, model order.
+
+        Args:
+            profile: overrides the suite's profile.
+
+        Raises:
+            SuiteError: naming the suite file and the unknown card.
+        """
+        try:
+            chosen = get_profile(profile or self.profile)
+        except KeyError as exc:
+            raise SuiteError(f"{self.path}: {exc.args[0]}") from exc
+        try:
+            models = [(name, get_model_card(name)) for name in self.models]
+            datasets = [(name, get_dataset_card(name)) for name in self.datasets]
+        except CardError as exc:
+            raise SuiteError(f"{self.path}: {exc}") from exc
+        for kind, resolved in (("model", models), ("dataset", datasets)):
+            names = [card.name for _, card in resolved]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise SuiteError(f"{self.path}: {kind}(s) {', '.join(repeated)} listed twice")
+        # an exclude entry names a model / dataset as the suite lists it (``timm:resnet50``)
+        # or by its card name (``resnet50.a1_in1k``); one that matches nothing is a typo
+        model_names = {n for name, card in models for n in (name, card.name)}
+        dataset_names = {n for name, card in datasets for n in (name, card.name)}
+        for model_name, dataset_name, protocol in self.exclude:
+            for kind, given, known in (
+                ("model", model_name, model_names),
+                ("dataset", dataset_name, dataset_names),
+            ):
+                if given not in known:
+                    raise SuiteError(
+                        f"{self.path}: 'exclude' entry ({model_name}, {dataset_name}, "
+                        f"{protocol}) names {kind} {given!r}, which the suite does not list"
+                    )
+        return [
+            Case(model, dataset, protocol, self.name, chosen)
+            for protocol in self.protocols
+            for dataset_name, dataset in datasets
+            for model_name, model in models
+            if not any(
+                (m, d, protocol) in self.exclude
+                for m in (model_name, model.name)
+                for d in (dataset_name, dataset.name)
+            )
+        ]
+
+
+def suite_path(name_or_path: str) -> Path:
+    """Return the file of a suite given by name (``demo``) or by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        return candidate
+    return SUITE_DIR / f"{name_or_path}.yaml"
+
+
+def available_suites() -> list[str]:
+    """Return the names of the suites in ``benchmarks/suites``."""
+    return sorted(path.stem for path in SUITE_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Load and validate a suite.
+
+    Raises:
+        SuiteError: naming the file and field at fault.
+    """
+    path = suite_path(name_or_path)
+    if not path.is_file():
+        raise SuiteError(
+            f"suite {name_or_path!r} not found ({path}); known suites: {', '.join(available_suites())}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: a suite is a mapping")
+    allowed = {"name", "version", "profile", "models", "datasets", "protocols", "exclude"}
+    extra = set(raw) - allowed - {"description"}
+    if extra:
+        raise SuiteError(f"{path}: unknown field(s) {', '.join(sorted(extra))}")
+    for key in ("name", "models", "datasets", "protocols"):
+        if key not in raw:
+            raise SuiteError(f"{path}: missing required field '{key}'")
+    for key in ("models", "datasets", "protocols"):
+        if not isinstance(raw[key], list) or not all(isinstance(v, str) for v in raw[key]):
+            raise SuiteError(f"{path}: field '{key}' must be a list of names")
+        repeated = sorted({v for v in raw[key] if raw[key].count(v) > 1})
+        if repeated:
+            raise SuiteError(f"{path}: field '{key}' lists {', '.join(repeated)} more than once")
+    if not isinstance(raw["name"], str):
+        raise SuiteError(f"{path}: field 'name' must be a string")
+    version = raw.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SuiteError(f"{path}: field 'version' must be an integer, got {version!r}")
+    unknown = [p for p in raw["protocols"] if p not in PROTOCOL_NAMES]
+    if unknown:
+        raise SuiteError(f"{path}: unknown protocol(s) {unknown}; known: {PROTOCOL_NAMES}")
+    profile = raw.get("profile", "demo")
+    if not isinstance(profile, str) or profile not in PROFILES:
+        raise SuiteError(f"{path}: unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    exclude = []
+    for item in raw.get("exclude", []) or []:
+        if not isinstance(item, dict) or set(item) != {"model", "dataset", "protocol"}:
+            raise SuiteError(f"{path}: each 'exclude' entry needs model, dataset and protocol")
+        if not all(isinstance(v, str) for v in item.values()):
+            raise SuiteError(f"{path}: 'exclude' entry {item} must give names (strings)")
+        if item["protocol"] not in raw["protocols"]:
+            raise SuiteError(
+                f"{path}: 'exclude' entry {item} names protocol {item['protocol']!r}, which "
+                "the suite does not list in 'protocols'"
+            )
+        exclude.append((item["model"], item["dataset"], item["protocol"]))
+    return Suite(
+        name=str(raw["name"]),
+        version=version,
+        profile=profile,
+        models=tuple(raw["models"]),
+        datasets=tuple(raw["datasets"]),
+        protocols=tuple(raw["protocols"]),
+        exclude=tuple(exclude),
+        description=str(raw.get("description", "")),
+        path=path,
+    )

@@ -1,0 +1,160 @@
+"""Building a frozen feature extractor (pooled penultimate features) from a model card."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.cards import ModelCard
+from harness.zoo.errors import CheckpointError
+from harness.zoo.remap import fit_to_model, rename, unwrap
+from harness.zoo.sources import checkpoint_path, file_sha256
+
+TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
+
+
+@dataclass
+class LoadedModel:
+    """A backbone that maps a batch of images to pooled features."""
+
+    card: ModelCard
+    module: nn.Module
+    feature_dim: int
+    weights_id: str
+
+
+def build_model(card: ModelCard) -> LoadedModel:
+    """Instantiate the card's architecture without its classifier and load its weights.
+
+    Args:
+        card: the model card.
+
+    Returns:
+        The model in eval mode on CPU, its feature dimension and its weights identity.
+
+    Raises:
+        CheckpointError: when the weights cannot be found or do not fit the architecture.
+    """
+    if card.weights.source == "random":
+        # seed a forked generator: building a twin must not reseed the caller's RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(card.weights.seed)
+            module = _instantiate(card, pretrained=False)
+    elif card.weights.source in ("timm", "hf-hub"):
+        module = _instantiate(card, pretrained=True)
+    else:
+        path = checkpoint_path(card)  # a missing file or bad checksum fails before any build
+        assert path is not None
+        module = _instantiate(card, pretrained=False)
+        module.load_state_dict(_fitted_state(card, path, module))
+    module.eval()
+    return LoadedModel(
+        card,
+        module,
+        _feature_dim(module, card.preprocessing.input_size),
+        weights_identity(card, module),
+    )
+
+
+def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
+    """Return a sha256 that identifies the weights: the checkpoint file's, or the tensors'.
+
+    For file-backed weights this needs no model; otherwise (random init, timm hub) the
+    loaded tensors are hashed, so a change of initialisation changes the identity.
+    """
+    path = checkpoint_path(card)
+    if path is not None:
+        return file_sha256(path)
+    if module is None:
+        module = build_model(card).module
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _instantiate(card: ModelCard, pretrained: bool) -> nn.Module:
+    if card.library == "timm":
+        import timm
+
+        name = card.weights.hub_id if pretrained and card.weights.hub_id else card.architecture
+        if card.weights.source == "hf-hub" and pretrained:
+            name = f"hf-hub:{card.weights.hub_id}"
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        except Exception as exc:
+            raise CheckpointError(f"model {card.name}: timm cannot create {name!r}: {exc}") from exc
+    import torchvision
+
+    if pretrained:
+        raise CheckpointError(
+            f"model {card.name}: torchvision architectures take weights from a file, not a hub"
+        )
+    try:
+        module = torchvision.models.get_model(card.architecture, weights=None)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"model {card.name}: torchvision has no {card.architecture!r}"
+        ) from exc
+    return _TorchvisionBackbone(module)
+
+
+class _TorchvisionBackbone(nn.Module):
+    """A torchvision classifier with its head replaced by identity.
+
+    State-dict keys stay torchvision's own (no ``model.`` prefix), so official
+    checkpoints load by name once the card's ``drop_keys`` removes the head's keys.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        for attr in TORCHVISION_HEADS:
+            if hasattr(model, attr):
+                head = getattr(model, attr)
+                linear = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+                if linear is not None:
+                    # the features entering the head: no forward pass needed
+                    self.num_features = linear.in_features
+                setattr(model, attr, nn.Identity())
+                break
+        else:
+            raise CheckpointError(f"cannot find the classifier head of {type(model).__name__}")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return self.model.state_dict(*args, **kwargs)
+
+
+def _fitted_state(card: ModelCard, path: Path, module: nn.Module) -> dict[str, torch.Tensor]:
+    where = f"model {card.name} ({path})"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: object = load_file(str(path))
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{where}: cannot read checkpoint: {exc}") from exc
+    state = rename(unwrap(raw, card.weights.unwrap, where), card.weights, where)
+    return fit_to_model(state, module.state_dict(), card.weights, where)
+
+
+def _feature_dim(module: nn.Module, input_size: int) -> int:
+    num_features = getattr(module, "num_features", None)
+    if isinstance(num_features, int) and num_features > 0:
+        return num_features
+    # at the card's input size: some architectures (ViT) accept no other
+    with torch.inference_mode():
+        return int(module(torch.zeros(1, 3, input_size, input_size)).shape[-1])

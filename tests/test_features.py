@@ -1,0 +1,171 @@
+"""The feature cache: keys, hits, atomic files, one extraction per key across processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import features
+from harness.atomic import TMP_INFIX
+from harness.cards import DatasetCard, get_model_card
+from harness.zoo import LoadedModel, build_model
+
+MODEL = "mobilenet_v2.random"
+
+
+def _dataset(name: str = "toy", version: int = 1) -> DatasetCard:
+    return DatasetCard(
+        name=name,
+        version=version,
+        modality="test",
+        task="binary",
+        classes=("a", "b"),
+        reader={"format": "npz", "file": "toy.npz"},
+        primary_metric="accuracy",
+        metrics=("accuracy",),
+    )
+
+
+def _images(n: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, size=(n, 32, 32), dtype=np.uint8)
+
+
+def _extract(images: np.ndarray, split: str = "train", size: int = 32, load=None, dataset=None):
+    card = get_model_card(MODEL)
+    loaded = build_model(card)
+    return features.cached_features(
+        card,
+        loaded.weights_id,
+        dataset or _dataset(),
+        split,
+        images,
+        card.preprocessing.with_input_size(size),
+        load or (lambda: loaded),
+        device="cpu",
+        batch_size=4,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_second_call_is_a_hit_with_identical_features() -> None:
+    images = _images()
+    first, info1 = _extract(images)
+    second, info2 = _extract(images)
+    assert not info1.hit and info2.hit
+    assert first.shape == (6, 1280) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, second)
+    kinds = [event["event"] for event in features.read_events()]
+    assert kinds == ["extract", "hit"]
+
+
+def test_cached_features_equal_a_direct_forward_pass() -> None:
+    images = _images()
+    cached, _ = _extract(images)
+    card = get_model_card(MODEL)
+    direct = features.extract(
+        build_model(card).module,
+        images,
+        card.preprocessing.with_input_size(32),
+        features.resolve_device("cpu"),
+        batch_size=6,
+    )
+    np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["images", "split", "input_size", "dataset_version"],
+)
+def test_key_changes_with_everything_that_decides_the_features(change: str) -> None:
+    base = dict(images=_images(), split="train", size=32, dataset=_dataset())
+    _, info = _extract(**base)
+    changed = dict(base)
+    if change == "images":
+        changed["images"] = _images(seed=1)
+    elif change == "split":
+        changed["split"] = "val"
+    elif change == "input_size":
+        changed["size"] = 40
+    else:
+        changed["dataset"] = _dataset(version=2)
+    _, other = _extract(**changed)
+    assert other.key != info.key and not other.hit
+
+
+def test_weights_change_the_key() -> None:
+    card = get_model_card(MODEL)
+    args = (_dataset(), "train", "a" * 64, card.preprocessing, "pooled", "fp32")
+    assert features.feature_key(card, "0" * 64, *args) != features.feature_key(card, "1" * 64, *args)
+
+
+def test_corrupt_cache_file_is_extracted_again(caplog: pytest.LogCaptureFixture) -> None:
+    images = _images()
+    reference, info = _extract(images)
+    info.path.write_bytes(b"not an npz file")
+    again, info2 = _extract(images)
+    assert not info2.hit
+    np.testing.assert_array_equal(reference, again)
+    assert "unreadable" in caplog.text
+
+
+def test_leftover_temporary_from_a_killed_writer_is_ignored_and_removed() -> None:
+    images = _images()
+    card = get_model_card(MODEL)
+    loaded = build_model(card)
+    key = features.feature_key(
+        card,
+        loaded.weights_id,
+        _dataset(),
+        "train",
+        features.images_digest(images),
+        card.preprocessing.with_input_size(32),
+        "pooled",
+        "fp32",
+    )
+    folder = features.feature_dir() / card.name / "toy"
+    folder.mkdir(parents=True)
+    stale = folder / f"train-{key}.npz{TMP_INFIX}abc.npz"
+    stale.write_bytes(b"half a file")
+    assert features.list_cache() == []
+    _, info = _extract(images)
+    assert not info.hit and info.path.is_file()
+    assert not stale.exists()
+    assert len(features.list_cache()) == 1
+
+
+def _slow_worker(home: str, queue: multiprocessing.Queue) -> None:
+    import os
+
+    os.environ["MEDXFER_HOME"] = home
+
+    def slow_load() -> LoadedModel:
+        time.sleep(1.0)  # hold the lock long enough for the other process to wait on it
+        return build_model(get_model_card(MODEL))
+
+    result, info = _extract(_images(), load=slow_load)
+    queue.put((info.hit, float(result.sum())))
+
+
+def test_two_processes_extract_a_key_once(_home: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_slow_worker, args=(str(_home), queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    outcomes = sorted(queue.get(timeout=5) for _ in workers)
+    assert [hit for hit, _ in outcomes] == [False, True]
+    assert outcomes[0][1] == pytest.approx(outcomes[1][1])
+    extracts = [e for e in features.read_events() if e["event"] == "extract"]
+    assert len(extracts) == 1

@@ -1,0 +1,163 @@
+"""End-to-end: the plugin run as users run it, in subprocesses, on the smoke suite.
+
+One module-scoped MEDXFER_HOME is shared so the demo datasets are built once; tests
+that need a cold feature cache clear the ``features`` folder first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.atomic import TMP_INFIX
+from harness.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("medxfer-home")
+
+
+def _env(home: Path, results: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MEDXFER_HOME=str(home), MEDXFER_RESULTS=str(results), PYTHONUNBUFFERED="1")
+    env.pop("MEDXFER_RUN_ID", None)
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args]
+
+
+def run_benchmarks(home: Path, results: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(*args),
+        cwd=PROJECT_ROOT,
+        env=_env(home, results),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _events(home: Path) -> list[dict]:
+    path = home / "features" / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.rglob("*.json"))]
+
+
+def _cold(home: Path) -> None:
+    shutil.rmtree(home / "features", ignore_errors=True)
+
+
+def test_k_selects_cases_by_dataset_protocol_and_model(home: Path, tmp_path: Path) -> None:
+    def collected(*args: str) -> list[str]:
+        out = run_benchmarks(home, tmp_path, "--suite", "smoke", "--collect-only", "-q", *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return [line for line in out.stdout.splitlines() if "::" in line]
+
+    every = collected()
+    assert len(every) == 12
+    modality = collected("-k", "modality")
+    assert len(modality) == 4 and all("demo_modality" in node for node in modality)
+    assert len(collected("-k", "linear")) == 12
+    lite0 = collected("-k", "tf_efficientnet_lite0")
+    assert len(lite0) == 6 and all("tf_efficientnet_lite0" in node for node in lite0)
+    assert len(collected("-m", "linear")) == 12
+
+
+def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_path: Path) -> None:
+    _cold(home)
+    first = run_benchmarks(home, tmp_path, "--suite", "smoke", "-k", "cxr_lesion")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "4 passed" in first.stdout
+    extracts = [e for e in _events(home) if e["event"] == "extract"]
+    assert len(extracts) == 12  # 4 models x 3 splits
+    records = _records(tmp_path)
+    assert len(records) == 4
+    for record in records:
+        assert record["schema_version"] == 1
+        assert record["protocol"]["name"] == "linear" and record["protocol"]["version"] >= 1
+        assert 0.0 <= record["primary_value"] <= 1.0
+        assert record["primary_metric"] == "roc_auc"
+        assert set(record["feature_cache"].values()) == {"miss"}
+        assert record["hyperparameters"]["C"] > 0
+        assert record["git"] is not None and record["versions"]["torch"]
+
+    second = run_benchmarks(home, tmp_path, "--suite", "smoke", "-k", "cxr_lesion")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len([e for e in _events(home) if e["event"] == "extract"]) == 12  # nothing new
+    assert "feature cache: 12 hits, 0 extractions" in second.stdout
+    newest = _records(tmp_path)
+    assert len(newest) == 8  # a second record per case; the first run's are kept
+
+
+def test_xdist_two_workers_extract_each_key_once(home: Path, tmp_path: Path) -> None:
+    _cold(home)
+    out = run_benchmarks(home, tmp_path, "--suite", "smoke", "-n", "2", "-k", "not fundus")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "8 passed" in out.stdout
+    keys = [e["key"] for e in _events(home) if e["event"] == "extract"]
+    assert len(keys) == 24 and len(set(keys)) == 24
+    pids = {e["pid"] for e in _events(home)}
+    assert len(pids) == 2  # both workers did work
+
+
+def test_unprepared_dataset_is_skipped_with_how_to_prepare(home: Path, tmp_path: Path) -> None:
+    out = run_benchmarks(home, tmp_path, "--suite", "medmnist", "-k", "lite0", "-rs")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "skipped" in out.stdout and "passed" not in out.stdout
+    assert "pneumoniamnist is not prepared" in out.stdout
+    assert "pneumoniamnist.npz" in out.stdout
+
+
+def test_sigkill_midway_leaves_no_corrupt_file_and_rerun_completes(
+    home: Path, tmp_path: Path
+) -> None:
+    _cold(home)
+    process = subprocess.Popen(
+        _command("--suite", "smoke", "-k", "modality"),
+        cwd=PROJECT_ROOT,
+        env=_env(home, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(e["event"] == "extract" for e in _events(home)):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    rerun = run_benchmarks(home, tmp_path, "--suite", "smoke", "-k", "modality")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "4 passed" in rerun.stdout
+    for path in (home / "features").rglob("*.npz"):
+        if TMP_INFIX in path.name:
+            continue
+        with np.load(path) as payload:
+            assert np.isfinite(payload["features"]).all()
+    for path in tmp_path.rglob("*.json"):
+        json.loads(path.read_text())
+    leftovers = [p for p in (home / "features").rglob(f"*{TMP_INFIX}*")]
+    assert leftovers == []
