@@ -21,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.cards import ModelCard
 from harness.data.npz import SplitData
 from harness.data.prepare import load_splits
@@ -122,10 +124,42 @@ class CaseRun:
             )
             self.feature_cache[name] = "hit" if info.hit else "miss"
             out[name] = SplitFeatures(features, data[name].labels, data[name].groups)
-        self.timings["extraction_s"] = time.perf_counter() - started
+        self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
+            time.perf_counter() - started
+        )
         return out
 
-    def run_protocol(self, fn: Callable[..., ProtocolResult], *args: Any, **kwargs: Any) -> ProtocolResult:
+    def derived_features(self, split: str, tag: str, images: np.ndarray) -> np.ndarray:
+        """Return (cached) features of images derived from a split, e.g. a transformed copy.
+
+        Args:
+            split: the split the images come from.
+            tag: names the derivation (transform name and parameters); part of the cache key.
+            images: the derived uint8 images.
+        """
+        model = self.case.model
+        pre = model.preprocessing.with_input_size(self.profile.input_size)
+        started = time.perf_counter()
+        features, info = cached_features(
+            model,
+            _weights_id(model),
+            self.case.dataset,
+            f"{split}:{tag}",
+            images,
+            pre,
+            lambda: _loaded_model(model),
+            device=self.device,
+            batch_size=self.profile.batch_size,
+        )
+        self.feature_cache[f"{split}:{tag}"] = "hit" if info.hit else "miss"
+        self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
+            time.perf_counter() - started
+        )
+        return features
+
+    def run_protocol(
+        self, fn: Callable[..., ProtocolResult], *args: Any, **kwargs: Any
+    ) -> ProtocolResult:
         """Call a protocol's ``run`` and time it."""
         started = time.perf_counter()
         result = fn(*args, **kwargs)
@@ -140,6 +174,8 @@ class CaseRun:
         sizes = {name: len(split.labels) for name, split in self.splits().items()}
         timings = {key: round(value, 4) for key, value in self.timings.items()}
         timings["total_s"] = round(time.perf_counter() - self._started, 4)
+        # Few-shot and invariance report their own measure, not the dataset's metric.
+        primary = result.details.get("primary_metric_override", case.dataset.primary_metric)
         record = ResultRecord(
             case_id=case.case_id,
             suite=case.suite,
@@ -148,8 +184,8 @@ class CaseRun:
             dataset=DatasetInfo.from_card(case.dataset, sizes),
             protocol=ProtocolInfo(case.protocol, version, config),
             metrics=result.metrics,
-            primary_metric=case.dataset.primary_metric,
-            primary_value=result.metrics[case.dataset.primary_metric],
+            primary_metric=primary,
+            primary_value=result.metrics[primary],
             hyperparameters=result.hyperparameters,
             details={**result.details, "profile": case.profile.to_dict()},
             seeds={"protocol": int(config.get("seed", 0)), "subset": case.profile.seed},

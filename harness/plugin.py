@@ -21,7 +21,8 @@ MARKERS = {
     "linear": "linear-probe benchmark cases (frozen features, logistic regression)",
     "fewshot": "prototypical few-shot benchmark cases",
     "knn": "k-nearest-neighbour benchmark cases",
-    "invariance": "feature-invariance benchmark cases",
+    "invariance": "synthetic-transform feature-invariance benchmark cases",
+    "multiview": "multi-view (same patient/study) feature-invariance benchmark cases",
     "finetune": "full fine-tuning benchmark cases",
     "medxfer_case": "a (model, dataset, protocol) benchmark case",
 }

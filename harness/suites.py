@@ -24,7 +24,7 @@ from harness.paths import PROJECT_ROOT
 from harness.profiles import PROFILES, Profile, get_profile
 
 SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"
-PROTOCOL_NAMES = ("linear", "fewshot", "knn", "invariance", "finetune")
+PROTOCOL_NAMES = ("linear", "fewshot", "knn", "invariance", "multiview", "finetune")
 
 
 class SuiteError(ValueError):
