@@ -7,7 +7,7 @@ PROTOCOL = "linear"
 
 
 def test_linear(bench: CaseRun) -> None:
-    config = linear.LinearConfig.for_profile(bench.profile.name)
+    config = bench.configure(linear.LinearConfig.for_profile(bench.profile.name))
     features = bench.features()
     result = bench.run_protocol(
         linear.run, features["train"], features["val"], features["test"], bench.task, config

@@ -14,12 +14,13 @@ protocol, and writes the result record. Tests stay short and declarative::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from harness.zoo import LoadedModel, build_model, weights_identity
 
 SPLITS = ("train", "val", "test")
 RUN_ID_ENV = "MEDXFER_RUN_ID"
+ConfigT = TypeVar("ConfigT")
 
 
 @lru_cache(maxsize=2)
@@ -78,6 +80,9 @@ class CaseRun:
         self.record_path: Path | None = None
         self._splits: dict[str, SplitData] | None = None
         self._started = time.perf_counter()
+        # Called with every stored record; the plugin checks it against the expected values.
+        self.on_record: Callable[[ResultRecord], None] | None = None
+        self.seed: int | None = None
 
     @property
     def profile(self) -> Profile:
@@ -89,6 +94,12 @@ class CaseRun:
         """Task facts from the dataset card."""
         card = self.case.dataset
         return TaskInfo(card.task, card.num_classes, card.primary_metric, card.metrics)
+
+    def configure(self, config: ConfigT) -> ConfigT:
+        """Return a protocol config with the session's seed override applied (if any)."""
+        if self.seed is None or not hasattr(config, "seed"):
+            return config
+        return dataclasses.replace(config, seed=self.seed)  # type: ignore[type-var]
 
     def splits(self) -> dict[str, SplitData]:
         """Return the dataset's splits after the profile's subset (prepared on first use).
@@ -194,6 +205,8 @@ class CaseRun:
             run_id=session_run_id(),
         )
         self.record_path = store(record, self.results_dir)
+        if self.on_record is not None:
+            self.on_record(record)
         return self.record_path
 
 

@@ -1,4 +1,4 @@
-"""The ``medxfer`` command: list | prepare | report | cache."""
+"""The ``medxfer`` command: list | prepare | report | calibrate | compare | cache."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.what in ("models", "all"):
         print("# models")
         for card in model_cards().values():
-            print(f"{card.name:40s} {card.category:16s} {card.weights.source:7s} {card.pretraining_data}")
+            print(
+                f"{card.name:40s} {card.category:16s} {card.weights.source:7s} {card.pretraining_data}"
+            )
     if args.what in ("datasets", "all"):
         print("# datasets")
         for card in dataset_cards().values():
@@ -93,13 +95,34 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from harness.calibrate import calibrate
+
+    extra = [a for a in args.pytest_args if a != "--"]
+    calibrate(args.suite, args.seeds, extra, Path(args.out) if args.out else None)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import FailRule, compare_runs, format_table
+
+    rules = [FailRule.parse(text) for text in args.fail]
+    table, broken = compare_runs(Path(args.run_a), Path(args.run_b), rules)
+    print(format_table(table))
+    for message in broken:
+        print(f"FAIL {message}", file=sys.stderr)
+    return 1 if broken else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``medxfer`` command."""
     parser = argparse.ArgumentParser(prog="medxfer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_list = sub.add_parser("list", help="list model cards, dataset cards and suites")
-    p_list.add_argument("what", nargs="?", default="all", choices=("models", "datasets", "suites", "all"))
+    p_list.add_argument(
+        "what", nargs="?", default="all", choices=("models", "datasets", "suites", "all")
+    )
     p_list.set_defaults(func=_cmd_list)
 
     p_prep = sub.add_parser("prepare", help="build or check datasets (demo datasets build offline)")
@@ -112,6 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--out", default=None, help="output file (default reports/<suite>.md)")
     p_report.add_argument("--title", default=None)
     p_report.set_defaults(func=_cmd_report)
+
+    p_cal = sub.add_parser(
+        "calibrate", help="run a suite under N seeds and write its expected values"
+    )
+    p_cal.add_argument("suite")
+    p_cal.add_argument("--seeds", type=int, default=3)
+    p_cal.add_argument(
+        "--out", default=None, help="expected file (default benchmarks/expected/<suite>.yaml)"
+    )
+    p_cal.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        help="extra pytest arguments after --, e.g. -- -n 2",
+    )
+    p_cal.set_defaults(func=_cmd_calibrate)
+
+    p_cmp = sub.add_parser("compare", help="compare two results folders case by case")
+    p_cmp.add_argument("run_a", help="baseline results folder")
+    p_cmp.add_argument("run_b", help="new results folder")
+    p_cmp.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        metavar="METRIC:DELTA",
+        help="fail when B is worse than A by more than DELTA (absolute, or N%%); METRIC may be 'primary'",
+    )
+    p_cmp.set_defaults(func=_cmd_compare)
 
     p_cache = sub.add_parser("cache", help="inspect or clear the feature cache")
     p_cache.add_argument("action", choices=("ls", "clear"))

@@ -15,7 +15,19 @@ from pathlib import Path
 import pytest
 
 from harness.case import CaseRun, session_run_id
-from harness.suites import PROTOCOL_NAMES, Case, SuiteError, load_suite
+from harness.expected import (
+    ExpectedFile,
+    ExpectedFileError,
+    check_record,
+    clear_obtained,
+    entry_from_record,
+    expected_path,
+    load_expected,
+    merge_obtained,
+    write_obtained,
+)
+from harness.results import ResultRecord
+from harness.suites import PROTOCOL_NAMES, Case, Suite, SuiteError, load_suite
 
 MARKERS = {
     "linear": "linear-probe benchmark cases (frozen features, logistic regression)",
@@ -52,6 +64,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="auto",
         help="device for feature extraction: auto (cuda if available), cpu or cuda",
     )
+    group.addoption(
+        "--regen-expected",
+        action="store_true",
+        help="rewrite the expected values of failing, stale and missing cases with the measured ones",
+    )
+    group.addoption(
+        "--regen-all",
+        action="store_true",
+        help="rewrite the expected values of every case run",
+    )
+    group.addoption(
+        "--record-only",
+        action="store_true",
+        help="write result records without checking them against expected values",
+    )
+    group.addoption(
+        "--expected-file",
+        default=None,
+        help="expected-value file (default: benchmarks/expected/<suite>.yaml)",
+    )
+    group.addoption(
+        "--medxfer-seed",
+        type=int,
+        default=None,
+        help="override the protocols' seed (medxfer calibrate runs one session per seed)",
+    )
     parser.addini("medxfer_suite", "default suite for benchmark cases", default="demo")
 
 
@@ -63,15 +101,47 @@ def pytest_configure(config: pytest.Config) -> None:
     explicit = any(arg.startswith("--dist") for arg in config.invocation_params.args)
     if getattr(config.option, "dist", "no") == "load" and not explicit:
         config.option.dist = "loadgroup"
+    if not hasattr(config, "workerinput") and _regenerating(config):
+        clear_obtained(_expected_path(config))
+
+
+def _regenerating(config: pytest.Config) -> bool:
+    return bool(config.getoption("regen_expected") or config.getoption("regen_all"))
+
+
+def _suite(config: pytest.Config) -> Suite:
+    cached = getattr(config, "_medxfer_suite", None)
+    if cached is None:
+        name = config.getoption("suite") or config.getini("medxfer_suite")
+        try:
+            cached = load_suite(name)
+        except SuiteError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+        config._medxfer_suite = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _expected_path(config: pytest.Config) -> Path:
+    option = config.getoption("expected_file")
+    return Path(option) if option else expected_path(_suite(config).name)
+
+
+def _expected(config: pytest.Config) -> ExpectedFile | ExpectedFileError:
+    cached = getattr(config, "_medxfer_expected", None)
+    if cached is None:
+        try:
+            cached = load_expected(_expected_path(config), _suite(config).name)
+        except ExpectedFileError as exc:
+            cached = exc
+        config._medxfer_expected = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _selected_cases(config: pytest.Config) -> list[Case]:
     cached = getattr(config, "_medxfer_cases", None)
     if cached is None:
-        name = config.getoption("suite") or config.getini("medxfer_suite")
         try:
-            suite = load_suite(name)
-            cached = suite.cases(config.getoption("profile"))
+            cached = _suite(config).cases(config.getoption("profile"))
         except (SuiteError, KeyError) as exc:
             raise pytest.UsageError(str(exc)) from exc
         config._medxfer_cases = cached  # type: ignore[attr-defined]
@@ -117,7 +187,11 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     from harness.data.prepare import DatasetNotPrepared, how_to_prepare
 
     case: Case = request.param
-    run = CaseRun(case, _results_dir(request.config), request.config.getoption("medxfer_device"))
+    config = request.config
+    run = CaseRun(case, _results_dir(config), config.getoption("medxfer_device"))
+    run.seed = config.getoption("medxfer_seed")
+    if not config.getoption("record_only"):
+        run.on_record = lambda record: _check(config, request.node, record)
     try:
         run.splits()
     except DatasetNotPrepared:
@@ -127,6 +201,47 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
         request.node.user_properties.append(("medxfer_feature_cache", f"{split}:{outcome}"))
     if run.record_path is not None:
         request.node.user_properties.append(("medxfer_record", str(run.record_path)))
+
+
+def _check(config: pytest.Config, node: pytest.Item, record: ResultRecord) -> None:
+    expected = _expected(config)
+    if isinstance(expected, ExpectedFileError):
+        pytest.fail(f"cannot check {record.case_id}: {expected}", pytrace=False)
+    payload = record.to_dict()
+    outcome = check_record(payload, expected)
+    node.user_properties.append(("medxfer_check", outcome.status))
+    regen_all = config.getoption("regen_all")
+    if outcome.ok and not regen_all:
+        return
+    entry = entry_from_record(payload, outcome.expectation)
+    obtained = write_obtained(expected.path, entry)
+    if _regenerating(config):
+        node.user_properties.append(("medxfer_regenerated", record.case_id))
+        return
+    hint = (
+        f"\n  obtained entry written to {obtained}"
+        f"\n  accept it with: pytest benchmarks --suite {expected.suite} --regen-expected"
+    )
+    pytest.fail(outcome.message + hint, pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On the controller: merge regenerated entries into the expected file."""
+    config = session.config
+    if hasattr(config, "workerinput") or not _regenerating(config):
+        return
+    expected = _expected(config)
+    if isinstance(expected, ExpectedFileError):
+        expected = ExpectedFile(_expected_path(config), _suite(config).name)
+    config._medxfer_merged = merge_obtained(expected)  # type: ignore[attr-defined]
+
+
+def _unused_entries(config: pytest.Config) -> list[str]:
+    expected = _expected(config)
+    if isinstance(expected, ExpectedFileError):
+        return []
+    known = {case.case_id for case in _suite(config).cases()}
+    return sorted(set(expected.entries) - known)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -142,9 +257,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     misses += value.endswith(":miss")
                 elif key == "medxfer_record":
                     records += 1
-    if hits or misses or records:
-        terminalreporter.write_sep("-", "medxfer")
+    config = terminalreporter.config
+    if not (hits or misses or records):
+        return
+    terminalreporter.write_sep("-", "medxfer")
+    terminalreporter.write_line(
+        f"feature cache: {hits} hits, {misses} extractions; {records} result records written "
+        f"to {_results_dir(config)}"
+    )
+    expected = _expected(config)
+    if isinstance(expected, ExpectedFileError):
+        terminalreporter.write_line(f"expected values: {expected}", red=True)
+        return
+    merged = getattr(config, "_medxfer_merged", None)
+    if merged:
         terminalreporter.write_line(
-            f"feature cache: {hits} hits, {misses} extractions; {records} result records written "
-            f"to {_results_dir(terminalreporter.config)}"
+            f"expected values: regenerated {len(merged)} entries in {expected.path}"
+        )
+    for case_id in _unused_entries(config):
+        terminalreporter.write_line(
+            f"expected values: entry {case_id} in {expected.path} matches no case of suite "
+            f"{expected.suite} (stale: remove it or fix the suite)",
+            yellow=True,
         )
