@@ -60,7 +60,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else results_dir()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / f"{args.suite or 'all'}.md"
     title = args.title or f"medxfer report: {args.suite or 'all suites'}"
-    path = write_report(results, out, args.suite, title)
+    expected = None
+    if args.suite:
+        from harness.expected import expected_path, load_expected
+        from harness.suites import load_suite
+
+        name = load_suite(args.suite).name
+        candidate = expected_path(name)
+        expected = load_expected(candidate, name) if candidate.is_file() else None
+    path = write_report(results, out, args.suite, title, expected)
     print(f"report written to {path}")
     return 0
 

@@ -19,6 +19,8 @@ import pandas as pd
 
 from harness import atomic
 from harness.cards import METRICS
+from harness.expected import ExpectedFile
+from harness.report_tolerance import render_tolerances
 from harness.results import load_records, parse_timestamp
 
 SEMI_SYNTHETIC_MARK = "†"
@@ -61,7 +63,9 @@ class ReportError(RuntimeError):
     """There is nothing to report, or the records lack what a report needs."""
 
 
-def render_report(df: pd.DataFrame, title: str, suite: str | None = None) -> str:
+def render_report(
+    df: pd.DataFrame, title: str, suite: str | None = None, expected: ExpectedFile | None = None
+) -> str:
     """Render result records as a markdown report.
 
     Args:
@@ -70,6 +74,7 @@ def render_report(df: pd.DataFrame, title: str, suite: str | None = None) -> str
             suites), the newest one is used.
         title: the report's title (first heading).
         suite: report only this suite; None reports every suite in ``df``.
+        expected: the suite's expected values; adds the reproducibility section.
 
     Returns:
         The markdown text, ending with a newline.
@@ -84,12 +89,20 @@ def render_report(df: pd.DataFrame, title: str, suite: str | None = None) -> str
         _leaderboards(frame, multi_profile),
         _mean_ranks(frame, multi_profile),
         _twin_summary(frame, multi_profile),
-        _provenance(frame),
     ]
+    if expected is not None:
+        sections.append(render_tolerances(frame, expected, _table))
+    sections.append(_provenance(frame))
     return "\n\n".join(section.rstrip("\n") for section in sections) + "\n"
 
 
-def write_report(results_dir: Path, out: Path, suite: str | None, title: str) -> Path:
+def write_report(
+    results_dir: Path,
+    out: Path,
+    suite: str | None,
+    title: str,
+    expected: ExpectedFile | None = None,
+) -> Path:
     """Load the newest record of every case, render the report and write it atomically.
 
     Args:
@@ -97,6 +110,7 @@ def write_report(results_dir: Path, out: Path, suite: str | None, title: str) ->
         out: the markdown file to write.
         suite: report only this suite; None reports every suite.
         title: the report's title.
+        expected: the suite's expected values (adds the reproducibility section).
 
     Returns:
         ``out``.
@@ -114,7 +128,7 @@ def write_report(results_dir: Path, out: Path, suite: str | None, title: str) ->
             f"no result records under {results_dir} for suite {suite}: "
             f"run pytest benchmarks --suite {suite} first"
         )
-    text = render_report(frame, title, suite)
+    text = render_report(frame, title, suite, expected)
     atomic.write_text(Path(out), text)
     return Path(out)
 

@@ -1,0 +1,191 @@
+"""Expected values: file format, the check and its messages, regeneration, calibration, compare."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness import expected as ex
+from harness.calibrate import calibrated_entry
+from harness.compare import FailRule, compare_runs
+from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
+
+CASE = "linear/demo_modality/mobilenet_v2.random"
+
+
+def _record(value: float = 0.80, protocol_version: int = 1, **metrics: float) -> dict[str, Any]:
+    return {
+        "case_id": CASE,
+        "profile": "demo",
+        "protocol": {"name": "linear", "version": protocol_version},
+        "dataset": {"name": "demo_modality", "version": 1},
+        "primary_metric": "accuracy",
+        "primary_value": value,
+        "metrics": {"accuracy": value, "roc_auc": 0.9, **metrics},
+        "hardware": {"cpu_count": 2, "machine": "x86_64"},
+        "versions": {"torch": "2.14.1"},
+        "git": {"commit": "abc123"},
+    }
+
+
+def _entry(value: float = 0.80, tolerance: float = 0.01, **extra: Any) -> dict[str, Any]:
+    entry = {
+        "profile": "demo",
+        "protocol_version": 1,
+        "dataset_version": 1,
+        "metric": "accuracy",
+        "value": value,
+        "tolerance": tolerance,
+        "source": {
+            "kind": "calibration",
+            "hardware": "2x x86_64",
+            "seeds": 3,
+            "versions": {"torch": "2.14.1"},
+            "commit": "abc123",
+            "date": "2026-11-21",
+        },
+    }
+    entry.update(extra)
+    return entry
+
+
+def _write(path: Path, cases: dict[str, Any], suite: str = "demo", schema: int = 1) -> Path:
+    path.write_text(yaml.safe_dump({"schema_version": schema, "suite": suite, "cases": cases}))
+    return path
+
+
+def test_value_within_tolerance_passes(tmp_path: Path) -> None:
+    file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
+    assert ex.check_record(_record(0.809), file).status == "pass"
+    assert ex.check_record(_record(0.79), file).status == "pass"
+
+
+def test_value_outside_tolerance_fails_with_a_readable_diff(tmp_path: Path) -> None:
+    file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
+    outcome = ex.check_record(_record(0.85), file)
+    assert outcome.status == "fail"
+    text = outcome.message
+    for piece in (CASE, "expected 0.8000", "measured 0.8500", "delta +0.0500", "tolerance 0.0100"):
+        assert piece in text
+    assert "calibration on 2x x86_64, 3 seeds" in text and str(file.path) in text
+
+
+def test_other_metrics_are_checked_too(tmp_path: Path) -> None:
+    entry = _entry(others={"roc_auc": {"value": 0.95, "tolerance": 0.01}})
+    file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: entry}), "demo")
+    outcome = ex.check_record(_record(0.80), file)
+    assert outcome.status == "fail" and "roc_auc: expected 0.9500, measured 0.9000" in outcome.message
+
+
+def test_missing_entry_names_the_case_and_file(tmp_path: Path) -> None:
+    file = ex.load_expected(_write(tmp_path / "demo.yaml", {}), "demo")
+    outcome = ex.check_record(_record(), file)
+    assert outcome.status == "missing"
+    assert CASE in outcome.message and "demo.yaml" in outcome.message
+
+
+def test_protocol_version_bump_makes_the_entry_stale(tmp_path: Path) -> None:
+    file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
+    outcome = ex.check_record(_record(0.80, protocol_version=2), file)
+    assert outcome.status == "stale"
+    assert "calibrated for linear v1, running v2" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c[CASE].pop("value"), "'value' must be a finite number"),
+        (lambda c: c[CASE].update(tolerance=-1), "'tolerance' must be >= 0"),
+        (lambda c: c[CASE].update(source={"kind": "rumour"}), "'source' must be a mapping"),
+        (lambda c: c[CASE]["source"].pop("seeds"), "calibration source needs field(s) seeds"),
+        (lambda c: c[CASE].update(colour="red"), "unknown field(s) colour"),
+        (lambda c: c[CASE].update(protocol_version="1"), "'protocol_version' must be an integer"),
+    ],
+)
+def test_malformed_entries_name_file_and_case(tmp_path: Path, mutate, message: str) -> None:
+    cases = {CASE: copy.deepcopy(_entry())}
+    mutate(cases)
+    path = _write(tmp_path / "demo.yaml", cases)
+    with pytest.raises(ex.ExpectedFileError) as error:
+        ex.load_expected(path, "demo")
+    assert message in str(error.value) and str(path) in str(error.value) and CASE in str(error.value)
+
+
+def test_malformed_files_name_the_file(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "a.yaml"
+    bad_yaml.write_text("cases: [unclosed")
+    with pytest.raises(ex.ExpectedFileError, match="a.yaml: not valid YAML"):
+        ex.load_expected(bad_yaml, "demo")
+    with pytest.raises(ex.ExpectedFileError, match="schema_version is 7"):
+        ex.load_expected(_write(tmp_path / "b.yaml", {}, schema=7), "demo")
+    with pytest.raises(ex.ExpectedFileError, match="for suite 'smoke', not 'demo'"):
+        ex.load_expected(_write(tmp_path / "c.yaml", {}, suite="smoke"), "demo")
+    assert ex.load_expected(tmp_path / "absent.yaml", "demo").entries == {}
+
+
+def test_tolerance_rule_takes_the_largest_of_spread_interval_and_floor() -> None:
+    rule = ex.ToleranceRule(k=3.0, floor=0.005)
+    assert rule.tolerance(0.0) == 0.005
+    assert rule.tolerance(0.01) == pytest.approx(0.03)
+    assert rule.tolerance(0.001, interval=0.012) == pytest.approx(0.012)
+
+
+def test_regenerated_entry_keeps_the_previous_tolerance_and_uses_protocol_interval() -> None:
+    previous = ex._parse_entry(CASE, _entry(tolerance=0.02), "x")
+    entry = ex.entry_from_record(_record(0.7), previous)
+    assert entry.value == 0.7 and entry.tolerance == 0.02
+    assert entry.source["kind"] == "regenerated"
+    fresh = ex.entry_from_record(_record(0.7, accuracy_ci95=0.031), None)
+    assert fresh.tolerance == pytest.approx(0.031)
+
+
+def test_obtained_files_merge_into_the_expected_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "demo.yaml", {CASE: _entry()})
+    file = ex.load_expected(path, "demo")
+    obtained = ex.write_obtained(path, ex.entry_from_record(_record(0.9), file.entries[CASE]))
+    assert obtained.parent.name == "demo.yaml.obtained"
+    assert ex.merge_obtained(file) == [CASE]
+    reloaded = ex.load_expected(path, "demo")
+    assert reloaded.entries[CASE].value == 0.9
+    assert not list(obtained.parent.glob("*.yaml"))
+    assert ex.check_record(_record(0.9), reloaded).status == "pass"
+
+
+def test_calibrated_entry_uses_mean_and_spread_across_seeds() -> None:
+    records = [_record(v) for v in (0.80, 0.82, 0.84)]
+    entry = calibrated_entry(records, None)
+    assert entry.value == pytest.approx(0.82)
+    assert entry.tolerance == pytest.approx(3 * 0.02)
+    assert entry.source["kind"] == "calibration" and entry.source["seeds"] == 3
+    assert entry.source["values"] == [0.8, 0.82, 0.84]
+    assert entry.others["roc_auc"].tolerance == 0.005
+
+
+def _store(results: Path, value: float) -> None:
+    record = ResultRecord(
+        case_id=CASE,
+        suite="demo",
+        profile="demo",
+        model=ModelInfo("mobilenet_v2.random", "random-init", "mobilenet_v2", "random"),
+        dataset=DatasetInfo("demo_modality", 1, "multiclass", "accuracy"),
+        protocol=ProtocolInfo("linear", 1),
+        metrics={"accuracy": value, "roc_auc": 0.9},
+        primary_metric="accuracy",
+        primary_value=value,
+    )
+    store(record, results)
+
+
+def test_compare_fails_only_on_a_regression_beyond_the_rule(tmp_path: Path) -> None:
+    _store(tmp_path / "a", 0.80)
+    _store(tmp_path / "b", 0.78)
+    _, broken = compare_runs(tmp_path / "a", tmp_path / "b", [FailRule.parse("accuracy:0.01")])
+    assert len(broken) == 1 and "0.8000 -> 0.7800" in broken[0]
+    _, ok = compare_runs(tmp_path / "a", tmp_path / "b", [FailRule.parse("primary:3%")])
+    assert ok == []
+    with pytest.raises(ValueError, match="METRIC:DELTA"):
+        FailRule.parse("accuracy")
