@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from harness.atomic import TMP_INFIX
 from harness.paths import PROJECT_ROOT
@@ -71,7 +72,7 @@ def test_k_selects_cases_by_dataset_protocol_and_model(home: Path, tmp_path: Pat
     def collected(*args: str) -> list[str]:
         out = run_benchmarks(home, tmp_path, "--suite", "smoke", "--collect-only", "-q", *args)
         assert out.returncode == 0, out.stdout + out.stderr
-        return [line for line in out.stdout.splitlines() if "::" in line]
+        return [line for line in out.stdout.splitlines() if "::test_linear[" in line]
 
     every = collected()
     assert len(every) == 12
@@ -85,7 +86,9 @@ def test_k_selects_cases_by_dataset_protocol_and_model(home: Path, tmp_path: Pat
 
 def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_path: Path) -> None:
     _cold(home)
-    first = run_benchmarks(home, tmp_path, "--suite", "smoke", "-k", "cxr_lesion")
+    first = run_benchmarks(
+        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--record-only"
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 passed" in first.stdout
     extracts = [e for e in _events(home) if e["event"] == "extract"]
@@ -101,7 +104,9 @@ def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_pat
         assert record["hyperparameters"]["C"] > 0
         assert record["git"] is not None and record["versions"]["torch"]
 
-    second = run_benchmarks(home, tmp_path, "--suite", "smoke", "-k", "cxr_lesion")
+    second = run_benchmarks(
+        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--record-only"
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert len([e for e in _events(home) if e["event"] == "extract"]) == 12  # nothing new
     assert "feature cache: 12 hits, 0 extractions" in second.stdout
@@ -111,7 +116,17 @@ def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_pat
 
 def test_xdist_two_workers_extract_each_key_once(home: Path, tmp_path: Path) -> None:
     _cold(home)
-    out = run_benchmarks(home, tmp_path, "--suite", "smoke", "-n", "2", "-k", "not fundus")
+    out = run_benchmarks(
+        home,
+        tmp_path,
+        "--suite",
+        "smoke",
+        "-n",
+        "2",
+        "-k",
+        "linear and not fundus",
+        "--record-only",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "8 passed" in out.stdout
     keys = [e["key"] for e in _events(home) if e["event"] == "extract"]
@@ -133,7 +148,7 @@ def test_sigkill_midway_leaves_no_corrupt_file_and_rerun_completes(
 ) -> None:
     _cold(home)
     process = subprocess.Popen(
-        _command("--suite", "smoke", "-k", "modality"),
+        _command("--suite", "smoke", "-k", "linear and modality", "--record-only"),
         cwd=PROJECT_ROOT,
         env=_env(home, tmp_path),
         stdout=subprocess.DEVNULL,
@@ -149,7 +164,9 @@ def test_sigkill_midway_leaves_no_corrupt_file_and_rerun_completes(
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
-    rerun = run_benchmarks(home, tmp_path, "--suite", "smoke", "-k", "modality")
+    rerun = run_benchmarks(
+        home, tmp_path, "--suite", "smoke", "-k", "linear and modality", "--record-only"
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "4 passed" in rerun.stdout
     for path in (home / "features").rglob("*.npz"):
@@ -161,3 +178,59 @@ def test_sigkill_midway_leaves_no_corrupt_file_and_rerun_completes(
         json.loads(path.read_text())
     leftovers = [p for p in (home / "features").rglob(f"*{TMP_INFIX}*")]
     assert leftovers == []
+
+
+def test_expected_values_check_regenerate_and_diff(home: Path, tmp_path: Path) -> None:
+    expected = tmp_path / "smoke.yaml"
+    results = tmp_path / "results"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_benchmarks(
+            home,
+            results,
+            "--suite",
+            "smoke",
+            "-k",
+            "linear and cxr_lesion",
+            "--expected-file",
+            str(expected),
+            *args,
+        )
+
+    missing = run()
+    assert missing.returncode == 1
+    assert "4 failed" in missing.stdout and "no expected value for case" in missing.stdout
+    assert len(list((tmp_path / "smoke.yaml.obtained").glob("*.yaml"))) == 4
+
+    regen = run("--regen-expected")
+    assert regen.returncode == 0, regen.stdout
+    assert "regenerated 4 entries" in regen.stdout
+    entries = yaml.safe_load(expected.read_text())["cases"]
+    assert len(entries) == 4
+
+    again = run()
+    assert again.returncode == 0 and "4 passed" in again.stdout
+
+    case = "linear/demo_cxr_lesion/mobilenet_v2.random"
+    document = yaml.safe_load(expected.read_text())
+    document["cases"][case]["value"] += 0.1
+    document["cases"]["linear/demo_cxr_lesion/not_a_model.x"] = document["cases"][case]
+    expected.write_text(yaml.safe_dump(document))
+    moved = run()
+    assert moved.returncode == 1 and "1 failed, 3 passed" in moved.stdout
+    assert f"{case} differs from its expected value" in moved.stdout
+    assert "delta -0.1000, tolerance 0.0050" in moved.stdout
+    assert (
+        "linear/demo_cxr_lesion/not_a_model.x" in moved.stdout and "matches no case" in moved.stdout
+    )
+
+    document["cases"][case]["value"] -= 0.1
+    document["cases"][case]["protocol_version"] = 99
+    expected.write_text(yaml.safe_dump(document))
+    stale = run()
+    assert "is stale: calibrated for linear v99, running v1" in stale.stdout
+
+    expected.write_text("cases: [unclosed")
+    broken = run()
+    assert broken.returncode == 1 and "4 failed" in broken.stdout
+    assert f"{expected}: not valid YAML" in broken.stdout
