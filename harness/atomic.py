@@ -35,6 +35,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; final files get normal permissions
     try:
         yield tmp
         _fsync_file(tmp)
@@ -59,6 +60,12 @@ def write_text(target: Path, text: str) -> None:
 def write_json(target: Path, payload: Any) -> None:
     """Atomically write ``payload`` as indented JSON."""
     write_text(target, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def is_temporary(path: Path) -> bool:

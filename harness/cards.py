@@ -382,9 +382,16 @@ def load_dataset_card_file(path: Path) -> DatasetCard:
     )
 
 
+def model_cards(directory: Path | None = None) -> dict[str, ModelCard]:
+    """Return every model card in ``directory`` (default ``models/``) by name.
+
+    Duplicate names are an error. Results are cached per folder.
+    """
+    return _model_cards(Path(directory or MODEL_CARD_DIR))
+
+
 @cache
-def model_cards(directory: Path = MODEL_CARD_DIR) -> dict[str, ModelCard]:
-    """Return every model card in ``directory`` by name; duplicate names are an error."""
+def _model_cards(directory: Path) -> dict[str, ModelCard]:
     cards: dict[str, ModelCard] = {}
     for path in sorted(Path(directory).glob("*.yaml")):
         for card in load_model_card_file(path):
@@ -402,9 +409,16 @@ def model_cards(directory: Path = MODEL_CARD_DIR) -> dict[str, ModelCard]:
     return cards
 
 
+def dataset_cards(directory: Path | None = None) -> dict[str, DatasetCard]:
+    """Return every dataset card in ``directory`` (default ``datasets/``) by name.
+
+    Duplicate names are an error. Results are cached per folder.
+    """
+    return _dataset_cards(Path(directory or DATASET_CARD_DIR))
+
+
 @cache
-def dataset_cards(directory: Path = DATASET_CARD_DIR) -> dict[str, DatasetCard]:
-    """Return every dataset card in ``directory`` by name; duplicate names are an error."""
+def _dataset_cards(directory: Path) -> dict[str, DatasetCard]:
     cards: dict[str, DatasetCard] = {}
     for path in sorted(Path(directory).glob("*.yaml")):
         card = load_dataset_card_file(path)

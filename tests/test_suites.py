@@ -70,7 +70,7 @@ def card_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(dataset_card(name, classes)))
     monkeypatch.setattr(harness.cards, "DATASET_CARD_DIR", folder)
     yield folder
-    dataset_cards.cache_clear()
+    harness.cards._dataset_cards.cache_clear()
 
 
 def write_suite(folder: Path, name: str = "mine", **fields: Any) -> Path:

@@ -1,0 +1,191 @@
+"""The MedMNIST ``.npz`` layout: reader and atomic writer.
+
+One archive holds three splits. For each split ``s`` in ``train``, ``val``, ``test``:
+
+- ``{s}_images``: uint8, ``(N, H, W)`` grayscale or ``(N, H, W, 3)`` RGB;
+- ``{s}_labels``: integers, ``(N, 1)`` (or ``(N,)``) for binary / multiclass / ordinal
+  tasks, ``(N, C)`` of 0/1 for multilabel tasks;
+- ``{s}_groups`` (optional, not in MedMNIST): int64 ``(N,)``, e.g. source image or
+  patient id, for grouped resampling.
+
+Real MedMNIST files (``pneumoniamnist.npz`` ...) are read by the same reader.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.atomic import write_with
+from harness.data import DatasetError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class SplitData:
+    """One split of a dataset: images, labels and optional group ids.
+
+    Attributes:
+        images: uint8 ``(N, H, W)`` or ``(N, H, W, 3)``.
+        labels: int64 ``(N,)`` (binary / multiclass / ordinal) or ``(N, C)`` (multilabel).
+        groups: int64 ``(N,)`` group ids (source image, patient), or None.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if len(self.labels) != n:
+            raise ValueError(f"SplitData: {n} images but {len(self.labels)} labels")
+        if self.groups is not None and len(self.groups) != n:
+            raise ValueError(f"SplitData: {n} images but {len(self.groups)} groups")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
+    """Read and validate a MedMNIST-layout ``.npz`` archive.
+
+    Args:
+        path: the archive.
+        task: ``binary``, ``multiclass``, ``ordinal`` or ``multilabel``.
+        num_classes: number of classes (labels must lie in ``0..num_classes-1``; for
+            multilabel, the label width).
+
+    Returns:
+        ``{"train": SplitData, "val": SplitData, "test": SplitData}``; labels are int64,
+        squeezed to ``(N,)`` unless the task is multilabel.
+
+    Raises:
+        DatasetError: naming the file and the key at fault.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not an .npz archive (not a zip file)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: cannot open as .npz: {exc}") from exc
+    with archive:
+        keys = set(archive.files)
+        splits: dict[str, SplitData] = {}
+        image_shape: tuple[int, ...] | None = None
+        for split in SPLITS:
+            images = _array(archive, keys, path, f"{split}_images")
+            labels = _array(archive, keys, path, f"{split}_labels")
+            groups_key = f"{split}_groups"
+            groups = _array(archive, keys, path, groups_key) if groups_key in keys else None
+            _check_images(images, path, f"{split}_images")
+            if image_shape is not None and images.shape[1:] != image_shape:
+                raise DatasetError(
+                    f"{path}: key '{split}_images' has image shape {images.shape[1:]}, "
+                    f"but '{SPLITS[0]}_images' has {image_shape}"
+                )
+            image_shape = images.shape[1:]
+            labels = _check_labels(labels, len(images), task, num_classes, path, split)
+            if groups is not None:
+                groups = _check_groups(groups, len(images), path, groups_key)
+            splits[split] = SplitData(images=images, labels=labels, groups=groups)
+    return splits
+
+
+def write_npz(path: Path, splits: dict[str, SplitData]) -> None:
+    """Atomically write splits in the MedMNIST ``.npz`` layout (compressed).
+
+    One-dimensional labels are stored as ``(N, 1)`` like MedMNIST; groups are stored
+    when present. A reader never sees a partial file.
+
+    Args:
+        path: the archive to (over)write.
+        splits: must contain exactly ``train``, ``val`` and ``test``.
+
+    Raises:
+        DatasetError: when a split is missing or unexpected.
+    """
+    path = Path(path)
+    if set(splits) != set(SPLITS):
+        raise DatasetError(
+            f"{path}: write_npz needs splits {', '.join(SPLITS)}, got {', '.join(sorted(splits))}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        data = splits[split]
+        labels = np.asarray(data.labels)
+        arrays[f"{split}_images"] = np.asarray(data.images)
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1) if labels.ndim == 1 else labels
+        if data.groups is not None:
+            arrays[f"{split}_groups"] = np.asarray(data.groups, dtype=np.int64)
+    write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _array(archive: np.lib.npyio.NpzFile, keys: set[str], path: Path, key: str) -> np.ndarray:
+    if key not in keys:
+        raise DatasetError(f"{path}: missing key '{key}' (keys present: {', '.join(sorted(keys))})")
+    try:
+        return archive[key]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: key '{key}' cannot be read: {exc}") from exc
+
+
+def _check_images(images: np.ndarray, path: Path, key: str) -> None:
+    if images.dtype != np.uint8:
+        raise DatasetError(f"{path}: key '{key}' must be uint8, got {images.dtype}")
+    rgb = images.ndim == 4 and images.shape[-1] == 3
+    if images.ndim != 3 and not rgb:
+        raise DatasetError(
+            f"{path}: key '{key}' must have shape (N, H, W) or (N, H, W, 3), got {images.shape}"
+        )
+    if len(images) == 0:
+        raise DatasetError(f"{path}: key '{key}' holds no images")
+
+
+def _check_labels(
+    labels: np.ndarray, n: int, task: str, num_classes: int, path: Path, split: str
+) -> np.ndarray:
+    key = f"{split}_labels"
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise DatasetError(f"{path}: key '{key}' must hold integers, got {labels.dtype}")
+    if len(labels) != n:
+        raise DatasetError(
+            f"{path}: key '{key}' has {len(labels)} labels but '{split}_images' has {n} images"
+        )
+    if task == "multilabel":
+        if labels.ndim != 2 or labels.shape[1] != num_classes:
+            raise DatasetError(
+                f"{path}: key '{key}' must have shape (N, {num_classes}) for a multilabel "
+                f"task, got {labels.shape}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() > 1):
+            raise DatasetError(f"{path}: key '{key}' must hold 0/1 for a multilabel task")
+        return labels.astype(np.int64)
+    if not (labels.ndim == 1 or (labels.ndim == 2 and labels.shape[1] == 1)):
+        raise DatasetError(
+            f"{path}: key '{key}' must have shape (N,) or (N, 1), got {labels.shape}"
+        )
+    flat = labels.reshape(-1).astype(np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
+        raise DatasetError(
+            f"{path}: key '{key}' has labels in {flat.min()}..{flat.max()}, outside "
+            f"0..{num_classes - 1} ({num_classes} classes)"
+        )
+    return flat
+
+
+def _check_groups(groups: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
+    if not np.issubdtype(groups.dtype, np.integer):
+        raise DatasetError(f"{path}: key '{key}' must hold integers, got {groups.dtype}")
+    if groups.shape != (n,):
+        raise DatasetError(f"{path}: key '{key}' must have shape ({n},), got {groups.shape}")
+    return groups.astype(np.int64)
