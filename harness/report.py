@@ -59,6 +59,11 @@ _VERSION_ORDER = (
 )
 
 
+PER_TRANSFORM_PREFIXES = ("cos_", "mahal_", "centred_cos_")
+INTERVAL_SUFFIX = "_ci95"
+DESCRIPTIVE_PROTOCOLS = ("invariance", "multiview")
+
+
 class ReportError(RuntimeError):
     """There is nothing to report, or the records lack what a report needs."""
 
@@ -90,6 +95,9 @@ def render_report(
         _mean_ranks(frame, multi_profile),
         _twin_summary(frame, multi_profile),
     ]
+    invariance = _invariance_tables(frame)
+    if invariance:
+        sections.append(invariance)
     if expected is not None:
         sections.append(render_tolerances(frame, expected, _table))
     sections.append(_provenance(frame))
@@ -243,7 +251,9 @@ def _leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
         others = _ordered_metrics(
             column[len("metric_") :]
             for column in metric_columns
-            if group[column].notna().any() and column[len("metric_") :] not in primaries
+            if group[column].notna().any()
+            and column[len("metric_") :] not in primaries
+            and not _is_detail_metric(column[len("metric_") :])
         )
         twins = _twins(group)
         headers = ["rank", "model", "category", f"**{primary_name}**", *others, "hyperparameters"]
@@ -258,7 +268,9 @@ def _leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
                 _fmt_rank(row["_rank"]),
                 f"`{row['model']}`",
                 str(row["model_category"]),
-                _fmt(row["primary_value"]),
+                _fmt_with_interval(
+                    row["primary_value"], row.get(f"metric_{row['primary_metric']}_ci95")
+                ),
                 *(_fmt(row.get(f"metric_{name}")) for name in others),
                 _fmt_hparams(row.get("hyperparameters")),
             ]
@@ -278,6 +290,45 @@ def _leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
         )
         right = {0, 3, *range(4, 4 + len(others))} | ({len(headers) - 1} if twins else set())
         parts += [heading, versions, _table(headers, rows, right)]
+    return "\n\n".join(parts)
+
+
+def _is_detail_metric(name: str) -> bool:
+    """Per-transform invariance values and intervals get their own tables/cells."""
+    return name.startswith(PER_TRANSFORM_PREFIXES) or name.endswith(INTERVAL_SUFFIX)
+
+
+def _fmt_with_interval(value: Any, interval: Any) -> str:
+    if _is_missing(interval):
+        return _fmt(value)
+    return f"{_fmt(value)} ± {_fmt(interval)}"
+
+
+def _invariance_tables(frame: pd.DataFrame) -> str:
+    """Per-transform whitened cosine (clean vs transformed), one table per dataset."""
+    group_frame = frame[frame["protocol"] == "invariance"]
+    if group_frame.empty:
+        return ""
+    semi = _semi_synthetic(frame)
+    parts = [
+        "## Invariance per transform",
+        "Mean whitened cosine similarity between the features of clean and transformed "
+        "images (1 = invariant). Transforms that cannot change the image (colour on "
+        "grayscale data) are left out.",
+    ]
+    for dataset, group in group_frame.groupby("dataset", sort=True):
+        columns = sorted(
+            c for c in group.columns if c.startswith("metric_cos_") and group[c].notna().any()
+        )
+        headers = ["model", *(c[len("metric_cos_") :] for c in columns), "mean"]
+        rows = [
+            [f"`{row['model']}`", *(_fmt(row[c]) for c in columns), _fmt(row["primary_value"])]
+            for _, row in group.sort_values("model").iterrows()
+        ]
+        parts += [
+            f"### {_dataset_label(dataset, semi)}",
+            _table(headers, rows, set(range(1, len(headers)))),
+        ]
     return "\n\n".join(parts)
 
 
@@ -317,7 +368,9 @@ def _twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
     semi = _semi_synthetic(frame)
     rows = []
     wins = compared = 0
-    for (profile, protocol, dataset), group in frame.groupby(
+    # Invariance measures are descriptive: "more invariant" is not "transfers better".
+    accuracy_like = frame[~frame["protocol"].isin(DESCRIPTIVE_PROTOCOLS)]
+    for (profile, protocol, dataset), group in accuracy_like.groupby(
         ["profile", "protocol", "dataset"], sort=True
     ):
         twins = _twins(group)
