@@ -9,7 +9,7 @@ PROTOCOL = "invariance"
 
 
 def test_invariance(bench: CaseRun) -> None:
-    config = invariance.InvarianceConfig.for_profile(bench.profile.name)
+    config = bench.configure(invariance.InvarianceConfig.for_profile(bench.profile.name))
     stats, stats_hit = _stats(bench, config)
 
     images = bench.splits()[config.split].images

@@ -11,7 +11,9 @@ PROTOCOL = "multiview"
 def test_multiview(bench: CaseRun) -> None:
     card = bench.case.dataset
     rule = invariance.pairing_rule(card.pairing, card.source_file or card.name)
-    config = invariance.MultiviewConfig.for_profile(bench.profile.name, pairing_rule=rule)
+    config = bench.configure(
+        invariance.MultiviewConfig.for_profile(bench.profile.name, pairing_rule=rule)
+    )
     groups = bench.splits()[config.split].groups
     if groups is None:
         pytest.skip("dataset has no pairing groups")

@@ -32,7 +32,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("# suites")
         for name in available_suites():
             suite = load_suite(name)
-            n = len(suite.models) * len(suite.datasets) * len(suite.protocols) - len(suite.exclude)
+            n = len(suite.cases())
             print(f"{name:16s} {n:4d} cases  profile={suite.profile:6s} {suite.description}")
     return 0
 

@@ -10,6 +10,8 @@ A suite file ``benchmarks/suites/<name>.yaml``::
     protocols: [linear]
     exclude:                      # optional: drop single triples
       - {model: ..., dataset: ..., protocol: ...}
+    only:                         # optional: run a costly protocol on a subset
+      finetune: {models: [tf_efficientnet_lite0.in1k_pip], datasets: [demo_modality]}
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Suite:
     datasets: tuple[str, ...]
     protocols: tuple[str, ...]
     exclude: tuple[tuple[str, str, str], ...] = ()
+    only: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     description: str = ""
     path: Path = field(default=Path())
 
@@ -118,7 +121,13 @@ class Suite:
                 for m in (model_name, model.name)
                 for d in (dataset_name, dataset.name)
             )
+            and self._allowed(protocol, "models", model_name)
+            and self._allowed(protocol, "datasets", dataset_name)
         ]
+
+    def _allowed(self, protocol: str, kind: str, name: str) -> bool:
+        subset = self.only.get(protocol, {}).get(kind)
+        return subset is None or name in subset
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -151,7 +160,7 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: a suite is a mapping")
-    allowed = {"name", "version", "profile", "models", "datasets", "protocols", "exclude"}
+    allowed = {"name", "version", "profile", "models", "datasets", "protocols", "exclude", "only"}
     extra = set(raw) - allowed - {"description"}
     if extra:
         raise SuiteError(f"{path}: unknown field(s) {', '.join(sorted(extra))}")
@@ -194,7 +203,33 @@ def load_suite(name_or_path: str) -> Suite:
         models=tuple(raw["models"]),
         datasets=tuple(raw["datasets"]),
         protocols=tuple(raw["protocols"]),
+        only=_parse_only(raw.get("only"), raw, path),
         exclude=tuple(exclude),
         description=str(raw.get("description", "")),
         path=path,
     )
+
+
+def _parse_only(raw_only: object, raw: dict, path: Path) -> dict[str, dict[str, tuple[str, ...]]]:
+    if raw_only is None:
+        return {}
+    if not isinstance(raw_only, dict):
+        raise SuiteError(
+            f"{path}: 'only' must map a protocol to {{models: [...], datasets: [...]}}"
+        )
+    only: dict[str, dict[str, tuple[str, ...]]] = {}
+    for protocol, subset in raw_only.items():
+        if protocol not in raw["protocols"]:
+            raise SuiteError(
+                f"{path}: 'only' names protocol {protocol!r}, which the suite does not list"
+            )
+        if not isinstance(subset, dict) or not set(subset) <= {"models", "datasets"}:
+            raise SuiteError(f"{path}: only.{protocol} may hold 'models' and 'datasets' lists")
+        only[protocol] = {}
+        for kind, names in subset.items():
+            if not isinstance(names, list) or not all(n in raw[kind] for n in names):
+                raise SuiteError(
+                    f"{path}: only.{protocol}.{kind} must list {kind} of the suite, got {names!r}"
+                )
+            only[protocol][kind] = tuple(names)
+    return only
