@@ -103,7 +103,7 @@ def test_committed_suite_loads_and_models_resolve(name: str) -> None:
     assert suite.name == name
     assert suite.path == SUITE_DIR / f"{name}.yaml"
     assert suite.version == 1
-    assert suite.protocols == ("linear",)
+    assert "linear" in suite.protocols
     assert suite.profile in PROFILES
     assert suite.description
     for model in suite.models:
@@ -121,11 +121,21 @@ def test_committed_demo_and_smoke_list_the_embedded_default() -> None:
 def test_committed_demo_suite_expands(card_dir: Path) -> None:
     suite = load_suite("demo")
     cases = suite.cases()
-    assert len(cases) == len(suite.models) * len(suite.datasets) == 12
-    expected = [f"linear/{dataset}/{model}" for dataset in suite.datasets for model in suite.models]
-    assert [c.case_id for c in cases] == expected
+    frozen = [p for p in suite.protocols if p != "finetune"]
+    assert len(cases) == len(suite.models) * len(suite.datasets) * len(frozen) + 2
+    expected = [
+        f"{protocol}/{dataset}/{model}"
+        for protocol in frozen
+        for dataset in suite.datasets
+        for model in suite.models
+    ]
+    assert [c.case_id for c in cases if c.protocol != "finetune"] == expected
+    assert [c.case_id for c in cases if c.protocol == "finetune"] == [
+        "finetune/demo_cxr_lesion/tf_efficientnet_lite0.in1k_pip",
+        "finetune/demo_cxr_lesion/tf_efficientnet_lite0.random",
+    ]
     assert cases[0].case_id == "linear/demo_modality/tf_efficientnet_lite0.in1k_pip"
-    assert len({c.param_id for c in cases}) == len(cases)
+    assert len({(c.protocol, c.param_id) for c in cases}) == len(cases)
     assert {c.profile.name for c in cases} == {"demo"}
     assert {c.suite for c in cases} == {"demo"}
     assert cases[0].dataset.source_file == str(card_dir / "demo_modality.yaml")
@@ -158,7 +168,8 @@ def test_committed_suites_against_committed_dataset_cards() -> None:
             assert f"unknown dataset {missing[0]!r}" in str(info.value)
         else:
             cases = suite.cases()
-            assert len(cases) == len(suite.models) * len(suite.datasets) * len(suite.protocols)
+            full = len(suite.models) * len(suite.datasets) * len(suite.protocols)
+            assert len(cases) == full or (suite.only and 0 < len(cases) < full)
 
 
 # --------------------------------------------------------------------------- expansion
@@ -318,3 +329,25 @@ def test_unknown_suite_name_lists_known() -> None:
 def test_suite_path() -> None:
     assert suite_path("demo") == SUITE_DIR / "demo.yaml"
     assert suite_path("elsewhere/custom.yml") == Path("elsewhere/custom.yml")
+
+
+def test_only_limits_a_protocol_to_a_subset(tmp_path: Path, card_dir: Path) -> None:
+    path = write_suite(
+        tmp_path,
+        protocols=["linear", "finetune"],
+        only={"finetune": {"models": ["mobilenet_v2.random"], "datasets": ["demo_cxr_lesion"]}},
+    )
+    cases = load_suite(str(path)).cases()
+    finetune = [c for c in cases if c.protocol == "finetune"]
+    assert [c.case_id for c in finetune] == ["finetune/demo_cxr_lesion/mobilenet_v2.random"]
+    linear = [c for c in cases if c.protocol == "linear"]
+    assert len(linear) == len({c.case_id for c in linear}) > 1
+
+
+def test_only_must_name_listed_protocols_and_cards(tmp_path: Path) -> None:
+    bad_protocol = write_suite(tmp_path, name="a", only={"finetune": {"models": []}})
+    with pytest.raises(SuiteError, match="'only' names protocol 'finetune'"):
+        load_suite(str(bad_protocol))
+    bad_model = write_suite(tmp_path, name="b", only={"linear": {"models": ["resnet50.nope"]}})
+    with pytest.raises(SuiteError, match=r"only.linear.models must list models of the suite"):
+        load_suite(str(bad_model))
