@@ -189,3 +189,18 @@ def test_compare_fails_only_on_a_regression_beyond_the_rule(tmp_path: Path) -> N
     assert ok == []
     with pytest.raises(ValueError, match="METRIC:DELTA"):
         FailRule.parse("accuracy")
+
+
+def test_committed_expected_files_load_and_the_published_example_cites_its_row() -> None:
+    from harness.suites import available_suites, load_suite
+
+    for name in available_suites():
+        path = ex.expected_path(name)
+        if path.is_file():
+            ex.load_expected(path, load_suite(name).name)
+    example = ex.load_expected(ex.expected_path("paper-example"), "paper-example")
+    entry = example.entries["fewshot/shenzhen_cxr/resnet50.tv_in1k"]
+    assert entry.source["kind"] == "published"
+    assert entry.source["row"] == "supervised r50" and len(entry.source["commit"]) == 40
+    assert entry.tolerance == entry.source["interval"]["value"] == 0.0072
+    assert "published: jonahanton/SSL_medicalimaging" in entry.source_summary()
