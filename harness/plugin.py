@@ -9,10 +9,12 @@ per (model, dataset), and writes one result record per case.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.case import CaseRun, session_run_id
 from harness.expected import (
@@ -101,8 +103,24 @@ def pytest_configure(config: pytest.Config) -> None:
     explicit = any(arg.startswith("--dist") for arg in config.invocation_params.args)
     if getattr(config.option, "dist", "no") == "load" and not explicit:
         config.option.dist = "loadgroup"
+    _share_cores(config)
     if not hasattr(config, "workerinput") and _regenerating(config):
         clear_obtained(_expected_path(config))
+
+
+def _share_cores(config: pytest.Config) -> None:
+    """Give each xdist worker its share of the cores (or MEDXFER_TORCH_THREADS threads).
+
+    N workers each with an all-core torch pool oversubscribe the CPU and run slower
+    than a single process.
+    """
+    threads = os.environ.get("MEDXFER_TORCH_THREADS")
+    workerinput = getattr(config, "workerinput", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif workerinput is not None:
+        workers = int(workerinput.get("workercount", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def _regenerating(config: pytest.Config) -> bool:
