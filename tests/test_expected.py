@@ -78,7 +78,9 @@ def test_other_metrics_are_checked_too(tmp_path: Path) -> None:
     entry = _entry(others={"roc_auc": {"value": 0.95, "tolerance": 0.01}})
     file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: entry}), "demo")
     outcome = ex.check_record(_record(0.80), file)
-    assert outcome.status == "fail" and "roc_auc: expected 0.9500, measured 0.9000" in outcome.message
+    assert (
+        outcome.status == "fail" and "roc_auc: expected 0.9500, measured 0.9000" in outcome.message
+    )
 
 
 def test_missing_entry_names_the_case_and_file(tmp_path: Path) -> None:
@@ -112,13 +114,15 @@ def test_malformed_entries_name_file_and_case(tmp_path: Path, mutate, message: s
     path = _write(tmp_path / "demo.yaml", cases)
     with pytest.raises(ex.ExpectedFileError) as error:
         ex.load_expected(path, "demo")
-    assert message in str(error.value) and str(path) in str(error.value) and CASE in str(error.value)
+    assert (
+        message in str(error.value) and str(path) in str(error.value) and CASE in str(error.value)
+    )
 
 
 def test_malformed_files_name_the_file(tmp_path: Path) -> None:
     bad_yaml = tmp_path / "a.yaml"
     bad_yaml.write_text("cases: [unclosed")
-    with pytest.raises(ex.ExpectedFileError, match="a.yaml: not valid YAML"):
+    with pytest.raises(ex.ExpectedFileError, match=r"a\.yaml: not valid YAML"):
         ex.load_expected(bad_yaml, "demo")
     with pytest.raises(ex.ExpectedFileError, match="schema_version is 7"):
         ex.load_expected(_write(tmp_path / "b.yaml", {}, schema=7), "demo")

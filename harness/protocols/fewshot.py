@@ -1,0 +1,464 @@
+"""Few-shot classification on frozen features: prototypical networks over random episodes.
+
+Follows ssl-transfer's ``few_shot.py`` and SSL_medicalimaging's runner
+(``shared/reference/peers.md`` sections 2.1 and 2.3): every episode draws ``n_way`` classes
+and, from each, ``n_shot`` support and ``n_query`` query images; a class's prototype is
+the mean of its support features, each query goes to the class of the nearest prototype
+in squared Euclidean distance, and the episode's accuracy is the fraction of queries
+classified right. The result is the mean over episodes with the peers' 95% interval
+``1.96 * std / sqrt(episodes)`` (population std, as ``np.std``). Defaults are the peers':
+20 shots (SSL_medicalimaging), 15 queries, 600 episodes, episodes drawn from train+test
+pooled, 5 ways or the dataset card's ``fewshot.n_way``.
+
+ProtoNet always reports plain accuracy, whatever the dataset's primary metric is (the
+peers never use the metric column of their dataset table; section 6). :func:`run`
+therefore returns ``accuracy`` and ``accuracy_ci95`` only and sets
+``details["primary_metric_override"] = "accuracy"``, so a record's primary value is the
+mean episode accuracy.
+
+What this does differently from the peers:
+
+* Features are extracted once for the whole pool (and cached); every episode is a gather
+  from the feature matrix. The peers ran the backbone on every episode's images, so a
+  600-episode run cost ~100x the forward passes (``docs/performance.md``).
+* Episodes are seeded (``numpy.random.default_rng(seed)``) and drawn up front; the same
+  seed gives the same episodes and the same accuracy. The CD-FSL loaders of ssl-transfer
+  set no seed at all. NumPy does not promise ``Generator`` streams across releases, so
+  ``details["episodes_sha256"]`` records a digest of the drawn indices.
+* A class with fewer than ``n_shot + n_query`` images in the pool is an error naming it
+  (or dropped and recorded with ``on_small_class="drop"``); the peers' per-class data
+  loaders silently returned short batches.
+
+Sampling matches the peers: classes without replacement within an episode, images of a
+class without replacement within an episode, and independent draws across episodes (an
+image can appear in many episodes). Ties between prototypes go to the lowest way index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.metrics import is_integer_valued
+from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+
+VERSION = 1
+
+POOLS: dict[str, tuple[str, ...]] = {
+    "train+test": ("train", "test"),
+    "test": ("test",),
+    "train+val+test": ("train", "val", "test"),
+}
+SMALL_CLASS_POLICIES = ("error", "drop")
+DEFAULT_MAX_WAY = 5
+
+# Upper bound on the float64 gathered features (episodes, W, S+Q, D) of one chunk.
+_CHUNK_BYTES = 128 * 2**20
+
+_PROFILES = ("smoke", "demo", "paper")
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    """Settings of the few-shot (ProtoNet) protocol.
+
+    Attributes:
+        n_way: Classes per episode. None: the dataset card's ``fewshot.n_way`` if it has
+            one, else ``min(5, num_classes)``.
+        n_shot: Support images per class and episode (SSL_medicalimaging's 20;
+            ssl-transfer's default is 5).
+        n_query: Query images per class and episode.
+        episodes: Number of episodes.
+        pool: Which splits episodes are drawn from: "train+test" (the peers),
+            "test" or "train+val+test".
+        seed: Seed of the episode draw.
+        on_small_class: "error" to refuse a class with fewer than ``n_shot + n_query``
+            images in the pool, "drop" to leave it out (recorded in the details).
+    """
+
+    n_way: int | None = None
+    n_shot: int = 20
+    n_query: int = 15
+    episodes: int = 600
+    pool: str = "train+test"
+    seed: int = 0
+    on_small_class: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.n_way is not None and self.n_way < 2:
+            raise ValueError(f"FewShotConfig.n_way must be >= 2 or None, got {self.n_way}")
+        for name in ("n_shot", "n_query", "episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FewShotConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool not in POOLS:
+            raise ValueError(f"FewShotConfig.pool must be one of {tuple(POOLS)}, got {self.pool!r}")
+        if self.on_small_class not in SMALL_CLASS_POLICIES:
+            raise ValueError(
+                f"FewShotConfig.on_small_class must be one of {SMALL_CLASS_POLICIES}, "
+                f"got {self.on_small_class!r}"
+            )
+
+    @classmethod
+    def for_profile(cls, profile: str) -> FewShotConfig:
+        """The configuration of a run profile.
+
+        ``smoke``: 5 shots, 5 queries, 100 episodes (the smoke subsets hold ~30 images per
+        class). ``demo`` and ``paper``: the peers' 20 shots, 15 queries, 600 episodes (the
+        demo datasets pool >= 180 images per class from train+test).
+
+        Args:
+            profile: "smoke", "demo" or "paper".
+
+        Returns:
+            The profile's configuration.
+
+        Raises:
+            ValueError: On an unknown profile.
+        """
+        if profile == "smoke":
+            return cls(n_shot=5, n_query=5, episodes=100)
+        if profile in ("demo", "paper"):
+            return cls()
+        raise ValueError(f"unknown profile {profile!r}; expected one of {_PROFILES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-friendly dict.
+
+        Returns:
+            Field name -> value.
+        """
+        return asdict(self)
+
+
+def pool_splits(pool: str) -> tuple[str, ...]:
+    """The split names a pool is made of.
+
+    Args:
+        pool: A key of :data:`POOLS`.
+
+    Returns:
+        Split names, in concatenation order.
+
+    Raises:
+        ValueError: On an unknown pool.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"unknown few-shot pool {pool!r}; expected one of {tuple(POOLS)}")
+    return POOLS[pool]
+
+
+def make_pool(features: Mapping[str, SplitFeatures], pool: str) -> SplitFeatures:
+    """Concatenate the splits of a pool, in :data:`POOLS` order.
+
+    Args:
+        features: Split name -> features; must hold every split of the pool.
+        pool: A key of :data:`POOLS`.
+
+    Returns:
+        The pooled features and labels (groups kept only if every split has them).
+
+    Raises:
+        ValueError: On an unknown pool or a missing split.
+    """
+    names = pool_splits(pool)
+    missing = [name for name in names if name not in features]
+    if missing:
+        raise ValueError(f"few-shot pool {pool!r} needs split(s) {missing}, got {sorted(features)}")
+    parts = [features[name] for name in names]
+    groups = None
+    if all(part.groups is not None for part in parts):
+        groups = np.concatenate([np.asarray(part.groups) for part in parts])
+    return SplitFeatures(
+        np.concatenate([np.asarray(part.features) for part in parts]),
+        np.concatenate([np.asarray(part.labels) for part in parts]),
+        groups,
+    )
+
+
+def sample_episodes(
+    labels: np.ndarray, n_way: int, n_shot: int, n_query: int, episodes: int, seed: int
+) -> np.ndarray:
+    """Draw few-shot episodes as indices into the pool.
+
+    Per episode, ``n_way`` distinct classes are drawn uniformly from the classes present in
+    ``labels`` (in random order: way ``j`` is the ``j``-th drawn class), then ``n_shot +
+    n_query`` distinct images of each; the first ``n_shot`` are the support set, the rest
+    the queries. Episodes are independent, so images recur across episodes.
+
+    Args:
+        labels: Integer class ids (N,) of the pool.
+        n_way: Classes per episode.
+        n_shot: Support images per class.
+        n_query: Query images per class.
+        episodes: Number of episodes.
+        seed: Seed of ``numpy.random.default_rng``; the same seed gives the same episodes.
+
+    Returns:
+        int64 array (episodes, n_way, n_shot + n_query) of row indices into the pool.
+
+    Raises:
+        ValueError: When fewer than ``n_way`` classes are present, or a present class has
+            fewer than ``n_shot + n_query`` images (the message names the class).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not is_integer_valued(labels):
+        raise ValueError(f"labels must be 1-D integer class ids, got {labels.dtype} {labels.shape}")
+    per_episode = n_shot + n_query
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < n_way:
+        raise ValueError(f"{n_way}-way episodes need {n_way} classes, the pool has {len(classes)}")
+    small = [(int(c), int(n)) for c, n in zip(classes, counts, strict=True) if n < per_episode]
+    if small:
+        raise ValueError(_small_message(small, n_shot, n_query))
+    members = [np.flatnonzero(labels == c) for c in classes]
+    rng = np.random.default_rng(seed)
+    out = np.empty((episodes, n_way, per_episode), dtype=np.int64)
+    for e in range(episodes):
+        for j, c in enumerate(rng.choice(len(classes), size=n_way, replace=False)):
+            out[e, j] = rng.choice(members[c], size=per_episode, replace=False)
+    return out
+
+
+def protonet_predict(episode_features: torch.Tensor, n_shot: int) -> torch.Tensor:
+    """Classify the queries of a batch of episodes by their nearest class prototype.
+
+    Args:
+        episode_features: (E, W, S + Q, D) features (computed in float64); along the
+            third axis the first ``n_shot`` rows of each class are its support set, the
+            rest its queries.
+        n_shot: Support images per class (S).
+
+    Returns:
+        int64 tensor (E, W, Q): the predicted way of every query (the true way of query
+        ``[e, j, q]`` is ``j``). Ties go to the lowest way index.
+    """
+    episode_features = episode_features.to(torch.float64)
+    n_episodes, n_way, per_class, _ = episode_features.shape
+    prototypes = episode_features[:, :, :n_shot].mean(dim=2)  # (E, W, D)
+    queries = episode_features[:, :, n_shot:].reshape(n_episodes, n_way * (per_class - n_shot), -1)
+    # Pairwise differences, as the peers' euclidean_dist (the |q|^2 - 2qp + |p|^2 matmul
+    # expansion cancels badly for features far from the origin), without materialising
+    # the (E, W*Q, W, D) difference tensor. The argmin of the Euclidean distance is the
+    # argmin of its square.
+    distances = torch.cdist(queries, prototypes, compute_mode="donot_use_mm_for_euclid_dist")
+    return distances.argmin(dim=-1).reshape(n_episodes, n_way, per_class - n_shot)
+
+
+def predict_episodes(
+    features: np.ndarray | torch.Tensor, episodes: np.ndarray, n_shot: int
+) -> np.ndarray:
+    """Run ProtoNet on every episode, gathering episodes from the feature matrix in chunks.
+
+    Args:
+        features: (N, D) pool features.
+        episodes: (E, W, S + Q) indices into ``features`` (see :func:`sample_episodes`).
+        n_shot: Support images per class.
+
+    Returns:
+        int64 array (E, W, Q) of predicted ways.
+    """
+    bank = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    index = torch.as_tensor(np.asarray(episodes), dtype=torch.int64)
+    n_episodes, n_way, per_class = index.shape
+    per_episode_bytes = 8 * n_way * per_class * bank.shape[1]
+    chunk = max(1, _CHUNK_BYTES // max(1, per_episode_bytes))
+    out = []
+    with torch.inference_mode():
+        for start in range(0, n_episodes, chunk):
+            gathered = bank[index[start : start + chunk]]  # (e, W, S+Q, D)
+            out.append(protonet_predict(gathered, n_shot))
+    return torch.cat(out).numpy()
+
+
+def episode_accuracies(predictions: np.ndarray) -> np.ndarray:
+    """Per-episode accuracy of ProtoNet predictions.
+
+    Args:
+        predictions: (E, W, Q) predicted ways, as from :func:`predict_episodes`.
+
+    Returns:
+        float64 array (E,): the fraction of each episode's queries predicted right.
+    """
+    predictions = np.asarray(predictions)
+    truth = np.arange(predictions.shape[1])[None, :, None]
+    return (predictions == truth).mean(axis=(1, 2), dtype=np.float64)
+
+
+def summarize(accuracies: np.ndarray) -> tuple[float, float]:
+    """Mean episode accuracy and the peers' 95% interval half-width.
+
+    Args:
+        accuracies: (E,) per-episode accuracies.
+
+    Returns:
+        ``(mean, 1.96 * std / sqrt(E))`` with the population std (``ddof=0``).
+    """
+    accuracies = np.asarray(accuracies, dtype=np.float64)
+    return float(accuracies.mean()), float(1.96 * accuracies.std() / math.sqrt(accuracies.size))
+
+
+def resolve_n_way(
+    config: FewShotConfig, num_classes: int, n_way_default: int | None
+) -> tuple[int, str]:
+    """The number of ways of a run and where it came from.
+
+    Args:
+        config: Protocol settings (``n_way`` wins when set).
+        num_classes: Classes of the task.
+        n_way_default: The dataset card's ``fewshot.n_way``, or None.
+
+    Returns:
+        ``(n_way, source)`` with source "config", "dataset card" or "min(5, num_classes)".
+    """
+    if config.n_way is not None:
+        return config.n_way, "config"
+    if n_way_default is not None:
+        return int(n_way_default), "dataset card"
+    return min(DEFAULT_MAX_WAY, num_classes), f"min({DEFAULT_MAX_WAY}, num_classes)"
+
+
+def run(
+    pool: SplitFeatures,
+    task: TaskInfo,
+    config: FewShotConfig,
+    n_way_default: int | None = None,
+) -> ProtocolResult:
+    """Evaluate ProtoNet over seeded episodes drawn from the pooled frozen features.
+
+    The reported measure is plain accuracy whatever ``task.primary_metric`` is (the peers'
+    behaviour); ``details["primary_metric_override"]`` says so to the result record.
+
+    Args:
+        pool: Features and labels of the pooled splits (``config.pool``, see :func:`make_pool`).
+        task: Task facts; single-label tasks only (binary, multiclass, ordinal).
+        config: Episode settings.
+        n_way_default: The dataset card's ``fewshot.n_way``; used when ``config.n_way`` is
+            None.
+
+    Returns:
+        ``metrics``: ``accuracy`` (mean over episodes) and ``accuracy_ci95``.
+        ``hyperparameters``: the resolved ``n_way``. ``details``: ``primary_metric_override``,
+        the pool and its size and class counts, ``n_way`` and its source, ``n_shot``,
+        ``n_query``, ``episodes``, ``seed``, ``dropped_classes``, ``episode_accuracy``
+        (mean, std, min, quantiles, max), ``episodes_sha256`` (digest of the drawn
+        indices) and timings.
+
+    Raises:
+        ValueError: On a multilabel task, malformed features or labels, an impossible
+            ``n_way``, or a class with too few images (unless ``on_small_class="drop"``;
+            then when fewer than ``n_way`` classes remain).
+    """
+    x, y = _check_inputs(pool, task)
+    n_way, n_way_source = resolve_n_way(config, task.num_classes, n_way_default)
+    if not 2 <= n_way <= task.num_classes:
+        raise ValueError(
+            f"few-shot: n_way={n_way} ({n_way_source}) must lie in [2, {task.num_classes}] "
+            f"for a task with {task.num_classes} classes"
+        )
+    per_episode = config.n_shot + config.n_query
+    counts = np.bincount(y, minlength=task.num_classes)
+    small = [(c, int(n)) for c, n in enumerate(counts) if n < per_episode]
+    if small and config.on_small_class == "error":
+        raise ValueError(
+            f"few-shot pool {config.pool!r}: "
+            + _small_message(small, config.n_shot, config.n_query)
+            + "; use a larger pool, fewer shots/queries or on_small_class='drop'"
+        )
+    dropped = [c for c, _ in small]
+    kept = [c for c in range(task.num_classes) if c not in dropped]
+    if len(kept) < n_way:
+        raise ValueError(
+            f"few-shot pool {config.pool!r}: only {len(kept)} class(es) {kept} have at least "
+            f"n_shot + n_query = {per_episode} images (dropped {dropped}, counts "
+            f"{counts.tolist()}); {n_way}-way episodes need {n_way}"
+        )
+
+    started = time.perf_counter()
+    eligible = np.flatnonzero(np.isin(y, kept))
+    episodes = eligible[
+        sample_episodes(
+            y[eligible], n_way, config.n_shot, config.n_query, config.episodes, config.seed
+        )
+    ]
+    sampling_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    accuracies = episode_accuracies(predict_episodes(x, episodes, config.n_shot))
+    mean, ci95 = summarize(accuracies)
+    evaluation_seconds = time.perf_counter() - started
+
+    return ProtocolResult(
+        metrics={"accuracy": mean, "accuracy_ci95": ci95},
+        hyperparameters={"n_way": n_way},
+        details={
+            "primary_metric_override": "accuracy",
+            "pool": config.pool,
+            "pool_size": len(y),
+            "pool_class_counts": counts.tolist(),
+            "n_way": n_way,
+            "n_way_source": n_way_source,
+            "n_shot": config.n_shot,
+            "n_query": config.n_query,
+            "episodes": config.episodes,
+            "seed": config.seed,
+            "on_small_class": config.on_small_class,
+            "dropped_classes": dropped,
+            "episode_accuracy": {
+                "mean": mean,
+                "std": float(accuracies.std()),
+                "min": float(accuracies.min()),
+                "q05": float(np.quantile(accuracies, 0.05)),
+                "median": float(np.median(accuracies)),
+                "q95": float(np.quantile(accuracies, 0.95)),
+                "max": float(accuracies.max()),
+            },
+            "ci": "1.96 * std(episode accuracy, ddof=0) / sqrt(episodes)",
+            "episodes_sha256": hashlib.sha256(episodes.astype("<i8").tobytes()).hexdigest(),
+            "distance": "nearest class-mean prototype, (squared) euclidean, float64",
+            "sampling_seconds": sampling_seconds,
+            "evaluation_seconds": evaluation_seconds,
+        },
+    )
+
+
+def _small_message(small: list[tuple[int, int]], n_shot: int, n_query: int) -> str:
+    listed = ", ".join(f"class {c} has {n} image{'s' * (n != 1)}" for c, n in small)
+    return (
+        f"{listed}; every class drawn into an episode needs n_shot + n_query = "
+        f"{n_shot} + {n_query} = {n_shot + n_query}"
+    )
+
+
+def _check_inputs(pool: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.ndarray]:
+    if task.task == "multilabel":
+        raise ValueError(
+            "few-shot (ProtoNet) needs single-label classes; multilabel tasks need a "
+            "many-to-one label policy first"
+        )
+    x = np.asarray(pool.features)
+    y = np.asarray(pool.labels)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"few-shot pool: features must be a non-empty (N, D) array, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"few-shot pool: features must be real numbers, got {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
+        raise ValueError(f"few-shot pool: features contain NaN or inf ({bad} rows)")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"few-shot pool: labels must have shape ({x.shape[0]},), got {y.shape}")
+    if not is_integer_valued(y):
+        raise ValueError(f"few-shot pool: labels must be integer class ids, got {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= task.num_classes:
+        raise ValueError(
+            f"few-shot pool: labels must lie in [0, {task.num_classes}), "
+            f"got range [{y.min()}, {y.max()}]"
+        )
+    return x, y

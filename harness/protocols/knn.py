@@ -1,0 +1,242 @@
+"""Weighted k-nearest-neighbour classification on frozen features.
+
+The common self-supervised evaluation (Wu et al. 2018, InstDisc; Caron et al. 2021, DINO):
+features are L2-normalised; each test image's ``k`` most cosine-similar images of the
+memory bank vote with weight ``exp(similarity / T)`` (``T = 0.07``); a class's score is
+the sum of its voters' weights. Defaults: ``k`` in (20, 200) with 20 primary (DINO reports
+20, InstDisc 200), ``T = 0.07``. The memory bank is train+val (no hyperparameter is chosen
+on validation, so it joins the bank as in the linear probe's refit), the queries are the
+test split.
+
+The class scores are normalised to probabilities, so ROC AUC and every other metric come
+from :func:`harness.metrics.compute_metrics` with the task's metrics, as for the linear
+probe. Weights are computed as ``exp((s - s_max) / T)`` with ``s_max`` each query's top
+similarity: the per-query factor cancels in the normalisation and keeps the exponential
+finite when ``normalize=False`` (raw dot products). Multilabel tasks score each label as
+the weighted mean of the neighbours' 0/1 values (the same formula with one-hot labels
+gives the class probabilities of single-label tasks).
+
+A ``k`` larger than the memory bank is clamped to its size; the clamp is recorded in
+``details["effective_k"]`` and ``details["clamped_k"]``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.metrics import check_metric_names, compute_metrics_with_notes, is_integer_valued
+from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+
+VERSION = 1
+
+_PROFILES = ("smoke", "demo", "paper")
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """Settings of the k-NN protocol.
+
+    Attributes:
+        ks: Neighbour counts to score; every one is reported in the details.
+        temperature: T of the vote weights ``exp(similarity / T)``.
+        primary_k: The ``k`` whose metrics are the case's metrics; must be in ``ks``.
+        normalize: L2-normalise bank and query features (cosine similarity). False uses
+            raw dot products.
+        batch_size: Queries per block of the similarity matrix (memory: batch x bank).
+    """
+
+    ks: tuple[int, ...] = (20, 200)
+    temperature: float = 0.07
+    primary_k: int = 20
+    normalize: bool = True
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        ks = tuple(int(k) for k in self.ks)
+        if not ks or any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+            raise ValueError(f"KnnConfig.ks must be distinct positive integers, got {self.ks}")
+        object.__setattr__(self, "ks", ks)
+        if self.primary_k not in ks:
+            raise ValueError(f"KnnConfig.primary_k={self.primary_k} must be one of ks={ks}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"KnnConfig.temperature must be > 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"KnnConfig.batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def for_profile(cls, profile: str) -> KnnConfig:
+        """The configuration of a run profile (the same defaults for every profile).
+
+        kNN costs one similarity matrix, so no profile needs to scale it down; on the
+        smoke subsets ``k = 200`` is clamped to the bank size and recorded.
+
+        Args:
+            profile: "smoke", "demo" or "paper".
+
+        Returns:
+            The profile's configuration.
+
+        Raises:
+            ValueError: On an unknown profile.
+        """
+        if profile in _PROFILES:
+            return cls()
+        raise ValueError(f"unknown profile {profile!r}; expected one of {_PROFILES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-friendly dict (``ks`` as a list).
+
+        Returns:
+            Field name -> value.
+        """
+        out = asdict(self)
+        out["ks"] = list(self.ks)
+        return out
+
+
+def run(
+    train: SplitFeatures,
+    val: SplitFeatures,
+    test: SplitFeatures,
+    task: TaskInfo,
+    config: KnnConfig,
+) -> ProtocolResult:
+    """Classify the test split by weighted votes of its nearest train+val neighbours.
+
+    Args:
+        train: Memory-bank features and labels.
+        val: More memory-bank features and labels (appended to train).
+        test: Query features and labels, scored with all ``task.metrics``.
+        task: Task type, number of classes and metrics.
+        config: Neighbour counts, temperature and batching.
+
+    Returns:
+        ``metrics``: test metrics at ``primary_k``. ``hyperparameters``: ``k`` (effective
+        primary k) and ``temperature``. ``details``: ``metrics_per_k`` and
+        ``metric_notes_per_k`` (keyed by the configured k as a string), ``effective_k``,
+        ``clamped_k``, ``n_bank``, ``n_test``, ``normalize`` and timings.
+
+    Raises:
+        ValueError: On malformed inputs; the message names the split at fault.
+    """
+    check_metric_names(task.task, (task.primary_metric, *task.metrics))
+    x_train, y_train = _check_split("train", train, task)
+    x_val, y_val = _check_split("val", val, task)
+    x_test, y_test = _check_split("test", test, task)
+    for name, x in (("val", x_val), ("test", x_test)):
+        if x.shape[1] != x_train.shape[1]:
+            raise ValueError(
+                f"{name} split: features have dimension {x.shape[1]}, "
+                f"but train has {x_train.shape[1]}"
+            )
+    bank = np.concatenate([x_train, x_val])
+    bank_labels = np.concatenate([y_train, y_val])
+
+    started = time.perf_counter()
+    effective = {k: min(k, len(bank)) for k in config.ks}
+    scores = knn_scores(bank, bank_labels, x_test, task, config)
+    knn_seconds = time.perf_counter() - started
+
+    metrics_per_k: dict[str, dict[str, float]] = {}
+    notes_per_k: dict[str, dict[str, Any]] = {}
+    for k in config.ks:
+        metrics, notes = compute_metrics_with_notes(task.task, y_test, scores[k], task.metrics)
+        metrics_per_k[str(k)] = metrics
+        notes_per_k[str(k)] = notes
+    return ProtocolResult(
+        metrics=dict(metrics_per_k[str(config.primary_k)]),
+        hyperparameters={"k": effective[config.primary_k], "temperature": config.temperature},
+        details={
+            "metrics_per_k": metrics_per_k,
+            "metric_notes_per_k": notes_per_k,
+            "metric_notes": notes_per_k[str(config.primary_k)],
+            "effective_k": {str(k): v for k, v in effective.items()},
+            "clamped_k": [k for k in config.ks if effective[k] != k],
+            "n_bank": len(bank),
+            "n_test": len(x_test),
+            "normalize": config.normalize,
+            "similarity": "cosine" if config.normalize else "dot product",
+            "knn_seconds": knn_seconds,
+        },
+    )
+
+
+def knn_scores(
+    bank: np.ndarray,
+    bank_labels: np.ndarray,
+    queries: np.ndarray,
+    task: TaskInfo,
+    config: KnnConfig,
+) -> dict[int, np.ndarray]:
+    """Class probabilities of every query for every configured k (clamped to the bank).
+
+    Args:
+        bank: (N, D) memory-bank features.
+        bank_labels: (N,) class ids, or (N, C) 0/1 for multilabel tasks.
+        queries: (M, D) query features.
+        task: Task facts (``task`` and ``num_classes``).
+        config: Neighbour counts, temperature, normalisation and block size.
+
+    Returns:
+        Configured k -> float64 (M, C) probabilities (rows sum to 1 for single-label
+        tasks; per-label probabilities for multilabel).
+    """
+    bank_t = torch.as_tensor(np.asarray(bank), dtype=torch.float64)
+    query_t = torch.as_tensor(np.asarray(queries), dtype=torch.float64)
+    if config.normalize:
+        bank_t = torch.nn.functional.normalize(bank_t, dim=1)
+        query_t = torch.nn.functional.normalize(query_t, dim=1)
+    labels = torch.as_tensor(np.asarray(bank_labels), dtype=torch.int64)
+    if task.task == "multilabel":
+        targets = labels.to(torch.float64)
+    else:
+        targets = torch.nn.functional.one_hot(labels, task.num_classes).to(torch.float64)
+    k_max = min(max(config.ks), bank_t.shape[0])
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in config.ks}
+    with torch.inference_mode():
+        for start in range(0, query_t.shape[0], config.batch_size):
+            similarity = query_t[start : start + config.batch_size] @ bank_t.T  # (B, N)
+            top, index = similarity.topk(k_max, dim=1)  # sorted, most similar first
+            weights = torch.exp((top - top[:, :1]) / config.temperature)
+            votes = weights[:, :, None] * targets[index]  # (B, k_max, C)
+            for k in config.ks:
+                kk = min(k, k_max)
+                summed = votes[:, :kk].sum(dim=1)
+                out[k].append(summed / weights[:, :kk].sum(dim=1, keepdim=True))
+    return {k: torch.cat(parts).numpy() for k, parts in out.items()}
+
+
+def _check_split(name: str, split: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(split.features)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} split: features must be a non-empty (N, D) array, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{name} split: features must be real numbers, got {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
+        raise ValueError(f"{name} split: features contain NaN or inf ({bad} rows)")
+    y = np.asarray(split.labels)
+    k = task.num_classes
+    if task.task == "multilabel":
+        if y.shape != (x.shape[0], k) or not np.all((y == 0) | (y == 1)):
+            raise ValueError(
+                f"{name} split: multilabel labels must be 0/1 of shape ({x.shape[0]}, {k}), "
+                f"got {y.shape}"
+            )
+        return x, y.astype(np.int64)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{name} split: labels must have shape ({x.shape[0]},), got {y.shape}")
+    if not is_integer_valued(y):
+        raise ValueError(f"{name} split: labels must be integer class ids, got {y.dtype}")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(
+            f"{name} split: labels must lie in [0, {k}), got range [{y.min()}, {y.max()}]"
+        )
+    return x, y
