@@ -104,7 +104,9 @@ def test_key_changes_with_everything_that_decides_the_features(change: str) -> N
 def test_weights_change_the_key() -> None:
     card = get_model_card(MODEL)
     args = (_dataset(), "train", "a" * 64, card.preprocessing, "pooled", "fp32")
-    assert features.feature_key(card, "0" * 64, *args) != features.feature_key(card, "1" * 64, *args)
+    assert features.feature_key(card, "0" * 64, *args) != features.feature_key(
+        card, "1" * 64, *args
+    )
 
 
 def test_corrupt_cache_file_is_extracted_again(caplog: pytest.LogCaptureFixture) -> None:
