@@ -87,9 +87,18 @@ def feature_key(
             "transform": describe(pre),
             "layer": layer,
             "precision": precision,
+            # a library upgrade must re-extract, or a regression check of it would
+            # compare cached numbers with themselves
+            "libraries": {"torch": torch.__version__, "timm": _timm_version()},
         },
         length=32,
     )
+
+
+def _timm_version() -> str:
+    import timm
+
+    return timm.__version__
 
 
 def extract(
