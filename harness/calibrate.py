@@ -118,6 +118,8 @@ def calibrate(
         for seed in range(seeds):
             results = Path(scratch) / f"seed{seed}"
             code = run_seed(suite, seed, results, pytest_args)
+            if code in (2, 3, 4):  # interrupted, internal error, usage error
+                raise RuntimeError(f"seed {seed}: pytest exited {code}; nothing calibrated")
             if code not in (0, 5):
                 print(f"seed {seed}: pytest exited {code}; cases that failed are left out")
             per_seed.append(records_by_case(results))

@@ -106,8 +106,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from harness.calibrate import calibrate
 
-    extra = [a for a in args.pytest_args if a != "--"]
-    calibrate(args.suite, args.seeds, extra, Path(args.out) if args.out else None)
+    calibrate(args.suite, args.seeds, args.pytest_args, Path(args.out) if args.out else None)
     return 0
 
 
@@ -180,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medxfer`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after a bare "--" goes to pytest (medxfer calibrate smoke -- -n 2)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:split])
+    args.pytest_args = argv[split + 1 :]
     try:
         return int(args.func(args))
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
