@@ -26,6 +26,7 @@ def test_finetune(bench: CaseRun) -> None:
         checkpoint_dir=checkpoint_dir,
         case_id=bench.case.case_id,
         device=bench.device,
+        reuse_completed=not bench.retrain,
     )
     bench.record(result, finetune.VERSION, config.to_dict())
 

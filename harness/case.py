@@ -83,6 +83,7 @@ class CaseRun:
         # Called with every stored record; the plugin checks it against the expected values.
         self.on_record: Callable[[ResultRecord], None] | None = None
         self.seed: int | None = None
+        self.retrain = False
 
     @property
     def profile(self) -> Profile:

@@ -87,6 +87,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="expected-value file (default: benchmarks/expected/<suite>.yaml)",
     )
     group.addoption(
+        "--retrain",
+        action="store_true",
+        help="fine-tuning: train again even when a finished run with the same key is stored",
+    )
+    group.addoption(
         "--medxfer-seed",
         type=int,
         default=None,
@@ -208,6 +213,7 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     config = request.config
     run = CaseRun(case, _results_dir(config), config.getoption("medxfer_device"))
     run.seed = config.getoption("medxfer_seed")
+    run.retrain = config.getoption("retrain")
     if not config.getoption("record_only"):
         run.on_record = lambda record: _check(config, request.node, record)
     try:

@@ -223,7 +223,42 @@ def test_interrupted_case_resumes_and_matches_an_uninterrupted_run(tmp_path: Pat
     for key in ("final_weights_sha256", "val_curve", "loss_curve", "best_step"):
         assert resumed.details[key] == reference.details[key]
     assert resumed.hyperparameters == reference.hyperparameters
-    assert not ckpt.exists()  # deleted once the case completed
+    # the weights are deleted once the case completed; only its result stays
+    assert [p.name.endswith(".completed.json") for p in ckpt.iterdir()] == [True]
+    assert resumed.details["reused_completed_run"] is False
+
+
+def test_a_finished_case_resumes_at_the_end_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.protocols.finetune as finetune_module
+
+    splits = _splits()
+    ckpt = tmp_path / "case"
+    first = run(_backbone(), splits, BINARY, TINY, PRE, ckpt, "case-1", progress=False)
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished case must not train again")
+
+    monkeypatch.setattr(finetune_module, "fine_tune", no_training)
+    again = run(_backbone(), splits, BINARY, TINY, PRE, ckpt, "case-1", progress=False)
+    assert again.metrics == first.metrics and again.details["reused_completed_run"] is True
+    assert again.details["final_weights_sha256"] == first.details["final_weights_sha256"]
+    with pytest.raises(AssertionError, match="must not train again"):
+        run(
+            _backbone(),
+            splits,
+            BINARY,
+            TINY,
+            PRE,
+            ckpt,
+            "case-1",
+            progress=False,
+            reuse_completed=False,
+        )
+    other_seed = TINY.__class__(**{**TINY.to_dict(), "seed": TINY.seed + 1})
+    with pytest.raises(AssertionError, match="must not train again"):
+        run(_backbone(), splits, BINARY, other_seed, PRE, ckpt, "case-1", progress=False)
 
 
 def test_a_changed_config_does_not_resume_a_stale_checkpoint(tmp_path: Path) -> None:

@@ -48,7 +48,6 @@ Multilabel tasks train 14-way (say) sigmoid + BCE and score the mean AUROC over
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -337,8 +336,16 @@ def run(
     device: str = "auto",
     progress: bool = True,
     callback: Callable[[StepInfo], None] | None = None,
+    reuse_completed: bool = True,
 ) -> ProtocolResult:
     """Fine-tune on train (select on val, or grid search + retrain on train+val), score test.
+
+    A finished case leaves ``ft-<key>.completed.json`` in ``checkpoint_dir`` (the
+    result, not the weights). Run again under the same key (case, VERSION, config,
+    weights, train/val/test data, preprocessing, task, runtime, torch / timm / numpy
+    versions) it resumes at the end: the stored result is returned with
+    ``details["reused_completed_run"] = True``. A different seed, config, data or
+    library version trains again; ``reuse_completed=False`` always does.
 
     Args:
         model: The pretrained backbone (copied; the caller's module is not modified).
@@ -351,6 +358,7 @@ def run(
         device: "auto", "cpu" or "cuda".
         progress: Show tqdm bars (on a terminal).
         callback: Called after every training step of every run.
+        reuse_completed: Return the stored result of a finished run with the same key.
 
     Returns:
         ``metrics``: test metrics. ``hyperparameters``: ``lr``, ``weight_decay``, ``steps``
@@ -365,6 +373,15 @@ def run(
     for name in ("train", "val", "test"):
         if name not in splits:
             raise ValueError(f"fine-tune needs a {name!r} split; got {sorted(splits)}")
+    done = None
+    if checkpoint_dir is not None:
+        done = _completed_path(
+            Path(checkpoint_dir), case_id, model, splits, task, config, preprocessing, device
+        )
+        if reuse_completed and done.is_file():
+            stored = json.loads(done.read_text(encoding="utf-8"))
+            details = {**stored["details"], "reused_completed_run": True}
+            return ProtocolResult(stored["metrics"], stored["hyperparameters"], details)
     fitted = fine_tune(
         model,
         splits["train"],
@@ -384,12 +401,43 @@ def run(
     details["n_test"] = len(splits["test"])
     details["test_seconds"] = time.perf_counter() - started
     details["metric_notes"] = notes
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and done is not None:
         shutil.rmtree(Path(details.pop("checkpoint_path")), ignore_errors=True)
-        _remove_if_empty(Path(checkpoint_dir))
+        details["reused_completed_run"] = False
+        write_json(
+            done,
+            {"metrics": metrics, "hyperparameters": fitted.hyperparameters, "details": details},
+        )
     else:
         details.pop("checkpoint_path", None)
     return ProtocolResult(metrics=metrics, hyperparameters=fitted.hyperparameters, details=details)
+
+
+def _completed_path(
+    checkpoint_dir: Path,
+    case_id: str,
+    model: LoadedModel,
+    splits: Mapping[str, SplitData],
+    task: TaskInfo,
+    config: FinetuneConfig,
+    preprocessing: Preprocessing,
+    device: str,
+) -> Path:
+    import timm
+
+    pre = _effective_preprocessing(preprocessing, config)
+    runtime = resolve_runtime(device, config.amp, config.channels_last, config.cpu_threads)
+    key = checkpoint_key(
+        case_id, config, model.weights_id, splits["train"], splits["val"], pre, task, runtime
+    )
+    full = stable_hash(
+        {
+            "checkpoint_key": key,
+            "test": _data_fingerprint(splits["test"]),
+            "libraries": [torch.__version__, timm.__version__, np.__version__],
+        }
+    )
+    return checkpoint_dir / f"ft-{full}.completed.json"
 
 
 def score(
@@ -840,11 +888,6 @@ class _Store:
 
     def mark_done(self, name: str, summary: dict[str, Any]) -> None:
         write_json(self.folder / f"{name}.done.json", summary)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        folder.rmdir()
 
 
 def _effective_preprocessing(pre: Preprocessing, config: FinetuneConfig) -> Preprocessing:
