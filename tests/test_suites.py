@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,6 @@ DEMO_MODELS = [
     "mobilenet_v2.random",
 ]
 DEMO_DATASETS = ["demo_modality", "demo_cxr_lesion", "demo_fundus_lesion"]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any attempt to open a network connection."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def dataset_card(name: str, classes: list[str]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,6 @@ EMBEDDED_MODELS = [
     "mobilenet_v2.tv_in1k_pip",
     "mobilenet_v2.random",
 ]
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any attempt to open a network connection."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"test tried to open a network connection: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module", autouse=True)
