@@ -21,30 +21,27 @@ from harness import atomic
 from harness.cards import METRICS
 from harness.expected import ExpectedFile
 from harness.report_tolerance import render_tolerances
-from harness.results import load_records, parse_timestamp
+from harness.results import BASE_COLUMNS, load_records, parse_timestamp
 
 SEMI_SYNTHETIC_MARK = "†"
 MISSING = "—"
 DELTA_HEADER = "Δ vs random twin"
 
-_REQUIRED_COLUMNS = (
-    "case_id",
-    "suite",
-    "profile",
-    "model",
-    "model_category",
-    "random_twin_of",
-    "dataset",
-    "dataset_version",
-    "semi_synthetic",
-    "protocol",
-    "protocol_version",
-    "primary_metric",
-    "primary_value",
-    "timestamp",
-    "run_id",
-    "git_commit",
-)
+# Columns of load_records() that a report cannot do without (timings, cache counts,
+# hyperparameters and provenance blobs are optional).
+_OPTIONAL_COLUMNS = {
+    "hyperparameters",
+    "extraction_s",
+    "protocol_s",
+    "total_s",
+    "feature_cache_hits",
+    "feature_cache_misses",
+    "git_dirty",
+    "versions",
+    "hardware",
+    "path",
+}
+_REQUIRED_COLUMNS = tuple(c for c in BASE_COLUMNS if c not in _OPTIONAL_COLUMNS)
 _VERSION_ORDER = (
     "python",
     "medxfer",
