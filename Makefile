@@ -18,9 +18,12 @@ $(BIN)/.medxfer-installed: pyproject.toml
 
 setup: $(BIN)/.medxfer-installed
 
+# The report is written even when a case fails (its reproducibility table shows which);
+# make still exits with pytest's status.
 demo: setup
-	$(BIN)/pytest benchmarks --suite demo -n $(JOBS)
-	$(BIN)/medxfer report --suite demo --out reports/demo.md --title "medxfer demo report"
+	status=0; $(BIN)/pytest benchmarks --suite demo -n $(JOBS) || status=$$?; \
+	$(BIN)/medxfer report --suite demo --out reports/demo.md --title "medxfer demo report" \
+	  && exit $$status
 
 test: setup
 	$(BIN)/pytest tests -n $(JOBS)

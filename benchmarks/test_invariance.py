@@ -16,16 +16,16 @@ def test_invariance(bench: CaseRun) -> None:
     index = invariance.sample_indices(len(images), config.num_images, config.seed)
     subset = images[index]
     prefix = f"subset{len(index)}-seed{config.seed}"
-    clean = bench.derived_features(config.split, f"{prefix}-identity", subset)
-    transformed, skipped = {}, {}
+    sets, skipped = {"identity": subset}, {}
     for name, magnitude in config.transforms:
         tag = image_transforms.transform_tag(name, magnitude)
         reason = image_transforms.applicable(name, subset)
         if reason is not None:
             skipped[tag] = reason
             continue
-        moved = image_transforms.apply_transform(name, subset, magnitude)
-        transformed[tag] = bench.derived_features(config.split, f"{prefix}-{tag}", moved)
+        sets[tag] = image_transforms.apply_transform(name, subset, magnitude)
+    transformed = bench.derived_feature_sets(config.split, prefix, sets)
+    clean = transformed.pop("identity")
 
     result = bench.run_protocol(
         invariance.run_synthetic, clean, transformed, stats, config, skipped=skipped

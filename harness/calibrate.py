@@ -1,22 +1,42 @@
-"""``medxfer calibrate``: measure each case under N seeds and write expected values.
+"""``medxfer calibrate``: measure what varies between users' runs and write expected values.
 
-Each seed runs the suite as a pytest session with ``--record-only --medxfer-seed i``
-into its own results folder; per case, the tolerance follows
-:data:`harness.expected.TOLERANCE_RULE` over the seeds' values.
+Every run is a pytest session in a fresh process (``--record-only``, its own results
+folder, its own seed):
+
+* **seed runs**, seeds ``0 .. N-1``, sharing one feature cache that the first of them
+  fills from empty;
+* **kernel runs**, seed 0 again, each with a fresh, empty cache (so the dataset is
+  rebuilt and every feature extracted anew) and one of :data:`KERNEL_VARIANTS` in its
+  environment. Each variant makes oneDNN, ATen or OpenBLAS take the code path another
+  CPU would take, so the features differ in their last bits as they do on a user's
+  machine. A fresh cache on the same machine alone reproduces the calibration's bits
+  exactly (``docs/reproducibility.md``) and would measure nothing.
+
+Per case, the value is the mean over the seed runs and the tolerance follows
+:data:`harness.tolerance.TOLERANCE_RULE` over the seed spread, the kernel-run spread,
+the protocol's interval and the floor; every component is written into the entry.
+
+``--cross-device RESULTS`` instead measures the spread between this file's values and
+records made on another device class, and writes it into the file, so runs on that
+class are checked against these values with widened tolerances.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import math
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.expected import (
-    TOLERANCE_RULE,
     Expectation,
     ExpectedFile,
     MetricExpectation,
@@ -24,15 +44,46 @@ from harness.expected import (
     expected_path,
     interval_of,
     load_expected,
+    record_device,
     regenerated_source,
 )
 from harness.paths import PROJECT_ROOT
 from harness.results import load_record
 from harness.suites import load_suite
+from harness.tolerance import TOLERANCE_RULE
 
 
-def run_seed(suite: str, seed: int, results: Path, pytest_args: Sequence[str]) -> int:
-    """Run the suite once with a seed override, writing records only; return pytest's exit code."""
+@dataclass(frozen=True)
+class KernelVariant:
+    """An environment that makes this machine compute like another CPU would."""
+
+    name: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
+    KernelVariant("onednn-sse41", {"ONEDNN_MAX_CPU_ISA": "SSE41"}),
+    KernelVariant("aten-default", {"ATEN_CPU_CAPABILITY": "default"}),
+    KernelVariant(
+        "onednn-avx+openblas-sandybridge",
+        {"ONEDNN_MAX_CPU_ISA": "AVX", "OPENBLAS_CORETYPE": "Sandybridge"},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """One pytest session of a calibration."""
+
+    label: str
+    seed: int
+    home: Path
+    results: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def run_session(run: CalibrationRun, suite: str, pytest_args: Sequence[str]) -> int:
+    """Run the suite once in a fresh process, writing records only; return pytest's exit code."""
     command = [
         sys.executable,
         "-m",
@@ -42,15 +93,20 @@ def run_seed(suite: str, seed: int, results: Path, pytest_args: Sequence[str]) -
         suite,
         "--record-only",
         "--medxfer-seed",
-        str(seed),
+        str(run.seed),
         "--medxfer-results",
-        str(results),
+        str(run.results),
         "-p",
         "no:cacheprovider",
         *pytest_args,
     ]
-    print("$", " ".join(command), flush=True)
-    return subprocess.call(command, cwd=PROJECT_ROOT)
+    env = {**os.environ, "MEDXFER_HOME": str(run.home), **run.env}
+    # each run is a session of its own, even when calibrate is called from inside one
+    for inherited in ("MEDXFER_RUN_ID", "PYTEST_XDIST_WORKER", "PYTEST_CURRENT_TEST"):
+        env.pop(inherited, None)
+    shown = " ".join(f"{k}={v}" for k, v in run.env.items())
+    print(f"$ [{run.label}] MEDXFER_HOME={run.home} {shown} {' '.join(command)}", flush=True)
+    return subprocess.call(command, cwd=PROJECT_ROOT, env=env)
 
 
 def records_by_case(results: Path) -> dict[str, dict[str, Any]]:
@@ -64,41 +120,102 @@ def records_by_case(results: Path) -> dict[str, dict[str, Any]]:
     return newest
 
 
-def calibrated_entry(records: list[dict[str, Any]], previous: Expectation | None) -> Expectation:
-    """Build one case's expected entry from its records under different seeds."""
+def _metric_values(records: Sequence[dict[str, Any]], metric: str) -> list[float] | None:
+    values = [r["metrics"].get(metric) for r in records]
+    if any(not isinstance(v, int | float) or v != v for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def calibrated_entry(
+    records: list[dict[str, Any]],
+    previous: Expectation | None,
+    kernel_records: Sequence[dict[str, Any]] = (),
+    kernel_labels: Sequence[str] = (),
+) -> Expectation:
+    """Build one case's expected entry from its seed runs and its kernel runs.
+
+    Args:
+        records: One record per seed; the first is seed 0.
+        previous: The entry being replaced, if any.
+        kernel_records: Seed-0 records from fresh caches under other kernels.
+        kernel_labels: The kernel variant of each of ``kernel_records``.
+    """
     first = records[0]
     metric = first["primary_metric"]
     values = [float(r["primary_value"]) for r in records]
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    extraction = [values[0], *(float(r["primary_value"]) for r in kernel_records)]
+    if not kernel_records:
+        extraction = []
+    value = statistics.fmean(values)
     intervals = [i for i in (interval_of(r, metric) for r in records) if i is not None]
     interval = max(intervals) if intervals else None
+    components = TOLERANCE_RULE.components(values, extraction, interval, value)
     source = regenerated_source(first, seeds=len(records))
     source["values"] = [round(v, 6) for v in values]
-    source["std"] = round(std, 6)
+    source["std"] = components["seed_std"]
+    if kernel_records:
+        source["kernel_runs"] = {
+            label: round(float(r["primary_value"]), 6)
+            for label, r in zip(kernel_labels, kernel_records, strict=True)
+        }
     entry = entry_from_record(
-        {**first, "primary_value": statistics.fmean(values)},
+        {**first, "primary_value": value},
         previous,
         source=source,
-        tolerance=TOLERANCE_RULE.tolerance(std, interval),
+        tolerance=components["tolerance"],
     )
     others = {}
     for name in first["metrics"]:
         if name == metric or name.endswith("_ci95"):
             continue
-        series = [r["metrics"].get(name) for r in records]
-        if any(not isinstance(v, int | float) or v != v for v in series):
+        series = _metric_values(records, name)
+        kernel_series = _metric_values([first, *kernel_records], name) if kernel_records else []
+        if series is None or kernel_series is None:
             continue
-        spread = statistics.stdev(series) if len(series) > 1 else 0.0
-        others[name] = MetricExpectation(
-            round(statistics.fmean(series), 6), TOLERANCE_RULE.tolerance(spread)
+        mean = statistics.fmean(series)
+        other = TOLERANCE_RULE.components(series, kernel_series, None, mean)
+        others[name] = MetricExpectation(round(mean, 6), other["tolerance"])
+    return Expectation(**{**entry.__dict__, "others": others, "tolerance_components": components})
+
+
+def plan_runs(scratch: Path, seeds: int, kernel_runs: int) -> list[CalibrationRun]:
+    """The sessions of a calibration: seed runs on one fresh cache, then kernel runs.
+
+    Raises:
+        ValueError: On fewer than 1 seed or more kernel runs than known variants.
+    """
+    if seeds < 1:
+        raise ValueError("--seeds must be at least 1")
+    if not 0 <= kernel_runs <= len(KERNEL_VARIANTS):
+        raise ValueError(f"--kernel-runs must lie in [0, {len(KERNEL_VARIANTS)}]")
+    shared = scratch / "home-seeds"
+    runs = [
+        CalibrationRun(f"seed {seed}", seed, shared, scratch / f"seed{seed}")
+        for seed in range(seeds)
+    ]
+    for index, variant in enumerate(KERNEL_VARIANTS[:kernel_runs]):
+        runs.append(
+            CalibrationRun(
+                f"kernels {variant.name}",
+                0,
+                scratch / f"home-kernels{index}",
+                scratch / f"kernels{index}",
+                dict(variant.env),
+            )
         )
-    return Expectation(**{**entry.__dict__, "others": others})
+    return runs
 
 
 def calibrate(
-    suite: str, seeds: int, pytest_args: Sequence[str] = (), out: Path | None = None
+    suite: str,
+    seeds: int,
+    pytest_args: Sequence[str] = (),
+    out: Path | None = None,
+    kernel_runs: int = len(KERNEL_VARIANTS),
+    work_dir: Path | None = None,
 ) -> ExpectedFile:
-    """Run ``suite`` under ``seeds`` seeds and write calibrated expected values.
+    """Run ``suite`` under ``seeds`` seeds and ``kernel_runs`` kernel variants; write expected values.
 
     Cases that ran under every seed are (re)written; other entries are kept.
 
@@ -106,27 +223,100 @@ def calibrate(
         suite: suite name.
         seeds: number of seeds (0 .. seeds-1).
         pytest_args: extra pytest arguments (e.g. ``-n 2``, ``-k modality``).
-        out: expected file to write (default ``benchmarks/expected/<suite>.yaml``).
+        out: expected file to write (default: the suite's file for the runs' device class).
+        kernel_runs: fresh-cache runs under :data:`KERNEL_VARIANTS` (0 to skip).
+        work_dir: keep every run's cache and records there (default: a temporary folder,
+            removed afterwards).
     """
-    if seeds < 1:
-        raise ValueError("--seeds must be at least 1")
     name = load_suite(suite).name
-    path = out or expected_path(name)
-    expected = load_expected(path, name)
-    with tempfile.TemporaryDirectory(prefix="medxfer-calibrate-") as scratch:
-        per_seed = []
-        for seed in range(seeds):
-            results = Path(scratch) / f"seed{seed}"
-            code = run_seed(suite, seed, results, pytest_args)
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medxfer-cal-")))
+        runs = plan_runs(Path(work_dir), seeds, kernel_runs)
+        collected: list[dict[str, dict[str, Any]]] = []
+        for run in runs:
+            code = run_session(run, suite, pytest_args)
             if code in (2, 3, 4):  # interrupted, internal error, usage error
-                raise RuntimeError(f"seed {seed}: pytest exited {code}; nothing calibrated")
+                raise RuntimeError(f"{run.label}: pytest exited {code}; nothing calibrated")
             if code not in (0, 5):
-                print(f"seed {seed}: pytest exited {code}; cases that failed are left out")
-            per_seed.append(records_by_case(results))
-    common = set.intersection(*(set(r) for r in per_seed)) if per_seed else set()
+                print(f"{run.label}: pytest exited {code}; cases that failed are left out")
+            collected.append(records_by_case(run.results) if run.results.is_dir() else {})
+    per_seed, per_kernel = collected[:seeds], collected[seeds:]
+    labels = [run.label.removeprefix("kernels ") for run in runs[seeds:]]
+    common = set.intersection(*(set(r) for r in per_seed))
+    devices = {record_device(per_seed[0][case_id]) for case_id in common} or {"cpu"}
+    if len(devices) > 1:
+        raise RuntimeError(f"calibration runs span device classes {sorted(devices)}")
+    device = devices.pop()
+    path = out or expected_path(name, device)
+    expected = load_expected(path, name)
+    expected.device = device
     for case_id in sorted(common):
-        runs = [records[case_id] for records in per_seed]
-        expected.entries[case_id] = calibrated_entry(runs, expected.entries.get(case_id))
+        present = [
+            (lb, r[case_id]) for lb, r in zip(labels, per_kernel, strict=True) if case_id in r
+        ]
+        if len(present) < len(labels):
+            print(f"{case_id}: records from {len(present)} of {len(labels)} kernel runs")
+        expected.entries[case_id] = calibrated_entry(
+            [records[case_id] for records in per_seed],
+            expected.entries.get(case_id),
+            [record for _, record in present],
+            [label for label, _ in present],
+        )
     expected.save()
-    print(f"calibrated {len(common)} cases over {seeds} seeds into {path}")
+    print(
+        f"calibrated {len(common)} cases over {seeds} seed(s) and {len(per_kernel)} kernel "
+        f"run(s) on {device} into {path}"
+    )
     return expected
+
+
+def measure_cross_device(expected: ExpectedFile, results: Path) -> dict[str, Any]:
+    """Measure how far records of another device class land from ``expected``; store it.
+
+    The spread of a protocol is the largest ``|measured - expected|`` of its primary
+    metric over the cases both hold, rounded up to 4 decimals.
+
+    Args:
+        expected: The expected values (of one device class).
+        results: A results folder of a run on another device class.
+
+    Returns:
+        The ``cross_device`` block written for that class.
+
+    Raises:
+        ValueError: When the records are of the file's own class, of several classes, or
+            share no case with the file.
+    """
+    records = records_by_case(results)
+    devices = {record_device(r) for r in records.values()}
+    if len(devices) != 1 or expected.device in devices:
+        raise ValueError(
+            f"{results}: records must all come from one device class other than "
+            f"{expected.device}; found {sorted(devices)}"
+        )
+    device = devices.pop()
+    spread: dict[str, float] = {}
+    cases = 0
+    for case_id, record in records.items():
+        entry = expected.entries.get(case_id)
+        if entry is None or entry.metric != record["primary_metric"]:
+            continue
+        cases += 1
+        protocol = record["protocol"]["name"]
+        gap = abs(float(record["primary_value"]) - entry.value)
+        spread[protocol] = max(spread.get(protocol, 0.0), gap)
+    if not cases:
+        raise ValueError(f"{results}: no record matches a case of {expected.path}")
+    block = {
+        "spread": {p: math.ceil(v * 1e4 - 1e-9) / 1e4 for p, v in sorted(spread.items())},
+        "cases": cases,
+        "source": {
+            "results": str(results),
+            "date": dt.date.today().isoformat(),
+            "rule": "largest |measured - expected| per protocol",
+        },
+    }
+    expected.cross_device[device] = block
+    expected.save()
+    return block

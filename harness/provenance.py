@@ -30,6 +30,17 @@ VERSIONED_PACKAGES = (
 )
 
 _GIT_TIMEOUT_S = 10
+# Environment variables that choose which CPU kernels run (and so the last bits of every
+# float result); medxfer calibrate sets some of them to sample other machines' kernels.
+KERNEL_ENV = (
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "OPENBLAS_CORETYPE",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "OMP_NUM_THREADS",
+    "MEDXFER_TORCH_THREADS",
+)
 
 
 def collect_provenance() -> dict[str, Any]:
@@ -53,7 +64,9 @@ def _hardware() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "kernel_env": {name: os.environ[name] for name in KERNEL_ENV if name in os.environ},
         "memory_bytes": _total_memory(),
         "torch_threads": None,
         "cuda_available": False,
@@ -66,6 +79,10 @@ def _hardware() -> dict[str, Any]:
         return info
     info["torch_threads"] = torch.get_num_threads()
     try:
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch
+        info["cpu_capability"] = None
+    try:
         if torch.cuda.is_available():
             info["cuda_available"] = True
             info["cuda_device"] = torch.cuda.get_device_name(0)
@@ -73,6 +90,17 @@ def _hardware() -> dict[str, Any]:
     except Exception:  # a broken driver must not stop a run from recording its results
         info["cuda_available"] = False
     return info
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (``platform.processor()`` is often empty or just the ISA)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def _total_memory() -> int | None:

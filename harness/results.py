@@ -110,6 +110,7 @@ class ModelInfo:
     weights_sha256: str | None = None
     random_twin_of: str | None = None
     pretraining_data: str = ""
+    batchnorm_stats: str | None = None
 
     @classmethod
     def from_card(cls, card: ModelCard) -> ModelInfo:
@@ -126,6 +127,7 @@ class ModelInfo:
             weights_sha256=card.weights.sha256,
             random_twin_of=card.random_twin_of,
             pretraining_data=card.pretraining_data,
+            batchnorm_stats=card.weights.batchnorm_stats,
         )
 
 

@@ -10,15 +10,19 @@ import pytest
 import yaml
 
 from harness import expected as ex
-from harness.calibrate import calibrated_entry
+from harness.calibrate import calibrated_entry, measure_cross_device
 from harness.compare import FailRule, compare_runs
 from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
+from harness.tolerance import TOLERANCE_RULE, ToleranceRule
 
 CASE = "linear/demo_modality/mobilenet_v2.random"
 
 
-def _record(value: float = 0.80, protocol_version: int = 1, **metrics: float) -> dict[str, Any]:
+def _record(
+    value: float = 0.80, protocol_version: int = 1, device: str = "cpu", **metrics: float
+) -> dict[str, Any]:
     return {
+        "details": {"device_class": device},
         "case_id": CASE,
         "profile": "demo",
         "protocol": {"name": "linear", "version": protocol_version},
@@ -132,10 +136,22 @@ def test_malformed_files_name_the_file(tmp_path: Path) -> None:
 
 
 def test_tolerance_rule_takes_the_largest_of_spread_interval_and_floor() -> None:
-    rule = ex.ToleranceRule(k=3.0, floor=0.005)
+    rule = ToleranceRule(k=3.0, floor=0.005)
     assert rule.tolerance(0.0) == 0.005
     assert rule.tolerance(0.01) == pytest.approx(0.03)
     assert rule.tolerance(0.001, interval=0.012) == pytest.approx(0.012)
+    # seed and extraction spreads add in quadrature; a larger observed deviation wins
+    assert rule.tolerance(0.003, extraction_std=0.004) == pytest.approx(0.015)
+    assert rule.tolerance(0.001, observed=0.02) == pytest.approx(0.02)
+    assert TOLERANCE_RULE.version == 2 and "tolerance-v2" in TOLERANCE_RULE.describe()
+
+
+def test_tolerance_components_are_measured_from_seed_and_kernel_runs() -> None:
+    parts = TOLERANCE_RULE.components([0.80, 0.80, 0.80], [0.80, 0.78, 0.80], None, 0.80)
+    assert parts["seed_std"] == 0 and parts["seeds"] == 3 and parts["extraction_runs"] == 3
+    assert parts["extraction_std"] == pytest.approx(0.011547, abs=1e-6)
+    assert parts["observed_max_deviation"] == pytest.approx(0.02)
+    assert parts["tolerance"] == pytest.approx(0.0347)
 
 
 def test_regenerated_entry_keeps_the_previous_tolerance_and_uses_protocol_interval() -> None:
@@ -167,9 +183,26 @@ def test_calibrated_entry_uses_mean_and_spread_across_seeds() -> None:
     assert entry.source["kind"] == "calibration" and entry.source["seeds"] == 3
     assert entry.source["values"] == [0.8, 0.82, 0.84]
     assert entry.others["roc_auc"].tolerance == 0.005
+    assert entry.device == "cpu"
 
 
-def _store(results: Path, value: float) -> None:
+def test_calibrated_entry_covers_the_kernel_runs_and_writes_its_components() -> None:
+    seeds = [_record(0.80), _record(0.80), _record(0.80)]
+    kernels = [_record(0.76, roc_auc_extra=0.0), _record(0.80)]
+    entry = calibrated_entry(seeds, None, kernels, ["onednn-sse41", "aten-default"])
+    parts = entry.tolerance_components
+    assert parts["seed_std"] == 0 and parts["extraction_runs"] == 3
+    assert entry.tolerance >= 0.04  # the kernel run that moved passes its own check
+    assert ex.check_record(_record(0.76), _file_with(entry)).status == "pass"
+    assert entry.source["kernel_runs"] == {"onednn-sse41": 0.76, "aten-default": 0.8}
+    assert "tolerance_components" in entry.to_yaml_dict()
+
+
+def _file_with(entry: ex.Expectation, device: str = "cpu") -> ex.ExpectedFile:
+    return ex.ExpectedFile(Path("demo.yaml"), "demo", {entry.case_id: entry}, device)
+
+
+def _store(results: Path, value: float, device: str = "cpu") -> None:
     record = ResultRecord(
         case_id=CASE,
         suite="demo",
@@ -180,6 +213,7 @@ def _store(results: Path, value: float) -> None:
         metrics={"accuracy": value, "roc_auc": 0.9},
         primary_metric="accuracy",
         primary_value=value,
+        details={"device_class": device},
     )
     store(record, results)
 
@@ -208,3 +242,70 @@ def test_committed_expected_files_load_and_the_published_example_cites_its_row()
     assert entry.source["row"] == "supervised r50" and len(entry.source["commit"]) == 40
     assert entry.tolerance == entry.source["interval"]["value"] == 0.0072
     assert "published: jonahanton/SSL_medicalimaging" in entry.source_summary()
+
+
+def test_a_gpu_run_is_never_silently_checked_against_cpu_values(tmp_path: Path) -> None:
+    cpu = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
+    assert cpu.device == "cpu" and cpu.entries[CASE].device == "cpu"
+    cuda = ex.load_expected(tmp_path / "demo.cuda.yaml", "demo")
+    assert cuda.device == "cuda" and not cuda.entries
+    outcome = ex.check_record(_record(0.80, device="cuda"), cuda, fallback=cpu)
+    assert outcome.status == "device" and not outcome.ok
+    assert "ran on cuda" in outcome.message and "calibrated on cpu" in outcome.message
+    assert ex.check_record(_record(0.80, device="cuda"), cpu).status == "device"
+
+
+def test_a_measured_cross_device_spread_widens_the_tolerance_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "demo.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": 2,
+                "suite": "demo",
+                "device": "cpu",
+                "cross_device": {"cuda": {"spread": {"linear": 0.02}, "cases": 1}},
+                "cases": {CASE: _entry(device="cpu")},
+            }
+        )
+    )
+    cpu = ex.load_expected(path, "demo")
+    outcome = ex.check_record(
+        _record(0.825, device="cuda"), ex.ExpectedFile(Path("x"), "demo", device="cuda"), cpu
+    )
+    assert outcome.status == "pass"
+    assert "tolerance 0.0300" in outcome.message and "widened" in outcome.message
+    assert ex.check_record(_record(0.835, device="cuda"), cpu).status == "fail"
+
+
+def test_entries_calibrated_on_the_runs_device_are_used_first(tmp_path: Path) -> None:
+    cuda_entry = _entry(value=0.70, device="cuda")
+    path = tmp_path / "demo.cuda.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"schema_version": 2, "suite": "demo", "device": "cuda", "cases": {CASE: cuda_entry}}
+        )
+    )
+    cuda = ex.load_expected(path, "demo")
+    cpu = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
+    assert ex.check_record(_record(0.70, device="cuda"), cuda, fallback=cpu).status == "pass"
+    assert ex.expected_path("demo", "cuda").name == "demo.cuda.yaml"
+    assert ex.expected_path("demo").name == "demo.yaml"
+
+
+def test_an_entry_of_another_device_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "demo.yaml", {CASE: _entry(device="cuda")}, schema=2)
+    with pytest.raises(ex.ExpectedFileError, match="entry is for device 'cuda'"):
+        ex.load_expected(path, "demo")
+
+
+def test_cross_device_spread_is_measured_from_records_of_the_other_device(tmp_path: Path) -> None:
+    path = _write(tmp_path / "demo.yaml", {CASE: _entry(value=0.80)}, schema=2)
+    expected = ex.load_expected(path, "demo")
+    _store(tmp_path / "gpu", 0.8123, device="cuda")
+    block = measure_cross_device(expected, tmp_path / "gpu")
+    assert block["spread"] == {"linear": 0.0123} and block["cases"] == 1
+    reloaded = ex.load_expected(path, "demo")
+    assert reloaded.cross_device_spread("cuda", "linear") == pytest.approx(0.0123)
+    _store(tmp_path / "cpu", 0.81)
+    with pytest.raises(ValueError, match="other than cpu"):
+        measure_cross_device(expected, tmp_path / "cpu")

@@ -111,6 +111,14 @@ def _spec(**overrides: object) -> RunSpec:
     return RunSpec(**base)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # _train runs single-threaded; later tests on this worker get the count back
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _train(spec: RunSpec, validate=None, callback=None) -> finetune_loop.RunOutcome:
     data = _splits()["train"]
     torch.set_num_threads(1)

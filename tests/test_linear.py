@@ -139,8 +139,10 @@ def test_no_convergence_warning_on_standardized_data() -> None:
     assert result.details["warnings"] == []
     assert max(result.details["val_n_iter"]) < 100
 
-    # The same features unstandardised do not converge in 1000 iterations.
-    raw = LinearConfig(c_values=(1e-3, 1.0), standardize=False, max_iter=1000, max_iter_cap=1000)
+    # The same features unstandardised need hundreds to thousands of iterations (876 to
+    # 14,161 over seeds 0-5 here; the exact count moves with the BLAS kernels, so a limit
+    # near it flips between machines): 50 leaves a wide margin on both sides.
+    raw = LinearConfig(c_values=(1e-3, 1.0), standardize=False, max_iter=50, max_iter_cap=50)
     with pytest.warns(RuntimeWarning, match="did not converge"):
         result = run(*scaled, task, raw)
     assert result.details["not_converged_C"] == [1e-3, 1.0]
@@ -158,7 +160,8 @@ def test_non_convergence_is_reported_not_silenced() -> None:
     assert result.details["final_converged"] is False
     assert result.details["n_iter"] == 4  # retried with 4x the iterations
     assert "final refit" in result.details["warnings"][0]
-    assert len(caught) == 2  # one for the sweep, one for the refit
+    ours = [w for w in caught if "did not converge" in str(w.message)]
+    assert len(ours) == 2  # one for the sweep, one for the refit
 
 
 def test_standardize_off_is_recorded() -> None:

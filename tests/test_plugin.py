@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from harness.atomic import TMP_INFIX
+from harness.features import read_events
 from harness.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -54,10 +55,8 @@ def run_benchmarks(home: Path, results: Path, *args: str) -> subprocess.Complete
 
 
 def _events(home: Path) -> list[dict]:
-    path = home / "features" / "events.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # skips a line a running writer has not finished (the harness's own reader)
+    return read_events(home / "features")
 
 
 def _records(results: Path) -> list[dict]:
@@ -103,6 +102,18 @@ def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_pat
         assert set(record["feature_cache"].values()) == {"miss"}
         assert record["hyperparameters"]["C"] > 0
         assert record["git"] is not None and record["versions"]["torch"]
+        details = record["details"]
+        assert details["device_class"] == "cpu"
+        assert details["precision"]["requested"] == details["precision"]["effective"] == "fp32"
+        assert set(details["feature_scale"]) == {"train", "val", "test"}
+        assert details["feature_scale"]["train"]["abs_mean"] > 1e-3  # no 1e-9 features
+        twin = record["model"]["category"] == "random-init"
+        rule = details["batchnorm_stats"]
+        assert rule["rule"] == ("target_train" if twin else "checkpoint")
+        if twin:
+            assert rule["split"] == "train" and rule["images"] == 64  # whole batches of 96
+    twins = {r["model"]["name"]: r["model"]["weights_sha256"] for r in records}
+    assert len(set(twins.values())) == 4  # a twin's identity includes its statistics
 
     second = run_benchmarks(
         home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--record-only"

@@ -244,3 +244,53 @@ def test_write_report(results: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("reports") / "demo.md"
     assert write_report(results, out, "demo", "Demo report") == out
     assert out.read_text(encoding="utf-8") == render_report(load_records(results), "Demo report")
+
+
+def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Path) -> None:
+    from harness import expected as ex
+
+    source = {"kind": "published", "repository": "r", "commit": "c", "file": "f", "row": "x"}
+
+    def entry(case: str, value: float, others: dict | None = None) -> ex.Expectation:
+        _, dataset, _ = case.split("/")
+        return ex.Expectation(
+            case, "demo", 1, 2, DATASETS[dataset][0], value, 0.01, others or {}, source
+        )
+
+    good = "linear/lesions/alpha.in1k"  # passes on every metric
+    secondary = "linear/lesions/beta.ssl"  # primary matches, accuracy does not
+    device = "linear/modality/alpha.in1k"  # the record says it ran on cuda
+    mpc = ex.MetricExpectation(0.5, 0.01)
+    expected = ex.ExpectedFile(
+        tmp_path / "demo.yaml",
+        "demo",
+        {
+            good: entry(good, 0.9, {"mean_per_class_accuracy": mpc}),
+            secondary: entry(secondary, 0.8, {"accuracy": ex.MetricExpectation(0.9, 0.01)}),
+            device: entry(device, 0.8),
+        },
+    )
+    store(
+        make_record("modality", "alpha.in1k", 0.8, "2026-01-02T00:00:00Z",
+                    details={"device_class": "cuda"}),
+        results,
+    )  # fmt: skip
+    text = render_report(load_records(results), "t", "demo", expected)
+    rows = {
+        line.split("|")[1].strip().strip("`"): [cell.strip() for cell in line.split("|")[1:-1]]
+        for line in text.splitlines()
+        if line.startswith("| `linear/")
+    }
+    frame = load_records(results)
+    for case, row in rows.items():
+        path = frame.loc[frame["case_id"] == case, "path"].iloc[-1]
+        from harness.results import load_record
+
+        outcome = ex.check_record(load_record(Path(path)).to_dict(), expected)
+        assert row[5] == {"fail": "FAIL", "device": "other device"}.get(
+            outcome.status, outcome.status
+        ), case
+    assert rows[good][5] == "pass"
+    assert rows[secondary][5] == "FAIL"  # the primary metric alone would say pass
+    assert rows[device][5] == "other device"
+    assert rows["linear/lesions/alpha.random"][5] == "missing"

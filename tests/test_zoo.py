@@ -111,16 +111,32 @@ def test_plain_torchvision_state_dict_loads_by_name(
     assert loaded.weights_id == sha256_of(path)
     assert not loaded.module.training
     assert_loaded(loaded.module, backbone_state(resnet18_state))
-    # the features are the reference network's pooled penultimate activations
+    # The features are the reference network's pooled penultimate activations. The shared
+    # state (every value in [0.5, 1.5]) overflows to inf by layer3, so this check uses
+    # weights of a trained network's scale, where the comparison means something.
+    generator = torch.Generator().manual_seed(7)
+    scaled = {}
+    for key, value in resnet18_state.items():
+        if value.is_floating_point() and value.ndim > 1:
+            fan_in = value[0].numel()
+            noise = torch.rand(value.shape, generator=generator)
+            scaled[key] = (2 * noise - 1) * (6 / fan_in) ** 0.5
+        else:
+            scaled[key] = value
+    path = tmp_path / "resnet18-scaled.pth"
+    torch.save(scaled, path)
+    module = build_model(make_card(file_weights(path, drop_keys=("fc.",)))).module
     reference = torchvision.models.resnet18(weights=None)
-    reference.load_state_dict(resnet18_state)
+    reference.load_state_dict(scaled)
     reference.fc = nn.Identity()
     reference.eval()
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        features = loaded.module(image)
-        assert features.shape == (1, 512)
-        assert torch.allclose(features, reference(image), atol=1e-5)
+        features = module(image)
+        expected = reference(image)
+    assert features.shape == (1, 512) and torch.isfinite(expected).all()
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_moco_checkpoint_loads_with_prefix_strip_and_head_drop(

@@ -31,7 +31,9 @@ Pitfalls fixed (peers.md section 6): the best weights are deep-copied, not refer
 only a strictly better validation score is an improvement (a tie is not); ROC AUC comes
 from probabilities, never from argmax predictions.
 
-Engineering: mixed precision on CUDA (bf16 autocast, or fp16 + GradScaler), channels-last
+Engineering: mixed precision training on CUDA (bf16 autocast, or fp16 + GradScaler) with
+validation and test predictions always in float32 (VERSION 2; bf16 logits tied test
+scores), channels-last
 (default on: oneDNN is also ~1.6x faster with it on CPU for EfficientNet), optional
 gradient clipping (default None, as ssl-transfer / SSL_medicalimaging; feature-reuse
 clips at 1.0), deterministic seeding (torch, numpy, python; a seeded infinite sampler
@@ -88,7 +90,7 @@ from harness.protocols.finetune_loop import (
 )
 from harness.zoo import LoadedModel
 
-VERSION = 1
+VERSION = 2
 
 _PROFILES = ("smoke", "demo", "paper")
 _CLASS_WEIGHTING = ("none", "inverse_frequency")

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from harness.atomic import atomic_path
 from harness.cards import Preprocessing
+from harness.precision import compute_precision
 from harness.protocols.finetune_data import EvalSet, train_loader
 
 CHECKPOINT_FORMAT = 1
@@ -99,6 +100,7 @@ class Runtime:
         return {
             "device": self.device.type,
             "precision": self.precision,
+            "eval_precision": "fp32",
             "channels_last": self.channels_last,
             "cpu_threads": threads if self.device.type == "cpu" else None,
         }
@@ -411,11 +413,14 @@ def predict(
 ) -> np.ndarray:
     """Predicted probabilities of a split: softmax, or per-label sigmoid for multilabel.
 
+    Always in float32 (no autocast, no TF32), whatever precision training used: bf16
+    logits tie many test scores and move ROC AUC.
+
     Args:
         model: The classifier (left in the training mode it had).
         data: The split, with the eval transform.
         task: Task type.
-        runtime: Device, precision and memory format.
+        runtime: Device and memory format (its training precision is not used).
         batch_size: Images per forward pass.
 
     Returns:
@@ -426,7 +431,7 @@ def predict(
     chunks = []
     try:
         for x in data.batches(batch_size):
-            with runtime.autocast():
+            with compute_precision(runtime.device, "fp32"):
                 logits = model(runtime.inputs(x))
             logits = logits.float()
             probs = torch.sigmoid(logits) if task == "multilabel" else logits.softmax(dim=1)

@@ -1,0 +1,129 @@
+"""Batch-norm statistics of a random-initialisation baseline, from the target's training images.
+
+A freshly initialised network in eval mode normalises with the init running statistics
+(mean 0, variance 1), so batch norm is the identity and nothing rescales the
+activations: in torchvision's MobileNetV2 they shrink with depth to pooled features of
+about 1e-9. Such features are numerically fragile: float16 flushes them to zero, and
+nearly constant feature dimensions turn last-bit differences into signal once
+standardised (``docs/reproducibility.md`` has the figures).
+
+The card rule ``weights.batchnorm_stats: target_train`` (the default for
+``source: random``) keeps the baseline the peers compare against (the same architecture
+and initialisation, no transfer, no labels) but gives every batch-norm layer the
+statistics of its input over the target's training images: one forward pass with batch
+norm in training mode and no gradient. This is data-dependent rescaling in the spirit
+of Krähenbühl et al. (2016), which early self-supervised benchmarks applied to their
+random-initialisation rows. Each layer's mean and (unbiased) variance are accumulated
+in float64 over every pixel of every image, not averaged per batch. The rule ``init``
+keeps the init statistics.
+
+The images are a seeded permutation of the training split cut to a whole number of
+batches (at most :data:`MAX_IMAGES`), so every forward pass has the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+RECALIBRATION_VERSION = 1
+MAX_IMAGES = 2048
+SEED = 0
+
+
+def recalibration_indices(
+    n_images: int, batch_size: int, max_images: int = MAX_IMAGES
+) -> np.ndarray:
+    """The training images a recalibration uses, in the order it feeds them.
+
+    Args:
+        n_images: Images in the training split.
+        batch_size: Images per forward pass.
+        max_images: Upper bound on the images used.
+
+    Returns:
+        int64 indices: a seeded permutation cut to the largest whole number of batches
+        within ``max_images`` (all images, in one batch, when there are fewer than
+        ``batch_size``).
+    """
+    order = np.random.default_rng(SEED).permutation(n_images)
+    if n_images < batch_size:
+        return order
+    usable = min(n_images, max(max_images, batch_size)) // batch_size * batch_size
+    return order[:usable]
+
+
+def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers of a module that track running statistics."""
+    return [
+        layer
+        for layer in module.modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats
+    ]
+
+
+def recalibrate_batchnorm(
+    module: nn.Module,
+    images: np.ndarray,
+    transform: Callable[[np.ndarray], torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Set every batch-norm layer's running statistics to those of its input over ``images``.
+
+    Args:
+        module: The network, changed in place and returned to eval mode.
+        images: uint8 images (already chosen and ordered, see :func:`recalibration_indices`).
+        transform: The model's evaluation transform (image -> tensor).
+        batch_size: Images per forward pass.
+        device: Where the pass runs.
+
+    Returns:
+        What was done: ``layers`` recalibrated and ``images`` used.
+
+    Raises:
+        ValueError: When ``images`` is empty or a layer saw a single value per channel.
+    """
+    layers = batchnorm_layers(module)
+    if not layers:
+        return {"layers": 0, "images": len(images)}
+    if len(images) == 0:
+        raise ValueError("batch-norm recalibration needs at least one training image")
+    sums: dict[nn.Module, list[Any]] = {layer: [0, 0.0, 0.0] for layer in layers}
+
+    def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().to(torch.float64)
+        dims = [d for d in range(x.ndim) if d != 1]
+        entry = sums[layer]
+        entry[0] += x.numel() // x.shape[1]
+        entry[1] = entry[1] + x.sum(dims)
+        entry[2] = entry[2] + (x * x).sum(dims)
+
+    hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
+    module.to(device).eval()
+    for layer in layers:
+        layer.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+                module(batch.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        module.eval()
+    for layer in layers:
+        count, total, squares = sums[layer]
+        if count < 2:
+            raise ValueError(f"batch-norm recalibration: layer {layer} saw {count} value(s)")
+        mean = total / count
+        variance = (squares / count - mean * mean).clamp_min(0) * (count / (count - 1))
+        layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
+        layer.running_var.copy_(variance.to(layer.running_var.dtype))
+        if layer.num_batches_tracked is not None:
+            layer.num_batches_tracked.fill_(len(range(0, len(images), batch_size)))
+    return {"layers": len(layers), "images": len(images)}

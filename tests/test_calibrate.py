@@ -1,0 +1,75 @@
+"""medxfer calibrate: every run in a fresh process, kernel runs with fresh caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import calibrate as cal
+from harness.expected import load_expected
+
+
+def test_plan_gives_seed_runs_one_cache_and_each_kernel_run_its_own(tmp_path: Path) -> None:
+    runs = cal.plan_runs(tmp_path, seeds=3, kernel_runs=2)
+    seeds, kernels = runs[:3], runs[3:]
+    assert [r.seed for r in runs] == [0, 1, 2, 0, 0]
+    assert len({r.home for r in seeds}) == 1 and all(not r.env for r in seeds)
+    homes = {r.home for r in kernels}
+    assert len(homes) == 2 and not homes & {seeds[0].home}
+    assert [dict(r.env) for r in kernels] == [dict(v.env) for v in cal.KERNEL_VARIANTS[:2]]
+    assert len({r.results for r in runs}) == 5
+    with pytest.raises(ValueError, match="seeds"):
+        cal.plan_runs(tmp_path, seeds=0, kernel_runs=0)
+    with pytest.raises(ValueError, match="kernel-runs"):
+        cal.plan_runs(tmp_path, seeds=1, kernel_runs=len(cal.KERNEL_VARIANTS) + 1)
+
+
+def test_kernel_variants_name_real_kernel_switches() -> None:
+    known = {"ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OPENBLAS_CORETYPE"}
+    assert all(set(v.env) <= known and v.env for v in cal.KERNEL_VARIANTS)
+    assert len({v.name for v in cal.KERNEL_VARIANTS}) == len(cal.KERNEL_VARIANTS)
+
+
+@pytest.mark.slow
+def test_calibration_runs_fresh_processes_and_caches_and_writes_components(
+    tmp_path: Path,
+) -> None:
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "profile": "smoke",
+                "models": ["mobilenet_v2.tv_in1k_pip"],
+                "datasets": ["demo_modality"],
+                "protocols": ["linear"],
+            }
+        )
+    )
+    out = tmp_path / "tiny.yaml.expected"
+    work = tmp_path / "work"
+    expected = cal.calibrate(str(suite), 2, ("-q",), out, kernel_runs=1, work_dir=work)
+
+    (entry,) = expected.entries.values()
+    parts = entry.tolerance_components
+    assert entry.device == "cpu" and parts["seeds"] == 2 and parts["extraction_runs"] == 2
+    assert parts["tolerance"] == entry.tolerance >= parts["floor"]
+    assert entry.source["kind"] == "calibration"
+    assert list(entry.source["kernel_runs"]) == [cal.KERNEL_VARIANTS[0].name]
+    assert load_expected(out, "tiny").entries[entry.case_id] == entry
+
+    def record(folder: str) -> dict:
+        (path,) = (work / folder).rglob("*.json")
+        return json.loads(path.read_text())
+
+    seed0, seed1, kernel = record("seed0"), record("seed1"), record("kernels0")
+    assert seed0["run_id"] != seed1["run_id"] != kernel["run_id"]  # one process each
+    assert set(seed0["feature_cache"].values()) == {"miss"}  # the seed cache starts empty
+    assert set(seed1["feature_cache"].values()) == {"hit"}
+    assert set(kernel["feature_cache"].values()) == {"miss"}  # its own empty cache
+    assert kernel["hardware"]["kernel_env"] == dict(cal.KERNEL_VARIANTS[0].env)
+    assert seed0["hardware"]["kernel_env"] == {}
+    assert (work / "home-kernels0" / "data").is_dir()  # the dataset was built again
