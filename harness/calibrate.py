@@ -46,6 +46,7 @@ from harness.expected import (
     load_expected,
     record_device,
     regenerated_source,
+    resolution_of,
 )
 from harness.paths import PROJECT_ROOT
 from harness.results import load_record
@@ -150,7 +151,8 @@ def calibrated_entry(
     value = statistics.fmean(values)
     intervals = [i for i in (interval_of(r, metric) for r in records) if i is not None]
     interval = max(intervals) if intervals else None
-    components = TOLERANCE_RULE.components(values, extraction, interval, value)
+    resolution = max(resolution_of(r, metric) for r in records)
+    components = TOLERANCE_RULE.components(values, extraction, interval, value, resolution)
     source = regenerated_source(first, seeds=len(records))
     source["values"] = [round(v, 6) for v in values]
     source["std"] = components["seed_std"]
@@ -174,7 +176,8 @@ def calibrated_entry(
         if series is None or kernel_series is None:
             continue
         mean = statistics.fmean(series)
-        other = TOLERANCE_RULE.components(series, kernel_series, None, mean)
+        step = max(resolution_of(r, name) for r in records)
+        other = TOLERANCE_RULE.components(series, kernel_series, None, mean, step)
         others[name] = MetricExpectation(round(mean, 6), other["tolerance"])
     return Expectation(**{**entry.__dict__, "others": others, "tolerance_components": components})
 

@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cal = sub.add_parser(
         "calibrate",
         help="run a suite under N seeds and K kernel variants (fresh processes and caches) "
-        "and write its expected values",
+        "and write its expected values; pytest arguments go after --, e.g. -- -n 2",
     )
     p_cal.add_argument("suite")
     p_cal.add_argument("--seeds", type=int, default=3)
@@ -183,11 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RESULTS",
         help="instead of running: measure the spread between the expected file and the "
         "records in RESULTS made on another device class, and store it in the file",
-    )
-    p_cal.add_argument(
-        "pytest_args",
-        nargs=argparse.REMAINDER,
-        help="extra pytest arguments after --, e.g. -- -n 2",
     )
     p_cal.set_defaults(func=_cmd_calibrate)
 

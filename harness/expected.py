@@ -425,6 +425,13 @@ def _fmt(value: float) -> str:
 # --------------------------------------------------------------------------- obtained / regen
 
 
+def resolution_of(record: dict[str, Any], metric: str) -> float:
+    """What one test image's prediction can change in a metric (0 when not recorded)."""
+    notes = (record.get("details") or {}).get("metric_notes") or {}
+    value = (notes.get("resolution") or {}).get(metric)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def interval_of(record: dict[str, Any], metric: str) -> float | None:
     """Return the protocol's own interval for a metric (e.g. few-shot's 95% CI), if any."""
     value = record["metrics"].get(metric + INTERVAL_SUFFIX)
@@ -450,11 +457,13 @@ def entry_from_record(
             tolerance = previous.tolerance
         else:
             interval = interval_of(record, metric)
-            tolerance = TOLERANCE_RULE.tolerance(0.0, interval)
+            resolution = resolution_of(record, metric)
+            tolerance = TOLERANCE_RULE.tolerance(0.0, interval, resolution=resolution)
             components = {
                 "rule": TOLERANCE_RULE.describe(),
                 "seeds": 1,
                 "extraction_runs": 0,
+                "resolution": round(resolution, 6),
                 "interval": interval,
                 "floor": TOLERANCE_RULE.floor,
                 "tolerance": tolerance,

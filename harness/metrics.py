@@ -75,7 +75,8 @@ def compute_metrics_with_notes(
     The notes hold ``"<metric>_undefined"``: a reason, for each NaN metric; for
     multiclass/ordinal/multilabel ``roc_auc`` also ``"roc_auc_n_scored"`` (classes or labels
     that entered the mean) and for multilabel ``"roc_auc_skipped_labels"`` (label indices
-    skipped because ``labels`` holds a single value in that column).
+    skipped because ``labels`` holds a single value in that column). ``"resolution"``
+    maps each metric to :func:`metric_resolution`.
 
     Args:
         task: One of "binary", "multiclass", "ordinal", "multilabel".
@@ -100,7 +101,72 @@ def compute_metrics_with_notes(
         values[name] = float(value)
         if reason is not None:
             notes[f"{name}_undefined"] = reason
+    notes["resolution"] = {
+        name: metric_resolution(task, name, labels, probabilities) for name in names
+    }
     return values, notes
+
+
+def metric_resolution(task: str, name: str, labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The largest change of a metric that one test image's prediction can make.
+
+    A fresh run on another machine can flip the prediction of an image that lies on a
+    decision boundary (or swap two nearly tied scores); no tolerance below this step
+    can be met there, so the tolerance rule never goes under it.
+
+    Args:
+        task: Task type.
+        name: Metric name.
+        labels: Labels as for :func:`compute_metrics` (already checked).
+        probabilities: (N, C) probabilities (already checked).
+
+    Returns:
+        accuracy: ``1/N`` (multilabel: ``1/(N*C)``); mean per-class accuracy: ``1/(K * n_min)``
+        over the K classes present; ROC AUC: one swap of two adjacent scores,
+        ``1/(P*N)`` of the class (or label) where that is largest, divided by the
+        number of classes averaged; quadratic kappa: the largest change from moving one
+        prediction by one grade, over up to 64 images.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if task == "multilabel":
+        if name == "accuracy":
+            return 1.0 / labels.size
+        pairs = [(c.sum(), len(c) - c.sum()) for c in labels.T if 0 < c.sum() < len(c)]
+        return max((1.0 / (p * q * len(pairs)) for p, q in pairs), default=0.0)
+    present, counts = np.unique(labels, return_counts=True)
+    if name == "accuracy":
+        return 1.0 / n
+    if name == "mean_per_class_accuracy":
+        return 1.0 / (len(present) * int(counts.min()))
+    if name == "roc_auc":
+        if len(present) < 2:
+            return 0.0
+        if task == "binary":
+            return 1.0 / (int(counts[present == 1].sum()) * int(counts[present == 0].sum()))
+        return max(1.0 / (len(present) * int(c) * (n - int(c))) for c in counts)
+    return _kappa_resolution(labels, probabilities.argmax(axis=1), probabilities.shape[1])
+
+
+def _kappa_resolution(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
+    def kappa(pred: np.ndarray) -> float:
+        return float(
+            cohen_kappa_score(labels, pred, labels=np.arange(n_classes), weights="quadratic")
+        )
+
+    if np.unique(np.concatenate([labels, predicted])).size < 2:
+        return 0.0
+    base = kappa(predicted)
+    largest = 0.0
+    for i in np.linspace(0, len(labels) - 1, min(64, len(labels))).astype(int):
+        for step in (-1, 1):
+            moved = predicted.copy()
+            moved[i] = min(max(moved[i] + step, 0), n_classes - 1)
+            if moved[i] != predicted[i]:
+                value = kappa(moved)
+                if math.isfinite(value) and math.isfinite(base):
+                    largest = max(largest, abs(value - base))
+    return largest
 
 
 def check_metric_names(task: str, names: tuple[str, ...]) -> None:

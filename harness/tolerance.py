@@ -8,12 +8,16 @@ What varies between two users' runs of one case (``docs/reproducibility.md``):
   BLAS pick code paths by instruction set): the spread over calibration runs in fresh
   processes with fresh caches, some under other kernel choices
   (:data:`harness.calibrate.KERNEL_VARIANTS`);
-* the protocol's own sampling interval (few-shot's 95% CI over episodes).
+* the protocol's own sampling interval (few-shot's 95% CI over episodes);
+* the metric's resolution: what one test image's prediction can change
+  (:func:`harness.metrics.metric_resolution`, e.g. ``1/N`` for accuracy). Last-bit
+  differences can flip an image that sits on a decision boundary on any machine, and a
+  handful of calibration runs cannot prove that none does.
 
 Rule version 2: ``tolerance = max(k * sqrt(seed_std^2 + extraction_std^2),
-observed, interval, floor)``, where ``observed`` is the largest distance of any
-calibration run from the expected value (so every run that calibrated passes), rounded
-up to 4 decimals. Every component is written into the expected entry. Version 1 was
+observed, resolution, interval, floor)``, where ``observed`` is the largest distance of
+any calibration run from the expected value (so every run that calibrated passes),
+rounded up to 4 decimals. Every component is written into the expected entry. Version 1 was
 ``max(k * seed_std, interval, floor)`` over seeds that shared one feature cache, so
 extraction-level variation was never seen.
 """
@@ -45,12 +49,18 @@ class ToleranceRule:
         interval: float | None = None,
         extraction_std: float = 0.0,
         observed: float = 0.0,
+        resolution: float = 0.0,
     ) -> float:
-        """Return ``max(k * sqrt(seed_std² + extraction_std²), observed, interval, floor)``.
+        """Return ``max(k * sqrt(seed_std² + extraction_std²), observed, resolution, interval, floor)``.
 
         Rounded up to 4 decimals.
         """
-        candidates = [self.k * math.hypot(seed_std, extraction_std), observed, self.floor]
+        candidates = [
+            self.k * math.hypot(seed_std, extraction_std),
+            observed,
+            resolution,
+            self.floor,
+        ]
         if interval is not None and math.isfinite(interval):
             candidates.append(interval)
         return math.ceil(max(candidates) * 1e4 - 1e-9) / 1e4
@@ -61,6 +71,7 @@ class ToleranceRule:
         extraction_values: Sequence[float],
         interval: float | None,
         expected: float,
+        resolution: float = 0.0,
     ) -> dict[str, Any]:
         """Measure every component of a tolerance from calibration runs.
 
@@ -70,6 +81,7 @@ class ToleranceRule:
                 the seed run among them (empty when none ran).
             interval: The protocol's own interval, if it has one.
             expected: The expected value the tolerance is centred on.
+            resolution: What one test image's prediction can change in the metric.
 
         Returns:
             The components and the resulting ``tolerance``.
@@ -85,16 +97,18 @@ class ToleranceRule:
             "extraction_runs": len(extraction_values),
             "extraction_std": round(extraction_std, 6),
             "observed_max_deviation": round(observed, 6),
+            "resolution": round(resolution, 6),
             "interval": None if interval is None else round(interval, 6),
             "floor": self.floor,
-            "tolerance": self.tolerance(seed_std, interval, extraction_std, observed),
+            "tolerance": self.tolerance(seed_std, interval, extraction_std, observed, resolution),
         }
 
     def describe(self) -> str:
         """One line for expected files and reports."""
         return (
             f"tolerance-v{self.version}: max({self.k:g} * sqrt(seed_std^2 + extraction_std^2), "
-            f"largest calibration deviation, protocol interval, {self.floor:g})"
+            f"largest calibration deviation, one test image's worth, protocol interval, "
+            f"{self.floor:g})"
         )
 
 

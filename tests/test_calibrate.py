@@ -73,3 +73,25 @@ def test_calibration_runs_fresh_processes_and_caches_and_writes_components(
     assert kernel["hardware"]["kernel_env"] == dict(cal.KERNEL_VARIANTS[0].env)
     assert seed0["hardware"]["kernel_env"] == {}
     assert (work / "home-kernels0" / "data").is_dir()  # the dataset was built again
+
+
+def test_cli_options_after_the_suite_are_read_and_pytest_args_follow_a_bare_dash_dash(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from harness import cli
+
+    seen = {}
+
+    def fake(suite, seeds, pytest_args, out, kernel_runs, work_dir):
+        seen.update(suite=suite, seeds=seeds, args=pytest_args, kernels=kernel_runs, work=work_dir)
+
+    monkeypatch.setattr(cal, "calibrate", fake)
+    argv = ["calibrate", "smoke", "--seeds", "2", "--kernel-runs", "1", "--work-dir", str(tmp_path)]
+    assert cli.main([*argv, "--", "-n", "2"]) == 0
+    assert seen == {
+        "suite": "smoke",
+        "seeds": 2,
+        "args": ["-n", "2"],
+        "kernels": 1,
+        "work": tmp_path,
+    }

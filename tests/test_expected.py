@@ -143,6 +143,8 @@ def test_tolerance_rule_takes_the_largest_of_spread_interval_and_floor() -> None
     # seed and extraction spreads add in quadrature; a larger observed deviation wins
     assert rule.tolerance(0.003, extraction_std=0.004) == pytest.approx(0.015)
     assert rule.tolerance(0.001, observed=0.02) == pytest.approx(0.02)
+    # never below what one test image can change (1/64 for accuracy on 64 images)
+    assert rule.tolerance(0.0, resolution=1 / 64) == pytest.approx(0.0157)
     assert TOLERANCE_RULE.version == 2 and "tolerance-v2" in TOLERANCE_RULE.describe()
 
 
@@ -196,6 +198,18 @@ def test_calibrated_entry_covers_the_kernel_runs_and_writes_its_components() -> 
     assert ex.check_record(_record(0.76), _file_with(entry)).status == "pass"
     assert entry.source["kernel_runs"] == {"onednn-sse41": 0.76, "aten-default": 0.8}
     assert "tolerance_components" in entry.to_yaml_dict()
+
+
+def test_calibrated_tolerance_never_goes_below_one_test_image() -> None:
+    def record() -> dict[str, Any]:
+        out = _record(0.80)
+        out["details"]["metric_notes"] = {"resolution": {"accuracy": 1 / 64, "roc_auc": 1e-3}}
+        return out
+
+    entry = calibrated_entry([record(), record(), record()], None, [record()], ["k"])
+    assert entry.tolerance_components["resolution"] == pytest.approx(1 / 64, abs=1e-6)
+    assert entry.tolerance == pytest.approx(0.0157)  # every run was identical
+    assert entry.others["roc_auc"].tolerance == 0.005  # the floor
 
 
 def _file_with(entry: ex.Expectation, device: str = "cpu") -> ex.ExpectedFile:

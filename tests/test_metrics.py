@@ -153,3 +153,31 @@ def test_float_labels_holding_whole_numbers_are_accepted() -> None:
         compute_metrics("binary", np.array([0.0, 0.5]), probs, ("accuracy",))
     with pytest.raises(ValueError, match="integer class ids"):
         compute_metrics("binary", np.array(["a", "b"]), probs, ("accuracy",))
+
+
+def test_resolution_is_what_one_test_image_can_change() -> None:
+    from harness.metrics import compute_metrics_with_notes, metric_resolution
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    probs = np.eye(3)[labels] * 0.8 + 0.1 / 1.5
+    names = ("accuracy", "mean_per_class_accuracy", "roc_auc", "quadratic_kappa")
+    _, notes = compute_metrics_with_notes("ordinal", labels, probs, names)
+    step = notes["resolution"]
+    assert step["accuracy"] == pytest.approx(1 / 10)
+    assert step["mean_per_class_accuracy"] == pytest.approx(1 / (3 * 2))  # the class of 2
+    assert step["roc_auc"] == pytest.approx(1 / (3 * 2 * 8))  # one swap, class of 2
+    # moving one prediction by a grade really changes kappa by that much, no more
+    predicted = probs.argmax(axis=1)
+    moved = predicted.copy()
+    moved[3] = 2
+    from sklearn.metrics import cohen_kappa_score
+
+    delta = abs(
+        cohen_kappa_score(labels, moved, labels=[0, 1, 2], weights="quadratic")
+        - cohen_kappa_score(labels, predicted, labels=[0, 1, 2], weights="quadratic")
+    )
+    assert 0 < delta <= step["quadratic_kappa"] + 1e-12
+    binary = np.array([0, 1, 1, 0, 1])
+    assert metric_resolution("binary", "roc_auc", binary, np.eye(2)[binary]) == pytest.approx(1 / 6)
+    multilabel = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
+    assert metric_resolution("multilabel", "accuracy", multilabel, multilabel * 1.0) == 1 / 8

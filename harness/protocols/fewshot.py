@@ -421,6 +421,10 @@ def run(
             },
             "ci": "1.96 * std(episode accuracy, ddof=0) / sqrt(episodes)",
             "episodes_sha256": hashlib.sha256(episodes.astype("<i8").tobytes()).hexdigest(),
+            # one query's prediction moves the mean episode accuracy by this much
+            "metric_notes": {
+                "resolution": {"accuracy": 1.0 / (config.episodes * n_way * config.n_query)}
+            },
             "distance": "nearest class-mean prototype, (squared) euclidean, float64",
             "sampling_seconds": sampling_seconds,
             "evaluation_seconds": evaluation_seconds,
