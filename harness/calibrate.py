@@ -16,6 +16,10 @@ Per case, the value is the mean over the seed runs and the tolerance follows
 :data:`harness.tolerance.TOLERANCE_RULE` over the seed spread, the kernel-run spread,
 the protocol's interval and the floor; every component is written into the entry.
 
+With ``--work-dir`` and ``--resume``, a session that finished earlier (its marker
+``<results>.done.json`` records the same suite, seed, environment and pytest arguments)
+is not run again, so an interrupted calibration continues where it stopped.
+
 ``--cross-device RESULTS`` instead measures the spread between this file's values and
 records made on another device class, and writes it into the file, so runs on that
 class are checked against these values with widened tolerances.
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,6 +87,8 @@ class CalibrationRun:
     home: Path
     results: Path
     env: Mapping[str, str] = field(default_factory=dict)
+    starts_cache: bool = True
+    """The session must find ``home`` empty (the first seed run and every kernel run)."""
 
 
 def run_session(run: CalibrationRun, suite: str, pytest_args: Sequence[str]) -> int:
@@ -108,6 +116,45 @@ def run_session(run: CalibrationRun, suite: str, pytest_args: Sequence[str]) -> 
     shown = " ".join(f"{k}={v}" for k, v in run.env.items())
     print(f"$ [{run.label}] MEDXFER_HOME={run.home} {shown} {' '.join(command)}", flush=True)
     return subprocess.call(command, cwd=PROJECT_ROOT, env=env)
+
+
+def _session_identity(run: CalibrationRun, suite: str, pytest_args: Sequence[str]) -> dict:
+    return {
+        "suite": suite,
+        "label": run.label,
+        "seed": run.seed,
+        "env": dict(run.env),
+        "pytest_args": list(pytest_args),
+    }
+
+
+def done_marker(run: CalibrationRun) -> Path:
+    """The file that says ``run`` finished (next to its results folder, not inside it)."""
+    return run.results.with_name(run.results.name + ".done.json")
+
+
+def finished_earlier(run: CalibrationRun, suite: str, pytest_args: Sequence[str]) -> int | None:
+    """Exit code of an earlier identical session of ``run`` that finished, else ``None``."""
+    marker = done_marker(run)
+    if not marker.is_file() or not run.results.is_dir():
+        return None
+    try:
+        done = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if done.get("session") != _session_identity(run, suite, pytest_args):
+        return None
+    return int(done["exit_code"])
+
+
+def mark_finished(run: CalibrationRun, suite: str, pytest_args: Sequence[str], code: int) -> None:
+    """Write ``run``'s done marker atomically."""
+    marker = done_marker(run)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    temporary = marker.with_name(marker.name + ".tmp")
+    payload = {"session": _session_identity(run, suite, pytest_args), "exit_code": code}
+    temporary.write_text(json.dumps(payload, indent=2))
+    temporary.replace(marker)
 
 
 def records_by_case(results: Path) -> dict[str, dict[str, Any]]:
@@ -194,7 +241,7 @@ def plan_runs(scratch: Path, seeds: int, kernel_runs: int) -> list[CalibrationRu
         raise ValueError(f"--kernel-runs must lie in [0, {len(KERNEL_VARIANTS)}]")
     shared = scratch / "home-seeds"
     runs = [
-        CalibrationRun(f"seed {seed}", seed, shared, scratch / f"seed{seed}")
+        CalibrationRun(f"seed {seed}", seed, shared, scratch / f"seed{seed}", {}, seed == 0)
         for seed in range(seeds)
     ]
     for index, variant in enumerate(KERNEL_VARIANTS[:kernel_runs]):
@@ -217,6 +264,7 @@ def calibrate(
     out: Path | None = None,
     kernel_runs: int = len(KERNEL_VARIANTS),
     work_dir: Path | None = None,
+    resume: bool = False,
 ) -> ExpectedFile:
     """Run ``suite`` under ``seeds`` seeds and ``kernel_runs`` kernel variants; write expected values.
 
@@ -230,7 +278,14 @@ def calibrate(
         kernel_runs: fresh-cache runs under :data:`KERNEL_VARIANTS` (0 to skip).
         work_dir: keep every run's cache and records there (default: a temporary folder,
             removed afterwards).
+        resume: skip sessions in ``work_dir`` that finished earlier with the same settings.
+
+    Raises:
+        ValueError: ``resume`` without ``work_dir``.
+        RuntimeError: A session was interrupted or could not run.
     """
+    if resume and work_dir is None:
+        raise ValueError("--resume needs --work-dir (the folder of the interrupted calibration)")
     name = load_suite(suite).name
     with contextlib.ExitStack() as stack:
         if work_dir is None:
@@ -238,9 +293,18 @@ def calibrate(
         runs = plan_runs(Path(work_dir), seeds, kernel_runs)
         collected: list[dict[str, dict[str, Any]]] = []
         for run in runs:
-            code = run_session(run, suite, pytest_args)
-            if code in (2, 3, 4):  # interrupted, internal error, usage error
-                raise RuntimeError(f"{run.label}: pytest exited {code}; nothing calibrated")
+            code = finished_earlier(run, suite, pytest_args) if resume else None
+            if code is not None:
+                print(f"[{run.label}] finished earlier (exit {code}); reusing {run.results}")
+            else:
+                done_marker(run).unlink(missing_ok=True)
+                shutil.rmtree(run.results, ignore_errors=True)
+                if run.starts_cache:
+                    shutil.rmtree(run.home, ignore_errors=True)
+                code = run_session(run, suite, pytest_args)
+                if code in (2, 3, 4):  # interrupted, internal error, usage error
+                    raise RuntimeError(f"{run.label}: pytest exited {code}; nothing calibrated")
+                mark_finished(run, suite, pytest_args, code)
             if code not in (0, 5):
                 print(f"{run.label}: pytest exited {code}; cases that failed are left out")
             collected.append(records_by_case(run.results) if run.results.is_dir() else {})

@@ -117,7 +117,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"cross-device spread over {block['cases']} cases: {block['spread']} -> {path}")
         return 0
     work_dir = Path(args.work_dir) if args.work_dir else None
-    calibrate(args.suite, args.seeds, args.pytest_args, out, args.kernel_runs, work_dir)
+    calibrate(
+        args.suite, args.seeds, args.pytest_args, out, args.kernel_runs, work_dir, args.resume
+    )
     return 0
 
 
@@ -176,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir",
         default=None,
         help="keep every run's cache and records in this folder (default: a temporary one)",
+    )
+    p_cal.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --work-dir: reuse the sessions an interrupted calibration finished",
     )
     p_cal.add_argument(
         "--cross-device",

@@ -82,16 +82,52 @@ def test_cli_options_after_the_suite_are_read_and_pytest_args_follow_a_bare_dash
 
     seen = {}
 
-    def fake(suite, seeds, pytest_args, out, kernel_runs, work_dir):
+    def fake(suite, seeds, pytest_args, out, kernel_runs, work_dir, resume):
         seen.update(suite=suite, seeds=seeds, args=pytest_args, kernels=kernel_runs, work=work_dir)
+        seen["resume"] = resume
 
     monkeypatch.setattr(cal, "calibrate", fake)
     argv = ["calibrate", "smoke", "--seeds", "2", "--kernel-runs", "1", "--work-dir", str(tmp_path)]
-    assert cli.main([*argv, "--", "-n", "2"]) == 0
+    assert cli.main([*argv, "--resume", "--", "-n", "2"]) == 0
     assert seen == {
         "suite": "smoke",
         "seeds": 2,
         "args": ["-n", "2"],
         "kernels": 1,
         "work": tmp_path,
+        "resume": True,
     }
+
+
+def test_resume_reruns_only_unfinished_sessions_each_on_a_fresh_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    failing = {"kernels onednn-sse41"}
+
+    def session(run: cal.CalibrationRun, suite: str, pytest_args) -> int:
+        assert not run.results.exists()  # a session never sees an earlier one's records
+        if run.starts_cache:
+            assert not run.home.exists()
+        calls.append(run.label)
+        run.results.mkdir(parents=True)
+        run.home.mkdir(parents=True, exist_ok=True)
+        (run.home / "partial").write_text("cache")
+        return 2 if run.label in failing else 0
+
+    monkeypatch.setattr(cal, "run_session", session)
+    out, work = tmp_path / "x.yaml", tmp_path / "work"
+    with pytest.raises(RuntimeError, match="onednn-sse41"):
+        cal.calibrate("smoke", 2, ("-q",), out, kernel_runs=2, work_dir=work)
+    assert calls == ["seed 0", "seed 1", "kernels onednn-sse41"]
+
+    calls.clear()
+    failing.clear()
+    cal.calibrate("smoke", 2, ("-q",), out, kernel_runs=2, work_dir=work, resume=True)
+    assert calls == ["kernels onednn-sse41", "kernels aten-default"]
+
+    calls.clear()  # other pytest arguments: nothing finished earlier counts
+    cal.calibrate("smoke", 2, ("-x",), out, kernel_runs=1, work_dir=work, resume=True)
+    assert calls == ["seed 0", "seed 1", "kernels onednn-sse41"]
+    with pytest.raises(ValueError, match="work-dir"):
+        cal.calibrate("smoke", 1, (), out, kernel_runs=0, resume=True)

@@ -94,7 +94,7 @@ def _spawn(
     size: int,
     *,
     threads: int = 2,
-    bn: str = "target_train",
+    bn: str = "checkpoint",
     unpadded: bool = False,
     env: dict[str, str] | None = None,
     build_only: bool = False,
@@ -158,7 +158,7 @@ def _precision_rows(models: list[str], dataset: str, size: int) -> list[str]:
     from harness.features import extract_checked
     from harness.zoo import build_model
 
-    images = load_splits(get_dataset_card(dataset))["test"].images[:64]
+    images = load_splits(get_dataset_card(dataset))["test"].images[:16]
     rows = []
     for name in models:
         card = get_model_card(name)
@@ -166,7 +166,7 @@ def _precision_rows(models: list[str], dataset: str, size: int) -> list[str]:
         pre = card.preprocessing.with_input_size(size)
         for requested in ("fp16", "bf16"):
             _, decision = extract_checked(
-                module, images, pre, torch.device("cpu"), 64, "", requested
+                module, images, pre, torch.device("cpu"), 16, "", requested
             )
             error = "—" if decision.relative_error is None else f"{decision.relative_error:.3g}"
             rows.append(
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
-    parser.add_argument("--bn", default="target_train", help=argparse.SUPPRESS)
+    parser.add_argument("--bn", default="checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--unpadded", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     table_b, table_c, table_d = [], [], []
     for model in args.models:
         twin = model.endswith(".random")
-        rules = ("target_train", "init") if twin else ("target_train",)
+        rules = ("target_train", "init") if twin else ("checkpoint",)
         for bn in rules:
             label = f"{model} ({bn})" if twin else model
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"## D. Protocol results: default kernels, then {names}\n")
     print("| features | protocol | values | spread |\n|---|---|---|---:|")
     print("\n".join(table_d) + "\n")
-    print("## E. Lower precision on a probe batch of 64 test images (init statistics)\n")
+    print("## E. Lower precision on a probe batch of 16 test images (init statistics)\n")
     print("| model | precision | all-zero rows | non-finite rows | relative error | used |")
     print("|---|---|---:|---:|---:|---|")
     print("\n".join(_precision_rows(args.models, dataset, size)))
