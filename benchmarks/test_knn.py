@@ -1,15 +1,5 @@
-"""k-NN cases: weighted cosine k-nearest-neighbour votes on frozen features (DINO-style)."""
+"""k-NN cases: the protocol registered in harness/protocols/knn.py, one test per case."""
 
-from harness.case import CaseRun
-from harness.protocols import knn
+from harness.plugin import benchmark_test
 
-PROTOCOL = "knn"
-
-
-def test_knn(bench: CaseRun) -> None:
-    config = bench.configure(knn.KnnConfig.for_profile(bench.profile.name))
-    features = bench.features()
-    result = bench.run_protocol(
-        knn.run, features["train"], features["val"], features["test"], bench.task, config
-    )
-    bench.record(result, knn.VERSION, config.to_dict())
+test_knn = benchmark_test("knn")

@@ -1,15 +1,5 @@
-"""Linear-probe cases: L2 logistic regression on frozen features (ssl-transfer protocol)."""
+"""Linear-probe cases: the protocol registered in harness/protocols/linear.py, one test per case."""
 
-from harness.case import CaseRun
-from harness.protocols import linear
+from harness.plugin import benchmark_test
 
-PROTOCOL = "linear"
-
-
-def test_linear(bench: CaseRun) -> None:
-    config = bench.configure(linear.LinearConfig.for_profile(bench.profile.name))
-    features = bench.features()
-    result = bench.run_protocol(
-        linear.run, features["train"], features["val"], features["test"], bench.task, config
-    )
-    bench.record(result, linear.VERSION, config.to_dict())
+test_linear = benchmark_test("linear")

@@ -1,6 +1,6 @@
 """``medxfer calibrate``: measure what varies between users' runs and write expected values.
 
-Every run is a pytest session in a fresh process (``--record-only``, its own results
+Every run is a pytest session in a fresh process (``--medxfer-record-only``, its own results
 folder, its own seed):
 
 * **seed runs**, seeds ``0 .. N-1``, sharing one feature cache that the first of them
@@ -100,7 +100,7 @@ def run_session(run: CalibrationRun, suite: str, pytest_args: Sequence[str]) -> 
         "benchmarks",
         "--suite",
         suite,
-        "--record-only",
+        "--medxfer-record-only",
         "--medxfer-seed",
         str(run.seed),
         "--medxfer-results",

@@ -21,12 +21,14 @@ from typing import Any
 
 import yaml
 
-from harness.paths import PROJECT_ROOT
+from harness.paths import PROJECT_ROOT, user_card_folders
+from harness.zoo.converters import converter_names
 
 MODEL_CARD_DIR = PROJECT_ROOT / "models"
 DATASET_CARD_DIR = PROJECT_ROOT / "datasets"
 
 WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random")
+CHECKPOINT_SOURCES = ("pip", "url", "file")
 ARCH_LIBRARIES = ("timm", "torchvision")
 CATEGORIES = ("supervised", "self-supervised", "in-domain", "domain-adapted", "random-init")
 TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
@@ -276,6 +278,17 @@ def _parse_weights(fields: _Fields) -> WeightsSpec:
     for key in required.get(source, ()):
         if getattr(spec, key) is None:
             raise CardError(f"{fields.where}: source '{source}' needs field '{key}'")
+    if spec.converter is not None:
+        if spec.converter not in converter_names():
+            raise CardError(
+                f"{fields.where}.converter: unknown converter {spec.converter!r} "
+                f"(known: {', '.join(converter_names())})"
+            )
+        if source not in CHECKPOINT_SOURCES:
+            raise CardError(
+                f"{fields.where}.converter: a converter applies to checkpoint files "
+                f"(source {', '.join(CHECKPOINT_SOURCES)}), not to source '{source}'"
+            )
     if spec.sha256 is not None and (
         len(spec.sha256) != 64 or not all(c in "0123456789abcdef" for c in spec.sha256)
     ):
@@ -414,12 +427,6 @@ def _model_cards(directory: Path) -> dict[str, ModelCard]:
                     f"{path}: model {card.name!r} is already defined in {cards[card.name].source_file}"
                 )
             cards[card.name] = card
-    for card in cards.values():
-        if card.random_twin_of and card.random_twin_of not in cards:
-            raise CardError(
-                f"{card.source_file}: models[{card.name}].random_twin_of names unknown model "
-                f"{card.random_twin_of!r}"
-            )
     return cards
 
 
@@ -444,6 +451,53 @@ def _dataset_cards(directory: Path) -> dict[str, DatasetCard]:
     return cards
 
 
+def _card_dirs(builtin: Path, kind: str) -> list[Path]:
+    """The built-in folder of a card kind, then the user's ``<folder>/<kind>`` folders."""
+    return [builtin, *(folder / kind for folder in user_card_folders())]
+
+
+def all_model_cards() -> dict[str, ModelCard]:
+    """Every model card: ``models/`` and the user's card folders (``$MEDXFER_CARDS``).
+
+    Raises:
+        CardError: When two folders define one name, or a twin names an unknown model.
+    """
+    cards: dict[str, ModelCard] = {}
+    for directory in _card_dirs(MODEL_CARD_DIR, "models"):
+        if directory.is_dir():
+            _merge(cards, model_cards(directory), "model")
+    for card in cards.values():
+        if card.random_twin_of and card.random_twin_of not in cards:
+            raise CardError(
+                f"{card.source_file}: models[{card.name}].random_twin_of names unknown model "
+                f"{card.random_twin_of!r}"
+            )
+    return cards
+
+
+def all_dataset_cards() -> dict[str, DatasetCard]:
+    """Every dataset card: ``datasets/`` and the user's card folders (``$MEDXFER_CARDS``).
+
+    Raises:
+        CardError: When two folders define one name.
+    """
+    cards: dict[str, DatasetCard] = {}
+    for directory in _card_dirs(DATASET_CARD_DIR, "datasets"):
+        if directory.is_dir():
+            _merge(cards, dataset_cards(directory), "dataset")
+    return cards
+
+
+def _merge(into: dict[str, Any], found: dict[str, Any], kind: str) -> None:
+    for name, card in found.items():
+        if name in into:
+            raise CardError(
+                f"{card.source_file}: {kind} {name!r} is already defined in "
+                f"{into[name].source_file} (a card folder cannot redefine a card)"
+            )
+        into[name] = card
+
+
 def get_model_card(name: str) -> ModelCard:
     """Return the card for ``name``; ``timm:<name>`` builds a card from timm's pretrained config.
 
@@ -452,10 +506,11 @@ def get_model_card(name: str) -> ModelCard:
     """
     if name.startswith(TIMM_PREFIX):
         return timm_model_card(name[len(TIMM_PREFIX) :])
-    cards = model_cards(MODEL_CARD_DIR)  # read at call time, so the folder can be redirected
+    cards = all_model_cards()  # read at call time, so the folders can be redirected
     if name not in cards:
+        where = ", ".join(str(d) for d in _card_dirs(MODEL_CARD_DIR, "models"))
         raise CardError(
-            f"unknown model {name!r}: no card in {MODEL_CARD_DIR} has that name "
+            f"unknown model {name!r}: no card in {where} has that name "
             f"(known: {', '.join(sorted(cards))}); any timm model works as 'timm:<name>'"
         )
     return cards[name]
@@ -467,10 +522,11 @@ def get_dataset_card(name: str) -> DatasetCard:
     Raises:
         CardError: when no card has that name.
     """
-    cards = dataset_cards(DATASET_CARD_DIR)  # read at call time, so the folder can be redirected
+    cards = all_dataset_cards()  # read at call time, so the folders can be redirected
     if name not in cards:
+        where = ", ".join(str(d) for d in _card_dirs(DATASET_CARD_DIR, "datasets"))
         raise CardError(
-            f"unknown dataset {name!r}: no card in {DATASET_CARD_DIR} has that name "
+            f"unknown dataset {name!r}: no card in {where} has that name "
             f"(known: {', '.join(sorted(cards))})"
         )
     return cards[name]

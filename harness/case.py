@@ -1,21 +1,20 @@
 """Running one benchmark case: data, cached features, the protocol, the record.
 
-A :class:`CaseRun` is what a benchmark test receives. It loads the dataset (with
-the profile's subset), gets frozen features through the cache, times the
-protocol, and writes the result record. Tests stay short and declarative::
+A :class:`CaseRun` is what a registered protocol's ``run_case`` receives
+(:mod:`harness.protocols.registry`). It loads the dataset (with the profile's subset),
+gives frozen features, derived features and cached arrays through the caches, times
+the protocol, and writes the result record. :meth:`CaseRun.run` drives one case::
 
-    def test_linear(bench):
-        config = linear.LinearConfig.for_profile(bench.profile.name)
-        feats = bench.features()
-        result = bench.run_protocol(linear.run, feats["train"], feats["val"], feats["test"],
-                                    bench.task, config)
-        bench.record(result, linear.VERSION, config.to_dict())
+    spec = get_protocol(case.protocol)
+    config = spec.make_config(case_run)          # the profile's settings (+ seed override)
+    result = spec.run_case(case_run, config)     # the protocol
+    case_run.record(result, spec.version, config.to_dict(), spec.primary_metric)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -25,6 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import nn
 
+from harness import paths
+from harness.arraycache import cached_arrays
 from harness.cards import ModelCard, Preprocessing, stable_hash
 from harness.data.npz import SplitData
 from harness.data.prepare import load_splits
@@ -34,7 +35,9 @@ from harness.features import cached_features, device_class, images_digest, resol
 from harness.precision import DEFAULT_PRECISION
 from harness.profiles import Profile
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
-from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, new_run_id, store
+from harness.protocols.registry import get_protocol
+from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
+from harness.runid import session_run_id
 from harness.suites import Case
 from harness.zoo import LoadedModel, build_model, weights_identity
 from harness.zoo.batchnorm import (
@@ -45,7 +48,6 @@ from harness.zoo.batchnorm import (
 )
 
 SPLITS = ("train", "val", "test")
-RUN_ID_ENV = "MEDXFER_RUN_ID"
 ConfigT = TypeVar("ConfigT")
 
 
@@ -134,7 +136,7 @@ class CaseRun:
         self.feature_scale: dict[str, dict[str, Any]] = {}
         self.record_path: Path | None = None
         self._splits: dict[str, SplitData] | None = None
-        self._digests: dict[str, str] = {}
+        self._split_features: dict[str, SplitFeatures] = {}
         self._backbone: Backbone | None = None
         self._started = time.perf_counter()
         # Called with every stored record; the plugin checks it against the expected values.
@@ -230,16 +232,19 @@ class CaseRun:
         return features
 
     def features(self, splits: tuple[str, ...] = SPLITS) -> dict[str, SplitFeatures]:
-        """Return frozen features per split, from the cache or extracted once."""
+        """Return frozen features per split, from the cache or extracted once (memoised per case)."""
         data = self.splits()
         started = time.perf_counter()
         out = {}
         for name in splits:
-            if name not in self._digests:
-                self._digests[name] = images_digest(data[name].images)
-            features = self._features(name, data[name].images, self._digests[name])
-            self.feature_scale[name] = feature_scale(features)
-            out[name] = SplitFeatures(features, data[name].labels, data[name].groups)
+            if name not in self._split_features:
+                digest = images_digest(data[name].images)
+                features = self._features(name, data[name].images, digest)
+                self.feature_scale[name] = feature_scale(features)
+                self._split_features[name] = SplitFeatures(
+                    features, data[name].labels, data[name].groups
+                )
+            out[name] = self._split_features[name]
         self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
             time.perf_counter() - started
         )
@@ -281,25 +286,75 @@ class CaseRun:
         bounds = np.cumsum([0, *(len(sets[tag]) for tag in tags)])
         return {tag: features[a:b] for tag, a, b in zip(tags, bounds[:-1], bounds[1:], strict=True)}
 
-    def run_protocol(
-        self, fn: Callable[..., ProtocolResult], *args: Any, **kwargs: Any
-    ) -> ProtocolResult:
-        """Call a protocol's ``run`` and time it."""
-        started = time.perf_counter()
-        result = fn(*args, **kwargs)
-        self.timings["protocol_s"] = time.perf_counter() - started
-        return result
+    def cached_arrays(
+        self,
+        namespace: str,
+        depends_on: dict[str, Any],
+        compute: Callable[[], dict[str, np.ndarray]],
+    ) -> tuple[dict[str, np.ndarray], bool]:
+        """Arrays derived from this case's data through the array cache.
 
-    def record(self, result: ProtocolResult, version: int, config: dict[str, Any]) -> Path:
-        """Write the case's result record atomically and return its path."""
+        The key is the case's model, weights identity, dataset and version, plus
+        ``depends_on`` (everything else the arrays depend on).
+
+        Returns:
+            The arrays and whether they came from the cache.
+        """
+        key = {
+            "model": self.case.model.name,
+            "weights_id": self.backbone().weights_id,
+            "dataset": self.case.dataset.name,
+            "dataset_version": self.case.dataset.version,
+            **depends_on,
+        }
+        return cached_arrays(namespace, key, compute)
+
+    def checkpoint_dir(self) -> Path:
+        """The folder for this case's training checkpoints and finished runs."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.case.case_id.replace("/", "__"))
+        return paths.home() / "checkpoints" / safe
+
+    def run(self) -> Path:
+        """Run the case's registered protocol under its profile and write the record.
+
+        Returns:
+            The path of the record.
+
+        Raises:
+            CaseNotApplicable: When the protocol cannot run on this dataset.
+        """
+        spec = get_protocol(self.case.protocol)
+        config = self.configure(spec.make_config(self))
+        started = time.perf_counter()
+        before = self.timings.get("extraction_s", 0.0) + self.timings.get("data_s", 0.0)
+        result = spec.run_case(self, config)
+        elapsed = time.perf_counter() - started
+        after = self.timings.get("extraction_s", 0.0) + self.timings.get("data_s", 0.0)
+        self.timings["protocol_s"] = elapsed - (after - before)
+        return self.record(result, spec.version, config.to_dict(), spec.primary_metric)
+
+    def record(
+        self,
+        result: ProtocolResult,
+        version: int,
+        config: dict[str, Any],
+        primary_metric: str | None = None,
+    ) -> Path:
+        """Write the case's result record atomically and return its path.
+
+        Args:
+            result: What the protocol returned.
+            version: The protocol's version.
+            config: The protocol's settings, as recorded.
+            primary_metric: The protocol's own measure; ``None`` takes the dataset's metric.
+        """
         case = self.case
         model = ModelInfo.from_card(case.model)
         model.weights_sha256 = self.backbone().weights_id
         sizes = {name: len(split.labels) for name, split in self.splits().items()}
         timings = {key: round(value, 4) for key, value in self.timings.items()}
         timings["total_s"] = round(time.perf_counter() - self._started, 4)
-        # Few-shot and invariance report their own measure, not the dataset's metric.
-        primary = result.details.get("primary_metric_override", case.dataset.primary_metric)
+        primary = primary_metric or case.dataset.primary_metric
         record = ResultRecord(
             case_id=case.case_id,
             suite=case.suite,
@@ -363,10 +418,3 @@ def feature_scale(features: np.ndarray) -> dict[str, Any]:
         "zero_rows": int(np.sum(np.all(x == 0, axis=1))),
         "dim": int(x.shape[1]),
     }
-
-
-def session_run_id() -> str:
-    """Return the run id shared by every case of one pytest session (and its xdist workers)."""
-    if RUN_ID_ENV not in os.environ:
-        os.environ[RUN_ID_ENV] = new_run_id()
-    return os.environ[RUN_ID_ENV]

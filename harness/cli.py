@@ -12,19 +12,19 @@ from harness.paths import PROJECT_ROOT
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from harness.cards import dataset_cards, model_cards
+    from harness.cards import all_dataset_cards, all_model_cards
     from harness.data.prepare import is_prepared
     from harness.suites import available_suites, load_suite
 
     if args.what in ("models", "all"):
         print("# models")
-        for card in model_cards().values():
+        for card in all_model_cards().values():
             print(
                 f"{card.name:40s} {card.category:16s} {card.weights.source:7s} {card.pretraining_data}"
             )
     if args.what in ("datasets", "all"):
         print("# datasets")
-        for card in dataset_cards().values():
+        for card in all_dataset_cards().values():
             state = "prepared" if is_prepared(card) else "not prepared"
             kind = "semi-synthetic" if card.semi_synthetic else "real"
             print(f"{card.name:28s} v{card.version:<3d} {card.task:10s} {kind:15s} {state}")

@@ -28,8 +28,8 @@ A case passes when ``|measured - value| <= tolerance`` for the primary metric an
 every ``others`` entry. Otherwise it fails with expected, measured, delta,
 tolerance and source, and the measured entry is written to
 ``<suite>.yaml.obtained/<case>.yaml`` (pytest-regressions' convention).
-``--regen-expected`` merges the obtained entries of failing, stale and missing
-cases into the expected file at the end of the session; ``--regen-all`` merges
+``--medxfer-regen`` merges the obtained entries of failing, stale and missing
+cases into the expected file at the end of the session; ``--medxfer-regen-all`` merges
 every case run.
 
 A run is checked against entries of its own device class. Where a case has only an
@@ -51,7 +51,7 @@ from typing import Any
 import yaml
 
 from harness.atomic import write_text
-from harness.paths import PROJECT_ROOT
+from harness.paths import PROJECT_ROOT, user_card_folders
 from harness.tolerance import TOLERANCE_RULE
 
 SCHEMA_VERSION = 2
@@ -163,7 +163,7 @@ class ExpectedFile:
             f"# Expected values of suite {self.suite!r} on {self.device}; see harness/expected.py "
             "for the format.\n"
             f"# Tolerances: {TOLERANCE_RULE.describe()}.\n"
-            f"# Regenerate failing entries: pytest benchmarks --suite {self.suite} --regen-expected\n"
+            f"# Regenerate failing entries: pytest benchmarks --suite {self.suite} --medxfer-regen\n"
         )
         body: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -181,8 +181,16 @@ class ExpectedFile:
 
 
 def expected_path(suite: str, device: str = "cpu") -> Path:
-    """Return the expected-value file of a suite on a device class (``<suite>.yaml`` on CPU)."""
-    return EXPECTED_DIR / (f"{suite}.yaml" if device == "cpu" else f"{suite}.{device}.yaml")
+    """Return the expected-value file of a suite on a device class (``<suite>.yaml`` on CPU).
+
+    A suite kept in a user's card folder (``<folder>/suites/``) has its expected values
+    in ``<folder>/expected/``; every other suite in ``benchmarks/expected/``.
+    """
+    name = f"{suite}.yaml" if device == "cpu" else f"{suite}.{device}.yaml"
+    for folder in user_card_folders():
+        if (folder / "suites" / f"{suite}.yaml").is_file():
+            return folder / "expected" / name
+    return EXPECTED_DIR / name
 
 
 def obtained_dir(path: Path) -> Path:

@@ -2,7 +2,9 @@
 
 Everything heavy lives under one home folder (``MEDXFER_HOME``, default
 ``~/.cache/medxfer``): prepared datasets, extracted features, downloaded weights.
-Result records go to ``MEDXFER_RESULTS`` (default ``./results``).
+Result records go to ``MEDXFER_RESULTS`` (default ``./results``). Cards a user keeps
+outside the checkout live in the folders named by ``MEDXFER_CARDS`` (or pytest's
+``--medxfer-cards``), each with ``models/``, ``datasets/``, ``suites/`` and ``expected/``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CARDS_ENV = "MEDXFER_CARDS"
+
+
+def user_card_folders() -> list[Path]:
+    """The user's card folders from ``$MEDXFER_CARDS`` (``os.pathsep``-separated), in order."""
+    raw = os.environ.get(CARDS_ENV, "")
+    return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
 
 
 def home() -> Path:

@@ -1,45 +1,38 @@
 """The medxfer pytest plugin: suites become parametrized cases, one test per triple.
 
-Registered through the ``pytest11`` entry point (``medxfer = harness.plugin``).
-A benchmark module declares ``PROTOCOL = "<name>"`` and a test that takes the
-``bench`` fixture; the plugin parametrizes it with every case of the selected
-suite for that protocol, marks it with the protocol's marker and an xdist group
-per (model, dataset), and writes one result record per case.
+Registered through the ``pytest11`` entry point (``medxfer = harness.plugin``), so it
+loads in every pytest run of the environment: importing it imports neither torch nor
+the protocols. They load only when a session collects a benchmark, i.e. a test made by
+:func:`benchmark_test` (or one that takes the ``bench`` fixture in a module setting
+``PROTOCOL``). The plugin parametrizes it with every case of the selected suite for that
+protocol, marks it with the protocol's marker and an xdist group, runs the protocol
+registered under that name (:mod:`harness.protocols.registry`), writes one result record
+per case and checks it against the expected values.
+
+Every option is prefixed ``--medxfer-`` except ``--suite``; the state of a session is one
+:class:`MedxferSession` in ``config.stash``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import torch
 
-from harness.case import CaseRun, session_run_id
-from harness.expected import (
-    ExpectedFile,
-    ExpectedFileError,
-    check_record,
-    clear_obtained,
-    entry_from_record,
-    expected_path,
-    load_expected,
-    merge_obtained,
-    write_obtained,
-)
-from harness.results import ResultRecord
-from harness.suites import PROTOCOL_NAMES, Case, Suite, SuiteError, load_suite
+from harness.paths import CARDS_ENV
+from harness.runid import session_run_id
 
-MARKERS = {
-    "linear": "linear-probe benchmark cases (frozen features, logistic regression)",
-    "fewshot": "prototypical few-shot benchmark cases",
-    "knn": "k-nearest-neighbour benchmark cases",
-    "invariance": "synthetic-transform feature-invariance benchmark cases",
-    "multiview": "multi-view (same patient/study) feature-invariance benchmark cases",
-    "finetune": "full fine-tuning benchmark cases",
-    "medxfer_case": "a (model, dataset, protocol) benchmark case",
-}
+if TYPE_CHECKING:
+    from harness.case import CaseRun
+    from harness.expected import ExpectedFile, ExpectedFileError
+    from harness.results import ResultRecord
+    from harness.suites import Case, Suite
+
+THREADS_ENV = "MEDXFER_TORCH_THREADS"
+CASE_MARKER = ("medxfer_case", "a (model, dataset, protocol) benchmark case")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,206 +41,320 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--suite",
         default=None,
-        help="suite name (benchmarks/suites/<name>.yaml) or path; default: ini medxfer_suite",
+        help="suite name (benchmarks/suites/<name>.yaml, or a card folder's suites/) or path; "
+        "default: ini medxfer_suite",
     )
-    group.addoption(
-        "--profile",
-        default=None,
-        choices=("smoke", "demo", "paper"),
-        help="override the suite's profile",
-    )
-    group.addoption(
+    add = group.addoption
+    add("--medxfer-profile", default=None, help="override the suite's profile (smoke, demo, paper)")
+    add(
         "--medxfer-results",
         default=None,
         help="folder for result records (default: $MEDXFER_RESULTS or ./results)",
     )
-    group.addoption(
+    add(
         "--medxfer-device",
         default="auto",
         help="device for feature extraction: auto (cuda if available), cpu or cuda",
     )
-    group.addoption(
+    add(
         "--medxfer-precision",
         default="fp32",
         choices=("fp32", "bf16", "fp16"),
         help="feature-extraction precision: fp32 (default); bf16 / fp16 autocast only where a "
         "check on a probe batch finds the features sound, else fp32 (recorded)",
     )
-    group.addoption(
-        "--regen-expected",
-        action="store_true",
-        help="rewrite the expected values of failing, stale and missing cases with the measured ones",
-    )
-    group.addoption(
-        "--regen-all",
-        action="store_true",
-        help="rewrite the expected values of every case run",
-    )
-    group.addoption(
-        "--record-only",
-        action="store_true",
-        help="write result records without checking them against expected values",
-    )
-    group.addoption(
-        "--expected-file",
-        default=None,
-        help="expected-value file (default: benchmarks/expected/<suite>.yaml)",
-    )
-    group.addoption(
-        "--retrain",
-        action="store_true",
-        help="fine-tuning: train again even when a finished run with the same key is stored",
-    )
-    group.addoption(
+    add(
         "--medxfer-seed",
         type=int,
         default=None,
         help="override the protocols' seed (medxfer calibrate runs one session per seed)",
     )
+    add(
+        "--medxfer-regen",
+        action="store_true",
+        help="rewrite the expected values of failing, stale and missing cases with the measured ones",
+    )
+    add(
+        "--medxfer-regen-all",
+        action="store_true",
+        help="rewrite the expected values of every case run",
+    )
+    add(
+        "--medxfer-record-only",
+        action="store_true",
+        help="write result records without checking them against expected values",
+    )
+    add(
+        "--medxfer-expected",
+        default=None,
+        metavar="FILE",
+        help="expected-value file (default: benchmarks/expected/<suite>.yaml, .cuda.yaml on GPU)",
+    )
+    add(
+        "--medxfer-retrain",
+        action="store_true",
+        help="fine-tuning: train again even when a finished run with the same key is stored",
+    )
+    add(
+        "--medxfer-cards",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help=f"extra card folder (models/, datasets/, suites/ inside); repeatable; also ${CARDS_ENV}",
+    )
     parser.addini("medxfer_suite", "default suite for benchmark cases", default="demo")
 
 
+class MedxferSession:
+    """Everything one pytest session knows about medxfer, loaded on first use."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._suite: Suite | None = None
+        self._cases: list[Case] | None = None
+        self._expected: ExpectedFile | ExpectedFileError | None = None
+        self._fallback: tuple[ExpectedFile | None] | None = None
+        self._markers_registered = False
+        self.threads_shared = False
+        self.merged: list[str] = []
+
+    def option(self, name: str) -> Any:
+        """The value of ``--medxfer-<name>``."""
+        return self.config.getoption(f"medxfer_{name.replace('-', '_')}")
+
+    @property
+    def regenerating(self) -> bool:
+        """Whether failing (or all) cases rewrite their expected values."""
+        return bool(self.option("regen") or self.option("regen-all"))
+
+    @property
+    def suite(self) -> Suite:
+        """The selected suite."""
+        if self._suite is None:
+            from harness.suites import SuiteError, load_suite
+
+            name = self.config.getoption("suite") or self.config.getini("medxfer_suite")
+            try:
+                self._suite = load_suite(name)
+            except SuiteError as exc:
+                raise pytest.UsageError(str(exc)) from exc
+        return self._suite
+
+    def cases(self) -> list[Case]:
+        """The suite's cases under the selected profile."""
+        if self._cases is None:
+            from harness.protocols.registry import ProtocolError
+            from harness.suites import SuiteError
+
+            try:
+                self._cases = self.suite.cases(self.option("profile"))
+            except (SuiteError, ProtocolError, KeyError) as exc:
+                raise pytest.UsageError(str(exc)) from exc
+        return self._cases
+
+    def register_markers(self) -> None:
+        """Declare one marker per registered protocol (imports the protocols)."""
+        if self._markers_registered:
+            return
+        from harness.protocols.registry import discover
+
+        for name, spec in sorted(discover().items()):
+            self.config.addinivalue_line("markers", f"{name}: {spec.marker}")
+        self.config.addinivalue_line("markers", f"{CASE_MARKER[0]}: {CASE_MARKER[1]}")
+        self._markers_registered = True
+
+    @property
+    def device_class(self) -> str:
+        """``cpu`` or ``cuda``: the class of the device the cases run on."""
+        from harness.features import device_class
+
+        return device_class(self.option("device"))
+
+    @property
+    def expected_path(self) -> Path:
+        """The expected-value file the cases are checked against."""
+        from harness.expected import expected_path
+
+        option = self.option("expected")
+        return Path(option) if option else expected_path(self.suite.name, self.device_class)
+
+    def expected(self) -> ExpectedFile | ExpectedFileError:
+        """The expected values, or the error that made them unreadable."""
+        if self._expected is None:
+            from harness.expected import ExpectedFileError, load_expected
+
+            try:
+                self._expected = load_expected(self.expected_path, self.suite.name)
+            except ExpectedFileError as exc:
+                self._expected = exc
+        return self._expected
+
+    def fallback(self) -> ExpectedFile | None:
+        """The CPU values when running on another device class (used with a measured spread)."""
+        if self._fallback is None:
+            from harness.expected import ExpectedFileError, expected_path, load_expected
+
+            fallback = None
+            if self.device_class != "cpu" and not self.option("expected"):
+                path = expected_path(self.suite.name, "cpu")
+                try:
+                    fallback = load_expected(path, self.suite.name) if path.is_file() else None
+                except ExpectedFileError:
+                    fallback = None
+            self._fallback = (fallback,)
+        return self._fallback[0]
+
+    @property
+    def results_dir(self) -> Path:
+        """Where result records go."""
+        from harness.paths import results_dir
+
+        option = self.option("results")
+        return Path(option) if option else results_dir()
+
+    def share_cores(self) -> None:
+        """Give this process its share of the cores (or ``$MEDXFER_TORCH_THREADS``), once.
+
+        N xdist workers each with an all-core torch pool oversubscribe the CPU and run
+        slower than a single process.
+        """
+        if self.threads_shared:
+            return
+        import torch
+
+        threads = os.environ.get(THREADS_ENV)
+        workerinput = getattr(self.config, "workerinput", None)
+        if threads:
+            torch.set_num_threads(int(threads))
+        elif workerinput is not None:
+            workers = int(workerinput.get("workercount", 1))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        self.threads_shared = True
+
+    def check(self, node: pytest.Item, record: ResultRecord) -> None:
+        """Check a stored record against the expected values; fail the test on a mismatch."""
+        from harness.expected import (
+            ExpectedFileError,
+            check_record,
+            entry_from_record,
+            write_obtained,
+        )
+
+        expected = self.expected()
+        if isinstance(expected, ExpectedFileError):
+            pytest.fail(f"cannot check {record.case_id}: {expected}", pytrace=False)
+        payload = record.to_dict()
+        outcome = check_record(payload, expected, self.fallback())
+        node.user_properties.append(("medxfer_check", outcome.status))
+        if outcome.ok and not self.option("regen-all"):
+            return
+        obtained = write_obtained(expected.path, entry_from_record(payload, outcome.expectation))
+        if self.regenerating:
+            node.user_properties.append(("medxfer_regenerated", record.case_id))
+            return
+        hint = (
+            f"\n  obtained entry written to {obtained}"
+            f"\n  accept it with: pytest benchmarks --suite {expected.suite} --medxfer-regen"
+        )
+        pytest.fail(outcome.message + hint, pytrace=False)
+
+
+SESSION = pytest.StashKey[MedxferSession]()
+
+
+def medxfer_session(config: pytest.Config) -> MedxferSession:
+    """The session object of ``config``."""
+    return config.stash[SESSION]
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare markers and group cases by (model, dataset) under xdist unless --dist was given."""
-    for name, text in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {text}")
+    """Create the session object; group cases by xdist group unless --dist was given."""
+    session = MedxferSession(config)
+    config.stash[SESSION] = session
     session_run_id()  # set before xdist workers start, so they inherit it
+    folders = [str(Path(folder).resolve()) for folder in config.getoption("medxfer_cards")]
+    if folders:  # through the environment, so xdist workers and subprocesses see them too
+        known = [p for p in os.environ.get(CARDS_ENV, "").split(os.pathsep) if p]
+        os.environ[CARDS_ENV] = os.pathsep.join(dict.fromkeys([*folders, *known]))
     explicit = any(arg.startswith("--dist") for arg in config.invocation_params.args)
     if getattr(config.option, "dist", "no") == "load" and not explicit:
         config.option.dist = "loadgroup"
-    _share_cores(config)
-    if not hasattr(config, "workerinput") and _regenerating(config):
-        clear_obtained(_expected_path(config))
+    if getattr(config.option, "markers", False):  # `pytest --markers` lists the protocols
+        session.register_markers()
+    if not hasattr(config, "workerinput") and session.regenerating:
+        from harness.expected import clear_obtained
+
+        clear_obtained(session.expected_path)
 
 
-def _share_cores(config: pytest.Config) -> None:
-    """Give each xdist worker its share of the cores (or MEDXFER_TORCH_THREADS threads).
+def benchmark_test(protocol: str) -> Callable[[CaseRun], None]:
+    """The pytest test of a protocol's cases: ``test_linear = benchmark_test("linear")``.
 
-    N workers each with an all-core torch pool oversubscribe the CPU and run slower
-    than a single process.
+    Args:
+        protocol: A registered protocol name.
     """
-    threads = os.environ.get("MEDXFER_TORCH_THREADS")
-    workerinput = getattr(config, "workerinput", None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    elif workerinput is not None:
-        workers = int(workerinput.get("workercount", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
+    def test(bench: CaseRun) -> None:
+        from harness.protocols.registry import CaseNotApplicable
 
-def _regenerating(config: pytest.Config) -> bool:
-    return bool(config.getoption("regen_expected") or config.getoption("regen_all"))
-
-
-def _suite(config: pytest.Config) -> Suite:
-    cached = getattr(config, "_medxfer_suite", None)
-    if cached is None:
-        name = config.getoption("suite") or config.getini("medxfer_suite")
         try:
-            cached = load_suite(name)
-        except SuiteError as exc:
-            raise pytest.UsageError(str(exc)) from exc
-        config._medxfer_suite = cached  # type: ignore[attr-defined]
-    return cached
+            bench.run()
+        except CaseNotApplicable as exc:
+            pytest.skip(str(exc))
 
-
-def _device_class(config: pytest.Config) -> str:
-    from harness.features import device_class
-
-    return device_class(config.getoption("medxfer_device"))
-
-
-def _expected_path(config: pytest.Config) -> Path:
-    option = config.getoption("expected_file")
-    return Path(option) if option else expected_path(_suite(config).name, _device_class(config))
-
-
-def _fallback(config: pytest.Config) -> ExpectedFile | None:
-    """The CPU values when the run is on another device class (used only with a measured spread)."""
-    if not hasattr(config, "_medxfer_fallback"):
-        fallback = None
-        if _device_class(config) != "cpu" and not config.getoption("expected_file"):
-            path = expected_path(_suite(config).name, "cpu")
-            try:
-                fallback = load_expected(path, _suite(config).name) if path.is_file() else None
-            except ExpectedFileError:
-                fallback = None
-        config._medxfer_fallback = fallback  # type: ignore[attr-defined]
-    return config._medxfer_fallback  # type: ignore[attr-defined]
-
-
-def _expected(config: pytest.Config) -> ExpectedFile | ExpectedFileError:
-    cached = getattr(config, "_medxfer_expected", None)
-    if cached is None:
-        try:
-            cached = load_expected(_expected_path(config), _suite(config).name)
-        except ExpectedFileError as exc:
-            cached = exc
-        config._medxfer_expected = cached  # type: ignore[attr-defined]
-    return cached
-
-
-def _selected_cases(config: pytest.Config) -> list[Case]:
-    cached = getattr(config, "_medxfer_cases", None)
-    if cached is None:
-        try:
-            cached = _suite(config).cases(config.getoption("profile"))
-        except (SuiteError, KeyError) as exc:
-            raise pytest.UsageError(str(exc)) from exc
-        config._medxfer_cases = cached  # type: ignore[attr-defined]
-    return cached
+    test.__name__ = test.__qualname__ = f"test_{protocol}"
+    test.__doc__ = f"Every {protocol} case of the selected suite."
+    test.medxfer_protocol = protocol  # type: ignore[attr-defined]
+    return test
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``bench`` with the selected suite's cases of the module's protocol."""
+    """Parametrize ``bench`` with the selected suite's cases of the test's protocol."""
     if "bench" not in metafunc.fixturenames:
         return
-    protocol = getattr(metafunc.module, "PROTOCOL", None)
-    if protocol not in PROTOCOL_NAMES:
+    from harness.protocols.registry import ProtocolError, get_protocol
+
+    protocol = getattr(metafunc.function, "medxfer_protocol", None) or getattr(
+        metafunc.module, "PROTOCOL", None
+    )
+    session = medxfer_session(metafunc.config)
+    session.register_markers()
+    try:
+        spec = get_protocol(str(protocol))
+    except ProtocolError as exc:
         raise pytest.UsageError(
-            f"{metafunc.module.__file__}: a benchmark module must set PROTOCOL to one of "
-            f"{', '.join(PROTOCOL_NAMES)}"
-        )
-    params = [
-        pytest.param(
-            case,
-            id=case.param_id,
-            marks=[
-                getattr(pytest.mark, protocol),
-                pytest.mark.medxfer_case,
-                pytest.mark.xdist_group(case.group),
-            ],
-        )
-        for case in _selected_cases(metafunc.config)
-        if case.protocol == protocol
-    ]
+            f"{metafunc.module.__file__}: a benchmark test names a registered protocol "
+            f"(benchmark_test(name) or PROTOCOL = name): {exc}"
+        ) from exc
+    params = []
+    for case in session.cases():
+        if case.protocol != spec.name:
+            continue
+        # cases sharing frozen features share a worker; the others spread freely
+        group = case.group if spec.needs == "features" else f"{spec.name}:{case.group}"
+        marks = [
+            getattr(pytest.mark, spec.name),
+            getattr(pytest.mark, CASE_MARKER[0]),
+            pytest.mark.xdist_group(group),
+        ]
+        params.append(pytest.param(case, id=case.param_id, marks=marks))
     metafunc.parametrize("bench", params, indirect=True)
-
-
-def _results_dir(config: pytest.Config) -> Path:
-    from harness.paths import results_dir
-
-    option = config.getoption("medxfer_results")
-    return Path(option) if option else results_dir()
 
 
 @pytest.fixture
 def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     """The case being run; skips when its dataset is not prepared, saying how to prepare it."""
+    from harness.case import CaseRun
     from harness.data.prepare import DatasetNotPrepared, how_to_prepare
 
+    session = medxfer_session(request.config)
+    session.share_cores()
     case: Case = request.param
-    config = request.config
-    run = CaseRun(
-        case,
-        _results_dir(config),
-        config.getoption("medxfer_device"),
-        config.getoption("medxfer_precision"),
-    )
-    run.seed = config.getoption("medxfer_seed")
-    run.retrain = config.getoption("retrain")
-    if not config.getoption("record_only"):
-        run.on_record = lambda record: _check(config, request.node, record)
+    run = CaseRun(case, session.results_dir, session.option("device"), session.option("precision"))
+    run.seed = session.option("seed")
+    run.retrain = session.option("retrain")
+    if not session.option("record-only"):
+        run.on_record = lambda record: session.check(request.node, record)
     try:
         run.splits()
     except DatasetNotPrepared:
@@ -259,45 +366,17 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
         request.node.user_properties.append(("medxfer_record", str(run.record_path)))
 
 
-def _check(config: pytest.Config, node: pytest.Item, record: ResultRecord) -> None:
-    expected = _expected(config)
-    if isinstance(expected, ExpectedFileError):
-        pytest.fail(f"cannot check {record.case_id}: {expected}", pytrace=False)
-    payload = record.to_dict()
-    outcome = check_record(payload, expected, _fallback(config))
-    node.user_properties.append(("medxfer_check", outcome.status))
-    regen_all = config.getoption("regen_all")
-    if outcome.ok and not regen_all:
-        return
-    entry = entry_from_record(payload, outcome.expectation)
-    obtained = write_obtained(expected.path, entry)
-    if _regenerating(config):
-        node.user_properties.append(("medxfer_regenerated", record.case_id))
-        return
-    hint = (
-        f"\n  obtained entry written to {obtained}"
-        f"\n  accept it with: pytest benchmarks --suite {expected.suite} --regen-expected"
-    )
-    pytest.fail(outcome.message + hint, pytrace=False)
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """On the controller: merge regenerated entries into the expected file."""
-    config = session.config
-    if hasattr(config, "workerinput") or not _regenerating(config):
+    state = medxfer_session(session.config)
+    if hasattr(session.config, "workerinput") or not state.regenerating:
         return
-    expected = _expected(config)
-    if isinstance(expected, ExpectedFileError):
-        expected = ExpectedFile(_expected_path(config), _suite(config).name)
-    config._medxfer_merged = merge_obtained(expected)  # type: ignore[attr-defined]
+    from harness.expected import ExpectedFile, ExpectedFileError, merge_obtained
 
-
-def _unused_entries(config: pytest.Config) -> list[str]:
-    expected = _expected(config)
+    expected = state.expected()
     if isinstance(expected, ExpectedFileError):
-        return []
-    known = {case.case_id for case in _suite(config).cases()}
-    return sorted(set(expected.entries) - known)
+        expected = ExpectedFile(state.expected_path, state.suite.name)
+    state.merged = merge_obtained(expected)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -313,24 +392,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     misses += value.endswith(":miss")
                 elif key == "medxfer_record":
                     records += 1
-    config = terminalreporter.config
     if not (hits or misses or records):
         return
+    from harness.expected import ExpectedFileError
+
+    state = medxfer_session(terminalreporter.config)
     terminalreporter.write_sep("-", "medxfer")
     terminalreporter.write_line(
         f"feature cache: {hits} hits, {misses} extractions; {records} result records written "
-        f"to {_results_dir(config)}"
+        f"to {state.results_dir}"
     )
-    expected = _expected(config)
+    expected = state.expected()
     if isinstance(expected, ExpectedFileError):
         terminalreporter.write_line(f"expected values: {expected}", red=True)
         return
-    merged = getattr(config, "_medxfer_merged", None)
-    if merged:
+    if state.merged:
         terminalreporter.write_line(
-            f"expected values: regenerated {len(merged)} entries in {expected.path}"
+            f"expected values: regenerated {len(state.merged)} entries in {expected.path}"
         )
-    for case_id in _unused_entries(config):
+    known = {case.case_id for case in state.suite.cases()}
+    for case_id in sorted(set(expected.entries) - known):
         terminalreporter.write_line(
             f"expected values: entry {case_id} in {expected.path} matches no case of suite "
             f"{expected.suite} (stale: remove it or fix the suite)",

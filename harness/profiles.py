@@ -46,3 +46,9 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+def check_profile(profile: str) -> None:
+    """Raise ``ValueError`` unless ``profile`` names a known profile (for protocol configs)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {tuple(PROFILES)}")

@@ -20,6 +20,7 @@ import pandas as pd
 from harness import atomic
 from harness.cards import METRICS
 from harness.expected import ExpectedFile
+from harness.protocols.registry import discover
 from harness.report_tolerance import render_tolerances
 from harness.results import BASE_COLUMNS, load_records, parse_timestamp
 
@@ -56,9 +57,17 @@ _VERSION_ORDER = (
 )
 
 
-PER_TRANSFORM_PREFIXES = ("cos_", "mahal_", "centred_cos_")
 INTERVAL_SUFFIX = "_ci95"
-DESCRIPTIVE_PROTOCOLS = ("invariance", "multiview")
+
+
+def _detail_prefixes() -> tuple[str, ...]:
+    """Metric prefixes the registered protocols mark as per-item details."""
+    return tuple(p for spec in discover().values() for p in spec.detail_metric_prefixes)
+
+
+def _descriptive_protocols() -> list[str]:
+    """Protocols whose measures are described, not ranked against the random twin."""
+    return [name for name, spec in discover().items() if spec.display == "descriptive"]
 
 
 class ReportError(RuntimeError):
@@ -292,7 +301,7 @@ def _leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
 
 def _is_detail_metric(name: str) -> bool:
     """Per-transform invariance values and intervals get their own tables/cells."""
-    return name.startswith(PER_TRANSFORM_PREFIXES) or name.endswith(INTERVAL_SUFFIX)
+    return name.startswith(_detail_prefixes()) or name.endswith(INTERVAL_SUFFIX)
 
 
 def _fmt_with_interval(value: Any, interval: Any) -> str:
@@ -366,7 +375,7 @@ def _twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
     rows = []
     wins = compared = 0
     # Invariance measures are descriptive: "more invariant" is not "transfers better".
-    accuracy_like = frame[~frame["protocol"].isin(DESCRIPTIVE_PROTOCOLS)]
+    accuracy_like = frame[~frame["protocol"].isin(_descriptive_protocols())]
     for (profile, protocol, dataset), group in accuracy_like.groupby(
         ["profile", "protocol", "dataset"], sort=True
     ):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ import pandas as pd
 
 from harness import atomic
 from harness.provenance import collect_provenance
+from harness.runid import new_run_id
 
 if TYPE_CHECKING:
     from harness.cards import DatasetCard, ModelCard
@@ -83,15 +83,6 @@ class RecordError(ValueError):
 def utc_now() -> str:
     """Return the current UTC time as ISO-8601 with microseconds and a ``Z`` suffix."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def new_run_id() -> str:
-    """Return a new run id: a compact UTC timestamp and a short random suffix.
-
-    Returns:
-        e.g. ``20260509T073525Z-3f9a1c``; sorts by creation time.
-    """
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
 def make_case_id(protocol: str, dataset: str, model: str) -> str:

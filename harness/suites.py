@@ -22,11 +22,11 @@ from pathlib import Path
 import yaml
 
 from harness.cards import CardError, DatasetCard, ModelCard, get_dataset_card, get_model_card
-from harness.paths import PROJECT_ROOT
+from harness.paths import PROJECT_ROOT, user_card_folders
 from harness.profiles import PROFILES, Profile, get_profile
+from harness.protocols.registry import protocol_names
 
 SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"
-PROTOCOL_NAMES = ("linear", "fewshot", "knn", "invariance", "multiview", "finetune")
 
 
 class SuiteError(ValueError):
@@ -130,17 +130,29 @@ class Suite:
         return subset is None or name in subset
 
 
+def suite_dirs() -> list[Path]:
+    """``benchmarks/suites`` and the ``suites/`` folder of every user card folder."""
+    return [SUITE_DIR, *(folder / "suites" for folder in user_card_folders())]
+
+
 def suite_path(name_or_path: str) -> Path:
-    """Return the file of a suite given by name (``demo``) or by path."""
+    """Return the file of a suite given by name (``demo``) or by path.
+
+    A name is looked up in :func:`suite_dirs`, first match wins.
+    """
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         return candidate
+    for directory in suite_dirs():
+        path = directory / f"{name_or_path}.yaml"
+        if path.is_file():
+            return path
     return SUITE_DIR / f"{name_or_path}.yaml"
 
 
 def available_suites() -> list[str]:
-    """Return the names of the suites in ``benchmarks/suites``."""
-    return sorted(path.stem for path in SUITE_DIR.glob("*.yaml"))
+    """Return the names of the suites in :func:`suite_dirs`."""
+    return sorted({path.stem for folder in suite_dirs() for path in folder.glob("*.yaml")})
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -178,9 +190,12 @@ def load_suite(name_or_path: str) -> Suite:
     version = raw.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise SuiteError(f"{path}: field 'version' must be an integer, got {version!r}")
-    unknown = [p for p in raw["protocols"] if p not in PROTOCOL_NAMES]
+    known_protocols = protocol_names()
+    unknown = [p for p in raw["protocols"] if p not in known_protocols]
     if unknown:
-        raise SuiteError(f"{path}: unknown protocol(s) {unknown}; known: {PROTOCOL_NAMES}")
+        raise SuiteError(
+            f"{path}: unknown protocol(s) {unknown}; known: {', '.join(known_protocols)}"
+        )
     profile = raw.get("profile", "demo")
     if not isinstance(profile, str) or profile not in PROFILES:
         raise SuiteError(f"{path}: unknown profile {profile!r}; known: {', '.join(PROFILES)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from harness.cards import (
     CardError,
     ModelCard,
     Preprocessing,
+    all_model_cards,
     dataset_cards,
     get_dataset_card,
     get_model_card,
@@ -333,16 +336,41 @@ def test_directory_of_cards_with_twin(tmp_path: Path) -> None:
     assert cards["resnet18.random"].weights.seed == 3
 
 
-def test_random_twin_of_unknown_model(tmp_path: Path) -> None:
+def test_random_twin_of_unknown_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "models").mkdir()
     path = write_models(
-        tmp_path / "a.yaml",
+        tmp_path / "models" / "a.yaml",
         valid_entry(weights={"source": "random"}, random_twin_of="resnet18.missing"),
     )
+    monkeypatch.setenv("MEDXFER_CARDS", str(tmp_path))
     with pytest.raises(CardError) as info:
-        model_cards(tmp_path)
+        all_model_cards()
     message = str(info.value)
     assert str(path) in message
     assert "random_twin_of" in message and "'resnet18.missing'" in message
+
+
+def test_a_user_card_folder_adds_cards_and_may_not_redefine_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "models").mkdir()
+    twin = valid_entry(
+        name="mobilenet_v2.my_twin",
+        architecture={"library": "torchvision", "name": "mobilenet_v2"},
+        weights={"source": "random", "seed": 7},
+        random_twin_of="mobilenet_v2.tv_in1k_pip",
+    )
+    write_models(tmp_path / "models" / "mine.yaml", twin)
+    monkeypatch.setenv("MEDXFER_CARDS", str(tmp_path))
+    card = get_model_card("mobilenet_v2.my_twin")  # a twin of a built-in card
+    assert card.random_twin_of == "mobilenet_v2.tv_in1k_pip" and card.weights.seed == 7
+    assert "mobilenet_v2.tv_in1k_pip" in all_model_cards()
+
+    (tmp_path / "datasets").mkdir()
+    builtin = (DATASET_CARD_DIR / "demo_modality.yaml").read_text()
+    (tmp_path / "datasets" / "copy.yaml").write_text(builtin)
+    with pytest.raises(CardError, match="already defined"):
+        get_dataset_card("demo_modality")
 
 
 def test_fingerprint_ignores_provenance_but_not_preprocessing(tmp_path: Path) -> None:
@@ -462,3 +490,63 @@ def test_get_dataset_card_reads_redirected_folder(
     assert get_dataset_card("tiny_xray").source_file == str(tmp_path / "tiny.yaml")
     with pytest.raises(CardError, match=r"unknown dataset 'nope'.*known: tiny_xray"):
         get_dataset_card("nope")
+
+
+# --------------------------------------------------------------------------- weights.converter
+
+
+def test_converter_is_parsed_and_fingerprinted(tmp_path: Path) -> None:
+    entry = valid_entry()
+    entry["weights"] = {"source": "file", "path": "/x/moco.pth.tar", "converter": "moco_resnet"}
+    (card,) = load_model_card_file(write_models(tmp_path / "a.yaml", entry))
+    assert card.weights.converter == "moco_resnet"
+    assert card.fingerprint()["weights"]["converter"] == "moco_resnet"
+    (plain,) = load_model_card_file(write_models(tmp_path / "b.yaml", valid_entry()))
+    assert plain.weights.converter is None
+    assert plain.fingerprint()["weights"]["converter"] is None
+    swav = copy.deepcopy(entry)
+    swav["weights"]["converter"] = "swav_resnet"
+    (other,) = load_model_card_file(write_models(tmp_path / "c.yaml", swav))
+    fingerprints = {stable_hash(c.fingerprint()) for c in (card, plain, other)}
+    assert len(fingerprints) == 3
+
+
+def test_unknown_converter_fails_at_card_load(tmp_path: Path) -> None:
+    good = valid_entry(name="resnet50.good")
+    bad = valid_entry(name="resnet50.moco_v2")
+    bad["weights"]["converter"] = "moco_v2_resnet"
+    path = write_models(tmp_path / "moco.yaml", good, bad)
+    with pytest.raises(CardError) as info:
+        load_model_card_file(path)
+    message = str(info.value)
+    assert f"{path}: models[resnet50.moco_v2].weights.converter" in message
+    assert "unknown converter 'moco_v2_resnet'" in message
+    known = message.partition("(known: ")[2]
+    assert all(name in known for name in ("moco_resnet", "swav_resnet", "mae_vit"))
+
+
+@pytest.mark.parametrize("source", ["timm", "random"])
+def test_converter_needs_a_checkpoint_file(tmp_path: Path, source: str) -> None:
+    weights = {"source": source, "hub_id": "resnet18.a1_in1k", "converter": "moco_resnet"}
+    path = write_models(tmp_path / "a.yaml", valid_entry(weights=weights))
+    with pytest.raises(CardError) as info:
+        load_model_card_file(path)
+    message = str(info.value)
+    assert f"{path}: models[resnet18.test].weights.converter" in message
+    assert f"not to source '{source}'" in message
+
+
+def test_loading_cards_does_not_import_torch() -> None:
+    code = (
+        "import sys, harness.cards, harness.zoo.converters;"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(harness.cards.__file__).parents[1],
+    )
+    assert done.stdout.strip() == "[]"

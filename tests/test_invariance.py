@@ -16,6 +16,8 @@ from harness.atomic import TMP_INFIX
 from harness.cards import Preprocessing
 from harness.protocols import image_transforms as tr
 from harness.protocols import invariance as inv
+from harness.protocols import multiview as mv
+from harness.protocols import whitening as wh
 
 
 @pytest.fixture(autouse=True)
@@ -227,10 +229,10 @@ def _gaussian(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_whitened_features_have_identity_covariance() -> None:
     x, true_cov = _gaussian(20_000)
-    stats = inv.feature_stats(x, 1e-6)
+    stats = wh.feature_stats(x, 1e-6)
     np.testing.assert_allclose(stats["covariance"], np.cov(x, rowvar=False), atol=1e-10)
     np.testing.assert_allclose(stats["covariance"], true_cov, rtol=0.1, atol=0.15)
-    white = inv.whiten(x, stats)
+    white = wh.whiten(x, stats)
     # Exactly diag(lambda / (lambda + epsilon)): identity up to the epsilon shrinkage.
     np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(5), atol=1e-5)
     np.testing.assert_allclose(white.mean(axis=0), 0, atol=1e-10)
@@ -241,9 +243,9 @@ def test_whitened_features_have_identity_covariance() -> None:
 def test_mahalanobis_matches_scipy_and_cosine_matches_the_cholesky_formula() -> None:
     x, _ = _gaussian(40)
     eps = 1e-3
-    stats = inv.feature_stats(x, eps)
+    stats = wh.feature_stats(x, eps)
     precision = np.linalg.inv(np.cov(x, rowvar=False) + eps * np.eye(5))
-    cosine, distance = inv.similarity(x[:6], x[6:12], stats)
+    cosine, distance = wh.similarity(x[:6], x[6:12], stats)
     expected = [mahalanobis(x[i], x[6 + i], precision) for i in range(6)]
     np.testing.assert_allclose(distance, expected, rtol=1e-10)
     # ssl-invariances: cosine of (mu - f) @ cholesky(inv(Sigma)); any W with W W^T =
@@ -252,7 +254,7 @@ def test_mahalanobis_matches_scipy_and_cosine_matches_the_cholesky_formula() -> 
     a, b = (x.mean(0) - x[:6]) @ chol, (x.mean(0) - x[6:12]) @ chol
     si = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     np.testing.assert_allclose(cosine, si, rtol=1e-10)
-    same_cosine, same_distance = inv.similarity(x[:3], x[:3], stats)
+    same_cosine, same_distance = wh.similarity(x[:3], x[:3], stats)
     np.testing.assert_allclose(same_cosine, 1.0, atol=1e-12)
     np.testing.assert_allclose(same_distance, 0.0, atol=1e-12)
 
@@ -260,30 +262,30 @@ def test_mahalanobis_matches_scipy_and_cosine_matches_the_cholesky_formula() -> 
 def test_rank_deficient_covariance_is_regularised_not_fatal() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 30))
-    stats = inv.feature_stats(x, 1e-6)
+    stats = wh.feature_stats(x, 1e-6)
     assert int(stats["rank"]) == 9 and int(stats["dims_below_epsilon"]) == 21
     w = stats["whitening"]
     assert np.all(np.isfinite(w))
     reference = np.linalg.inv(np.cov(x, rowvar=False) + 1e-6 * np.eye(30))
     np.testing.assert_allclose(w @ w.T, reference, rtol=1e-6, atol=1e-3)
     with pytest.raises(ValueError, match="singular"):
-        inv.feature_stats(x, 0.0)
+        wh.feature_stats(x, 0.0)
     with pytest.raises(ValueError, match="at least 2"):
-        inv.feature_stats(x[:1], 1e-6)
+        wh.feature_stats(x[:1], 1e-6)
 
 
 def test_cached_feature_stats_hits_and_keys_on_the_features() -> None:
     x, _ = _gaussian(50)
     key = {"model": "m", "dataset": "d", "split": "train"}
-    first, hit1 = inv.cached_feature_stats(x, 1e-6, key)
-    second, hit2 = inv.cached_feature_stats(x, 1e-6, key)
+    first, hit1 = wh.cached_feature_stats(x, 1e-6, key)
+    second, hit2 = wh.cached_feature_stats(x, 1e-6, key)
     assert (hit1, hit2) == (False, True)
-    direct = inv.feature_stats(x, 1e-6)
+    direct = wh.feature_stats(x, 1e-6)
     for name in ("mean", "covariance", "whitening"):
         np.testing.assert_array_equal(first[name], second[name])
         np.testing.assert_allclose(first[name], direct[name], rtol=1e-12, atol=1e-12)
-    assert not inv.cached_feature_stats(x[:-1], 1e-6, key)[1]
-    assert not inv.cached_feature_stats(x, 1e-5, key)[1]
+    assert not wh.cached_feature_stats(x[:-1], 1e-6, key)[1]
+    assert not wh.cached_feature_stats(x, 1e-5, key)[1]
 
 
 # --------------------------------------------------------------------------- through extract
@@ -321,7 +323,7 @@ def test_hflip_invariance_through_feature_extraction(flip_average: bool) -> None
     images = np.stack([_textured((32, 32, 3), seed) for seed in range(56)])
     images = images[rng.permutation(56)]
     cov_images, test_images = images[:40], images[40:]
-    stats = inv.feature_stats(_extract(module, cov_images), 1e-6)
+    stats = wh.feature_stats(_extract(module, cov_images), 1e-6)
     clean = _extract(module, test_images)
     flipped = _extract(module, tr.apply_transform("hflip", test_images, 1.0))
     config = inv.InvarianceConfig(transforms=(("hflip", 1.0),), num_images=16)
@@ -344,7 +346,7 @@ GROUPS = np.array([3, 3, 7, 1, 3, 7, 9, 1, 1, 1])
 
 
 def test_pairs_from_groups_lists_every_same_group_pair() -> None:
-    pairs = inv.pairs_from_groups(GROUPS, 1000, seed=0)
+    pairs = mv.pairs_from_groups(GROUPS, 1000, seed=0)
     expected = {
         (i, j)
         for i in range(len(GROUPS))
@@ -357,35 +359,35 @@ def test_pairs_from_groups_lists_every_same_group_pair() -> None:
 
 def test_pairs_from_groups_samples_distinct_valid_pairs_deterministically() -> None:
     groups = np.repeat(np.array(["a", "b", "c"]), [2000, 3, 1])
-    pairs = inv.pairs_from_groups(groups, 500, seed=1)
+    pairs = mv.pairs_from_groups(groups, 500, seed=1)
     assert pairs.shape == (500, 2)
     assert np.all(groups[pairs[:, 0]] == groups[pairs[:, 1]])
     assert np.all(pairs[:, 0] < pairs[:, 1])
     assert len({tuple(p) for p in pairs.tolist()}) == 500
-    np.testing.assert_array_equal(pairs, inv.pairs_from_groups(groups, 500, seed=1))
-    assert not np.array_equal(pairs, inv.pairs_from_groups(groups, 500, seed=2))
+    np.testing.assert_array_equal(pairs, mv.pairs_from_groups(groups, 500, seed=1))
+    assert not np.array_equal(pairs, mv.pairs_from_groups(groups, 500, seed=2))
 
 
 def test_pairs_from_groups_without_shared_groups_raises() -> None:
     with pytest.raises(ValueError, match="no two of the 4 images share a group"):
-        inv.pairs_from_groups(np.arange(4), 10, seed=0)
+        mv.pairs_from_groups(np.arange(4), 10, seed=0)
     with pytest.raises(ValueError, match="1-D"):
-        inv.pairs_from_groups(np.zeros((2, 2)), 10, seed=0)
+        mv.pairs_from_groups(np.zeros((2, 2)), 10, seed=0)
 
 
 def test_pairs_across_groups_pair_different_groups() -> None:
-    pairs = inv.pairs_across_groups(GROUPS, 200, seed=0)
+    pairs = mv.pairs_across_groups(GROUPS, 200, seed=0)
     assert pairs.shape == (200, 2)
     assert np.all(GROUPS[pairs[:, 0]] != GROUPS[pairs[:, 1]])
-    np.testing.assert_array_equal(pairs, inv.pairs_across_groups(GROUPS, 200, seed=0))
-    assert inv.pairs_across_groups(np.zeros(5), 10, seed=0).shape == (0, 2)
+    np.testing.assert_array_equal(pairs, mv.pairs_across_groups(GROUPS, 200, seed=0))
+    assert mv.pairs_across_groups(np.zeros(5), 10, seed=0).shape == (0, 2)
 
 
 def test_pairing_rule_reads_the_card() -> None:
-    assert inv.pairing_rule({}, "datasets/x.yaml") == "same_group"
-    assert inv.pairing_rule({"rule": "same_group"}, "datasets/x.yaml") == "same_group"
+    assert mv.pairing_rule({}, "datasets/x.yaml") == "same_group"
+    assert mv.pairing_rule({"rule": "same_group"}, "datasets/x.yaml") == "same_group"
     with pytest.raises(ValueError, match=r"datasets/x\.yaml: pairing rule 'lateral'"):
-        inv.pairing_rule({"rule": "lateral"}, "datasets/x.yaml")
+        mv.pairing_rule({"rule": "lateral"}, "datasets/x.yaml")
 
 
 # --------------------------------------------------------------------------- protocols
@@ -395,7 +397,7 @@ def test_run_synthetic_metrics_and_details() -> None:
     rng = np.random.default_rng(0)
     cov = rng.normal(size=(200, 6))
     clean = rng.normal(size=(20, 6))
-    stats = inv.feature_stats(cov, 1e-6)
+    stats = wh.feature_stats(cov, 1e-6)
     mirrored = 2 * stats["mean"] - clean  # whitened vector exactly negated
     transformed = {"blur_1": clean + 0.01 * rng.normal(size=clean.shape), "flip": mirrored}
     config = inv.InvarianceConfig()
@@ -405,7 +407,6 @@ def test_run_synthetic_metrics_and_details() -> None:
     assert m["mean_cosine"] == pytest.approx((m["cos_blur_1"] + m["cos_flip"]) / 2)
     assert m["mean_mahalanobis"] == pytest.approx((m["mahal_blur_1"] + m["mahal_flip"]) / 2)
     d = result.details
-    assert d["primary_metric_override"] == "mean_cosine"
     assert d["skipped_transforms"] == {"hue_0.1": "gray"} and d["transforms"] == list(transformed)
     assert (d["cov_n"], d["epsilon"], d["n_images"]) == (200, 1e-6, 20)
     json.dumps(result.metrics), json.dumps(result.details)
@@ -420,19 +421,19 @@ def test_run_multiview_same_group_pairs_beat_the_chance_baseline() -> None:
     groups = np.repeat(np.arange(30), 4)
     centres = rng.normal(size=(30, 8))
     feats = centres[groups] + 0.3 * rng.normal(size=(120, 8))
-    stats = inv.feature_stats(feats, 1e-6)
-    config = inv.MultiviewConfig()
-    pairs = inv.pairs_from_groups(groups, config.num_pairs, config.seed)
-    result = inv.run_multiview(feats, pairs, stats, config, groups=groups)
+    stats = wh.feature_stats(feats, 1e-6)
+    config = mv.MultiviewConfig()
+    pairs = mv.pairs_from_groups(groups, config.num_pairs, config.seed)
+    result = mv.run_multiview(feats, pairs, stats, config, groups=groups)
     d = result.details
     assert result.metrics["n_pairs"] == 100
     assert result.metrics["mean_cosine"] > 0.8 and abs(d["baseline_cosine"]) < 0.2
     assert d["cosine_gap"] == pytest.approx(result.metrics["mean_cosine"] - d["baseline_cosine"])
-    assert d["n_baseline_pairs"] == 100 and d["primary_metric_override"] == "mean_cosine"
-    no_baseline = inv.run_multiview(feats, pairs, stats, config)
+    assert d["n_baseline_pairs"] == 100
+    no_baseline = mv.run_multiview(feats, pairs, stats, config)
     assert math.isnan(no_baseline.details["baseline_cosine"])
     with pytest.raises(ValueError, match="itself"):
-        inv.run_multiview(feats, np.array([[1, 1]]), stats, config)
+        mv.run_multiview(feats, np.array([[1, 1]]), stats, config)
 
 
 # --------------------------------------------------------------------------- configs
@@ -448,8 +449,8 @@ def test_configs_profiles_round_trip_and_validate() -> None:
     assert demo.transforms == tr.DEFAULT_TRANSFORMS and len(demo.tags()) == len(set(demo.tags()))
     as_dict = json.loads(json.dumps(demo.to_dict()))
     assert inv.InvarianceConfig(**as_dict) == demo
-    multiview = inv.MultiviewConfig.for_profile("paper")
-    assert inv.MultiviewConfig(**json.loads(json.dumps(multiview.to_dict()))) == multiview
+    multiview = mv.MultiviewConfig.for_profile("paper")
+    assert mv.MultiviewConfig(**json.loads(json.dumps(multiview.to_dict()))) == multiview
     with pytest.raises(ValueError, match="unknown profile"):
         inv.InvarianceConfig.for_profile("huge")
     with pytest.raises(ValueError, match="twirl"):
@@ -459,18 +460,18 @@ def test_configs_profiles_round_trip_and_validate() -> None:
     with pytest.raises(ValueError, match="duplicates"):
         inv.InvarianceConfig(transforms=(("blur", 1.0), ("blur", 1)))
     with pytest.raises(ValueError, match="pairing_rule"):
-        inv.MultiviewConfig(pairing_rule="lateral")
+        mv.MultiviewConfig(pairing_rule="lateral")
 
 
 def test_covariance_sample_rule() -> None:
-    assert inv.cov_sample_size(600, 1000, 0.1) == 600
-    assert inv.cov_sample_size(5000, 1000, 0.1) == 1000
-    assert inv.cov_sample_size(50_000, 1000, 0.1) == 5000
-    assert inv.cov_sample_size(50_000, None, 0.1) == 50_000
+    assert wh.cov_sample_size(600, 1000, 0.1) == 600
+    assert wh.cov_sample_size(5000, 1000, 0.1) == 1000
+    assert wh.cov_sample_size(50_000, 1000, 0.1) == 5000
+    assert wh.cov_sample_size(50_000, None, 0.1) == 50_000
     config = inv.InvarianceConfig()
-    index = inv.cov_indices(5000, config)
+    index = wh.cov_indices(5000, config)
     assert len(index) == len(np.unique(index)) == 1000
-    np.testing.assert_array_equal(index, inv.cov_indices(5000, config))
-    np.testing.assert_array_equal(inv.cov_indices(600, config), np.arange(600))
-    sample = inv.sample_indices(300, 100, seed=0)
+    np.testing.assert_array_equal(index, wh.cov_indices(5000, config))
+    np.testing.assert_array_equal(wh.cov_indices(600, config), np.arange(600))
+    sample = wh.sample_indices(300, 100, seed=0)
     assert len(np.unique(sample)) == 100 and np.all(np.diff(sample) > 0)

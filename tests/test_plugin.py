@@ -86,7 +86,7 @@ def test_k_selects_cases_by_dataset_protocol_and_model(home: Path, tmp_path: Pat
 def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_path: Path) -> None:
     _cold(home)
     first = run_benchmarks(
-        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--record-only"
+        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--medxfer-record-only"
     )
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 passed" in first.stdout
@@ -116,7 +116,7 @@ def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_pat
     assert len(set(twins.values())) == 4  # a twin's identity includes its statistics
 
     second = run_benchmarks(
-        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--record-only"
+        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--medxfer-record-only"
     )
     assert second.returncode == 0, second.stdout + second.stderr
     assert len([e for e in _events(home) if e["event"] == "extract"]) == 12  # nothing new
@@ -136,7 +136,7 @@ def test_xdist_two_workers_extract_each_key_once(home: Path, tmp_path: Path) -> 
         "2",
         "-k",
         "linear and not fundus",
-        "--record-only",
+        "--medxfer-record-only",
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "8 passed" in out.stdout
@@ -159,7 +159,7 @@ def test_sigkill_midway_leaves_no_corrupt_file_and_rerun_completes(
 ) -> None:
     _cold(home)
     process = subprocess.Popen(
-        _command("--suite", "smoke", "-k", "linear and modality", "--record-only"),
+        _command("--suite", "smoke", "-k", "linear and modality", "--medxfer-record-only"),
         cwd=PROJECT_ROOT,
         env=_env(home, tmp_path),
         stdout=subprocess.DEVNULL,
@@ -176,7 +176,7 @@ def test_sigkill_midway_leaves_no_corrupt_file_and_rerun_completes(
     process.wait()
 
     rerun = run_benchmarks(
-        home, tmp_path, "--suite", "smoke", "-k", "linear and modality", "--record-only"
+        home, tmp_path, "--suite", "smoke", "-k", "linear and modality", "--medxfer-record-only"
     )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "4 passed" in rerun.stdout
@@ -203,7 +203,7 @@ def test_expected_values_check_regenerate_and_diff(home: Path, tmp_path: Path) -
             "smoke",
             "-k",
             "linear and cxr_lesion",
-            "--expected-file",
+            "--medxfer-expected",
             str(expected),
             *args,
         )
@@ -213,7 +213,7 @@ def test_expected_values_check_regenerate_and_diff(home: Path, tmp_path: Path) -
     assert "4 failed" in missing.stdout and "no expected value for case" in missing.stdout
     assert len(list((tmp_path / "smoke.yaml.obtained").glob("*.yaml"))) == 4
 
-    regen = run("--regen-expected")
+    regen = run("--medxfer-regen")
     assert regen.returncode == 0, regen.stdout
     assert "regenerated 4 entries" in regen.stdout
     entries = yaml.safe_load(expected.read_text())["cases"]

@@ -12,9 +12,8 @@ pooled, 5 ways or the dataset card's ``fewshot.n_way``.
 
 ProtoNet always reports plain accuracy, whatever the dataset's primary metric is (the
 peers never use the metric column of their dataset table; section 6). :func:`run`
-therefore returns ``accuracy`` and ``accuracy_ci95`` only and sets
-``details["primary_metric_override"] = "accuracy"``, so a record's primary value is the
-mean episode accuracy.
+therefore returns ``accuracy`` and ``accuracy_ci95`` only and registers ``accuracy`` as
+its primary metric, so a record's primary value is the mean episode accuracy.
 
 What this does differently from the peers:
 
@@ -41,13 +40,17 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from harness.metrics import is_integer_valued
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.registry import register_protocol
+
+if TYPE_CHECKING:
+    from harness.case import CaseRun
 
 VERSION = 1
 
@@ -333,7 +336,7 @@ def run(
     """Evaluate ProtoNet over seeded episodes drawn from the pooled frozen features.
 
     The reported measure is plain accuracy whatever ``task.primary_metric`` is (the peers'
-    behaviour); ``details["primary_metric_override"]`` says so to the result record.
+    behaviour); the protocol registers ``accuracy`` as its primary metric.
 
     Args:
         pool: Features and labels of the pooled splits (``config.pool``, see :func:`make_pool`).
@@ -344,8 +347,7 @@ def run(
 
     Returns:
         ``metrics``: ``accuracy`` (mean over episodes) and ``accuracy_ci95``.
-        ``hyperparameters``: the resolved ``n_way``. ``details``: ``primary_metric_override``,
-        the pool and its size and class counts, ``n_way`` and its source, ``n_shot``,
+        ``hyperparameters``: the resolved ``n_way``. ``details``: the pool and its size and class counts, ``n_way`` and its source, ``n_shot``,
         ``n_query``, ``episodes``, ``seed``, ``dropped_classes``, ``episode_accuracy``
         (mean, std, min, quantiles, max), ``episodes_sha256`` (digest of the drawn
         indices) and timings.
@@ -398,7 +400,6 @@ def run(
         metrics={"accuracy": mean, "accuracy_ci95": ci95},
         hyperparameters={"n_way": n_way},
         details={
-            "primary_metric_override": "accuracy",
             "pool": config.pool,
             "pool_size": len(y),
             "pool_class_counts": counts.tolist(),
@@ -466,3 +467,16 @@ def _check_inputs(pool: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.n
             f"got range [{y.min()}, {y.max()}]"
         )
     return x, y
+
+
+@register_protocol(
+    "fewshot",
+    version=VERSION,
+    marker="prototypical few-shot benchmark cases (seeded episodes of frozen features)",
+    config=FewShotConfig,
+    primary_metric="accuracy",
+)
+def run_case(case: CaseRun, config: FewShotConfig) -> ProtocolResult:
+    """One few-shot case: episodes drawn from the pooled splits of ``config.pool``."""
+    pool = make_pool(case.features(pool_splits(config.pool)), config.pool)
+    return run(pool, case.task, config, case.case.dataset.fewshot.get("n_way"))

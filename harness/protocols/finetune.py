@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -88,7 +88,11 @@ from harness.protocols.finetune_loop import (
     state_sha256,
     train_run,
 )
-from harness.zoo import LoadedModel
+from harness.protocols.registry import register_protocol
+from harness.zoo import LoadedModel, build_model
+
+if TYPE_CHECKING:
+    from harness.case import CaseRun
 
 VERSION = 2
 
@@ -944,3 +948,26 @@ def _check_labels(name: str, y: np.ndarray, n: int, task: TaskInfo) -> np.ndarra
     if n and (y.min() < 0 or y.max() >= k):
         raise ValueError(f"{name} split: labels must lie in [0, {k}): [{y.min()}, {y.max()}]")
     return y
+
+
+@register_protocol(
+    "finetune",
+    version=VERSION,
+    marker="full fine-tuning benchmark cases (backbone and a new linear head, end to end)",
+    config=FinetuneConfig,
+    needs="images",
+)
+def run_case(case: CaseRun, config: FinetuneConfig) -> ProtocolResult:
+    """One fine-tuning case: a fresh copy of the backbone, resumable in the case's folder."""
+    size = config.input_size or case.profile.input_size
+    return run(
+        build_model(case.case.model),
+        case.splits(),
+        case.task,
+        config,
+        case.case.model.preprocessing.with_input_size(size),
+        checkpoint_dir=case.checkpoint_dir(),
+        case_id=case.case.case_id,
+        device=case.device,
+        reuse_completed=not case.retrain,
+    )

@@ -25,13 +25,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from harness.metrics import check_metric_names, compute_metrics_with_notes, is_integer_valued
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.registry import register_protocol
+
+if TYPE_CHECKING:
+    from harness.case import CaseRun
 
 VERSION = 1
 
@@ -240,3 +244,15 @@ def _check_split(name: str, split: SplitFeatures, task: TaskInfo) -> tuple[np.nd
             f"{name} split: labels must lie in [0, {k}), got range [{y.min()}, {y.max()}]"
         )
     return x, y
+
+
+@register_protocol(
+    "knn",
+    version=VERSION,
+    marker="k-nearest-neighbour benchmark cases (weighted cosine votes on frozen features)",
+    config=KnnConfig,
+)
+def run_case(case: CaseRun, config: KnnConfig) -> ProtocolResult:
+    """One k-NN case: k chosen on val, train+val as the memory bank, scored on test."""
+    features = case.features()
+    return run(features["train"], features["val"], features["test"], case.task, config)

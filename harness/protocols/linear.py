@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sklearn
@@ -50,6 +50,10 @@ from harness.metrics import (
     is_integer_valued,
 )
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.registry import register_protocol
+
+if TYPE_CHECKING:
+    from harness.case import CaseRun
 
 VERSION = 1
 
@@ -411,3 +415,15 @@ def _check_labels(name: str, y: np.ndarray, n: int, task: TaskInfo) -> np.ndarra
     if present.size < 2:
         raise ValueError(f"{name} split has only one class (class {present[0]})")
     return y
+
+
+@register_protocol(
+    "linear",
+    version=VERSION,
+    marker="linear-probe benchmark cases (frozen features, logistic regression)",
+    config=LinearConfig,
+)
+def run_case(case: CaseRun, config: LinearConfig) -> ProtocolResult:
+    """One linear-probe case: C chosen on val, refit on train+val, scored on test."""
+    features = case.features()
+    return run(features["train"], features["val"], features["test"], case.task, config)

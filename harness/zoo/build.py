@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from harness.cards import ModelCard
+from harness.cards import CHECKPOINT_SOURCES, ModelCard
+from harness.zoo.converters import Converter, UnknownConverterError, apply_converter, get_converter
 from harness.zoo.errors import CheckpointError
 from harness.zoo.remap import fit_to_model, rename, unwrap
 from harness.zoo.sources import checkpoint_path, file_sha256
@@ -39,6 +41,11 @@ def build_model(card: ModelCard) -> LoadedModel:
     Raises:
         CheckpointError: when the weights cannot be found or do not fit the architecture.
     """
+    if card.weights.converter is not None and card.weights.source not in CHECKPOINT_SOURCES:
+        raise CheckpointError(
+            f"model {card.name}: weights.converter applies to checkpoint files, "
+            f"not to source {card.weights.source!r}"
+        )
     if card.weights.source == "random":
         # seed a forked generator: building a twin must not reseed the caller's RNG
         with torch.random.fork_rng(devices=[]):
@@ -63,12 +70,23 @@ def build_model(card: ModelCard) -> LoadedModel:
 def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
     """Return a sha256 that identifies the weights: the checkpoint file's, or the tensors'.
 
-    For file-backed weights this needs no model; otherwise (random init, timm hub) the
-    loaded tensors are hashed, so a change of initialisation changes the identity.
+    For file-backed weights this needs no model: the file's sha256, or, when the card
+    names a converter, the sha256 of {file sha256, converter name, converter version}
+    (so a new converter version never reuses features cached under the old one).
+    Otherwise (random init, timm hub) the loaded tensors are hashed, so a change of
+    initialisation changes the identity.
     """
     path = checkpoint_path(card)
     if path is not None:
-        return file_sha256(path)
+        converter = _converter(card)
+        if converter is None:
+            return file_sha256(path)
+        payload = {
+            "file_sha256": file_sha256(path),
+            "converter": converter.name,
+            "converter_version": converter.version,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     if module is None:
         module = build_model(card).module
     digest = hashlib.sha256()
@@ -147,8 +165,22 @@ def _fitted_state(card: ModelCard, path: Path, module: nn.Module) -> dict[str, t
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{where}: cannot read checkpoint: {exc}") from exc
-    state = rename(unwrap(raw, card.weights.unwrap, where), card.weights, where)
-    return fit_to_model(state, module.state_dict(), card.weights, where)
+    state = unwrap(raw, card.weights.unwrap, where)
+    target = module.state_dict()
+    converter = _converter(card)
+    if converter is not None:
+        where = f"model {card.name} ({path}, {converter.label})"
+        state = apply_converter(converter, state, target, where)
+    return fit_to_model(rename(state, card.weights, where), target, card.weights, where)
+
+
+def _converter(card: ModelCard) -> Converter | None:
+    if card.weights.converter is None:
+        return None
+    try:
+        return get_converter(card.weights.converter)
+    except UnknownConverterError as exc:
+        raise CheckpointError(f"model {card.name} ({card.source_file}): {exc}") from exc
 
 
 def _feature_dim(module: nn.Module, input_size: int) -> int:

@@ -1,0 +1,193 @@
+"""The protocol registry: every protocol registers itself once, everything else reads it.
+
+A protocol is one module (or package) under ``harness/protocols/`` that decorates the
+function running one case::
+
+    @register_protocol(
+        "linear",
+        version=VERSION,
+        marker="linear-probe benchmark cases (frozen features, logistic regression)",
+        config=LinearConfig,
+    )
+    def run_case(case: CaseContext, config: LinearConfig) -> ProtocolResult:
+        features = case.features()
+        return run(features["train"], features["val"], features["test"], case.task, config)
+
+Suites, pytest markers, the plugin and the report read the registry; the modules are
+found by :func:`discover`, which imports every module of this package plus the modules
+named in ``MEDXFER_PROTOCOL_MODULES`` (comma-separated import names of a user's own
+protocols). Discovery imports the protocols' dependencies (numpy, scikit-learn, torch),
+so it runs only when a session needs it, never when the plugin is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from harness.protocols.base import ProtocolResult
+
+PROTOCOL_MODULES_ENV = "MEDXFER_PROTOCOL_MODULES"
+Display = Literal["leaderboard", "descriptive"]
+Needs = Literal["features", "images"]
+_INTERNAL = frozenset({"base", "registry"})
+
+
+class ProtocolError(ValueError):
+    """A protocol is unknown, registered twice, or declared inconsistently."""
+
+
+class CaseNotApplicable(Exception):
+    """Raised by a protocol when the case cannot run on this dataset (the case is skipped)."""
+
+
+class ProfileConfig(Protocol):
+    """What a protocol's config dataclass provides."""
+
+    @classmethod
+    def for_profile(cls, profile: str) -> Any: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """One registered protocol.
+
+    Attributes:
+        name: Protocol name: suite entries, case ids, the pytest marker and the report use it.
+        version: Bumped on every behaviour change; recorded, and part of expected-value keys.
+        marker: Help text of the pytest marker ``-m <name>``.
+        config: Config dataclass with ``for_profile(profile)`` and ``to_dict()``.
+        run_case: Runs one case: ``run_case(case, config) -> ProtocolResult``.
+        primary_metric: The metric a case is ranked and checked by; ``None`` takes the
+            dataset card's primary metric.
+        display: ``leaderboard`` (ranked, compared with the random twin) or
+            ``descriptive`` (a table of measures, no ranking).
+        needs: ``features`` (frozen features: cases of one model and dataset share a
+            pytest-xdist worker and its feature cache) or ``images`` (the protocol runs
+            the backbone itself, e.g. fine-tuning: cases spread over workers freely).
+        detail_metric_prefixes: Metrics starting with these are per-item details (e.g.
+            per-transform values): the report gives them their own table.
+        configure: Builds the config from the case instead of ``config.for_profile``
+            (e.g. from the dataset card).
+        module: The module that registered it.
+    """
+
+    name: str
+    version: int
+    marker: str
+    config: type
+    run_case: Callable[[Any, Any], ProtocolResult]
+    primary_metric: str | None = None
+    display: Display = "leaderboard"
+    needs: Needs = "features"
+    detail_metric_prefixes: tuple[str, ...] = ()
+    configure: Callable[[Any], Any] | None = None
+    module: str = field(default="", compare=False)
+
+    def make_config(self, case: Any) -> Any:
+        """The config of ``case`` under its profile."""
+        if self.configure is not None:
+            return self.configure(case)
+        return self.config.for_profile(case.profile.name)
+
+
+_REGISTRY: dict[str, ProtocolSpec] = {}
+_DISCOVERED = False
+
+
+def register_protocol(
+    name: str,
+    *,
+    version: int,
+    marker: str,
+    config: type,
+    primary_metric: str | None = None,
+    display: Display = "leaderboard",
+    needs: Needs = "features",
+    detail_metric_prefixes: tuple[str, ...] = (),
+    configure: Callable[[Any], Any] | None = None,
+) -> Callable[[Callable[[Any, Any], ProtocolResult]], Callable[[Any, Any], ProtocolResult]]:
+    """Decorator registering ``run_case`` as protocol ``name`` (see :class:`ProtocolSpec`).
+
+    Raises:
+        ProtocolError: On an invalid name, version, display or ``needs``, or a name that
+            another module registered.
+    """
+    if not name.isidentifier() or not name.islower():
+        raise ProtocolError(f"protocol name {name!r} must be a lowercase identifier")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ProtocolError(f"protocol {name}: version must be a positive integer")
+    if display not in ("leaderboard", "descriptive"):
+        raise ProtocolError(f"protocol {name}: display must be leaderboard or descriptive")
+    if needs not in ("features", "images"):
+        raise ProtocolError(f"protocol {name}: needs must be features or images")
+    if configure is None and not hasattr(config, "for_profile"):
+        raise ProtocolError(f"protocol {name}: {config.__name__} has no for_profile()")
+
+    def decorate(fn: Callable[[Any, Any], ProtocolResult]) -> Callable[[Any, Any], ProtocolResult]:
+        spec = ProtocolSpec(
+            name,
+            version,
+            marker,
+            config,
+            fn,
+            primary_metric,
+            display,
+            needs,
+            tuple(detail_metric_prefixes),
+            configure,
+            fn.__module__,
+        )
+        known = _REGISTRY.get(name)
+        if known is not None and known.module != spec.module:
+            raise ProtocolError(
+                f"protocol {name!r} is registered by {known.module} and again by {spec.module}"
+            )
+        _REGISTRY[name] = spec
+        return fn
+
+    return decorate
+
+
+def discover() -> dict[str, ProtocolSpec]:
+    """Import every protocol module once and return the registry (name -> spec)."""
+    global _DISCOVERED
+    if not _DISCOVERED:
+        package = importlib.import_module("harness.protocols")
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name not in _INTERNAL and not info.name.startswith("_"):
+                importlib.import_module(f"harness.protocols.{info.name}")
+        for name in filter(None, os.environ.get(PROTOCOL_MODULES_ENV, "").split(",")):
+            try:
+                importlib.import_module(name.strip())
+            except ImportError as exc:
+                raise ProtocolError(
+                    f"{PROTOCOL_MODULES_ENV} names module {name.strip()!r}, which cannot be "
+                    f"imported: {exc}"
+                ) from exc
+        _DISCOVERED = True
+    return dict(_REGISTRY)
+
+
+def protocol_names() -> tuple[str, ...]:
+    """Names of every registered protocol, sorted."""
+    return tuple(sorted(discover()))
+
+
+def get_protocol(name: str) -> ProtocolSpec:
+    """Return the registered protocol ``name``.
+
+    Raises:
+        ProtocolError: Naming the known protocols.
+    """
+    registry = discover()
+    if name not in registry:
+        raise ProtocolError(f"unknown protocol {name!r}; known: {', '.join(sorted(registry))}")
+    return registry[name]
