@@ -6,7 +6,7 @@ layer, the batch size, the requested precision and this module's FEATURE_VERSION
 One file per key (``.npz`` with the features and a JSON meta string), written to a
 temporary name and renamed; a file lock per key makes concurrent pytest-xdist workers
 wait for one extraction instead of repeating it. Every hit and extraction is appended
-to ``events.jsonl`` in the cache folder and counted in :data:`STATS`.
+to ``events.jsonl`` in the cache folder.
 
 Every forward pass has exactly ``batch_size`` rows: the last batch is padded by
 repeating its last image and the padded rows are dropped. oneDNN chooses another
@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,6 @@ from harness.precision import (
 FEATURE_VERSION = 2
 EVENTS_FILE = "events.jsonl"
 LOG = logging.getLogger("medxfer.features")
-STATS: Counter[str] = Counter()
 
 
 @dataclass(frozen=True)
@@ -341,7 +339,6 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 def _event(kind: str, payload: dict[str, Any]) -> None:
-    STATS[kind] += 1
     LOG.info(
         "feature cache %s: %s %s/%s",
         kind,

@@ -85,11 +85,6 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def make_case_id(protocol: str, dataset: str, model: str) -> str:
-    """Return the case id of a (model, dataset, protocol) triple: ``protocol/dataset/model``."""
-    return f"{protocol}/{dataset}/{model}"
-
-
 @dataclass
 class ModelInfo:
     """The model of a case, as recorded (a summary of its card)."""

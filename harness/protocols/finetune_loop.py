@@ -42,7 +42,6 @@ from harness.precision import compute_precision
 from harness.protocols.finetune_data import EvalSet, train_loader
 
 CHECKPOINT_FORMAT = 1
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class Classifier(nn.Module):
