@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.paths import PROJECT_ROOT
+from harness.config.paths import PROJECT_ROOT
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from harness.cards import all_dataset_cards, all_model_cards
+    from harness.config.cards import all_dataset_cards, all_model_cards
+    from harness.config.suites import available_suites, load_suite
     from harness.data.prepare import is_prepared
-    from harness.suites import available_suites, load_suite
 
     if args.what in ("models", "all"):
         print("# models")
@@ -38,7 +38,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from harness.cards import get_dataset_card
+    from harness.config.cards import get_dataset_card
     from harness.data.prepare import DatasetNotPrepared, prepare
 
     status = 0
@@ -54,16 +54,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.paths import results_dir
-    from harness.report import write_report
+    from harness.config.paths import results_dir
+    from harness.report.build import write_report
 
     results = Path(args.results) if args.results else results_dir()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / f"{args.suite or 'all'}.md"
     title = args.title or f"medxfer report: {args.suite or 'all suites'}"
     expected = None
     if args.suite:
-        from harness.expected import expected_path, load_expected
-        from harness.suites import load_suite
+        from harness.baselines.expected import expected_path, load_expected
+        from harness.config.suites import load_suite
 
         name = load_suite(args.suite).name
         candidate = expected_path(name)
@@ -74,8 +74,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
+    from harness.config.paths import feature_dir
     from harness.features import list_cache
-    from harness.paths import feature_dir
 
     if args.action == "ls":
         entries = list_cache()
@@ -104,12 +104,12 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from harness.calibrate import calibrate, measure_cross_device
+    from harness.baselines.calibrate import calibrate, measure_cross_device
 
     out = Path(args.out) if args.out else None
     if args.cross_device:
-        from harness.expected import expected_path, load_expected
-        from harness.suites import load_suite
+        from harness.baselines.expected import expected_path, load_expected
+        from harness.config.suites import load_suite
 
         name = load_suite(args.suite).name
         path = out or expected_path(name)
@@ -124,7 +124,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import FailRule, compare_runs, format_table
+    from harness.baselines.compare import FailRule, compare_runs, format_table
 
     rules = [FailRule.parse(text) for text in args.fail]
     table, broken = compare_runs(Path(args.run_a), Path(args.run_b), rules)

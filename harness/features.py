@@ -34,10 +34,10 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from harness.atomic import TMP_INFIX, is_temporary, write_with
-from harness.cards import DatasetCard, ModelCard, Preprocessing, stable_hash
+from harness.cache.atomic import TMP_INFIX, is_temporary, write_with
+from harness.config.cards import DatasetCard, ModelCard, Preprocessing, stable_hash
+from harness.config.paths import feature_dir
 from harness.data.transforms import describe, eval_transform
-from harness.paths import feature_dir
 from harness.precision import (
     DEFAULT_PRECISION,
     PrecisionDecision,

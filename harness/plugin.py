@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness.paths import CARDS_ENV
-from harness.runid import session_run_id
+from harness.config.paths import CARDS_ENV
+from harness.records.runid import session_run_id
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
-    from harness.expected import ExpectedFile, ExpectedFileError
-    from harness.results import ResultRecord
-    from harness.suites import Case, Suite
+    from harness.baselines.expected import ExpectedFile, ExpectedFileError
+    from harness.config.suites import Case, Suite
+    from harness.protocols.case import CaseRun
+    from harness.records.results import ResultRecord
 
 THREADS_ENV = "MEDXFER_TORCH_THREADS"
 CASE_MARKER = ("medxfer_case", "a (model, dataset, protocol) benchmark case")
@@ -131,7 +131,7 @@ class MedxferSession:
     def suite(self) -> Suite:
         """The selected suite."""
         if self._suite is None:
-            from harness.suites import SuiteError, load_suite
+            from harness.config.suites import SuiteError, load_suite
 
             name = self.config.getoption("suite") or self.config.getini("medxfer_suite")
             try:
@@ -143,8 +143,8 @@ class MedxferSession:
     def cases(self) -> list[Case]:
         """The suite's cases under the selected profile."""
         if self._cases is None:
+            from harness.config.suites import SuiteError
             from harness.protocols.registry import ProtocolError
-            from harness.suites import SuiteError
 
             try:
                 self._cases = self.suite.cases(self.option("profile"))
@@ -173,7 +173,7 @@ class MedxferSession:
     @property
     def expected_path(self) -> Path:
         """The expected-value file the cases are checked against."""
-        from harness.expected import expected_path
+        from harness.baselines.expected import expected_path
 
         option = self.option("expected")
         return Path(option) if option else expected_path(self.suite.name, self.device_class)
@@ -181,7 +181,7 @@ class MedxferSession:
     def expected(self) -> ExpectedFile | ExpectedFileError:
         """The expected values, or the error that made them unreadable."""
         if self._expected is None:
-            from harness.expected import ExpectedFileError, load_expected
+            from harness.baselines.expected import ExpectedFileError, load_expected
 
             try:
                 self._expected = load_expected(self.expected_path, self.suite.name)
@@ -192,7 +192,7 @@ class MedxferSession:
     def fallback(self) -> ExpectedFile | None:
         """The CPU values when running on another device class (used with a measured spread)."""
         if self._fallback is None:
-            from harness.expected import ExpectedFileError, expected_path, load_expected
+            from harness.baselines.expected import ExpectedFileError, expected_path, load_expected
 
             fallback = None
             if self.device_class != "cpu" and not self.option("expected"):
@@ -207,7 +207,7 @@ class MedxferSession:
     @property
     def results_dir(self) -> Path:
         """Where result records go."""
-        from harness.paths import results_dir
+        from harness.config.paths import results_dir
 
         option = self.option("results")
         return Path(option) if option else results_dir()
@@ -233,7 +233,7 @@ class MedxferSession:
 
     def check(self, node: pytest.Item, record: ResultRecord) -> None:
         """Check a stored record against the expected values; fail the test on a mismatch."""
-        from harness.expected import (
+        from harness.baselines.expected import (
             ExpectedFileError,
             check_record,
             entry_from_record,
@@ -282,7 +282,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "markers", False):  # `pytest --markers` lists the protocols
         session.register_markers()
     if not hasattr(config, "workerinput") and session.regenerating:
-        from harness.expected import clear_obtained
+        from harness.baselines.expected import clear_obtained
 
         clear_obtained(session.expected_path)
 
@@ -344,8 +344,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     """The case being run; skips when its dataset is not prepared, saying how to prepare it."""
-    from harness.case import CaseRun
     from harness.data.prepare import DatasetNotPrepared, how_to_prepare
+    from harness.protocols.case import CaseRun
 
     session = medxfer_session(request.config)
     session.share_cores()
@@ -371,7 +371,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = medxfer_session(session.config)
     if hasattr(session.config, "workerinput") or not state.regenerating:
         return
-    from harness.expected import ExpectedFile, ExpectedFileError, merge_obtained
+    from harness.baselines.expected import ExpectedFile, ExpectedFileError, merge_obtained
 
     expected = state.expected()
     if isinstance(expected, ExpectedFileError):
@@ -394,7 +394,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                     records += 1
     if not (hits or misses or records):
         return
-    from harness.expected import ExpectedFileError
+    from harness.baselines.expected import ExpectedFileError
 
     state = medxfer_session(terminalreporter.config)
     terminalreporter.write_sep("-", "medxfer")

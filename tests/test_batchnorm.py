@@ -10,9 +10,9 @@ import torch
 import yaml
 from torch import nn
 
-from harness.cards import CardError, get_model_card, load_model_card_file
-from harness.case import feature_scale
+from harness.config.cards import CardError, get_model_card, load_model_card_file
 from harness.features import extract
+from harness.protocols.case import feature_scale
 from harness.zoo import build_model
 from harness.zoo.batchnorm import batchnorm_layers, recalibrate_batchnorm, recalibration_indices
 

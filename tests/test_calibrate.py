@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import calibrate as cal
-from harness.expected import load_expected
+from harness.baselines import calibrate as cal
+from harness.baselines.expected import load_expected
 
 
 def test_plan_gives_seed_runs_one_cache_and_each_kernel_run_its_own(tmp_path: Path) -> None:

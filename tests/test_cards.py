@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-import harness.cards
-from harness.cards import (
+import harness.config.cards
+from harness.config.cards import (
     DATASET_CARD_DIR,
     CardError,
     ModelCard,
@@ -104,7 +104,7 @@ def test_committed_model_cards_load() -> None:
     assert set(cards) >= COMMITTED_MODELS
     for name, card in cards.items():
         assert card.name == name
-        assert Path(card.source_file).parent == harness.cards.MODEL_CARD_DIR
+        assert Path(card.source_file).parent == harness.config.cards.MODEL_CARD_DIR
         if card.random_twin_of is not None:
             twin = cards[card.random_twin_of]
             assert card.is_random_init and card.category == "random-init"
@@ -486,7 +486,7 @@ def test_get_dataset_card_reads_redirected_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_dataset(tmp_path / "tiny.yaml", valid_dataset())
-    monkeypatch.setattr(harness.cards, "DATASET_CARD_DIR", tmp_path)
+    monkeypatch.setattr(harness.config.cards, "DATASET_CARD_DIR", tmp_path)
     assert get_dataset_card("tiny_xray").source_file == str(tmp_path / "tiny.yaml")
     with pytest.raises(CardError, match=r"unknown dataset 'nope'.*known: tiny_xray"):
         get_dataset_card("nope")
@@ -538,7 +538,7 @@ def test_converter_needs_a_checkpoint_file(tmp_path: Path, source: str) -> None:
 
 def test_loading_cards_does_not_import_torch() -> None:
     code = (
-        "import sys, harness.cards, harness.zoo.converters;"
+        "import sys, harness.config.cards, harness.zoo.converters;"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     )
     done = subprocess.run(
@@ -547,6 +547,6 @@ def test_loading_cards_does_not_import_torch() -> None:
         text=True,
         check=True,
         timeout=120,
-        cwd=Path(harness.cards.__file__).parents[1],
+        cwd=Path(harness.config.cards.__file__).parents[1],
     )
     assert done.stdout.strip() == "[]"

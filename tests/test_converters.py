@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from harness.cards import ModelCard, Preprocessing, WeightsSpec
+from harness.config.cards import ModelCard, Preprocessing, WeightsSpec
 from harness.zoo import CheckpointError, build_model, converters, weights_identity
 from harness.zoo.converters import (
     UnknownConverterError,

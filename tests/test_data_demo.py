@@ -11,7 +11,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from harness.cards import DatasetCard, load_dataset_card_file
+from harness.config.cards import DatasetCard, load_dataset_card_file
+from harness.config.paths import PROJECT_ROOT
 from harness.data import DatasetError, DatasetNotPrepared, demo
 from harness.data.demo import (
     BUILDERS,
@@ -29,7 +30,6 @@ from harness.data.prepare import (
     load_splits,
     prepare,
 )
-from harness.paths import PROJECT_ROOT
 
 SMALL = {"train": 40, "val": 20, "test": 20}
 NAMES = ("dicom_modality", "cxr_lesion", "fundus_lesion")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.atomic import is_temporary
+from harness.cache.atomic import is_temporary
 from harness.data import DatasetError
 from harness.data.npz import SPLITS, SplitData, read_npz, write_npz
 

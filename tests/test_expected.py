@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import expected as ex
-from harness.calibrate import calibrated_entry, measure_cross_device
-from harness.compare import FailRule, compare_runs
-from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
-from harness.tolerance import TOLERANCE_RULE, ToleranceRule
+from harness.baselines import expected as ex
+from harness.baselines.calibrate import calibrated_entry, measure_cross_device
+from harness.baselines.compare import FailRule, compare_runs
+from harness.baselines.tolerance import TOLERANCE_RULE, ToleranceRule
+from harness.records.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
 
 CASE = "linear/demo_modality/mobilenet_v2.random"
 
@@ -244,7 +244,7 @@ def test_compare_fails_only_on_a_regression_beyond_the_rule(tmp_path: Path) -> N
 
 
 def test_committed_expected_files_load_and_the_published_example_cites_its_row() -> None:
-    from harness.suites import available_suites, load_suite
+    from harness.config.suites import available_suites, load_suite
 
     for name in available_suites():
         path = ex.expected_path(name)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from harness import features
-from harness.atomic import TMP_INFIX
-from harness.cards import DatasetCard, get_model_card
+from harness.cache.atomic import TMP_INFIX
+from harness.config.cards import DatasetCard, get_model_card
 from harness.zoo import build_model
 
 MODEL = "mobilenet_v2.random"

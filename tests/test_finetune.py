@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from harness.cards import Preprocessing
+from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
 from harness.protocols import finetune, finetune_loop
 from harness.protocols.base import TaskInfo

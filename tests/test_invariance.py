@@ -11,9 +11,10 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis
 
-from harness import arraycache, features
-from harness.atomic import TMP_INFIX
-from harness.cards import Preprocessing
+from harness import features
+from harness.cache import arraycache
+from harness.cache.atomic import TMP_INFIX
+from harness.config.cards import Preprocessing
 from harness.protocols import image_transforms as tr
 from harness.protocols import invariance as inv
 from harness.protocols import multiview as mv

@@ -1,4 +1,4 @@
-"""Unit tests for harness.metrics against hand-computed values."""
+"""Unit tests for harness.protocols.metrics against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from harness.cards import METRICS
-from harness.metrics import METRIC_HIGHER_IS_BETTER, compute_metrics, compute_metrics_with_notes
+from harness.config.cards import METRICS
+from harness.protocols.metrics import (
+    METRIC_HIGHER_IS_BETTER,
+    compute_metrics,
+    compute_metrics_with_notes,
+)
 
 
 def _binary_probs(p1: list[float]) -> np.ndarray:
@@ -156,7 +160,7 @@ def test_float_labels_holding_whole_numbers_are_accepted() -> None:
 
 
 def test_resolution_is_what_one_test_image_can_change() -> None:
-    from harness.metrics import compute_metrics_with_notes, metric_resolution
+    from harness.protocols.metrics import compute_metrics_with_notes, metric_resolution
 
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
     probs = np.eye(3)[labels] * 0.8 + 0.1 / 1.5

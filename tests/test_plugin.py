@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.atomic import TMP_INFIX
+from harness.cache.atomic import TMP_INFIX
+from harness.config.paths import PROJECT_ROOT
 from harness.features import read_events
-from harness.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from harness import features, precision
-from harness.cards import model_cards
+from harness.config.cards import model_cards
 from harness.zoo import build_model
 
 CPU = torch.device("cpu")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.cards import DATASET_CARD_DIR
+from harness.config.cards import DATASET_CARD_DIR
 from harness.protocols import registry
 from harness.protocols.registry import ProtocolError, discover, get_protocol, register_protocol
 

@@ -9,8 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from harness.report import ReportError, render_report, write_report
-from harness.results import (
+from harness.records.results import (
     DatasetInfo,
     ModelInfo,
     ProtocolInfo,
@@ -18,6 +17,7 @@ from harness.results import (
     load_records,
     store,
 )
+from harness.report.build import ReportError, render_report, write_report
 
 MODELS = {
     "alpha.in1k": ("supervised", None),
@@ -247,7 +247,7 @@ def test_write_report(results: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Path) -> None:
-    from harness import expected as ex
+    from harness.baselines import expected as ex
 
     source = {"kind": "published", "repository": "r", "commit": "c", "file": "f", "row": "x"}
 
@@ -284,7 +284,7 @@ def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Pa
     frame = load_records(results)
     for case, row in rows.items():
         path = frame.loc[frame["case_id"] == case, "path"].iloc[-1]
-        from harness.results import load_record
+        from harness.records.results import load_record
 
         outcome = ex.check_record(load_record(Path(path)).to_dict(), expected)
         assert row[5] == {"fail": "FAIL", "device": "other device"}.get(

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import harness.atomic
-from harness.provenance import collect_provenance, git_state
-from harness.results import (
+import harness.cache.atomic
+from harness.records.provenance import collect_provenance, git_state
+from harness.records.results import (
     SCHEMA_VERSION,
     DatasetInfo,
     ModelInfo,
@@ -167,7 +167,7 @@ def test_corrupt_and_temporary_files_are_skipped_with_warning(tmp_path: Path) ->
     good = store(make_record(), tmp_path)
     corrupt = good.parent / "20260101T000000000000Z-broken.json"
     corrupt.write_text('{"schema_version": 1, "case_id": ')
-    leftover = good.parent / f"x.json{harness.atomic.TMP_INFIX}abc.json"
+    leftover = good.parent / f"x.json{harness.cache.atomic.TMP_INFIX}abc.json"
     leftover.write_text('{"partial": ')
 
     with warnings.catch_warnings(record=True) as caught:
@@ -224,7 +224,7 @@ def test_from_dict_names_the_bad_field(change: Any, message: str) -> None:
 def test_crash_mid_write_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write_with = harness.atomic.write_with
+    real_write_with = harness.cache.atomic.write_with
 
     def crashing_write_text(target: Path, text: str) -> None:
         def half_then_crash(handle: Any) -> None:
@@ -234,7 +234,7 @@ def test_crash_mid_write_leaves_no_partial_file(
 
         real_write_with(target, half_then_crash)
 
-    monkeypatch.setattr(harness.atomic, "write_text", crashing_write_text)
+    monkeypatch.setattr(harness.cache.atomic, "write_text", crashing_write_text)
     with pytest.raises(RuntimeError, match="mid-write"):
         store(make_record(), tmp_path)
 
@@ -252,7 +252,7 @@ def test_crash_before_rename_keeps_older_record(
     def crash(path: Path) -> None:
         raise OSError("simulated power loss before rename")
 
-    monkeypatch.setattr(harness.atomic, "_fsync_file", crash)
+    monkeypatch.setattr(harness.cache.atomic, "_fsync_file", crash)
     with pytest.raises(OSError, match="power loss"):
         store(make_record(value=0.9), tmp_path)
 

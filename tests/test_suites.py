@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-import harness.cards
-from harness.cards import DATASET_CARD_DIR, dataset_cards, get_model_card
-from harness.profiles import PROFILES
-from harness.suites import (
+import harness.config.cards
+from harness.config.cards import DATASET_CARD_DIR, dataset_cards, get_model_card
+from harness.config.profiles import PROFILES
+from harness.config.suites import (
     SUITE_DIR,
     Case,
     SuiteError,
@@ -56,9 +56,9 @@ def card_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     }
     for name, classes in cards.items():
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(dataset_card(name, classes)))
-    monkeypatch.setattr(harness.cards, "DATASET_CARD_DIR", folder)
+    monkeypatch.setattr(harness.config.cards, "DATASET_CARD_DIR", folder)
     yield folder
-    harness.cards._dataset_cards.cache_clear()
+    harness.config.cards._dataset_cards.cache_clear()
 
 
 def write_suite(folder: Path, name: str = "mine", **fields: Any) -> Path:

@@ -15,7 +15,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from harness.cards import ModelCard, Preprocessing, WeightsSpec, get_model_card
+from harness.config.cards import ModelCard, Preprocessing, WeightsSpec, get_model_card
 from harness.data.transforms import eval_transform
 from harness.zoo import CheckpointError, LoadedModel, build_model, weights_identity
 from harness.zoo.remap import fit_to_model, rename, unwrap

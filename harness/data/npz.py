@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.atomic import write_with
+from harness.cache.atomic import write_with
 from harness.data import DatasetError
 
 SPLITS = ("train", "val", "test")

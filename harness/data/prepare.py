@@ -19,11 +19,11 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from harness.atomic import write_json
-from harness.cards import DatasetCard, stable_hash
+from harness.cache.atomic import write_json
+from harness.config.cards import DatasetCard, stable_hash
+from harness.config.paths import data_dir
 from harness.data import DatasetError, DatasetNotPrepared
 from harness.data.npz import SplitData, read_npz, write_npz
-from harness.paths import data_dir
 
 READERS = ("npz",)
 

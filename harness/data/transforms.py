@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.cards import Preprocessing
+from harness.config.cards import Preprocessing
 
 TRANSFORM_VERSION = 1
 

@@ -45,12 +45,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from harness.metrics import is_integer_valued
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.metrics import is_integer_valued
 from harness.protocols.registry import register_protocol
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 VERSION = 1
 

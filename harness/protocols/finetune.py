@@ -5,7 +5,7 @@ sections 2.1 and 2.3): SGD with Nesterov momentum 0.9, a cosine schedule over th
 5000 steps of batch 64, lr 1e-2 and weight decay 1e-8, RandomResizedCrop + horizontal
 flip with the model's own preprocessing, early stopping that validates every 200 steps
 with patience 3. Model selection uses the validation split's primary metric; the test
-split is scored once, from probabilities (``harness.metrics``).
+split is scored once, from probabilities (``harness.protocols.metrics``).
 
 Modes (``FinetuneConfig``):
 
@@ -63,15 +63,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from harness.atomic import write_json
-from harness.cards import Preprocessing, stable_hash
+from harness.cache.atomic import write_json
+from harness.config.cards import Preprocessing, stable_hash
 from harness.data.npz import SplitData
-from harness.metrics import (
-    check_metric_names,
-    compute_metrics,
-    compute_metrics_with_notes,
-    is_integer_valued,
-)
 from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune_data import EvalSet, inverse_frequency_weights
 from harness.protocols.finetune_loop import (
@@ -88,11 +82,17 @@ from harness.protocols.finetune_loop import (
     state_sha256,
     train_run,
 )
+from harness.protocols.metrics import (
+    check_metric_names,
+    compute_metrics,
+    compute_metrics_with_notes,
+    is_integer_valued,
+)
 from harness.protocols.registry import register_protocol
 from harness.zoo import LoadedModel, build_model
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 VERSION = 2
 

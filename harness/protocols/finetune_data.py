@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
-from harness.cards import Preprocessing
+from harness.config.cards import Preprocessing
 from harness.data.transforms import eval_transform, to_pil_rgb
 
 Transform = Callable[[np.ndarray], torch.Tensor]

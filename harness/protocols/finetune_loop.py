@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harness.atomic import atomic_path
-from harness.cards import Preprocessing
+from harness.cache.atomic import atomic_path
+from harness.config.cards import Preprocessing
 from harness.precision import compute_precision
 from harness.protocols.finetune_data import EvalSet, train_loader
 

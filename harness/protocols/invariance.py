@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.profiles import check_profile
+from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult
 from harness.protocols.image_transforms import (
     DEFAULT_TRANSFORMS,
@@ -74,7 +74,7 @@ from harness.protocols.whitening import (
 )
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 VERSION = 1
 PRIMARY = "mean_cosine"

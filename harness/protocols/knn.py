@@ -9,7 +9,7 @@ on validation, so it joins the bank as in the linear probe's refit), the queries
 test split.
 
 The class scores are normalised to probabilities, so ROC AUC and every other metric come
-from :func:`harness.metrics.compute_metrics` with the task's metrics, as for the linear
+from :func:`harness.protocols.metrics.compute_metrics` with the task's metrics, as for the linear
 probe. Weights are computed as ``exp((s - s_max) / T)`` with ``s_max`` each query's top
 similarity: the per-query factor cancels in the normalisation and keeps the exponential
 finite when ``normalize=False`` (raw dot products). Multilabel tasks score each label as
@@ -30,12 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from harness.metrics import check_metric_names, compute_metrics_with_notes, is_integer_valued
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.metrics import (
+    check_metric_names,
+    compute_metrics_with_notes,
+    is_integer_valued,
+)
 from harness.protocols.registry import register_protocol
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 VERSION = 1
 

@@ -21,7 +21,7 @@ train+val, and the test split scored once. It fixes the pitfalls listed in secti
   iterations instead of hitting ``max_iter`` (ssl-transfer kept ``max_iter=100`` and
   silenced the warning). Set ``standardize=False`` for ssl-transfer's raw features; the
   setting is recorded in ``details``.
-* ROC AUC comes from probabilities (``harness.metrics``), never from argmax predictions.
+* ROC AUC comes from probabilities (``harness.protocols.metrics``), never from argmax predictions.
 
 Multilabel tasks fit one binary logistic regression per label (one-vs-rest) with the same
 C for every label, and score the mean per-label AUROC.
@@ -43,17 +43,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from harness.metrics import (
+from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.metrics import (
     check_metric_names,
     compute_metrics,
     compute_metrics_with_notes,
     is_integer_valued,
 )
-from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.registry import register_protocol
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 VERSION = 1
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.profiles import check_profile
+from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult
 from harness.protocols.registry import CaseNotApplicable, register_protocol
 from harness.protocols.whitening import (
@@ -31,7 +31,7 @@ from harness.protocols.whitening import (
 )
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 VERSION = 1
 PRIMARY = "mean_cosine"

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from harness.arraycache import cached_arrays
+from harness.cache.arraycache import cached_arrays
 
 if TYPE_CHECKING:
-    from harness.case import CaseRun
+    from harness.protocols.case import CaseRun
 
 #: Version of the cached statistics' layout (part of their cache key).
 STATS_VERSION = 1
@@ -214,7 +214,7 @@ def cached_feature_stats(
         features: (n, D) feature vectors.
         epsilon: Added to the covariance's diagonal.
         key_payload: JSON-serialisable description of where the features come from.
-        store: The array cache (a case's :meth:`harness.case.CaseRun.cached_arrays`, which
+        store: The array cache (a case's :meth:`harness.protocols.case.CaseRun.cached_arrays`, which
             adds the model, weights and dataset to the key).
 
     Returns:

@@ -1,6 +1,6 @@
 """Building feature extractors from model cards.
 
-The package's exports load lazily: :mod:`harness.cards` checks converter names
+The package's exports load lazily: :mod:`harness.config.cards` checks converter names
 through :mod:`harness.zoo.converters`, and card loading must not import torch.
 """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.cards import CHECKPOINT_SOURCES, ModelCard
+from harness.config.cards import CHECKPOINT_SOURCES, ModelCard
 from harness.zoo.converters import Converter, UnknownConverterError, apply_converter, get_converter
 from harness.zoo.errors import CheckpointError
 from harness.zoo.remap import fit_to_model, rename, unwrap

@@ -19,7 +19,7 @@ with a converter hashes the file's sha256 together with the converter's name and
 version, so a change to what a converter computes must bump its version. Without a
 converter the identity stays the file's sha256.
 
-This module does not import torch: :mod:`harness.cards` checks a card's converter name
+This module does not import torch: :mod:`harness.config.cards` checks a card's converter name
 when the card loads, and loading cards must stay torch-free.
 """
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from harness.cards import WeightsSpec
+from harness.config.cards import WeightsSpec
 from harness.zoo.errors import CheckpointError
 
 WRAPPER_KEYS = ("state_dict", "model", "module", "net", "network")

@@ -8,9 +8,9 @@ import os
 import urllib.request
 from pathlib import Path
 
-from harness.atomic import atomic_path
-from harness.cards import ModelCard
-from harness.paths import weights_dir
+from harness.cache.atomic import atomic_path
+from harness.config.cards import ModelCard
+from harness.config.paths import weights_dir
 from harness.zoo.errors import CheckpointError
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from harness.cards import get_dataset_card, get_model_card
+from harness.config.cards import get_dataset_card, get_model_card
 from harness.features import extract
 from harness.protocols import fewshot
 from harness.zoo import build_model

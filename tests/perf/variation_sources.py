@@ -7,7 +7,7 @@ then compares them and runs the frozen-feature protocols on each set:
 A. dataset build: two builds in two fresh ``MEDXFER_HOME`` folders, compared by digest;
 B. feature bits: 1 vs 2 torch threads with medxfer's fixed-shape batches, and with a
    natural short last batch (the behaviour before padding); each kernel variant of
-   ``harness.calibrate.KERNEL_VARIANTS`` against the default kernels;
+   ``harness.baselines.calibrate.KERNEL_VARIANTS`` against the default kernels;
 C. scale of the random twins' features with init and with target-train batch-norm
    statistics;
 D. the linear, k-NN and few-shot results of every feature set: the spread over kernel
@@ -47,7 +47,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from harness.cards import get_dataset_card, get_model_card
+    from harness.config.cards import get_dataset_card, get_model_card
     from harness.data.prepare import load_splits
     from harness.data.transforms import eval_transform
     from harness.features import extract, images_digest
@@ -123,7 +123,7 @@ def _max_relative(a: dict, b: dict) -> float:
 
 
 def _protocols(features: dict, dataset: str) -> dict[str, float]:
-    from harness.cards import get_dataset_card
+    from harness.config.cards import get_dataset_card
     from harness.protocols import fewshot, knn, linear
     from harness.protocols.base import SplitFeatures, TaskInfo
 
@@ -144,7 +144,7 @@ def _protocols(features: dict, dataset: str) -> dict[str, float]:
 
 
 def _scale(features: dict) -> str:
-    from harness.case import feature_scale
+    from harness.protocols.case import feature_scale
 
     s = feature_scale(features["train"])
     return f"{s['abs_mean']:.3g} / {s['median_dim_std']:.3g} / {s['near_constant_dims']}"
@@ -153,7 +153,7 @@ def _scale(features: dict) -> str:
 def _precision_rows(models: list[str], dataset: str, size: int) -> list[str]:
     import torch
 
-    from harness.cards import get_dataset_card, get_model_card
+    from harness.config.cards import get_dataset_card, get_model_card
     from harness.data.prepare import load_splits
     from harness.features import extract_checked
     from harness.zoo import build_model
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         _worker(args)
         return
 
-    from harness.calibrate import KERNEL_VARIANTS
+    from harness.baselines.calibrate import KERNEL_VARIANTS
 
     scratch = Path(args.out or tempfile.mkdtemp(prefix="medxfer-variation-"))
     scratch.mkdir(parents=True, exist_ok=True)

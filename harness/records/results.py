@@ -4,7 +4,7 @@ Every benchmark case run writes one JSON record to
 ``<results_dir>/<suite>/<case_id with '/' -> '__'>/<timestamp>-<run_id>.json``. A
 record is never overwritten: re-running a case adds a file, and readers pick the
 newest one. Files are written to a temporary name and renamed
-(:mod:`harness.atomic`), so a crash leaves either the whole record or nothing.
+(:mod:`harness.cache.atomic`), so a crash leaves either the whole record or nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from harness import atomic
-from harness.provenance import collect_provenance
-from harness.runid import new_run_id
+from harness.cache import atomic
+from harness.records.provenance import collect_provenance
+from harness.records.runid import new_run_id
 
 if TYPE_CHECKING:
-    from harness.cards import DatasetCard, ModelCard
+    from harness.config.cards import DatasetCard, ModelCard
 
 SCHEMA_VERSION = 1
 
@@ -379,7 +379,7 @@ def store(record: ResultRecord, results_dir: Path) -> Path:
 
     Args:
         record: the result of one case run.
-        results_dir: the results root (e.g. :func:`harness.paths.results_dir`).
+        results_dir: the results root (e.g. :func:`harness.config.paths.results_dir`).
 
     Returns:
         The path of the written file,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from harness.cards import CardError, DatasetCard, ModelCard, get_dataset_card, get_model_card
-from harness.paths import PROJECT_ROOT, user_card_folders
-from harness.profiles import PROFILES, Profile, get_profile
+from harness.config.cards import CardError, DatasetCard, ModelCard, get_dataset_card, get_model_card
+from harness.config.paths import PROJECT_ROOT, user_card_folders
+from harness.config.profiles import PROFILES, Profile, get_profile
 from harness.protocols.registry import protocol_names
 
 SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"

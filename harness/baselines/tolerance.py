@@ -7,10 +7,10 @@ What varies between two users' runs of one case (``docs/reproducibility.md``):
 * the last bits of the features, which depend on the CPU's kernels (oneDNN, ATen and
   BLAS pick code paths by instruction set): the spread over calibration runs in fresh
   processes with fresh caches, some under other kernel choices
-  (:data:`harness.calibrate.KERNEL_VARIANTS`);
+  (:data:`harness.baselines.calibrate.KERNEL_VARIANTS`);
 * the protocol's own sampling interval (few-shot's 95% CI over episodes);
 * the metric's resolution: what one test image's prediction can change
-  (:func:`harness.metrics.metric_resolution`, e.g. ``1/N`` for accuracy). Last-bit
+  (:func:`harness.protocols.metrics.metric_resolution`, e.g. ``1/N`` for accuracy). Last-bit
   differences can flip an image that sits on a decision boundary on any machine, and a
   handful of calibration runs cannot prove that none does.
 

@@ -1,7 +1,7 @@
 """A small content-keyed cache of numpy arrays (e.g. feature means and covariances).
 
 One ``.npz`` file per key under ``<MEDXFER_HOME>/arrays/<namespace>/<hash>.npz``, where
-the hash is :func:`harness.cards.stable_hash` of the caller's key payload. Files are
+the hash is :func:`harness.config.cards.stable_hash` of the caller's key payload. Files are
 written atomically (temporary name, fsync, rename) and a file lock per key makes
 concurrent pytest-xdist workers wait for one computation instead of repeating it. The
 key payload is stored in the file as JSON and checked on load; an unreadable file or
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from harness.atomic import TMP_INFIX, write_with
-from harness.cards import stable_hash
-from harness.paths import home
+from harness.cache.atomic import TMP_INFIX, write_with
+from harness.config.cards import stable_hash
+from harness.config.paths import home
 
 LOG = logging.getLogger("medxfer.arraycache")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import load_records
+from harness.records.results import load_records
 
 
 @dataclass(frozen=True)

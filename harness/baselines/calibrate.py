@@ -13,7 +13,7 @@ folder, its own seed):
   exactly (``docs/reproducibility.md``) and would measure nothing.
 
 Per case, the value is the mean over the seed runs and the tolerance follows
-:data:`harness.tolerance.TOLERANCE_RULE` over the seed spread, the kernel-run spread,
+:data:`harness.baselines.tolerance.TOLERANCE_RULE` over the seed spread, the kernel-run spread,
 the protocol's interval and the floor; every component is written into the entry.
 
 With ``--work-dir`` and ``--resume``, a session that finished earlier (its marker
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.expected import (
+from harness.baselines.expected import (
     Expectation,
     ExpectedFile,
     MetricExpectation,
@@ -54,10 +54,10 @@ from harness.expected import (
     regenerated_source,
     resolution_of,
 )
-from harness.paths import PROJECT_ROOT
-from harness.results import load_record
-from harness.suites import load_suite
-from harness.tolerance import TOLERANCE_RULE
+from harness.baselines.tolerance import TOLERANCE_RULE
+from harness.config.paths import PROJECT_ROOT
+from harness.config.suites import load_suite
+from harness.records.results import load_record
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,21 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import nn
 
-from harness import paths
-from harness.arraycache import cached_arrays
-from harness.cards import ModelCard, Preprocessing, stable_hash
+from harness.cache.arraycache import cached_arrays
+from harness.config import paths
+from harness.config.cards import ModelCard, Preprocessing, stable_hash
+from harness.config.profiles import Profile
+from harness.config.suites import Case
 from harness.data.npz import SplitData
 from harness.data.prepare import load_splits
 from harness.data.subset import stratified_indices
 from harness.data.transforms import describe, eval_transform
 from harness.features import cached_features, device_class, images_digest, resolve_device
 from harness.precision import DEFAULT_PRECISION
-from harness.profiles import Profile
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.registry import get_protocol
-from harness.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
-from harness.runid import session_run_id
-from harness.suites import Case
+from harness.records.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
+from harness.records.runid import session_run_id
 from harness.zoo import LoadedModel, build_model, weights_identity
 from harness.zoo.batchnorm import (
     MAX_IMAGES,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness.paths import PROJECT_ROOT
+from harness.config.paths import PROJECT_ROOT
 
 # Distribution names as pip knows them, in the order reports list them.
 VERSIONED_PACKAGES = (

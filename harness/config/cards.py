@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from harness.paths import PROJECT_ROOT, user_card_folders
+from harness.config.paths import PROJECT_ROOT, user_card_folders
 from harness.zoo.converters import converter_names
 
 MODEL_CARD_DIR = PROJECT_ROOT / "models"

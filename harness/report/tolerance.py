@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.expected import ExpectedFile, check_record
-from harness.results import load_record
+from harness.baselines.expected import ExpectedFile, check_record
+from harness.records.results import load_record
 
 _STATUS_TEXT = {"fail": "FAIL", "device": "other device"}
 
@@ -17,7 +17,7 @@ _STATUS_TEXT = {"fail": "FAIL", "device": "other device"}
 def render_tolerances(frame: pd.DataFrame, expected: ExpectedFile, table: Any) -> str:
     """Return the markdown of the tolerance table and the per-protocol spread of the calibration.
 
-    Every row is :func:`harness.expected.check_record` on the case's newest record, so the
+    Every row is :func:`harness.baselines.expected.check_record` on the case's newest record, so the
     report says what pytest said (secondary metrics, versions and device class included).
 
     Args:
@@ -29,7 +29,7 @@ def render_tolerances(frame: pd.DataFrame, expected: ExpectedFile, table: Any) -
         "## Reproducibility",
         f"Each case against its expected value in `{expected.path.name}` "
         f"(calibrated on {expected.device}; pass when |measured − expected| ≤ tolerance for "
-        "the primary and every other checked metric; see `harness/expected.py` and "
+        "the primary and every other checked metric; see `harness/baselines/expected.py` and "
         "`docs/reproducibility.md`).",
     ]
     rows = []

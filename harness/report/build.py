@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from harness import atomic
-from harness.cards import METRICS
-from harness.expected import ExpectedFile
+from harness.baselines.expected import ExpectedFile
+from harness.cache import atomic
+from harness.config.cards import METRICS
 from harness.protocols.registry import discover
-from harness.report_tolerance import render_tolerances
-from harness.results import BASE_COLUMNS, load_records, parse_timestamp
+from harness.records.results import BASE_COLUMNS, load_records, parse_timestamp
+from harness.report.tolerance import render_tolerances
 
 SEMI_SYNTHETIC_MARK = "†"
 MISSING = "—"
@@ -80,7 +80,7 @@ def render_report(
     """Render result records as a markdown report.
 
     Args:
-        df: records as returned by :func:`harness.results.load_records`; when a case
+        df: records as returned by :func:`harness.records.results.load_records`; when a case
             has several records (``latest_only=False``, or the same case in two
             suites), the newest one is used.
         title: the report's title (first heading).

@@ -18,7 +18,7 @@ another device class::
         metric: accuracy
         value: 0.4067
         tolerance: 0.012
-        tolerance_components: {seed_std: ..., extraction_std: ..., ...}   # see harness/tolerance.py
+        tolerance_components: {seed_std: ..., extraction_std: ..., ...}   # see harness/baselines/tolerance.py
         others: {roc_auc: {value: 0.671, tolerance: 0.005}}     # optional
         source:
           kind: calibration            # calibration | published | regenerated
@@ -50,9 +50,9 @@ from typing import Any
 
 import yaml
 
-from harness.atomic import write_text
-from harness.paths import PROJECT_ROOT, user_card_folders
-from harness.tolerance import TOLERANCE_RULE
+from harness.baselines.tolerance import TOLERANCE_RULE
+from harness.cache.atomic import write_text
+from harness.config.paths import PROJECT_ROOT, user_card_folders
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -160,7 +160,7 @@ class ExpectedFile:
     def render(self) -> str:
         """Return the file's YAML text (sorted by case id, stable)."""
         header = (
-            f"# Expected values of suite {self.suite!r} on {self.device}; see harness/expected.py "
+            f"# Expected values of suite {self.suite!r} on {self.device}; see harness/baselines/expected.py "
             "for the format.\n"
             f"# Tolerances: {TOLERANCE_RULE.describe()}.\n"
             f"# Regenerate failing entries: pytest benchmarks --suite {self.suite} --medxfer-regen\n"
