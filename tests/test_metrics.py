@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from harness.config.cards import METRICS
+from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER, METRICS
 from harness.protocols.metrics import (
-    METRIC_HIGHER_IS_BETTER,
     compute_metrics,
     compute_metrics_with_notes,
 )

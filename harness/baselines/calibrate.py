@@ -57,6 +57,7 @@ from harness.baselines.expected import (
 from harness.baselines.tolerance import TOLERANCE_RULE
 from harness.config.paths import PROJECT_ROOT
 from harness.config.suites import load_suite
+from harness.config.vocabulary import is_interval_name
 from harness.records.results import load_record
 
 
@@ -216,7 +217,7 @@ def calibrated_entry(
     )
     others = {}
     for name in first["metrics"]:
-        if name == metric or name.endswith("_ci95"):
+        if name == metric or is_interval_name(name):
             continue
         series = _metric_values(records, name)
         kernel_series = _metric_values([first, *kernel_records], name) if kernel_records else []

@@ -53,6 +53,7 @@ import yaml
 from harness.baselines.tolerance import TOLERANCE_RULE
 from harness.cache.atomic import write_text
 from harness.config.paths import PROJECT_ROOT, user_card_folders
+from harness.config.vocabulary import interval_name
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -66,7 +67,6 @@ SOURCE_FIELDS = {
     "regenerated": ("hardware", "versions", "commit", "date"),
 }
 # Interval keys a protocol may put in its metrics (e.g. few-shot's 95% CI).
-INTERVAL_SUFFIX = "_ci95"
 
 
 class ExpectedFileError(ValueError):
@@ -442,7 +442,7 @@ def resolution_of(record: dict[str, Any], metric: str) -> float:
 
 def interval_of(record: dict[str, Any], metric: str) -> float | None:
     """Return the protocol's own interval for a metric (e.g. few-shot's 95% CI), if any."""
-    value = record["metrics"].get(metric + INTERVAL_SUFFIX)
+    value = record["metrics"].get(interval_name(metric))
     return float(value) if isinstance(value, int | float) else None
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from harness.config.paths import PROJECT_ROOT, user_card_folders
+from harness.config.vocabulary import METRICS, TASKS
 from harness.zoo.converters import converter_names
 
 MODEL_CARD_DIR = PROJECT_ROOT / "models"
@@ -31,8 +32,6 @@ WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random")
 CHECKPOINT_SOURCES = ("pip", "url", "file")
 ARCH_LIBRARIES = ("timm", "torchvision")
 CATEGORIES = ("supervised", "self-supervised", "in-domain", "domain-adapted", "random-init")
-TASK_TYPES = ("binary", "multiclass", "multilabel", "ordinal")
-METRICS = ("accuracy", "mean_per_class_accuracy", "roc_auc", "quadratic_kappa")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 # Where a model's batch-norm running statistics come from (see harness/zoo/batchnorm.py):
 # the checkpoint, the initialisation, or the target's training images.
@@ -369,7 +368,7 @@ def load_dataset_card_file(path: Path) -> DatasetCard:
         | {"label_policy", "primary_metric", "metrics", "fewshot", "pairing", "semi_synthetic"}
         | {"description", "obtain", "citation", "license"}
     )
-    task = fields.get("task", str, choices=TASK_TYPES)
+    task = fields.get("task", str, choices=TASKS)
     classes = _str_tuple(fields, "classes")
     if len(classes) < 2:
         raise CardError(f"{path}: field 'classes' must list at least 2 classes")

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from harness.config.vocabulary import interval_name
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.metrics import is_integer_valued
 from harness.protocols.registry import register_protocol
@@ -397,7 +398,7 @@ def run(
     evaluation_seconds = time.perf_counter() - started
 
     return ProtocolResult(
-        metrics={"accuracy": mean, "accuracy_ci95": ci95},
+        metrics={"accuracy": mean, interval_name("accuracy"): ci95},
         hyperparameters={"n_way": n_way},
         details={
             "pool": config.pool,

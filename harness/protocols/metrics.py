@@ -31,16 +31,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-TASKS = ("binary", "multiclass", "ordinal", "multilabel")
-
-METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
-    "accuracy": True,
-    "mean_per_class_accuracy": True,
-    "roc_auc": True,
-    "quadratic_kappa": True,
-}
-
-_MULTILABEL_METRICS = ("accuracy", "roc_auc")
+from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER, MULTILABEL_METRICS, TASKS
 
 
 def compute_metrics(
@@ -186,10 +177,10 @@ def check_metric_names(task: str, names: tuple[str, ...]) -> None:
             raise ValueError(
                 f"unknown metric {name!r}; expected one of {tuple(METRIC_HIGHER_IS_BETTER)}"
             )
-        if task == "multilabel" and name not in _MULTILABEL_METRICS:
+        if task == "multilabel" and name not in MULTILABEL_METRICS:
             raise ValueError(
                 f"metric {name!r} is not defined for multilabel tasks; "
-                f"use one of {_MULTILABEL_METRICS}"
+                f"use one of {MULTILABEL_METRICS}"
             )
 
 

@@ -17,17 +17,7 @@ from typing import Any
 
 import harness
 from harness.config.paths import PROJECT_ROOT
-
-# Distribution names as pip knows them, in the order reports list them.
-VERSIONED_PACKAGES = (
-    "torch",
-    "torchvision",
-    "timm",
-    "numpy",
-    "scikit-learn",
-    "scipy",
-    "pandas",
-)
+from harness.config.vocabulary import VERSIONED_PACKAGES
 
 _GIT_TIMEOUT_S = 10
 # Environment variables that choose which CPU kernels run (and so the last bits of every

@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness.baselines.expected import ExpectedFile
 from harness.cache import atomic
-from harness.config.cards import METRICS
+from harness.config.vocabulary import METRICS, interval_name, is_interval_name
 from harness.protocols.registry import discover
 from harness.records.results import BASE_COLUMNS, load_records, parse_timestamp
 from harness.report.tolerance import render_tolerances
@@ -55,9 +55,6 @@ _VERSION_ORDER = (
     "pandas",
     "cuda",
 )
-
-
-INTERVAL_SUFFIX = "_ci95"
 
 
 def _detail_prefixes() -> tuple[str, ...]:
@@ -275,7 +272,7 @@ def _leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
                 f"`{row['model']}`",
                 str(row["model_category"]),
                 _fmt_with_interval(
-                    row["primary_value"], row.get(f"metric_{row['primary_metric']}_ci95")
+                    row["primary_value"], row.get("metric_" + interval_name(row["primary_metric"]))
                 ),
                 *(_fmt(row.get(f"metric_{name}")) for name in others),
                 _fmt_hparams(row.get("hyperparameters")),
@@ -301,7 +298,7 @@ def _leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
 
 def _is_detail_metric(name: str) -> bool:
     """Per-transform invariance values and intervals get their own tables/cells."""
-    return name.startswith(_detail_prefixes()) or name.endswith(INTERVAL_SUFFIX)
+    return name.startswith(_detail_prefixes()) or is_interval_name(name)
 
 
 def _fmt_with_interval(value: Any, interval: Any) -> str:
