@@ -45,8 +45,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from harness.config.profiles import check_profile
 from harness.config.vocabulary import interval_name
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.inputs import check_split, require_single_label
 from harness.protocols.metrics import is_integer_valued
 from harness.protocols.registry import register_protocol
 
@@ -65,8 +67,6 @@ DEFAULT_MAX_WAY = 5
 
 # Upper bound on the float64 gathered features (episodes, W, S+Q, D) of one chunk.
 _CHUNK_BYTES = 128 * 2**20
-
-_PROFILES = ("smoke", "demo", "paper")
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,8 @@ class FewShotConfig:
         Raises:
             ValueError: On an unknown profile.
         """
-        if profile == "smoke":
-            return cls(n_shot=5, n_query=5, episodes=100)
-        if profile in ("demo", "paper"):
-            return cls()
-        raise ValueError(f"unknown profile {profile!r}; expected one of {_PROFILES}")
+        check_profile(profile)
+        return cls(n_shot=5, n_query=5, episodes=100) if profile == "smoke" else cls()
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-friendly dict.
@@ -443,31 +440,8 @@ def _small_message(small: list[tuple[int, int]], n_shot: int, n_query: int) -> s
 
 
 def _check_inputs(pool: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.ndarray]:
-    if task.task == "multilabel":
-        raise ValueError(
-            "few-shot (ProtoNet) needs single-label classes; multilabel tasks need a "
-            "many-to-one label policy first"
-        )
-    x = np.asarray(pool.features)
-    y = np.asarray(pool.labels)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"few-shot pool: features must be a non-empty (N, D) array, got {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise ValueError(f"few-shot pool: features must be real numbers, got {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
-        raise ValueError(f"few-shot pool: features contain NaN or inf ({bad} rows)")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"few-shot pool: labels must have shape ({x.shape[0]},), got {y.shape}")
-    if not is_integer_valued(y):
-        raise ValueError(f"few-shot pool: labels must be integer class ids, got {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= task.num_classes:
-        raise ValueError(
-            f"few-shot pool: labels must lie in [0, {task.num_classes}), "
-            f"got range [{y.min()}, {y.max()}]"
-        )
-    return x, y
+    require_single_label(task, "few-shot (ProtoNet)")
+    return check_split("few-shot pool", pool, task)
 
 
 @register_protocol(

@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.inputs import check_split
 from harness.protocols.metrics import (
     check_metric_names,
     compute_metrics_with_notes,
-    is_integer_valued,
 )
 from harness.protocols.registry import register_protocol
 
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
 
 VERSION = 1
-
-_PROFILES = ("smoke", "demo", "paper")
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,8 @@ class KnnConfig:
         Raises:
             ValueError: On an unknown profile.
         """
-        if profile in _PROFILES:
-            return cls()
-        raise ValueError(f"unknown profile {profile!r}; expected one of {_PROFILES}")
+        check_profile(profile)
+        return cls()
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-friendly dict (``ks`` as a list).
@@ -134,15 +132,9 @@ def run(
         ValueError: On malformed inputs; the message names the split at fault.
     """
     check_metric_names(task.task, (task.primary_metric, *task.metrics))
-    x_train, y_train = _check_split("train", train, task)
-    x_val, y_val = _check_split("val", val, task)
-    x_test, y_test = _check_split("test", test, task)
-    for name, x in (("val", x_val), ("test", x_test)):
-        if x.shape[1] != x_train.shape[1]:
-            raise ValueError(
-                f"{name} split: features have dimension {x.shape[1]}, "
-                f"but train has {x_train.shape[1]}"
-            )
+    x_train, y_train = check_split("train split", train, task)
+    x_val, y_val = check_split("val split", val, task, x_train.shape[1])
+    x_test, y_test = check_split("test split", test, task, x_train.shape[1])
     bank = np.concatenate([x_train, x_val])
     bank_labels = np.concatenate([y_train, y_val])
 
@@ -218,36 +210,6 @@ def knn_scores(
                 summed = votes[:, :kk].sum(dim=1)
                 out[k].append(summed / weights[:, :kk].sum(dim=1, keepdim=True))
     return {k: torch.cat(parts).numpy() for k, parts in out.items()}
-
-
-def _check_split(name: str, split: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(split.features)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} split: features must be a non-empty (N, D) array, got {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise ValueError(f"{name} split: features must be real numbers, got {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
-        raise ValueError(f"{name} split: features contain NaN or inf ({bad} rows)")
-    y = np.asarray(split.labels)
-    k = task.num_classes
-    if task.task == "multilabel":
-        if y.shape != (x.shape[0], k) or not np.all((y == 0) | (y == 1)):
-            raise ValueError(
-                f"{name} split: multilabel labels must be 0/1 of shape ({x.shape[0]}, {k}), "
-                f"got {y.shape}"
-            )
-        return x, y.astype(np.int64)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{name} split: labels must have shape ({x.shape[0]},), got {y.shape}")
-    if not is_integer_valued(y):
-        raise ValueError(f"{name} split: labels must be integer class ids, got {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= k:
-        raise ValueError(
-            f"{name} split: labels must lie in [0, {k}), got range [{y.min()}, {y.max()}]"
-        )
-    return x, y
 
 
 @register_protocol(

@@ -43,12 +43,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.inputs import check_split
 from harness.protocols.metrics import (
     check_metric_names,
     compute_metrics,
     compute_metrics_with_notes,
-    is_integer_valued,
 )
 from harness.protocols.registry import register_protocol
 
@@ -59,8 +60,6 @@ VERSION = 1
 
 # Validation scores this close count as a tie (guards against summation-order noise).
 _TIE_TOLERANCE = 1e-12
-
-_PROFILES = ("smoke", "demo", "paper")
 
 
 @dataclass(frozen=True)
@@ -130,11 +129,8 @@ class LinearConfig:
         Raises:
             ValueError: On an unknown profile.
         """
-        if profile == "smoke":
-            return cls(n_c=12)
-        if profile in ("demo", "paper"):
-            return cls(n_c=45)
-        raise ValueError(f"unknown profile {profile!r}; expected one of {_PROFILES}")
+        check_profile(profile)
+        return cls(n_c=12) if profile == "smoke" else cls(n_c=45)
 
     def grid(self) -> np.ndarray:
         """The C values in sweep order.
@@ -355,37 +351,17 @@ def _check_inputs(
     out: list[np.ndarray] = []
     n_features: int | None = None
     for name, split in (("train", train), ("val", val), ("test", test)):
-        x = np.asarray(split.features)
-        if x.ndim != 2:
-            raise ValueError(f"{name} split: features must be 2-D (N, D), got shape {x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} split is empty")
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise ValueError(f"{name} split: features must be real numbers, got {x.dtype}")
-        if not np.all(np.isfinite(x)):
-            bad = int(np.sum(~np.all(np.isfinite(x), axis=1)))
-            raise ValueError(f"{name} split: features contain NaN or inf ({bad} rows)")
-        if n_features is None:
-            n_features = x.shape[1]
-        elif x.shape[1] != n_features:
-            raise ValueError(
-                f"{name} split: features have dimension {x.shape[1]}, but train has {n_features}"
-            )
-        y = _check_labels(name, np.asarray(split.labels), x.shape[0], task)
+        x, y = check_split(f"{name} split", split, task, n_features)
+        n_features = x.shape[1]
+        _check_class_coverage(name, y, task)
         out += [np.ascontiguousarray(x, dtype=np.float64), y]
     return tuple(out)
 
 
-def _check_labels(name: str, y: np.ndarray, n: int, task: TaskInfo) -> np.ndarray:
+def _check_class_coverage(name: str, y: np.ndarray, task: TaskInfo) -> None:
+    """A probe must see every class in train, and every split needs two classes to score."""
     k = task.num_classes
     if task.task == "multilabel":
-        if y.shape != (n, k):
-            raise ValueError(
-                f"{name} split: multilabel labels must have shape ({n}, {k}), got {y.shape}"
-            )
-        if not np.all((y == 0) | (y == 1)):
-            raise ValueError(f"{name} split: multilabel labels must be 0/1")
-        y = y.astype(np.int64)
         constant = [j for j in range(k) if y[:, j].min() == y[:, j].max()]
         if name == "train" and constant:
             raise ValueError(
@@ -396,16 +372,7 @@ def _check_labels(name: str, y: np.ndarray, n: int, task: TaskInfo) -> np.ndarra
             raise ValueError(
                 f"{name} split has only one class in every label column; ROC AUC is undefined"
             )
-        return y
-    if y.shape != (n,):
-        raise ValueError(f"{name} split: labels must have shape ({n},), got {y.shape}")
-    if not is_integer_valued(y):
-        raise ValueError(f"{name} split: labels must be integer class ids, got {y.dtype}")
-    y = y.astype(np.int64)
-    if y.min() < 0 or y.max() >= k:
-        raise ValueError(
-            f"{name} split: labels must lie in [0, {k}), got range [{y.min()}, {y.max()}]"
-        )
+        return
     present = np.unique(y)
     if name == "train" and present.size < k:
         missing = sorted(set(range(k)) - set(present.tolist()))
@@ -414,7 +381,6 @@ def _check_labels(name: str, y: np.ndarray, n: int, task: TaskInfo) -> np.ndarra
         )
     if present.size < 2:
         raise ValueError(f"{name} split has only one class (class {present[0]})")
-    return y
 
 
 @register_protocol(
