@@ -60,15 +60,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else results_dir()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / f"{args.suite or 'all'}.md"
     title = args.title or f"medxfer report: {args.suite or 'all suites'}"
-    expected = None
+    baselines = None
     if args.suite:
-        from harness.baselines.expected import expected_path, load_expected
+        from harness.baselines.check import Baselines
         from harness.config.suites import load_suite
 
-        name = load_suite(args.suite).name
-        candidate = expected_path(name)
-        expected = load_expected(candidate, name) if candidate.is_file() else None
-    path = write_report(results, out, args.suite, title, expected)
+        baselines = Baselines(load_suite(args.suite).name)
+    path = write_report(results, out, args.suite, title, baselines)
     print(f"report written to {path}")
     return 0
 
@@ -127,7 +125,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from harness.baselines.compare import FailRule, compare_runs, format_table
 
     rules = [FailRule.parse(text) for text in args.fail]
-    table, broken = compare_runs(Path(args.run_a), Path(args.run_b), rules)
+    table, broken = compare_runs(
+        Path(args.run_a), Path(args.run_b), rules, fail_on_expected=args.fail_on_expected
+    )
     print(format_table(table))
     for message in broken:
         print(f"FAIL {message}", file=sys.stderr)
@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="METRIC:DELTA",
         help="fail when B is worse than A by more than DELTA (absolute, or N%%); METRIC may be 'primary'",
+    )
+    p_cmp.add_argument(
+        "--fail-on-expected",
+        action="store_true",
+        help="also fail when a case of B fails its expected-value check (the check pytest runs)",
     )
     p_cmp.set_defaults(func=_cmd_compare)
 

@@ -26,6 +26,7 @@ from harness.config.paths import CARDS_ENV
 from harness.records.runid import session_run_id
 
 if TYPE_CHECKING:
+    from harness.baselines.check import Baselines
     from harness.baselines.expected import ExpectedFile, ExpectedFileError
     from harness.config.suites import Case, Suite
     from harness.protocols.case import CaseRun
@@ -112,8 +113,7 @@ class MedxferSession:
         self.config = config
         self._suite: Suite | None = None
         self._cases: list[Case] | None = None
-        self._expected: ExpectedFile | ExpectedFileError | None = None
-        self._fallback: tuple[ExpectedFile | None] | None = None
+        self._baselines: Baselines | None = None
         self._markers_registered = False
         self.threads_shared = False
         self.merged: list[str] = []
@@ -171,38 +171,28 @@ class MedxferSession:
         return device_class(self.option("device"))
 
     @property
-    def expected_path(self) -> Path:
-        """The expected-value file the cases are checked against."""
-        from harness.baselines.expected import expected_path
+    def baselines(self) -> Baselines:
+        """The suite's expected values (``--medxfer-expected`` replaces the suite's files)."""
+        if self._baselines is None:
+            from harness.baselines.check import Baselines
 
-        option = self.option("expected")
-        return Path(option) if option else expected_path(self.suite.name, self.device_class)
+            option = self.option("expected")
+            self._baselines = Baselines(self.suite.name, Path(option) if option else None)
+        return self._baselines
+
+    @property
+    def expected_path(self) -> Path:
+        """The expected-value file the cases of this session's device class are checked against."""
+        return self.baselines.path_for(self.device_class)
 
     def expected(self) -> ExpectedFile | ExpectedFileError:
-        """The expected values, or the error that made them unreadable."""
-        if self._expected is None:
-            from harness.baselines.expected import ExpectedFileError, load_expected
+        """The expected values of this session's device class, or why they are unreadable."""
+        from harness.baselines.expected import ExpectedFileError
 
-            try:
-                self._expected = load_expected(self.expected_path, self.suite.name)
-            except ExpectedFileError as exc:
-                self._expected = exc
-        return self._expected
-
-    def fallback(self) -> ExpectedFile | None:
-        """The CPU values when running on another device class (used with a measured spread)."""
-        if self._fallback is None:
-            from harness.baselines.expected import ExpectedFileError, expected_path, load_expected
-
-            fallback = None
-            if self.device_class != "cpu" and not self.option("expected"):
-                path = expected_path(self.suite.name, "cpu")
-                try:
-                    fallback = load_expected(path, self.suite.name) if path.is_file() else None
-                except ExpectedFileError:
-                    fallback = None
-            self._fallback = (fallback,)
-        return self._fallback[0]
+        try:
+            return self.baselines.for_device(self.device_class)
+        except ExpectedFileError as exc:
+            return exc
 
     @property
     def results_dir(self) -> Path:
@@ -233,21 +223,17 @@ class MedxferSession:
 
     def check(self, node: pytest.Item, record: ResultRecord) -> None:
         """Check a stored record against the expected values; fail the test on a mismatch."""
-        from harness.baselines.expected import (
-            ExpectedFileError,
-            check_record,
-            entry_from_record,
-            write_obtained,
-        )
+        from harness.baselines.obtained import entry_from_record, write_obtained
 
-        expected = self.expected()
-        if isinstance(expected, ExpectedFileError):
-            pytest.fail(f"cannot check {record.case_id}: {expected}", pytrace=False)
         payload = record.to_dict()
-        outcome = check_record(payload, expected, self.fallback())
+        outcome = self.baselines.check(payload)
         node.user_properties.append(("medxfer_check", outcome.status))
+        if outcome.status == "error":
+            pytest.fail(outcome.message, pytrace=False)
         if outcome.ok and not self.option("regen-all"):
             return
+        expected = self.expected()
+        assert not isinstance(expected, Exception)  # the check above loaded it
         obtained = write_obtained(expected.path, entry_from_record(payload, outcome.expectation))
         if self.regenerating:
             node.user_properties.append(("medxfer_regenerated", record.case_id))
@@ -282,7 +268,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "markers", False):  # `pytest --markers` lists the protocols
         session.register_markers()
     if not hasattr(config, "workerinput") and session.regenerating:
-        from harness.baselines.expected import clear_obtained
+        from harness.baselines.obtained import clear_obtained
 
         clear_obtained(session.expected_path)
 
@@ -371,7 +357,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = medxfer_session(session.config)
     if hasattr(session.config, "workerinput") or not state.regenerating:
         return
-    from harness.baselines.expected import ExpectedFile, ExpectedFileError, merge_obtained
+    from harness.baselines.expected import ExpectedFile, ExpectedFileError
+    from harness.baselines.obtained import merge_obtained
 
     expected = state.expected()
     if isinstance(expected, ExpectedFileError):

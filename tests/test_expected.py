@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.baselines import check, obtained
 from harness.baselines import expected as ex
 from harness.baselines.calibrate import calibrated_entry, measure_cross_device
 from harness.baselines.compare import FailRule, compare_runs
@@ -64,13 +65,13 @@ def _write(path: Path, cases: dict[str, Any], suite: str = "demo", schema: int =
 
 def test_value_within_tolerance_passes(tmp_path: Path) -> None:
     file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
-    assert ex.check_record(_record(0.809), file).status == "pass"
-    assert ex.check_record(_record(0.79), file).status == "pass"
+    assert check.check_record(_record(0.809), file).status == "pass"
+    assert check.check_record(_record(0.79), file).status == "pass"
 
 
 def test_value_outside_tolerance_fails_with_a_readable_diff(tmp_path: Path) -> None:
     file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
-    outcome = ex.check_record(_record(0.85), file)
+    outcome = check.check_record(_record(0.85), file)
     assert outcome.status == "fail"
     text = outcome.message
     for piece in (CASE, "expected 0.8000", "measured 0.8500", "delta +0.0500", "tolerance 0.0100"):
@@ -81,7 +82,7 @@ def test_value_outside_tolerance_fails_with_a_readable_diff(tmp_path: Path) -> N
 def test_other_metrics_are_checked_too(tmp_path: Path) -> None:
     entry = _entry(others={"roc_auc": {"value": 0.95, "tolerance": 0.01}})
     file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: entry}), "demo")
-    outcome = ex.check_record(_record(0.80), file)
+    outcome = check.check_record(_record(0.80), file)
     assert (
         outcome.status == "fail" and "roc_auc: expected 0.9500, measured 0.9000" in outcome.message
     )
@@ -89,14 +90,14 @@ def test_other_metrics_are_checked_too(tmp_path: Path) -> None:
 
 def test_missing_entry_names_the_case_and_file(tmp_path: Path) -> None:
     file = ex.load_expected(_write(tmp_path / "demo.yaml", {}), "demo")
-    outcome = ex.check_record(_record(), file)
+    outcome = check.check_record(_record(), file)
     assert outcome.status == "missing"
     assert CASE in outcome.message and "demo.yaml" in outcome.message
 
 
 def test_protocol_version_bump_makes_the_entry_stale(tmp_path: Path) -> None:
     file = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
-    outcome = ex.check_record(_record(0.80, protocol_version=2), file)
+    outcome = check.check_record(_record(0.80, protocol_version=2), file)
     assert outcome.status == "stale"
     assert "calibrated for linear v1, running v2" in outcome.message
 
@@ -157,24 +158,26 @@ def test_tolerance_components_are_measured_from_seed_and_kernel_runs() -> None:
 
 
 def test_regenerated_entry_keeps_the_previous_tolerance_and_uses_protocol_interval() -> None:
-    previous = ex._parse_entry(CASE, _entry(tolerance=0.02), "x")
-    entry = ex.entry_from_record(_record(0.7), previous)
+    previous = ex.parse_entry(CASE, _entry(tolerance=0.02), "x")
+    entry = obtained.entry_from_record(_record(0.7), previous)
     assert entry.value == 0.7 and entry.tolerance == 0.02
     assert entry.source["kind"] == "regenerated"
-    fresh = ex.entry_from_record(_record(0.7, accuracy_ci95=0.031), None)
+    fresh = obtained.entry_from_record(_record(0.7, accuracy_ci95=0.031), None)
     assert fresh.tolerance == pytest.approx(0.031)
 
 
 def test_obtained_files_merge_into_the_expected_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "demo.yaml", {CASE: _entry()})
     file = ex.load_expected(path, "demo")
-    obtained = ex.write_obtained(path, ex.entry_from_record(_record(0.9), file.entries[CASE]))
-    assert obtained.parent.name == "demo.yaml.obtained"
-    assert ex.merge_obtained(file) == [CASE]
+    written = obtained.write_obtained(
+        path, obtained.entry_from_record(_record(0.9), file.entries[CASE])
+    )
+    assert written.parent.name == "demo.yaml.obtained"
+    assert obtained.merge_obtained(file) == [CASE]
     reloaded = ex.load_expected(path, "demo")
     assert reloaded.entries[CASE].value == 0.9
-    assert not list(obtained.parent.glob("*.yaml"))
-    assert ex.check_record(_record(0.9), reloaded).status == "pass"
+    assert not list(written.parent.glob("*.yaml"))
+    assert check.check_record(_record(0.9), reloaded).status == "pass"
 
 
 def test_calibrated_entry_uses_mean_and_spread_across_seeds() -> None:
@@ -195,7 +198,7 @@ def test_calibrated_entry_covers_the_kernel_runs_and_writes_its_components() -> 
     parts = entry.tolerance_components
     assert parts["seed_std"] == 0 and parts["extraction_runs"] == 3
     assert entry.tolerance >= 0.04  # the kernel run that moved passes its own check
-    assert ex.check_record(_record(0.76), _file_with(entry)).status == "pass"
+    assert check.check_record(_record(0.76), _file_with(entry)).status == "pass"
     assert entry.source["kernel_runs"] == {"onednn-sse41": 0.76, "aten-default": 0.8}
     assert "tolerance_components" in entry.to_yaml_dict()
 
@@ -216,20 +219,56 @@ def _file_with(entry: ex.Expectation, device: str = "cpu") -> ex.ExpectedFile:
     return ex.ExpectedFile(Path("demo.yaml"), "demo", {entry.case_id: entry}, device)
 
 
-def _store(results: Path, value: float, device: str = "cpu") -> None:
+def _store(
+    results: Path, value: float, device: str = "cpu", suite: str = "demo", roc_auc: float = 0.9
+) -> None:
     record = ResultRecord(
         case_id=CASE,
-        suite="demo",
+        suite=suite,
         profile="demo",
         model=ModelInfo("mobilenet_v2.random", "random-init", "mobilenet_v2", "random"),
         dataset=DatasetInfo("demo_modality", 1, "multiclass", "accuracy"),
         protocol=ProtocolInfo("linear", 1),
-        metrics={"accuracy": value, "roc_auc": 0.9},
+        metrics={"accuracy": value, "roc_auc": roc_auc},
         primary_metric="accuracy",
         primary_value=value,
         details={"device_class": device},
     )
     store(record, results)
+
+
+def test_pytest_report_and_compare_give_one_verdict_per_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case failing only on a secondary metric fails in all three, through one check."""
+    from harness.records.results import load_record, load_records
+    from harness.report.build import render_report
+
+    cards = tmp_path / "cards"
+    (cards / "suites").mkdir(parents=True)
+    (cards / "suites" / "mine.yaml").write_text("name: mine\n")
+    (cards / "expected").mkdir()
+    others = {"roc_auc": {"value": 0.9, "tolerance": 0.01}}
+    _write(cards / "expected" / "mine.yaml", {CASE: _entry(others=others)}, suite="mine")
+    monkeypatch.setenv("MEDXFER_CARDS", str(cards))
+    _store(tmp_path / "a", 0.80, suite="mine")
+    _store(tmp_path / "b", 0.80, suite="mine", roc_auc=0.85)  # primary still matches
+
+    baselines = check.Baselines("mine")
+    assert baselines.path_for("cpu") == cards / "expected" / "mine.yaml"
+    (path_b,) = load_records(tmp_path / "b")["path"]
+    verdict = baselines.check(load_record(Path(path_b)).to_dict())  # what pytest runs
+    assert verdict.status == "fail"
+    assert "roc_auc: expected 0.9000, measured 0.8500" in verdict.message
+
+    table, broken = compare_runs(tmp_path / "a", tmp_path / "b", [], fail_on_expected=True)
+    assert table[["check_a", "check_b"]].values.tolist() == [["pass", "fail"]]
+    assert broken == [f"{CASE}: run B fails its expected-value check"]
+    assert compare_runs(tmp_path / "a", tmp_path / "b", [])[1] == []  # opt-in
+
+    report = render_report(load_records(tmp_path / "b"), "t", "mine", baselines)
+    (row,) = [line for line in report.splitlines() if line.startswith(f"| `{CASE}`")]
+    assert row.split("|")[6].strip() == "FAIL"
 
 
 def test_compare_fails_only_on_a_regression_beyond_the_rule(tmp_path: Path) -> None:
@@ -263,10 +302,10 @@ def test_a_gpu_run_is_never_silently_checked_against_cpu_values(tmp_path: Path) 
     assert cpu.device == "cpu" and cpu.entries[CASE].device == "cpu"
     cuda = ex.load_expected(tmp_path / "demo.cuda.yaml", "demo")
     assert cuda.device == "cuda" and not cuda.entries
-    outcome = ex.check_record(_record(0.80, device="cuda"), cuda, fallback=cpu)
+    outcome = check.check_record(_record(0.80, device="cuda"), cuda, fallback=cpu)
     assert outcome.status == "device" and not outcome.ok
     assert "ran on cuda" in outcome.message and "calibrated on cpu" in outcome.message
-    assert ex.check_record(_record(0.80, device="cuda"), cpu).status == "device"
+    assert check.check_record(_record(0.80, device="cuda"), cpu).status == "device"
 
 
 def test_a_measured_cross_device_spread_widens_the_tolerance_and_says_so(tmp_path: Path) -> None:
@@ -283,12 +322,12 @@ def test_a_measured_cross_device_spread_widens_the_tolerance_and_says_so(tmp_pat
         )
     )
     cpu = ex.load_expected(path, "demo")
-    outcome = ex.check_record(
+    outcome = check.check_record(
         _record(0.825, device="cuda"), ex.ExpectedFile(Path("x"), "demo", device="cuda"), cpu
     )
     assert outcome.status == "pass"
     assert "tolerance 0.0300" in outcome.message and "widened" in outcome.message
-    assert ex.check_record(_record(0.835, device="cuda"), cpu).status == "fail"
+    assert check.check_record(_record(0.835, device="cuda"), cpu).status == "fail"
 
 
 def test_entries_calibrated_on_the_runs_device_are_used_first(tmp_path: Path) -> None:
@@ -301,7 +340,7 @@ def test_entries_calibrated_on_the_runs_device_are_used_first(tmp_path: Path) ->
     )
     cuda = ex.load_expected(path, "demo")
     cpu = ex.load_expected(_write(tmp_path / "demo.yaml", {CASE: _entry()}), "demo")
-    assert ex.check_record(_record(0.70, device="cuda"), cuda, fallback=cpu).status == "pass"
+    assert check.check_record(_record(0.70, device="cuda"), cuda, fallback=cpu).status == "pass"
     assert ex.expected_path("demo", "cuda").name == "demo.cuda.yaml"
     assert ex.expected_path("demo").name == "demo.yaml"
 

@@ -247,6 +247,7 @@ def test_write_report(results: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Path) -> None:
+    from harness.baselines import check
     from harness.baselines import expected as ex
 
     source = {"kind": "published", "repository": "r", "commit": "c", "file": "f", "row": "x"}
@@ -275,7 +276,8 @@ def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Pa
                     details={"device_class": "cuda"}),
         results,
     )  # fmt: skip
-    text = render_report(load_records(results), "t", "demo", expected)
+    baselines = check.Baselines("demo", files={"cpu": expected})
+    text = render_report(load_records(results), "t", "demo", baselines)
     rows = {
         line.split("|")[1].strip().strip("`"): [cell.strip() for cell in line.split("|")[1:-1]]
         for line in text.splitlines()
@@ -286,7 +288,7 @@ def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Pa
         path = frame.loc[frame["case_id"] == case, "path"].iloc[-1]
         from harness.records.results import load_record
 
-        outcome = ex.check_record(load_record(Path(path)).to_dict(), expected)
+        outcome = baselines.check(load_record(Path(path)).to_dict())
         assert row[5] == {"fail": "FAIL", "device": "other device"}.get(
             outcome.status, outcome.status
         ), case

@@ -42,15 +42,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.baselines.check import record_device
 from harness.baselines.expected import (
     Expectation,
     ExpectedFile,
     MetricExpectation,
-    entry_from_record,
     expected_path,
-    interval_of,
     load_expected,
-    record_device,
+)
+from harness.baselines.obtained import (
+    entry_from_record,
+    interval_of,
     regenerated_source,
     resolution_of,
 )

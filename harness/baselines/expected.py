@@ -41,9 +41,7 @@ with CPU values. Schema 1 files (no device) are read as CPU files.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,6 @@ import yaml
 from harness.baselines.tolerance import TOLERANCE_RULE
 from harness.cache.atomic import write_text
 from harness.config.paths import PROJECT_ROOT, user_card_folders
-from harness.config.vocabulary import interval_name
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -214,7 +211,8 @@ def _int(raw: dict[str, Any], where: str, key: str) -> int:
     return value
 
 
-def _parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expectation:
+def parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expectation:
+    """Parse one case's entry of an expected file (``where`` names it in errors)."""
     if not isinstance(raw, dict):
         raise ExpectedFileError(f"{where}: entry must be a mapping")
     allowed = {"profile", "protocol_version", "dataset_version", "metric", "value", "tolerance"}
@@ -300,7 +298,7 @@ def load_expected(path: Path, suite: str) -> ExpectedFile:
     if not isinstance(cases, dict):
         raise ExpectedFileError(f"{path}: 'cases' must be a mapping of case id to entry")
     entries = {
-        str(cid): _parse_entry(str(cid), entry, f"{path}: case {cid}", device)
+        str(cid): parse_entry(str(cid), entry, f"{path}: case {cid}", device)
         for cid, entry in cases.items()
     }
     return ExpectedFile(path, suite, entries, device, cross_device)
@@ -311,241 +309,3 @@ def _device_of(path: Path, suite: str) -> str:
     stem = path.name.removesuffix(".yaml")
     tail = stem.removeprefix(f"{suite}.") if stem != suite else "cpu"
     return tail if tail in DEVICE_CLASSES else "cpu"
-
-
-# --------------------------------------------------------------------------- checking
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    """The result of checking one record against its expectation."""
-
-    status: str  # pass | fail | missing | stale | error
-    message: str
-    expectation: Expectation | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the case passes."""
-        return self.status == "pass"
-
-
-def record_device(record: dict[str, Any]) -> str:
-    """The device class a record was measured on (``details.device_class``; CPU if absent)."""
-    return str((record.get("details") or {}).get("device_class") or "cpu")
-
-
-def check_record(
-    record: dict[str, Any], expected: ExpectedFile, fallback: ExpectedFile | None = None
-) -> CheckOutcome:
-    """Check a result record (as a dict) against the suite's expected values.
-
-    Args:
-        record: The record.
-        expected: The expected values of the record's device class.
-        fallback: Expected values of another device class, used for a case ``expected``
-            lacks only where ``fallback`` holds a measured cross-device spread.
-
-    Returns:
-        The outcome: ``pass``, ``fail``, ``missing``, ``stale`` or ``device`` (only
-        another device class's value exists and no cross-device spread was measured).
-    """
-    case_id = record["case_id"]
-    measured = record["primary_value"]
-    device = record_device(record)
-    source = expected
-    entry = expected.entries.get(case_id)
-    if entry is None and fallback is not None and case_id in fallback.entries:
-        source, entry = fallback, fallback.entries[case_id]
-    if entry is None:
-        return CheckOutcome(
-            "missing",
-            f"no expected value for case {case_id} in {expected.path}; measured "
-            f"{record['primary_metric']} = {_fmt(measured)}",
-        )
-    stale = _stale_reason(record, entry)
-    if stale:
-        return CheckOutcome("stale", f"expected entry for {case_id} is stale: {stale}", entry)
-    widen, note = 0.0, ""
-    if entry.device != device:
-        spread = source.cross_device_spread(device, record["protocol"]["name"])
-        if spread is None:
-            return CheckOutcome(
-                "device",
-                f"{case_id} ran on {device}, but its expected value was calibrated on "
-                f"{entry.device} ({source.path}) and no {entry.device}->{device} spread has "
-                f"been measured: calibrate on {device} (medxfer calibrate {source.suite}) or "
-                f"run on {entry.device} (--medxfer-device {entry.device})",
-                entry,
-            )
-        widen = spread
-        note = (
-            f"  calibrated on {entry.device}: tolerances widened by the measured "
-            f"{entry.device}->{device} spread {spread:.4f}"
-        )
-    lines = []
-    checks = [(entry.metric, entry.value, entry.tolerance)]
-    checks += [(name, m.value, m.tolerance) for name, m in entry.others.items()]
-    failed = False
-    for metric, value, tolerance in checks:
-        tolerance += widen
-        got = record["metrics"].get(metric)
-        if got is None or (isinstance(got, float) and math.isnan(got)):
-            failed = True
-            lines.append(f"  {metric}: expected {_fmt(value)}, measured nothing")
-            continue
-        delta = got - value
-        bad = abs(delta) > tolerance + 1e-12
-        failed |= bad
-        mark = "FAIL" if bad else "ok"
-        lines.append(
-            f"  {metric}: expected {_fmt(value)}, measured {_fmt(got)}, delta {delta:+.4f}, "
-            f"tolerance {tolerance:.4f}  [{mark}]"
-        )
-    head = f"{case_id} {'differs from' if failed else 'matches'} its expected value"
-    tail = f"  source: {entry.source_summary()} ({source.path})"
-    body = "\n".join([head, *lines, *([note] if note else []), tail])
-    return CheckOutcome("fail" if failed else "pass", body, entry)
-
-
-def _stale_reason(record: dict[str, Any], entry: Expectation) -> str:
-    reasons = []
-    if record["profile"] != entry.profile:
-        reasons.append(f"calibrated for profile {entry.profile}, running {record['profile']}")
-    protocol = record["protocol"]
-    if protocol["version"] != entry.protocol_version:
-        reasons.append(
-            f"calibrated for {protocol['name']} v{entry.protocol_version}, running v{protocol['version']}"
-        )
-    if record["dataset"]["version"] != entry.dataset_version:
-        reasons.append(
-            f"calibrated for dataset v{entry.dataset_version}, running v{record['dataset']['version']}"
-        )
-    if record["primary_metric"] != entry.metric:
-        reasons.append(f"expects metric {entry.metric}, case reports {record['primary_metric']}")
-    return "; ".join(reasons)
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4f}"
-
-
-# --------------------------------------------------------------------------- obtained / regen
-
-
-def resolution_of(record: dict[str, Any], metric: str) -> float:
-    """What one test image's prediction can change in a metric (0 when not recorded)."""
-    notes = (record.get("details") or {}).get("metric_notes") or {}
-    value = (notes.get("resolution") or {}).get(metric)
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def interval_of(record: dict[str, Any], metric: str) -> float | None:
-    """Return the protocol's own interval for a metric (e.g. few-shot's 95% CI), if any."""
-    value = record["metrics"].get(interval_name(metric))
-    return float(value) if isinstance(value, int | float) else None
-
-
-def entry_from_record(
-    record: dict[str, Any],
-    previous: Expectation | None,
-    source: dict[str, Any] | None = None,
-    tolerance: float | None = None,
-) -> Expectation:
-    """Build an expected entry from a measured record.
-
-    The tolerance is, in order: the one given, the previous entry's, or the rule's
-    value for a single run (the protocol interval or the floor).
-    """
-    metric = record["primary_metric"]
-    device = record_device(record)
-    components = previous.tolerance_components if previous is not None else {}
-    if tolerance is None:
-        if previous is not None and previous.metric == metric and previous.device == device:
-            tolerance = previous.tolerance
-        else:
-            interval = interval_of(record, metric)
-            resolution = resolution_of(record, metric)
-            tolerance = TOLERANCE_RULE.tolerance(0.0, interval, resolution=resolution)
-            components = {
-                "rule": TOLERANCE_RULE.describe(),
-                "seeds": 1,
-                "extraction_runs": 0,
-                "resolution": round(resolution, 6),
-                "interval": interval,
-                "floor": TOLERANCE_RULE.floor,
-                "tolerance": tolerance,
-                "note": "one run: no spread measured (medxfer calibrate measures it)",
-            }
-    return Expectation(
-        case_id=record["case_id"],
-        device=device,
-        tolerance_components=components,
-        profile=record["profile"],
-        protocol_version=int(record["protocol"]["version"]),
-        dataset_version=int(record["dataset"]["version"]),
-        metric=metric,
-        value=round(float(record["primary_value"]), 6),
-        tolerance=tolerance,
-        source=source or regenerated_source(record),
-    )
-
-
-def regenerated_source(record: dict[str, Any], seeds: int = 1) -> dict[str, Any]:
-    """Provenance of an entry taken from one measured record."""
-    hardware = record.get("hardware", {})
-    return {
-        "kind": "regenerated" if seeds == 1 else "calibration",
-        "hardware": _hardware_text(hardware),
-        "seeds": seeds,
-        "versions": {
-            k: v
-            for k, v in record.get("versions", {}).items()
-            if k in ("torch", "timm", "scikit-learn", "numpy", "medxfer")
-        },
-        "commit": (record.get("git") or {}).get("commit"),
-        "date": dt.date.today().isoformat(),
-        "rule": TOLERANCE_RULE.describe(),
-    }
-
-
-def _hardware_text(hardware: dict[str, Any]) -> str:
-    cpu = hardware.get("cpu_model") or hardware.get("processor") or hardware.get("machine") or "cpu"
-    if hardware.get("cpu_capability"):
-        cpu = f"{cpu} ({hardware['cpu_capability']})"
-    gpu = hardware.get("cuda_device")
-    return f"{hardware.get('cpu_count', '?')}x {cpu}" + (f" + {gpu}" if gpu else "")
-
-
-def _safe_name(case_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]", "_", case_id.replace("/", "__"))
-
-
-def write_obtained(path: Path, entry: Expectation) -> Path:
-    """Write one case's obtained entry beside the expected file (atomic, one file per case)."""
-    target = obtained_dir(path) / f"{_safe_name(entry.case_id)}.yaml"
-    write_text(target, yaml.safe_dump({entry.case_id: entry.to_yaml_dict()}, sort_keys=False))
-    return target
-
-
-def merge_obtained(expected: ExpectedFile) -> list[str]:
-    """Merge every obtained entry into the expected file, save it, and return the case ids."""
-    folder = obtained_dir(expected.path)
-    merged = []
-    for path in sorted(folder.glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        for case_id, entry in raw.items():
-            expected.entries[case_id] = _parse_entry(case_id, entry, str(path), expected.device)
-            merged.append(case_id)
-        path.unlink()
-    if merged:
-        expected.save()
-    return merged
-
-
-def clear_obtained(path: Path) -> None:
-    """Remove obtained entries left by an earlier session."""
-    folder = obtained_dir(path)
-    if folder.is_dir():
-        for stale in folder.glob("*"):
-            stale.unlink()

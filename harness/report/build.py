@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.baselines.expected import ExpectedFile
+from harness.baselines.check import Baselines
 from harness.cache import atomic
 from harness.config.vocabulary import METRICS, interval_name, is_interval_name
 from harness.protocols.registry import discover
@@ -72,7 +72,7 @@ class ReportError(RuntimeError):
 
 
 def render_report(
-    df: pd.DataFrame, title: str, suite: str | None = None, expected: ExpectedFile | None = None
+    df: pd.DataFrame, title: str, suite: str | None = None, baselines: Baselines | None = None
 ) -> str:
     """Render result records as a markdown report.
 
@@ -82,7 +82,7 @@ def render_report(
             suites), the newest one is used.
         title: the report's title (first heading).
         suite: report only this suite; None reports every suite in ``df``.
-        expected: the suite's expected values; adds the reproducibility section.
+        baselines: the suite's expected values; adds the reproducibility section.
 
     Returns:
         The markdown text, ending with a newline.
@@ -101,8 +101,8 @@ def render_report(
     invariance = _invariance_tables(frame)
     if invariance:
         sections.append(invariance)
-    if expected is not None:
-        sections.append(render_tolerances(frame, expected, _table))
+    if baselines is not None:
+        sections.append(render_tolerances(frame, baselines, _table))
     sections.append(_provenance(frame))
     return "\n\n".join(section.rstrip("\n") for section in sections) + "\n"
 
@@ -112,7 +112,7 @@ def write_report(
     out: Path,
     suite: str | None,
     title: str,
-    expected: ExpectedFile | None = None,
+    baselines: Baselines | None = None,
 ) -> Path:
     """Load the newest record of every case, render the report and write it atomically.
 
@@ -121,7 +121,7 @@ def write_report(
         out: the markdown file to write.
         suite: report only this suite; None reports every suite.
         title: the report's title.
-        expected: the suite's expected values (adds the reproducibility section).
+        baselines: the suite's expected values (adds the reproducibility section).
 
     Returns:
         ``out``.
@@ -139,7 +139,7 @@ def write_report(
             f"no result records under {results_dir} for suite {suite}: "
             f"run pytest benchmarks --suite {suite} first"
         )
-    text = render_report(frame, title, suite, expected)
+    text = render_report(frame, title, suite, baselines)
     atomic.write_text(Path(out), text)
     return Path(out)
 

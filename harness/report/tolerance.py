@@ -8,42 +8,46 @@ from typing import Any
 
 import pandas as pd
 
-from harness.baselines.expected import ExpectedFile, check_record
+from harness.baselines.check import Baselines, record_device
+from harness.baselines.expected import ExpectedFile, ExpectedFileError
 from harness.records.results import load_record
 
 _STATUS_TEXT = {"fail": "FAIL", "device": "other device"}
 
 
-def render_tolerances(frame: pd.DataFrame, expected: ExpectedFile, table: Any) -> str:
+def render_tolerances(frame: pd.DataFrame, baselines: Baselines, table: Any) -> str:
     """Return the markdown of the tolerance table and the per-protocol spread of the calibration.
 
-    Every row is :func:`harness.baselines.expected.check_record` on the case's newest record, so the
-    report says what pytest said (secondary metrics, versions and device class included).
+    Every row is :meth:`harness.baselines.check.Baselines.check` on the case's newest
+    record, the check pytest runs, so the report says what pytest said (secondary
+    metrics, versions and device class included).
 
     Args:
         frame: the newest record per case (as prepared by the report).
-        expected: the suite's expected values.
+        baselines: the suite's expected values.
         table: the report's markdown table renderer ``(headers, rows, right_aligned)``.
     """
+    records = [load_record(Path(path)).to_dict() for path in frame.sort_values("case_id")["path"]]
+    files = _files_used(baselines, {record_device(record) for record in records})
+    used = ", ".join(f"`{file.path.name}` (calibrated on {file.device})" for file in files)
     parts = [
         "## Reproducibility",
-        f"Each case against its expected value in `{expected.path.name}` "
-        f"(calibrated on {expected.device}; pass when |measured − expected| ≤ tolerance for "
-        "the primary and every other checked metric; see `harness/baselines/expected.py` and "
-        "`docs/reproducibility.md`).",
+        f"Each case against its expected value in {used or 'no expected file'}: pass when "
+        "|measured − expected| ≤ tolerance for the primary and every other checked metric "
+        "(see `harness/baselines/check.py` and `docs/reproducibility.md`).",
     ]
     rows = []
-    for record in frame.sort_values("case_id").itertuples():
-        outcome = check_record(load_record(Path(record.path)).to_dict(), expected)
+    for record in records:
+        outcome = baselines.check(record)
         entry = outcome.expectation
-        measured = float(record.primary_value)
+        measured = float(record["primary_value"])
         status = _STATUS_TEXT.get(outcome.status, outcome.status)
         if entry is None:
-            rows.append([f"`{record.case_id}`", "—", "—", f"{measured:.4f}", "—", status, "—"])
+            rows.append([f"`{record['case_id']}`", "—", "—", f"{measured:.4f}", "—", status, "—"])
             continue
         rows.append(
             [
-                f"`{record.case_id}`",
+                f"`{record['case_id']}`",
                 f"{entry.value:.4f}",
                 f"{entry.tolerance:.4f}",
                 f"{measured:.4f}",
@@ -54,13 +58,28 @@ def render_tolerances(frame: pd.DataFrame, expected: ExpectedFile, table: Any) -
         )
     headers = ["case", "expected", "tolerance", "measured", "delta", "status", "source"]
     parts.append(table(headers, rows, {1, 2, 3, 4}))
-    parts.append(_spread(expected, table))
+    parts += [_spread(file, table) for file in files] or [_spread(None, table)]
     return "\n\n".join(parts)
 
 
-def _spread(expected: ExpectedFile, table: Any) -> str:
+def _files_used(baselines: Baselines, devices: set[str]) -> list[ExpectedFile]:
+    """The readable expected files that apply to records of these device classes."""
+    files: dict[Path, ExpectedFile] = {}
+    for device in sorted(devices or {"cpu"}):
+        for source in (device, "cpu"):
+            try:
+                file = baselines.for_device(source)
+            except ExpectedFileError:
+                continue
+            if file.entries:
+                files.setdefault(file.path, file)
+                break
+    return list(files.values())
+
+
+def _spread(expected: ExpectedFile | None, table: Any) -> str:
     by_protocol: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for case_id, entry in expected.entries.items():
+    for case_id, entry in (expected.entries if expected else {}).items():
         if entry.source.get("kind") != "calibration":
             continue
         components = dict(entry.tolerance_components)
@@ -88,7 +107,7 @@ def _spread(expected: ExpectedFile, table: Any) -> str:
         )
     heading = (
         "Spread of the primary metric across calibration seeds and across fresh-cache runs "
-        "under other CPU kernels, per protocol:"
+        f"under other CPU kernels, per protocol (`{expected.path.name}`):"
     )
     headers = [
         "protocol",
