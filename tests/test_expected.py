@@ -241,7 +241,8 @@ def test_pytest_report_and_compare_give_one_verdict_per_case(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A case failing only on a secondary metric fails in all three, through one check."""
-    from harness.records.results import load_record, load_records
+    from harness.records.results import load_record
+    from harness.records.table import load_records
     from harness.report.build import render_report
 
     cards = tmp_path / "cards"

@@ -8,17 +8,16 @@ import math
 import numpy as np
 import pytest
 
+from harness.protocols import episodes as episode_module
 from harness.protocols import fewshot
 from harness.protocols.base import SplitFeatures, TaskInfo
-from harness.protocols.fewshot import (
-    FewShotConfig,
+from harness.protocols.episodes import (
     episode_accuracies,
-    make_pool,
     predict_episodes,
-    run,
     sample_episodes,
     summarize,
 )
+from harness.protocols.fewshot import FewShotConfig, make_pool, run
 
 MULTICLASS = TaskInfo("multiclass", 5, "accuracy", ("accuracy", "roc_auc"))
 
@@ -133,7 +132,7 @@ def test_chunking_does_not_change_predictions(monkeypatch: pytest.MonkeyPatch) -
     pool = _blobs(seed=1, spread=0.3)
     episodes = sample_episodes(pool.labels, 5, 4, 6, 50, seed=0)
     whole = predict_episodes(pool.features, episodes, 4)
-    monkeypatch.setattr(fewshot, "_CHUNK_BYTES", 1)  # one episode per chunk
+    monkeypatch.setattr(episode_module, "_CHUNK_BYTES", 1)  # one episode per chunk
     assert np.array_equal(predict_episodes(pool.features, episodes, 4), whole)
 
 

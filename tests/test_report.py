@@ -14,9 +14,9 @@ from harness.records.results import (
     ModelInfo,
     ProtocolInfo,
     ResultRecord,
-    load_records,
     store,
 )
+from harness.records.table import load_records
 from harness.report.build import ReportError, render_report, write_report
 
 MODELS = {

@@ -22,10 +22,10 @@ from harness.records.results import (
     RecordError,
     ResultRecord,
     load_record,
-    load_records,
     new_run_id,
     store,
 )
+from harness.records.table import load_records
 
 
 def make_record(

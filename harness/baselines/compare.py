@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 
 from harness.baselines.check import Baselines
-from harness.records.results import load_record, load_records
+from harness.records.results import load_record
+from harness.records.table import load_records
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,23 @@ class ProfileConfig(Protocol):
 
 
 @dataclass(frozen=True)
+class DetailTable:
+    """A report table of a protocol's per-item metrics, one row per model and dataset.
+
+    Attributes:
+        prefix: Metrics named ``<prefix><item>`` become the table's columns (``<item>``).
+        title: The section heading.
+        caption: One paragraph saying what the values mean.
+        summary_header: Header of the last column, the case's primary value.
+    """
+
+    prefix: str
+    title: str
+    caption: str = ""
+    summary_header: str = "primary value"
+
+
+@dataclass(frozen=True)
 class ProtocolSpec:
     """One registered protocol.
 
@@ -73,7 +90,9 @@ class ProtocolSpec:
             pytest-xdist worker and its feature cache) or ``images`` (the protocol runs
             the backbone itself, e.g. fine-tuning: cases spread over workers freely).
         detail_metric_prefixes: Metrics starting with these are per-item details (e.g.
-            per-transform values): the report gives them their own table.
+            per-transform values): the leaderboards leave them out.
+        detail_tables: The report's tables of per-item details, one section each (their
+            prefixes count as detail prefixes too).
         configure: Builds the config from the case instead of ``config.for_profile``
             (e.g. from the dataset card).
         module: The module that registered it.
@@ -88,6 +107,7 @@ class ProtocolSpec:
     display: Display = "leaderboard"
     needs: Needs = "features"
     detail_metric_prefixes: tuple[str, ...] = ()
+    detail_tables: tuple[DetailTable, ...] = ()
     configure: Callable[[Any], Any] | None = None
     module: str = field(default="", compare=False)
 
@@ -112,6 +132,7 @@ def register_protocol(
     display: Display = "leaderboard",
     needs: Needs = "features",
     detail_metric_prefixes: tuple[str, ...] = (),
+    detail_tables: tuple[DetailTable, ...] = (),
     configure: Callable[[Any], Any] | None = None,
 ) -> Callable[[Callable[[Any, Any], ProtocolResult]], Callable[[Any, Any], ProtocolResult]]:
     """Decorator registering ``run_case`` as protocol ``name`` (see :class:`ProtocolSpec`).
@@ -141,7 +162,8 @@ def register_protocol(
             primary_metric,
             display,
             needs,
-            tuple(detail_metric_prefixes),
+            tuple(dict.fromkeys([*detail_metric_prefixes, *(t.prefix for t in detail_tables)])),
+            tuple(detail_tables),
             configure,
             fn.__module__,
         )

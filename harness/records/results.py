@@ -1,9 +1,9 @@
-"""Result records: a versioned schema, an atomic per-case store, and loading into pandas.
+"""Result records: a versioned schema and an atomic per-case store.
 
 Every benchmark case run writes one JSON record to
 ``<results_dir>/<suite>/<case_id with '/' -> '__'>/<timestamp>-<run_id>.json``. A
 record is never overwritten: re-running a case adds a file, and readers pick the
-newest one. Files are written to a temporary name and renamed
+newest one (:mod:`harness.records.table` loads them into pandas). Files are written to a temporary name and renamed
 (:mod:`harness.cache.atomic`), so a crash leaves either the whole record or nothing.
 """
 
@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from harness.cache import atomic
 from harness.records.provenance import collect_provenance
@@ -28,37 +25,6 @@ if TYPE_CHECKING:
     from harness.config.cards import DatasetCard, ModelCard
 
 SCHEMA_VERSION = 1
-
-# Columns of load_records() that exist even when no record was found; one
-# ``metric_<name>`` column per metric seen is inserted after ``primary_value``.
-BASE_COLUMNS = (
-    "case_id",
-    "suite",
-    "profile",
-    "model",
-    "model_category",
-    "random_twin_of",
-    "dataset",
-    "dataset_version",
-    "semi_synthetic",
-    "protocol",
-    "protocol_version",
-    "primary_metric",
-    "primary_value",
-    "hyperparameters",
-    "extraction_s",
-    "protocol_s",
-    "total_s",
-    "feature_cache_hits",
-    "feature_cache_misses",
-    "timestamp",
-    "run_id",
-    "git_commit",
-    "git_dirty",
-    "versions",
-    "hardware",
-    "path",
-)
 
 _REQUIRED = (
     "case_id",
@@ -417,91 +383,3 @@ def load_record(path: Path) -> ResultRecord:
     except json.JSONDecodeError as exc:
         raise RecordError(f"{path}: not valid JSON ({exc}); the file is corrupt") from exc
     return ResultRecord.from_dict(data, source=path)
-
-
-def load_records(results_dir: Path, latest_only: bool = True) -> pd.DataFrame:
-    """Load every result record under ``results_dir`` into one flat table.
-
-    Leftover temporary files and corrupt or invalid records are skipped with a
-    warning naming the file; they never stop the load.
-
-    Args:
-        results_dir: the results root.
-        latest_only: keep only the newest record per (suite, case_id, profile).
-
-    Returns:
-        One row per record with the columns of :data:`BASE_COLUMNS` plus one
-        ``metric_<name>`` column per metric seen (inserted after ``primary_value``),
-        sorted by suite, case_id, profile, timestamp.
-    """
-    rows = []
-    root = Path(results_dir)
-    paths = sorted(root.rglob("*.json")) if root.is_dir() else []
-    for path in paths:
-        if atomic.is_temporary(path):
-            warnings.warn(
-                f"{path}: skipping leftover temporary file of an interrupted write",
-                stacklevel=2,
-            )
-            continue
-        try:
-            record = load_record(path)
-        except RecordError as exc:
-            warnings.warn(f"skipping result record: {exc}", stacklevel=2)
-            continue
-        rows.append(_flatten(record, path))
-
-    metric_names = sorted({key for row in rows for key in row if key.startswith("metric_")})
-    anchor = BASE_COLUMNS.index("primary_value") + 1
-    columns = [*BASE_COLUMNS[:anchor], *metric_names, *BASE_COLUMNS[anchor:]]
-    if not rows:
-        return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame(rows)
-    for name in metric_names:
-        frame[name] = frame[name].astype(float)
-    frame["_when"] = [parse_timestamp(text) for text in frame["timestamp"]]
-    frame = frame.sort_values(["suite", "case_id", "profile", "_when", "path"], kind="stable")
-    if latest_only:
-        frame = frame.drop_duplicates(["suite", "case_id", "profile"], keep="last")
-    return frame[columns].reset_index(drop=True)
-
-
-def _flatten(record: ResultRecord, path: Path) -> dict[str, Any]:
-    cache_states = list(record.feature_cache.values())
-    row: dict[str, Any] = {
-        "case_id": record.case_id,
-        "suite": record.suite,
-        "profile": record.profile,
-        "model": record.model.name,
-        "model_category": record.model.category,
-        "random_twin_of": record.model.random_twin_of,
-        "dataset": record.dataset.name,
-        "dataset_version": record.dataset.version,
-        "semi_synthetic": bool(record.dataset.semi_synthetic),
-        "protocol": record.protocol.name,
-        "protocol_version": record.protocol.version,
-        "primary_metric": record.primary_metric,
-        "primary_value": record.primary_value,
-        "hyperparameters": record.hyperparameters,
-        "extraction_s": _number_or_nan(record.timings.get("extraction_s")),
-        "protocol_s": _number_or_nan(record.timings.get("protocol_s")),
-        "total_s": _number_or_nan(record.timings.get("total_s")),
-        "feature_cache_hits": sum(state == "hit" for state in cache_states),
-        "feature_cache_misses": sum(state == "miss" for state in cache_states),
-        "timestamp": record.timestamp,
-        "run_id": record.run_id,
-        "git_commit": record.git.get("commit"),
-        "git_dirty": record.git.get("dirty"),
-        "versions": record.versions,
-        "hardware": record.hardware,
-        "path": str(path),
-    }
-    for name, value in record.metrics.items():
-        row[f"metric_{name}"] = value
-    return row
-
-
-def _number_or_nan(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return math.nan

@@ -1,10 +1,10 @@
 """Few-shot evaluation two ways: features extracted once vs a backbone forward per episode.
 
-Runs the SAME episodes (``harness.protocols.fewshot.sample_episodes``, one seed) with the
-same ProtoNet maths (``fewshot.protonet_predict``) two ways, side by side in one process:
+Runs the SAME episodes (``harness.protocols.episodes.sample_episodes``, one seed) with the
+same ProtoNet maths (``episodes.protonet_predict``) two ways, side by side in one process:
 
 (a) harness: ``harness.features.extract`` runs the backbone once over the whole pool,
-    then every episode is a gather from the feature matrix (``fewshot.predict_episodes``);
+    then every episode is a gather from the feature matrix (``episodes.predict_episodes``);
 (b) peers (ssl-transfer / SSL_medicalimaging ``few_shot.py``): for every episode the
     backbone runs on that episode's support + query images (one batch per episode, as
     their episodic data loader), then ProtoNet on those features.
@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from harness.config.cards import get_dataset_card, get_model_card
 from harness.features import extract
+from harness.protocols import episodes as protonet
 from harness.protocols import fewshot
 from harness.zoo import build_model
 
@@ -155,33 +156,33 @@ def main(argv: list[str] | None = None) -> int:
         clocks = [_clocks()]
         pool_features = extract(module, images, pre, device, args.batch_size)
         clocks.append(_clocks())
-        drawn = fewshot.sample_episodes(labels, n_way, n_shot, n_query, n_episodes, args.seed)
+        drawn = protonet.sample_episodes(labels, n_way, n_shot, n_query, n_episodes, args.seed)
         clocks.append(_clocks())
-        predictions = fewshot.predict_episodes(pool_features, drawn, n_shot)
+        predictions = protonet.predict_episodes(pool_features, drawn, n_shot)
         clocks.append(_clocks())
         return pool_features, predictions, np.diff(np.array(clocks), axis=0)  # (step, clock)
 
     features, cached_pred, steps_before = harness_path()
-    cached_acc = fewshot.episode_accuracies(cached_pred)
+    cached_acc = protonet.episode_accuracies(cached_pred)
 
     # (b) peers: the backbone on every episode's images, then ProtoNet on that episode.
     per_episode_pred = np.empty((limit, *cached_pred.shape[1:]), dtype=np.int64)
     feature_diff = 0.0
     started = _clocks()
-    episodes = fewshot.sample_episodes(labels, n_way, n_shot, n_query, n_episodes, args.seed)
+    episodes = protonet.sample_episodes(labels, n_way, n_shot, n_query, n_episodes, args.seed)
     for e in range(limit):
         index = episodes[e].ravel()
         episode_features = extract(module, images[index], pre, device, per_episode)
         shaped = torch.from_numpy(episode_features).reshape(1, n_way, n_shot + n_query, -1)
         with torch.inference_mode():
-            per_episode_pred[e] = fewshot.protonet_predict(shaped, n_shot)[0].numpy()
+            per_episode_pred[e] = protonet.protonet_predict(shaped, n_shot)[0].numpy()
         feature_diff = max(feature_diff, float(np.abs(episode_features - features[index]).max()))
         if (e + 1) % max(1, limit // 10) == 0:
             elapsed = time.perf_counter() - started[0]
             print(f"  (b) {e + 1}/{limit} episodes, {elapsed:.0f} s", file=sys.stderr, flush=True)
     # wall and CPU seconds of (b), scaled to all episodes when only `limit` ran
     per_episode_s = (_clocks() - started) * n_episodes / limit
-    per_episode_acc = fewshot.episode_accuracies(per_episode_pred)
+    per_episode_acc = protonet.episode_accuracies(per_episode_pred)
     features_again, cached_pred_again, steps_after = harness_path()
     load_after = os.getloadavg()
     repeatable = np.array_equal(features_again, features) and np.array_equal(
@@ -193,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
     same_predictions = bool(np.array_equal(per_episode_pred, cached_pred[:limit]))
     mismatched_queries = int(np.sum(per_episode_pred != cached_pred[:limit]))
-    mean_a, ci_a = fewshot.summarize(cached_acc)
-    mean_b, ci_b = fewshot.summarize(per_episode_acc)
+    mean_a, ci_a = protonet.summarize(cached_acc)
+    mean_b, ci_b = protonet.summarize(per_episode_acc)
     mean_a_subset = float(cached_acc[:limit].mean())
     agree = same_predictions and abs(mean_b - mean_a_subset) <= 1e-6 and repeatable
 

@@ -1,0 +1,83 @@
+"""The report's provenance footer: versions, hardware, commits, time and cache use."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from harness.report.format import MISSING, column_values, count_text, text_or_none, total, truthy
+
+_VERSION_ORDER = (
+    "python",
+    "medxfer",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "cuda",
+)
+
+
+def provenance(frame: pd.DataFrame) -> str:
+    lines = ["## Provenance", ""]
+    lines.append(f"- Versions: {_version_summary(frame)}")
+    hardware = Counter(_hardware_summary(value) for value in column_values(frame, "hardware"))
+    for summary, count in sorted(hardware.items()):
+        lines.append(f"- Hardware: {summary} ({count_text(count, 'record')})")
+    commits: Counter[str] = Counter()
+    dirty_commits: set[str] = set()
+    dirty_flags = column_values(frame, "git_dirty")
+    for commit, dirty in zip(frame["git_commit"], dirty_flags, strict=True):
+        name = text_or_none(commit)
+        label = "unknown (not a git checkout)" if name is None else f"`{name}`"
+        commits[label] += 1
+        if truthy(dirty):
+            dirty_commits.add(label)
+    for label, count in sorted(commits.items()):
+        note = ", with uncommitted changes" if label in dirty_commits else ""
+        lines.append(f"- Git commit: {label} ({count_text(count, 'record')}{note})")
+    extraction = total(column_values(frame, "extraction_s"))
+    protocol = total(column_values(frame, "protocol_s"))
+    hits = int(total(column_values(frame, "feature_cache_hits")))
+    misses = int(total(column_values(frame, "feature_cache_misses")))
+    lines.append(
+        f"- Time summed over the {count_text(len(frame), 'record')}: feature extraction "
+        f"{extraction:.1f} s, protocols {protocol:.1f} s; feature cache: "
+        f"{count_text(hits, 'hit')}, {count_text(misses, 'miss', 'misses')}."
+    )
+    return "\n".join(lines)
+
+
+def _version_summary(frame: pd.DataFrame) -> str:
+    seen: dict[str, set[str]] = {}
+    for versions in column_values(frame, "versions"):
+        if not isinstance(versions, dict):
+            continue
+        for key, value in versions.items():
+            if value is not None:
+                seen.setdefault(str(key), set()).add(str(value))
+    if not seen:
+        return MISSING
+    keys = [key for key in _VERSION_ORDER if key in seen]
+    keys += sorted(set(seen) - set(keys))
+    return ", ".join(f"{key} {' / '.join(sorted(seen[key]))}" for key in keys)
+
+
+def _hardware_summary(hardware: Any) -> str:
+    if not isinstance(hardware, dict) or not hardware:
+        return "not recorded"
+    parts = [str(hardware.get("platform") or hardware.get("machine") or "unknown platform")]
+    if hardware.get("cpu_count"):
+        parts.append(f"{hardware['cpu_count']} CPUs")
+    if hardware.get("torch_threads"):
+        parts.append(f"{hardware['torch_threads']} torch threads")
+    if hardware.get("memory_bytes"):
+        parts.append(f"{hardware['memory_bytes'] / 2**30:.0f} GiB RAM")
+    device = hardware.get("cuda_device") if hardware.get("cuda_available") else None
+    parts.append(f"GPU {device}" if device else "no GPU")
+    return ", ".join(parts)

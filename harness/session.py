@@ -1,0 +1,162 @@
+"""One pytest session's medxfer state: suite, cases, baselines, results folder, threads.
+
+The plugin (:mod:`harness.plugin`) keeps one :class:`MedxferSession` in
+``config.stash``; everything here loads on first use, so importing this module imports
+neither torch nor the protocols.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.baselines.check import Baselines
+    from harness.baselines.expected import ExpectedFile, ExpectedFileError
+    from harness.config.suites import Case, Suite
+    from harness.records.results import ResultRecord
+
+THREADS_ENV = "MEDXFER_TORCH_THREADS"
+CASE_MARKER = ("medxfer_case", "a (model, dataset, protocol) benchmark case")
+
+
+class MedxferSession:
+    """Everything one pytest session knows about medxfer, loaded on first use."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._suite: Suite | None = None
+        self._cases: list[Case] | None = None
+        self._baselines: Baselines | None = None
+        self._markers_registered = False
+        self.threads_shared = False
+        self.merged: list[str] = []
+
+    def option(self, name: str) -> Any:
+        """The value of ``--medxfer-<name>``."""
+        return self.config.getoption(f"medxfer_{name.replace('-', '_')}")
+
+    @property
+    def regenerating(self) -> bool:
+        """Whether failing (or all) cases rewrite their expected values."""
+        return bool(self.option("regen") or self.option("regen-all"))
+
+    @property
+    def suite(self) -> Suite:
+        """The selected suite."""
+        if self._suite is None:
+            from harness.config.suites import SuiteError, load_suite
+
+            name = self.config.getoption("suite") or self.config.getini("medxfer_suite")
+            try:
+                self._suite = load_suite(name)
+            except SuiteError as exc:
+                raise pytest.UsageError(str(exc)) from exc
+        return self._suite
+
+    def cases(self) -> list[Case]:
+        """The suite's cases under the selected profile."""
+        if self._cases is None:
+            from harness.config.suites import SuiteError
+            from harness.protocols.registry import ProtocolError
+
+            try:
+                self._cases = self.suite.cases(self.option("profile"))
+            except (SuiteError, ProtocolError, KeyError) as exc:
+                raise pytest.UsageError(str(exc)) from exc
+        return self._cases
+
+    def register_markers(self) -> None:
+        """Declare one marker per registered protocol (imports the protocols)."""
+        if self._markers_registered:
+            return
+        from harness.protocols.registry import discover
+
+        for name, spec in sorted(discover().items()):
+            self.config.addinivalue_line("markers", f"{name}: {spec.marker}")
+        self.config.addinivalue_line("markers", f"{CASE_MARKER[0]}: {CASE_MARKER[1]}")
+        self._markers_registered = True
+
+    @property
+    def device_class(self) -> str:
+        """``cpu`` or ``cuda``: the class of the device the cases run on."""
+        from harness.features import device_class
+
+        return device_class(self.option("device"))
+
+    @property
+    def baselines(self) -> Baselines:
+        """The suite's expected values (``--medxfer-expected`` replaces the suite's files)."""
+        if self._baselines is None:
+            from harness.baselines.check import Baselines
+
+            option = self.option("expected")
+            self._baselines = Baselines(self.suite.name, Path(option) if option else None)
+        return self._baselines
+
+    @property
+    def expected_path(self) -> Path:
+        """The expected-value file the cases of this session's device class are checked against."""
+        return self.baselines.path_for(self.device_class)
+
+    def expected(self) -> ExpectedFile | ExpectedFileError:
+        """The expected values of this session's device class, or why they are unreadable."""
+        from harness.baselines.expected import ExpectedFileError
+
+        try:
+            return self.baselines.for_device(self.device_class)
+        except ExpectedFileError as exc:
+            return exc
+
+    @property
+    def results_dir(self) -> Path:
+        """Where result records go."""
+        from harness.config.paths import results_dir
+
+        option = self.option("results")
+        return Path(option) if option else results_dir()
+
+    def share_cores(self) -> None:
+        """Give this process its share of the cores (or ``$MEDXFER_TORCH_THREADS``), once.
+
+        N xdist workers each with an all-core torch pool oversubscribe the CPU and run
+        slower than a single process.
+        """
+        if self.threads_shared:
+            return
+        import torch
+
+        threads = os.environ.get(THREADS_ENV)
+        workerinput = getattr(self.config, "workerinput", None)
+        if threads:
+            torch.set_num_threads(int(threads))
+        elif workerinput is not None:
+            workers = int(workerinput.get("workercount", 1))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        self.threads_shared = True
+
+    def check(self, node: pytest.Item, record: ResultRecord) -> None:
+        """Check a stored record against the expected values; fail the test on a mismatch."""
+        from harness.baselines.obtained import entry_from_record, write_obtained
+
+        payload = record.to_dict()
+        outcome = self.baselines.check(payload)
+        node.user_properties.append(("medxfer_check", outcome.status))
+        if outcome.status == "error":
+            pytest.fail(outcome.message, pytrace=False)
+        if outcome.ok and not self.option("regen-all"):
+            return
+        expected = self.expected()
+        assert not isinstance(expected, Exception)  # the check above loaded it
+        obtained = write_obtained(expected.path, entry_from_record(payload, outcome.expectation))
+        if self.regenerating:
+            node.user_properties.append(("medxfer_regenerated", record.case_id))
+            return
+        hint = (
+            f"\n  obtained entry written to {obtained}"
+            f"\n  accept it with: pytest benchmarks --suite {expected.suite} --medxfer-regen"
+        )
+        pytest.fail(outcome.message + hint, pytrace=False)
