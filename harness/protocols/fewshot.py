@@ -1,7 +1,7 @@
 """Few-shot classification on frozen features: prototypical networks over random episodes.
 
-Follows ssl-transfer's ``few_shot.py`` and SSL_medicalimaging's runner
-(``shared/reference/peers.md`` sections 2.1 and 2.3): every episode draws ``n_way`` classes
+Follows linusericsson/ssl-transfer@416913f:few_shot.py and the few-shot runner of
+jonahanton/SSL_medicalimaging@77fceef: every episode draws ``n_way`` classes
 and, from each, ``n_shot`` support and ``n_query`` query images; a class's prototype is
 the mean of its support features, each query goes to the class of the nearest prototype
 in squared Euclidean distance, and the episode's accuracy is the fraction of queries
@@ -11,7 +11,7 @@ classified right. The result is the mean over episodes with the peers' 95% inter
 pooled, 5 ways or the dataset card's ``fewshot.n_way``.
 
 ProtoNet always reports plain accuracy, whatever the dataset's primary metric is (the
-peers never use the metric column of their dataset table; section 6). :func:`run`
+peers never use the metric column of their dataset table). :func:`run`
 therefore returns ``accuracy`` and ``accuracy_ci95`` only and registers ``accuracy`` as
 its primary metric, so a record's primary value is the mean episode accuracy.
 

@@ -1,9 +1,9 @@
 """Linear probe on frozen features: L2 logistic regression, C chosen on validation.
 
-Follows ssl-transfer's ``linear.py`` (``shared/reference/peers.md`` section 2.1): lbfgs
+Follows linusericsson/ssl-transfer@416913f:linear.py: lbfgs
 logistic regression, C swept over 45 log-spaced values from 1e-5 to 1e6 (``C = 1/wd`` for
 ``wd = logspace(-6, 5, 45)``), the best C chosen on the validation split, a refit on
-train+val, and the test split scored once. It fixes the pitfalls listed in section 6:
+train+val, and the test split scored once. It fixes the peers' pitfalls:
 
 * No warm start. Every C gets a fresh estimator, so the result does not depend on the
   order of the sweep. ssl-transfer carried coefficients across the sweep and into the

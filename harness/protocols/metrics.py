@@ -6,7 +6,7 @@ A metric that is undefined for the given labels (for example ROC AUC when ``labe
 holds a single class) is returned as ``float("nan")``, and
 :func:`compute_metrics_with_notes` says why in its notes; it never raises for that.
 
-Conventions (the peers differ on these; see ``shared/reference/peers.md`` section 6):
+Conventions (the peers differ on these):
 
 * ``roc_auc`` is computed from probabilities, never from argmax hard predictions.
   Binary: AUC of P(class 1). Multiclass and ordinal: macro one-vs-rest AUC over the
