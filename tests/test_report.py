@@ -296,3 +296,25 @@ def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Pa
     assert rows[secondary][5] == "FAIL"  # the primary metric alone would say pass
     assert rows[device][5] == "other device"
     assert rows["linear/lesions/alpha.random"][5] == "missing"
+
+
+def test_suite_version_is_recorded_and_shown_in_the_header(tmp_path: Path) -> None:
+    from harness.records.results import load_record
+
+    path = store(
+        make_record("modality", "alpha.in1k", 0.8, "2026-01-02T00:00:00Z", suite_version=3),
+        tmp_path,
+    )
+    assert load_record(path).suite_version == 3
+    frame = load_records(tmp_path)
+    assert frame["suite_version"].tolist() == [3]
+    assert "suite: demo v3;" in render_report(frame, "T")
+    store(make_record("lesions", "alpha.in1k", 0.7, "2026-01-03T00:00:00Z"), tmp_path)
+    assert "suite: demo v3;" in render_report(load_records(tmp_path), "T")  # unrecorded: no v
+
+
+def test_suite_cases_carry_the_suite_version() -> None:
+    from harness.config.suites import load_suite
+
+    suite = load_suite("smoke")
+    assert {case.suite_version for case in suite.cases()} == {suite.version}

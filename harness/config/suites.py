@@ -42,6 +42,7 @@ class Case:
     protocol: str
     suite: str
     profile: Profile
+    suite_version: int = 1
 
     @property
     def case_id(self) -> str:
@@ -112,7 +113,7 @@ class Suite:
                         f"{protocol}) names {kind} {given!r}, which the suite does not list"
                     )
         return [
-            Case(model, dataset, protocol, self.name, chosen)
+            Case(model, dataset, protocol, self.name, chosen, self.version)
             for protocol in self.protocols
             for dataset_name, dataset in datasets
             for model_name, model in models

@@ -155,6 +155,7 @@ class ResultRecord:
     git: dict[str, Any] = field(default_factory=lambda: _provenance_part("git"))
     timestamp: str = field(default_factory=utc_now)
     run_id: str = field(default_factory=new_run_id)
+    suite_version: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +164,7 @@ class ResultRecord:
             "schema_version": self.schema_version,
             "case_id": self.case_id,
             "suite": self.suite,
+            "suite_version": self.suite_version,
             "profile": self.profile,
             "model": vars(self.model),
             "dataset": vars(self.dataset),
@@ -214,6 +216,7 @@ class ResultRecord:
         return cls(
             case_id=data["case_id"],
             suite=data["suite"],
+            suite_version=_optional_int(data, "suite_version", where),
             profile=data["profile"],
             model=_info(ModelInfo, data["model"], where, "model"),
             dataset=_info(DatasetInfo, data["dataset"], where, "dataset"),
@@ -275,6 +278,13 @@ def _number(value: Any, where: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordError(f"{where}: field '{key}' must be a number or null, got {value!r}")
     return float(value)
+
+
+def _optional_int(data: dict[str, Any], key: str, where: str) -> int | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise RecordError(f"{where}: field '{key}' must be an integer, got {value!r}")
+    return value
 
 
 def _optional_dict(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from harness.records.results import RecordError, ResultRecord, load_record, pars
 BASE_COLUMNS = (
     "case_id",
     "suite",
+    "suite_version",
     "profile",
     "model",
     "model_category",
@@ -96,6 +97,7 @@ def _flatten(record: ResultRecord, path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "case_id": record.case_id,
         "suite": record.suite,
+        "suite_version": record.suite_version,
         "profile": record.profile,
         "model": record.model.name,
         "model_category": record.model.category,

@@ -46,7 +46,7 @@ def render_report(
     frame = prepare_frame(df, suite)
     multi_profile = frame["profile"].nunique() > 1
     sections = [
-        header(frame, title, suite),
+        header(frame, title),
         leaderboards(frame, multi_profile),
         mean_ranks(frame, multi_profile),
         twin_summary(frame, multi_profile),

@@ -15,6 +15,7 @@ SEMI_SYNTHETIC_MARK = "†"
 # Columns of load_records() that a report cannot do without (timings, cache counts,
 # hyperparameters and provenance blobs are optional).
 _OPTIONAL_COLUMNS = {
+    "suite_version",
     "hyperparameters",
     "extraction_s",
     "protocol_s",

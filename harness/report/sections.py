@@ -35,7 +35,7 @@ from harness.report.frame import (
 DELTA_HEADER = "Δ vs random twin"
 
 
-def header(frame: pd.DataFrame, title: str, suite: str | None) -> str:
+def header(frame: pd.DataFrame, title: str) -> str:
     newest = frame.sort_values("_when", kind="stable").iloc[-1]
     commit = text_or_none(newest["git_commit"])
     dirty = "git_dirty" in frame.columns and truthy(newest["git_dirty"])
@@ -45,7 +45,9 @@ def header(frame: pd.DataFrame, title: str, suite: str | None) -> str:
         else f"commit `{commit[:12]}`{' (with uncommitted changes)' if dirty else ''}"
     )
     commits = {c for c in (text_or_none(v) for v in frame["git_commit"]) if c is not None}
-    suites = suite if suite is not None else ", ".join(sorted(set(frame["suite"])))
+    suites = ", ".join(
+        _suite_text(name, group) for name, group in frame.groupby("suite", sort=True)
+    )
     profiles = ", ".join(sorted(set(frame["profile"])))
     lines = [
         f"# {title}",
@@ -74,6 +76,12 @@ def header(frame: pd.DataFrame, title: str, suite: str | None) -> str:
         "Numbers are rounded to 3 decimals.",
     ]
     return "\n".join(lines)
+
+
+def _suite_text(name: str, group: pd.DataFrame) -> str:
+    """A suite's name with the suite versions its records were made with, when recorded."""
+    found = versions_text(group["suite_version"]) if "suite_version" in group else MISSING
+    return name if found == MISSING else f"{name} v{found}"
 
 
 def leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
