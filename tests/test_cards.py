@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from harness.config.cards import (
     model_cards,
     stable_hash,
 )
+from harness.data.registry import LABEL_POLICIES, READERS, ReaderSpec
 from harness.zoo.sources import checkpoint_path
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,10 +84,10 @@ def valid_dataset(**overrides: Any) -> dict[str, Any]:
         "modality": "X-ray",
         "task": "binary",
         "classes": ["normal", "lesion"],
-        "reader": {"format": "npz", "path": "tiny.npz"},
+        "reader": {"format": "npz", "file": "tiny.npz"},
         "primary_metric": "roc_auc",
         "metrics": ["accuracy"],
-        "split": {"rule": "official"},
+        "split": {"rule": "predefined"},
     }
     card.update(overrides)
     return card
@@ -431,7 +433,10 @@ def test_valid_dataset_card(tmp_path: Path) -> None:
     assert card.task == "binary" and card.classes == ("normal", "lesion")
     assert card.num_classes == 2
     assert card.metrics == ("roc_auc", "accuracy")  # the primary metric comes first
-    assert card.reader == {"format": "npz", "path": "tiny.npz"}
+    assert isinstance(card.reader, ReaderSpec)
+    assert card.reader.name == "npz" and card.reader.params.file == "tiny.npz"
+    assert card.reader.version == READERS.get("npz").version
+    assert card.split.name == "predefined" and card.label_policy is None and card.builder is None
     assert card.semi_synthetic is False
     assert card.source_file == str(path)
 
@@ -449,7 +454,10 @@ def test_dataset_fingerprint_tracks_version(tmp_path: Path) -> None:
 DATASET_MALFORMED = {
     "missing_name": (drop("name"), "missing required field 'name'"),
     "missing_reader": (drop("reader"), "missing required field 'reader'"),
-    "reader_without_format": (put({"path": "x.npz"}, "reader"), "missing required field 'format'"),
+    "reader_without_format": (
+        put({"file": "x.npz"}, "reader"),
+        "missing required field 'reader.format'",
+    ),
     "version_string": (put("1", "version"), "field 'version' must be int"),
     "bad_task": (put("regression", "task"), "field 'task' is 'regression'"),
     "one_class": (put(["only"], "classes"), "at least 2 classes"),
@@ -457,7 +465,66 @@ DATASET_MALFORMED = {
     "bad_primary_metric": (put("f1", "primary_metric"), "field 'primary_metric' is 'f1'"),
     "bad_metric": (put(["accuracy", "dice"], "metrics"), "unknown metric 'dice'"),
     "unknown_field": (put(1, "resolution"), "unknown field(s) resolution"),
-    "builder_without_name": (put({"seed": 1}, "builder"), "missing required field 'name'"),
+    "builder_without_name": (put({"seed": 1}, "builder"), "missing required field 'builder.name'"),
+    "unknown_reader": (
+        put({"format": "foo", "file": "x"}, "reader"),
+        "field 'reader.format': unknown reader 'foo'; known: csv_images, dicom, image_folder, npz",
+    ),
+    "unknown_policy": (
+        put({"name": "guess"}, "label_policy"),
+        "field 'label_policy.name': unknown label policy 'guess'; known: class_map,",
+    ),
+    "unknown_split_rule": (
+        put({"rule": "official"}, "split"),
+        "field 'split.rule': unknown split rule 'official'; known: disjoint_regions,",
+    ),
+    "unknown_builder": (
+        put({"name": "nope"}, "builder"),
+        "field 'builder.name': unknown builder 'nope'; known: cxr_lesion,",
+    ),
+    "reader_param_type": (
+        put({"format": "csv_images", "index": "a.csv", "size": "big"}, "reader"),
+        "field 'reader.size' must be int, got str ('big')",
+    ),
+    "reader_param_unknown": (
+        put({"format": "npz", "file": "x.npz", "colour": "red"}, "reader"),
+        "field 'reader.colour' is not a parameter (known: file, root)",
+    ),
+    "reader_param_missing": (
+        put({"format": "npz"}, "reader"),
+        "field 'reader.file' is required but missing",
+    ),
+    "reader_params_inconsistent": (
+        put({"format": "csv_images", "index": "a.csv", "indexes": {"t": "b.csv"}}, "reader"),
+        "field 'reader': give exactly one of 'index'",
+    ),
+    "predefined_without_source_splits": (
+        put({"format": "csv_images", "index": "a.csv"}, "reader"),
+        "field 'split.rule': 'predefined' takes the splits the source names",
+    ),
+    "policy_choice": (
+        put({"name": "uncertain", "columns": ["Edema"], "uncertain": "maybe"}, "label_policy"),
+        "field 'label_policy.uncertain' must be one of 'ones', 'zeros', 'drop', got 'maybe'",
+    ),
+    "policy_target_not_a_class": (
+        put({"name": "class_map", "map": {"a": "tumour"}}, "label_policy"),
+        "field 'label_policy': 'map' targets ['tumour'] are not classes",
+    ),
+    "split_fractions": (
+        put(
+            {"rule": "seeded_fractions", "fractions": {"train": 0.5, "val": 0.1, "test": 0.1}},
+            "split",
+        ),
+        "field 'split': 'fractions' must sum to 1",
+    ),
+    "split_fraction_type": (
+        put({"rule": "seeded_fractions", "fractions": {"train": "most"}}, "split"),
+        "field 'split.fractions.train' must be float, got str ('most')",
+    ),
+    "builder_param_type": (
+        put({"name": "cxr_lesion", "radius": [5.0, "x"]}, "builder"),
+        "field 'builder.radius[1]' must be float, got str ('x')",
+    ),
     "semi_synthetic_string": (put("yes", "semi_synthetic"), "'semi_synthetic' must be bool"),
 }
 
@@ -472,6 +539,63 @@ def test_malformed_dataset_card_names_file_and_field(tmp_path: Path, case: str) 
         load_dataset_card_file(path)
     assert str(path) in str(info.value)
     assert expected in str(info.value)
+
+
+def test_dataset_fingerprint_tracks_entry_versions_and_params_not_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = {"name": "uncertain", "columns": ["Edema"], "uncertain": "ones", "note": "U-Ones"}
+    raw = valid_dataset(label_policy=policy)
+    card = load_dataset_card_file(write_dataset(tmp_path / "a.yaml", raw))
+    assert card.label_policy is not None and card.label_policy.params.uncertain == "ones"
+    fingerprint = stable_hash(card.fingerprint())
+    assert card.fingerprint()["label_policy"]["name"] == "uncertain"
+    renoted = valid_dataset(label_policy={**policy, "note": "other words"})
+    assert (
+        stable_hash(
+            load_dataset_card_file(write_dataset(tmp_path / "b.yaml", renoted)).fingerprint()
+        )
+        == fingerprint
+    )
+    zeros = valid_dataset(label_policy={**policy, "uncertain": "zeros"})
+    assert (
+        stable_hash(load_dataset_card_file(write_dataset(tmp_path / "c.yaml", zeros)).fingerprint())
+        != fingerprint
+    )
+    entry = LABEL_POLICIES.get("uncertain")
+    monkeypatch.setitem(
+        LABEL_POLICIES.entries, "uncertain", replace(entry, version=entry.version + 1)
+    )
+    bumped = load_dataset_card_file(tmp_path / "a.yaml")
+    assert bumped.label_policy is not None and bumped.label_policy.version == entry.version + 1
+    assert stable_hash(bumped.fingerprint()) != fingerprint
+
+
+def test_dataset_card_from_mappings_in_code() -> None:
+    from harness.config.cards import DatasetCard
+
+    card = DatasetCard(
+        name="toy",
+        version=1,
+        modality="test",
+        task="binary",
+        classes=("a", "b"),
+        reader={"format": "npz", "file": "toy.npz"},
+        primary_metric="accuracy",
+        metrics=("accuracy",),
+    )
+    assert card.reader.name == "npz" and card.split.name == "predefined"
+    with pytest.raises(CardError, match=r"^toy: field 'reader\.format': unknown reader 'zip'"):
+        DatasetCard(
+            name="toy",
+            version=1,
+            modality="test",
+            task="binary",
+            classes=("a", "b"),
+            reader={"format": "zip"},
+            primary_metric="accuracy",
+            metrics=("accuracy",),
+        )
 
 
 def test_duplicate_dataset_names(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -11,16 +12,12 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from harness.config.cards import DatasetCard, load_dataset_card_file
+from harness.config.cards import CardError, DatasetCard, load_dataset_card_file
 from harness.config.paths import PROJECT_ROOT
-from harness.data import DatasetError, DatasetNotPrepared, demo
-from harness.data.demo import (
-    BUILDERS,
-    DemoBuild,
-    build_demo,
-    modality_tag,
-    pip_dicom_path,
-)
+from harness.data import DatasetError, DatasetNotPrepared
+from harness.data.builders import DemoBuild, build_demo
+from harness.data.builders.sources import MODALITY_CLASSES, modality_tag, pip_dicom_path
+from harness.data.builders.tiles import kwargs
 from harness.data.dicom import read_dicom_frames, to_uint8
 from harness.data.npz import SPLITS
 from harness.data.prepare import (
@@ -30,6 +27,8 @@ from harness.data.prepare import (
     load_splits,
     prepare,
 )
+from harness.data.registry import BUILDERS
+from harness.data.table import DatasetContext
 
 SMALL = {"train": 40, "val": 20, "test": 20}
 NAMES = ("dicom_modality", "cxr_lesion", "fundus_lesion")
@@ -46,8 +45,11 @@ def builds() -> dict[tuple[str, int], DemoBuild]:
 
 
 def test_registry_has_three_builders() -> None:
-    assert set(NAMES) <= set(BUILDERS)
-    splits = BUILDERS["cxr_lesion"](seed=0, counts={"train": 4, "val": 2, "test": 2})
+    assert set(NAMES) <= set(BUILDERS.names())
+    entry = BUILDERS.get("cxr_lesion")
+    assert entry.version >= 1 and entry.description
+    ctx = DatasetContext("x.yaml", "x", "binary", ("normal", "lesion"), Path("."))
+    splits = entry.fn(entry.params(seed=0, counts={"train": 4, "val": 2, "test": 2}), ctx)
     assert {k: len(v) for k, v in splits.items()} == {"train": 4, "val": 2, "test": 2}
 
 
@@ -115,7 +117,7 @@ def test_lesion_groups_are_tiles_of_one_split(builds, name: str) -> None:
 
 def test_modality_labels_come_from_dicom_tags(builds) -> None:
     build = builds[("dicom_modality", 0)]
-    classes = demo.MODALITY_CLASSES
+    classes = MODALITY_CLASSES
     tags = [modality_tag(pip_dicom_path(name)) for name in build.sources]
     assert set(tags) == set(classes)
     for split in SPLITS:
@@ -253,13 +255,13 @@ def _card(tmp_path: Path, **overrides) -> DatasetCard:
 def test_prepare_builds_once(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
     calls = []
-    original = BUILDERS["cxr_lesion"]
+    original = BUILDERS.get("cxr_lesion")
 
-    def counting(**params):
-        calls.append(params)
-        return original(**params)
+    def counting(params, ctx):
+        calls.append((params, ctx))
+        return original.fn(params, ctx)
 
-    monkeypatch.setitem(BUILDERS, "cxr_lesion", counting)
+    monkeypatch.setitem(BUILDERS.entries, "cxr_lesion", dataclasses.replace(original, fn=counting))
     card = _card(tmp_path)
     expected = tmp_path / "home" / "data" / "tiny_cxr" / "v3" / "tiny.npz"
     assert dataset_file(card) == expected
@@ -272,7 +274,11 @@ def test_prepare_builds_once(tmp_path: Path, monkeypatch) -> None:
     splits = load_splits(card)
     assert path.stat().st_mtime_ns == mtime
     assert len(calls) == 1
-    assert calls[0]["classes"] == ["normal", "lesion"]
+    assert calls[0][1].classes == ("normal", "lesion")
+    marker = path.with_name(f"{path.name}.built.json").read_text()
+    assert (
+        '"builder": "cxr_lesion"' in marker and f'"builder_version": {original.version}' in marker
+    )
     assert {k: len(v) for k, v in splits.items()} == {"train": 8, "val": 4, "test": 4}
     assert load_splits(card) is splits  # in-process cache
     assert not splits["train"].images.flags.writeable
@@ -308,26 +314,28 @@ def test_unbuildable_card_not_prepared(tmp_path: Path, monkeypatch) -> None:
     assert splits["test"].labels.shape == (SMALL["test"],)
 
 
-def test_unknown_builder_and_reader(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path))
-    with pytest.raises(DatasetError, match=r"builder\.name"):
-        prepare(_card(tmp_path, builder={"name": "nope"}))
-    with pytest.raises(DatasetError, match="reader format"):
-        load_splits(_card(tmp_path, reader={"format": "csv", "file": "x.csv"}))
-    with pytest.raises(DatasetError, match=r"reader\.file"):
-        dataset_file(_card(tmp_path, reader={"format": "npz", "file": "../x.npz"}))
+def test_unknown_builder_and_reader_fail_when_the_card_is_made(tmp_path: Path) -> None:
+    with pytest.raises(CardError, match=r"field 'builder\.name': unknown builder 'nope'"):
+        _card(tmp_path, builder={"name": "nope"})
+    with pytest.raises(CardError, match=r"field 'reader\.format': unknown reader 'csv'"):
+        _card(tmp_path, reader={"format": "csv", "file": "x.csv"})
+    with pytest.raises(CardError, match=r"field 'reader'.*'file' must be a path inside"):
+        _card(tmp_path, reader={"format": "npz", "file": "../x.npz"})
+    with pytest.raises(CardError, match=r"'reader\.format' must be npz"):
+        _card(tmp_path, reader={"format": "image_folder"})
 
 
 @pytest.mark.parametrize("card_name", ["demo_modality", "demo_cxr_lesion", "demo_fundus_lesion"])
 def test_demo_cards_match_their_builders(card_name: str) -> None:
     card = load_dataset_card_file(PROJECT_ROOT / "datasets" / f"{card_name}.yaml")
-    assert card.builder is not None and card.builder["name"] in BUILDERS
-    assert card.reader == {"format": "npz", "file": f"{card_name}.npz"}
-    assert card.split["rule"] == "disjoint-regions"
+    assert card.builder is not None and card.builder.name in BUILDERS.names()
+    assert card.reader.name == "npz" and card.reader.params.file == f"{card_name}.npz"
+    assert card.split.name == "disjoint_regions"
+    assert card.split.params.unit == ("source" if card_name == "demo_modality" else "tile")
     assert card.semi_synthetic == (card_name != "demo_modality")
-    params = {k: v for k, v in card.builder.items() if k != "name"}
+    params = kwargs(card.builder.params)
     tiny = {"train": 10, "val": 10, "test": 10}
-    built = build_demo(card.builder["name"], **{**params, "counts": tiny}, classes=card.classes)
+    built = build_demo(card.builder.name, **{**params, "counts": tiny}, classes=card.classes)
     assert max(int(s.labels.max()) for s in built.splits.values()) == card.num_classes - 1
 
 

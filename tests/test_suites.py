@@ -37,7 +37,7 @@ def dataset_card(name: str, classes: list[str]) -> dict[str, Any]:
         "modality": "X-ray",
         "task": "binary" if len(classes) == 2 else "multiclass",
         "classes": classes,
-        "reader": {"format": "npz", "path": f"{name}.npz"},
+        "reader": {"format": "npz", "file": f"{name}.npz"},
         "primary_metric": "accuracy",
     }
 

@@ -1,7 +1,8 @@
 """Where medxfer keeps its caches and outputs.
 
 Everything heavy lives under one home folder (``MEDXFER_HOME``, default
-``~/.cache/medxfer``): prepared datasets, extracted features, downloaded weights.
+``~/.cache/medxfer``): datasets (``data/``, as placed or built), their decoded copies
+(``prepared/``), extracted features, downloaded weights.
 Result records go to ``MEDXFER_RESULTS`` (default ``./results``). Cards a user keeps
 outside the checkout live in the folders named by ``MEDXFER_CARDS`` (or pytest's
 ``--medxfer-cards``), each with ``models/``, ``datasets/``, ``suites/`` and ``expected/``.
@@ -32,6 +33,11 @@ def home() -> Path:
 def data_dir() -> Path:
     """Return the folder that holds prepared datasets."""
     return _sub("data")
+
+
+def prepared_dir() -> Path:
+    """Return the folder that holds datasets decoded from their source folders (one .npz each)."""
+    return _sub("prepared")
 
 
 def feature_dir() -> Path:

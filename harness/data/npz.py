@@ -13,9 +13,12 @@ Real MedMNIST files (``pneumoniamnist.npz`` ...) are read by the same reader.
 
 from __future__ import annotations
 
+import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +26,7 @@ from harness.cache.atomic import write_with
 from harness.data import DatasetError
 
 SPLITS = ("train", "val", "test")
+META_KEY = "meta_json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +102,9 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
     return splits
 
 
-def write_npz(path: Path, splits: dict[str, SplitData]) -> None:
+def write_npz(
+    path: Path, splits: dict[str, SplitData], meta: Mapping[str, Any] | None = None
+) -> None:
     """Atomically write splits in the MedMNIST ``.npz`` layout (compressed).
 
     One-dimensional labels are stored as ``(N, 1)`` like MedMNIST; groups are stored
@@ -107,6 +113,8 @@ def write_npz(path: Path, splits: dict[str, SplitData]) -> None:
     Args:
         path: the archive to (over)write.
         splits: must contain exactly ``train``, ``val`` and ``test``.
+        meta: JSON-serialisable facts stored under the key ``meta_json`` (read back by
+            :func:`read_npz_meta`); readers of the layout ignore it.
 
     Raises:
         DatasetError: when a split is missing or unexpected.
@@ -124,7 +132,21 @@ def write_npz(path: Path, splits: dict[str, SplitData]) -> None:
         arrays[f"{split}_labels"] = labels.reshape(-1, 1) if labels.ndim == 1 else labels
         if data.groups is not None:
             arrays[f"{split}_groups"] = np.asarray(data.groups, dtype=np.int64)
+    if meta is not None:
+        arrays[META_KEY] = np.asarray(json.dumps(dict(meta), sort_keys=True, default=str))
     write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
+
+
+def read_npz_meta(path: Path) -> dict[str, Any] | None:
+    """Return the ``meta`` stored by :func:`write_npz`, or None (no file, no meta, unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if META_KEY not in archive.files:
+                return None
+            value = json.loads(str(archive[META_KEY]))
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------- checks

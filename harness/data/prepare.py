@@ -1,14 +1,24 @@
-"""Where a dataset card's file lives, building or locating it, and loading its splits.
+"""Where a dataset card's data lives, building or decoding it, and loading its splits.
 
-A card with ``builder:`` is built locally (deterministically, from pip-shipped images)
-the first time it is needed, under a file lock so that pytest-xdist workers never
-build the same file twice at once. A card without a builder names a file the user
-obtains (``obtain:`` in the card); until it is in place, :func:`prepare` raises
+Three kinds of card, each prepared under a file lock (so that pytest-xdist workers never
+prepare the same dataset twice at once) and written atomically:
+
+- **built** (``builder:``): built locally and deterministically the first time it is
+  needed, into ``<MEDXFER_HOME>/data/<name>/v<version>/<reader.file>``, with a
+  ``<file>.built.json`` marker holding the card's fingerprint and the builder's name and
+  version: when either changes, the file is rebuilt. The card's split rule runs on the
+  builder's output before it is written (``disjoint_regions`` verifies it).
+- **an archive used as it is** (``npz`` reader, ``identity`` labels, ``predefined``
+  split): the user puts the file at ``<root>/<file>`` (``obtain:`` says how to get it).
+- **a folder with an index** (every other card): the user puts the dataset folder at
+  ``<root>`` (default ``<MEDXFER_HOME>/data/<name>``); the reader, label policy and split
+  rule run once and the decoded arrays are cached as one ``.npz`` under
+  ``<MEDXFER_HOME>/prepared/<name>/v<version>/``. The cache stores the card's
+  fingerprint (entry names, versions, parameters) and the sha256 of the source's index,
+  and is used only when both match.
+
+Until a user-supplied source is in place, :func:`prepare` raises
 :class:`~harness.data.DatasetNotPrepared` saying how to get it and where to put it.
-
-Files live at ``<MEDXFER_HOME>/data/<name>/v<version>/<reader.file>``. A built file has a
-``<file>.built.json`` marker beside it holding the card's fingerprint and the builder
-code's version: when either changes, the file is rebuilt.
 """
 
 from __future__ import annotations
@@ -16,16 +26,28 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
 from harness.cache.atomic import write_json
-from harness.config.cards import DatasetCard, stable_hash
-from harness.config.paths import data_dir
+from harness.config.card_fields import stable_hash
+from harness.config.dataset_cards import DatasetCard
+from harness.config.paths import data_dir, prepared_dir
 from harness.data import DatasetError, DatasetNotPrepared
-from harness.data.npz import SplitData, read_npz, write_npz
+from harness.data.npz import SplitData, read_npz, read_npz_meta, write_npz
+from harness.data.pipeline import (
+    context,
+    data_root,
+    make_splits,
+    raw_from_splits,
+    read_raw,
+    reads_as_is,
+    required_paths,
+)
+from harness.data.registry import BUILDERS
 
-READERS = ("npz",)
+PREPARED_LAYOUT = 1
 
 __all__ = [
     "DatasetError",
@@ -39,80 +61,85 @@ __all__ = [
 
 
 def dataset_file(card: DatasetCard) -> Path:
-    """Return the path of a dataset card's data file (it may not exist yet).
+    """Return the path of the ``.npz`` the harness reads for a card (it may not exist yet).
 
-    Raises:
-        DatasetError: when the card's ``reader`` has no ``file``.
+    A built card's file, the user's archive, or the decoded copy of a folder dataset.
     """
-    name = card.reader.get("file")
-    if not isinstance(name, str) or not name or Path(name).name != name:
-        raise DatasetError(
-            f"{card.source_file or card.name}: field 'reader.file' must be a bare file name, "
-            f"got {name!r}"
-        )
-    return data_dir() / card.name / f"v{card.version}" / name
+    if card.builder is not None:
+        return data_dir() / card.name / f"v{card.version}" / card.reader.params.file
+    if reads_as_is(card):
+        return data_root(card) / card.reader.params.file
+    return prepared_dir() / card.name / f"v{card.version}" / f"{card.name}.npz"
 
 
 def is_prepared(card: DatasetCard) -> bool:
-    """Return True when the card's data file is on disk (and, if built, up to date)."""
-    return _is_current(card, dataset_file(card))
+    """Return True when the card can be loaded without the user doing anything.
+
+    Built cards: the file is built and up to date. Other cards: the source (archive, or
+    the folder's index files) is in place; a folder is decoded on first use.
+    """
+    if card.builder is not None:
+        return _is_built(card, dataset_file(card))
+    return all(path.exists() for path in required_paths(card))
 
 
 def prepare(card: DatasetCard) -> Path:
-    """Make sure a dataset card's file is on disk, building it when the card has a builder.
-
-    Args:
-        card: the dataset card.
+    """Make sure a card's ``.npz`` is on disk and current: build it, decode it, or find it.
 
     Returns:
-        The data file's path.
+        The path of the ``.npz`` (see :func:`dataset_file`).
 
     Raises:
-        DatasetNotPrepared: when the file is missing and must be obtained by the user.
-        DatasetError: when building fails.
+        DatasetNotPrepared: when the source must be obtained by the user first.
+        DatasetError: when building or decoding fails (naming the card, file, field).
     """
     path = dataset_file(card)
-    if _is_current(card, path):
+    if card.builder is not None:
+        if not _is_built(card, path):
+            with _locked(path):
+                if not _is_built(card, path):  # another process may have built it meanwhile
+                    write_npz(path, _build(card))
+                    write_json(_marker_path(path), _marker(card))
         return path
-    if card.builder is None:
+    missing = [p for p in required_paths(card) if not p.exists()]
+    if missing:
         raise DatasetNotPrepared(
-            f"dataset {card.name!r} is not prepared: {path} does not exist. {how_to_prepare(card)}"
+            f"dataset {card.name!r} is not prepared: {missing[0]} does not exist. "
+            f"{how_to_prepare(card)}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
-        if not _is_current(card, path):  # another process may have built it meanwhile
-            write_npz(path, _build(card))
-            write_json(_marker_path(path), _marker(card))
+    if reads_as_is(card):
+        return path
+    raw = read_raw(card)
+    meta = _prepared_meta(card, raw.digest)
+    if read_npz_meta(path) != meta:
+        with _locked(path):
+            if read_npz_meta(path) != meta:
+                write_npz(path, make_splits(card, raw), meta=meta)
     return path
 
 
 def load_splits(card: DatasetCard) -> dict[str, SplitData]:
-    """Return a dataset card's train / val / test splits, preparing the file if buildable.
+    """Return a dataset card's train / val / test splits, preparing them if needed.
 
     Arrays are read-only and cached in-process (keyed by path and modification time).
 
     Raises:
-        DatasetNotPrepared: when the file is missing and must be obtained by the user.
-        DatasetError: when the file is malformed or the reader is unsupported.
+        DatasetNotPrepared: when the source must be obtained by the user first.
+        DatasetError: when the data is malformed.
     """
-    fmt = card.reader.get("format")
-    if fmt not in READERS:
-        raise DatasetError(
-            f"{card.source_file or card.name}: reader format {fmt!r} is not supported by "
-            f"load_splits (supported: {', '.join(READERS)})"
-        )
     path = prepare(card)
     stat = path.stat()
     return _read_cached(str(path), stat.st_mtime_ns, stat.st_size, card.task, card.num_classes)
 
 
 def how_to_prepare(card: DatasetCard) -> str:
-    """Return how to obtain a dataset card's file and where to put it (used in skip reasons)."""
+    """Return how to obtain a dataset card's data and where to put it (used in skip reasons)."""
     path = dataset_file(card)
     if card.builder is not None:
         return (
-            f"dataset {card.name!r} is built locally by builder {card.builder.get('name')!r} "
-            f"(run `medxfer prepare {card.name}`, or let the first test build it) into {path}"
+            f"dataset {card.name!r} is built locally by builder {card.builder.name!r} "
+            f"v{card.builder.version} (run `medxfer prepare {card.name}`, or let the first "
+            f"test build it) into {path}"
         )
     obtain = card.obtain
     parts: list[str] = []
@@ -124,10 +151,26 @@ def how_to_prepare(card: DatasetCard) -> str:
         parts.append(f"Credentials: {obtain['credentials']}.")
     if obtain.get("instructions"):
         parts.append(str(obtain["instructions"]).strip())
-    parts.append(f"Put the file at {path} (MEDXFER_HOME sets the root).")
+    if reads_as_is(card):
+        parts.append(f"Put the file at {path} (MEDXFER_HOME sets the root).")
+    else:
+        needed = ", ".join(str(p) for p in required_paths(card))
+        parts.append(
+            f"Put the dataset folder at {data_root(card)} (the reader's 'root', or "
+            f"MEDXFER_HOME) so that {needed} exists; reader {card.reader.name!r} reads it and "
+            f"`medxfer prepare {card.name}` (or the first test) decodes it into {path}."
+        )
     if card.license:
         parts.append(f"License: {card.license}.")
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _locked(path: Path) -> FileLock:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{path}.lock")
 
 
 def _marker_path(path: Path) -> Path:
@@ -135,40 +178,47 @@ def _marker_path(path: Path) -> Path:
 
 
 def _marker(card: DatasetCard) -> dict[str, object]:
-    from harness.data.demo import VERSION
+    assert card.builder is not None
+    return {
+        "card_fingerprint": stable_hash(card.fingerprint()),
+        "builder": card.builder.name,
+        "builder_version": card.builder.version,
+    }
 
-    return {"card_fingerprint": stable_hash(card.fingerprint()), "builder_version": VERSION}
 
-
-def _is_current(card: DatasetCard, path: Path) -> bool:
+def _is_built(card: DatasetCard, path: Path) -> bool:
     if not path.is_file():
         return False
-    if card.builder is None:
-        return True
     try:
         recorded = json.loads(_marker_path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return recorded == _marker(card)
+    return bool(recorded == _marker(card))
 
 
 def _build(card: DatasetCard) -> dict[str, SplitData]:
-    from harness.data.demo import BUILDERS
-
+    """Run the card's builder, then its label policy and split rule over the result."""
     assert card.builder is not None
-    params = dict(card.builder)
-    name = params.pop("name")
-    if name not in BUILDERS:
-        raise DatasetError(
-            f"{card.source_file or card.name}: field 'builder.name' is {name!r}; known "
-            f"builders: {', '.join(sorted(BUILDERS))}"
-        )
-    params.setdefault("seed", 0)
-    params.setdefault("classes", list(card.classes))
+    where = card.source_file or card.name
     try:
-        return BUILDERS[name](**params)
+        splits = BUILDERS.run(card.builder, context(card))
+        return make_splits(card, raw_from_splits(splits))
     except DatasetError as exc:
-        raise DatasetError(f"{card.source_file or card.name}: building failed: {exc}") from exc
+        raise DatasetError(f"{where}: building with {card.builder.name!r} failed: {exc}") from exc
+
+
+def _prepared_meta(card: DatasetCard, digest: str) -> dict[str, Any]:
+    entries = {"reader": card.reader, "label_policy": card.label_policy, "split": card.split}
+    return {
+        "layout": PREPARED_LAYOUT,
+        "card_fingerprint": stable_hash(card.fingerprint()),
+        "entries": {
+            field: f"{spec.name} v{spec.version}"
+            for field, spec in entries.items()
+            if spec is not None
+        },
+        "index_sha256": digest,
+    }
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,183 @@
+"""Dataset cards: the typed, validated YAML files in ``datasets/`` (one dataset per file).
+
+The reader, label policy, split rule and builder of a card are named, versioned entries
+of the registries in :mod:`harness.data.registry`, each with typed parameters; they are
+parsed and checked when the card loads (an unknown name or a wrong parameter is a
+:class:`~harness.config.card_fields.CardError` naming the file and the field). Their
+names, versions and parameters enter :meth:`DatasetCard.fingerprint`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config.card_fields import CardError, Fields, read_yaml
+from harness.config.vocabulary import METRICS, TASKS
+from harness.data.registry import (
+    BUILDERS,
+    LABEL_POLICIES,
+    READERS,
+    SPLIT_RULES,
+    BuilderSpec,
+    EntrySpec,
+    LabelPolicySpec,
+    ReaderSpec,
+    SplitRuleSpec,
+)
+
+DEFAULT_SPLIT = {"rule": "predefined"}
+CARD_FIELDS = {
+    "name", "version", "modality", "task", "classes", "reader", "builder", "split",
+    "label_policy", "primary_metric", "metrics", "fewshot", "pairing", "semi_synthetic",
+    "description", "obtain", "citation", "license",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """One target dataset: classes, reader, label policy, split rule, metric, provenance.
+
+    ``reader``, ``builder``, ``label_policy`` and ``split`` may be given as the card's
+    mappings (as in the YAML); they are parsed into specs on construction.
+
+    Attributes:
+        reader: the reader and its parameters.
+        label_policy: the label policy (None: ``identity``).
+        split: the split rule (default ``predefined``).
+        builder: the builder of a locally built dataset, or None.
+    """
+
+    name: str
+    version: int
+    modality: str
+    task: str
+    classes: tuple[str, ...]
+    reader: ReaderSpec
+    primary_metric: str
+    metrics: tuple[str, ...]
+    builder: BuilderSpec | None = None
+    split: SplitRuleSpec = None  # type: ignore[assignment]  # None -> the default rule
+    label_policy: LabelPolicySpec | None = None
+    fewshot: dict[str, Any] = field(default_factory=dict)
+    pairing: dict[str, Any] = field(default_factory=dict)
+    semi_synthetic: bool = False
+    description: str = ""
+    obtain: dict[str, Any] = field(default_factory=dict)
+    citation: str = ""
+    license: str = ""
+    source_file: str = ""
+
+    def __post_init__(self) -> None:
+        where = self.source_file or self.name
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "reader", _spec(READERS, self.reader, where))
+        split = DEFAULT_SPLIT if self.split is None else self.split
+        object.__setattr__(self, "split", _spec(SPLIT_RULES, split, where))
+        if self.builder is not None:
+            object.__setattr__(self, "builder", _spec(BUILDERS, self.builder, where))
+            if self.reader.name != "npz":
+                raise CardError(
+                    f"{where}: field 'builder': a builder writes an .npz archive, so "
+                    f"'reader.format' must be npz, not {self.reader.name!r}"
+                )
+        if self.label_policy is not None:
+            policy = _spec(LABEL_POLICIES, self.label_policy, where)
+            object.__setattr__(self, "label_policy", policy)
+        gives_splits = getattr(self.reader.params, "gives_splits", None)
+        needs_splits = getattr(self.split.params, "NEEDS_SOURCE_SPLITS", False)
+        if needs_splits and callable(gives_splits) and not gives_splits():
+            raise CardError(
+                f"{where}: field 'split.rule': {self.split.name!r} takes the splits the source "
+                f"names, and reader {self.reader.name!r} names none here (give it per-split "
+                "indexes, a split column or split folders, or use seeded_fractions)"
+            )
+        for field_name, spec in (("label_policy", self.label_policy), ("split", self.split)):
+            check = getattr(getattr(spec, "params", None), "validate_for", None)
+            if callable(check):
+                try:
+                    check(self.classes, self.task)
+                except ValueError as exc:
+                    raise CardError(f"{where}: field '{field_name}': {exc}") from None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (outputs of a classifier head)."""
+        return len(self.classes)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return what decides the dataset's content (used in cache keys and build markers).
+
+        The reader, label policy, split rule and builder enter with their names,
+        versions and parameters (not their notes); descriptions and provenance do not.
+        """
+        return {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "classes": list(self.classes),
+            "reader": self.reader.identity(),
+            "builder": None if self.builder is None else self.builder.identity(),
+            "label_policy": None if self.label_policy is None else self.label_policy.identity(),
+            "split": self.split.identity(),
+        }
+
+
+def _spec(registry: Any, value: Any, where: str) -> EntrySpec:
+    if isinstance(value, registry.spec_type):
+        return value
+    if isinstance(value, Mapping):
+        return registry.parse(value, where)  # type: ignore[no-any-return]
+    raise CardError(
+        f"{where}: field '{registry.field}' must be a mapping, got {type(value).__name__}"
+    )
+
+
+def load_dataset_card_file(path: Path) -> DatasetCard:
+    """Load and validate one dataset card file.
+
+    Args:
+        path: a YAML dataset card.
+
+    Returns:
+        The validated card.
+
+    Raises:
+        CardError: naming the file and field at fault.
+    """
+    fields = Fields(read_yaml(path), str(path))
+    fields.unknown(CARD_FIELDS)
+    task = fields.get("task", str, choices=TASKS)
+    classes = fields.str_tuple("classes")
+    if len(classes) < 2:
+        raise CardError(f"{path}: field 'classes' must list at least 2 classes")
+    primary = fields.get("primary_metric", str, choices=METRICS)
+    metrics = fields.str_tuple("metrics") or (primary,)
+    for metric in metrics:
+        if metric not in METRICS:
+            raise CardError(f"{path}: field 'metrics' has unknown metric {metric!r}")
+    if primary not in metrics:
+        metrics = (primary, *metrics)
+    return DatasetCard(
+        name=fields.get("name", str),
+        version=fields.get("version", int),
+        modality=fields.get("modality", str),
+        task=task,
+        classes=classes,
+        reader=fields.get("reader", dict),
+        primary_metric=primary,
+        metrics=metrics,
+        builder=fields.get("builder", dict, None),
+        split=fields.get("split", dict, None),
+        label_policy=fields.get("label_policy", dict, None),
+        fewshot=fields.get("fewshot", dict, {}),
+        pairing=fields.get("pairing", dict, {}),
+        semi_synthetic=fields.get("semi_synthetic", bool, False),
+        description=fields.get("description", str, ""),
+        obtain=fields.get("obtain", dict, {}),
+        citation=fields.get("citation", str, ""),
+        license=fields.get("license", str, ""),
+        source_file=str(path),
+    )

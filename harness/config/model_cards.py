@@ -1,0 +1,267 @@
+"""Model cards: the typed, validated entries of the YAML files in ``models/``.
+
+A model card file holds ``models:``, a list of entries (one family per file). Any timm
+model can be used without a card as ``timm:<name>`` (e.g. ``timm:resnet50.a1_in1k``);
+its preprocessing comes from timm's pretrained config and its weights download only
+when the user runs online.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config.card_fields import CardError, Fields, read_yaml
+from harness.zoo.converters import converter_names
+
+WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random")
+CHECKPOINT_SOURCES = ("pip", "url", "file")
+ARCH_LIBRARIES = ("timm", "torchvision")
+CATEGORIES = ("supervised", "self-supervised", "in-domain", "domain-adapted", "random-init")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# Where a model's batch-norm running statistics come from (see harness/zoo/batchnorm.py):
+# the checkpoint, the initialisation, or the target's training images.
+BATCHNORM_RULES = {
+    "random": ("target_train", "init"),
+    "pretrained": ("checkpoint", "target_train"),
+}
+TIMM_PREFIX = "timm:"
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are fed to a model: the model's own pretrained config."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def with_input_size(self, size: int | None) -> Preprocessing:
+        """Return a copy with another input size (profiles scale image size)."""
+        if size is None or size == self.input_size:
+            return self
+        return Preprocessing(size, self.mean, self.std, self.interpolation, self.crop_pct)
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a model's weights come from and how their keys map onto the architecture."""
+
+    source: str
+    package: str | None = None
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    hub_id: str | None = None
+    seed: int = 0
+    load: str = "by_name"
+    unwrap: tuple[str, ...] = ()
+    strip_prefixes: tuple[str, ...] = ()
+    drop_keys: tuple[str, ...] = ()
+    converter: str | None = None
+    batchnorm_stats: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.batchnorm_stats:  # the first rule of the source's kind is its default
+            kind = "random" if self.source == "random" else "pretrained"
+            object.__setattr__(self, "batchnorm_stats", BATCHNORM_RULES[kind][0])
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One pretrained model: ``arch.tag`` name, architecture, weights, preprocessing, provenance."""
+
+    name: str
+    library: str
+    architecture: str
+    weights: WeightsSpec
+    preprocessing: Preprocessing
+    category: str
+    pretraining_data: str
+    paper: str = ""
+    license: str = ""
+    random_twin_of: str | None = None
+    source_file: str = ""
+
+    @property
+    def is_random_init(self) -> bool:
+        """True for a random-initialisation baseline."""
+        return self.weights.source == "random"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the fields that decide what the model computes (used in cache keys)."""
+        payload = asdict(self)
+        payload.pop("source_file")
+        payload.pop("paper")
+        payload.pop("license")
+        return payload
+
+
+def _triple(fields: Fields, key: str) -> tuple[float, float, float]:
+    value = fields.get(key, list)
+    if len(value) != 3 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise CardError(f"{fields.where}: field '{key}' must be a list of 3 numbers, got {value!r}")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _parse_preprocessing(fields: Fields) -> Preprocessing:
+    fields.unknown({"input_size", "mean", "std", "interpolation", "crop_pct"})
+    size = fields.get("input_size", int)
+    if size < 16:
+        raise CardError(f"{fields.where}: field 'input_size' must be >= 16, got {size}")
+    crop_pct = fields.get("crop_pct", float, 0.875)
+    if not 0.1 <= crop_pct <= 1.0:
+        raise CardError(f"{fields.where}: field 'crop_pct' must be in [0.1, 1], got {crop_pct}")
+    return Preprocessing(
+        input_size=size,
+        mean=_triple(fields, "mean"),
+        std=_triple(fields, "std"),
+        interpolation=fields.get("interpolation", str, "bicubic", INTERPOLATIONS),
+        crop_pct=crop_pct,
+    )
+
+
+def _parse_weights(fields: Fields) -> WeightsSpec:
+    fields.unknown(
+        {"source", "package", "path", "url", "sha256", "hub_id", "seed", "load", "unwrap"}
+        | {"strip_prefixes", "drop_keys", "converter", "batchnorm_stats"}
+    )
+    source = fields.get("source", str, choices=WEIGHT_SOURCES)
+    bn_rules = BATCHNORM_RULES["random" if source == "random" else "pretrained"]
+    spec = WeightsSpec(
+        source=source,
+        package=fields.get("package", str, None),
+        path=fields.get("path", str, None),
+        url=fields.get("url", str, None),
+        sha256=fields.get("sha256", str, None),
+        hub_id=fields.get("hub_id", str, None),
+        seed=fields.get("seed", int, 0),
+        load=fields.get("load", str, "by_name", ("by_name", "positional")),
+        unwrap=fields.str_tuple("unwrap"),
+        strip_prefixes=fields.str_tuple("strip_prefixes"),
+        drop_keys=fields.str_tuple("drop_keys"),
+        converter=fields.get("converter", str, None),
+        batchnorm_stats=fields.get("batchnorm_stats", str, bn_rules[0], bn_rules),
+    )
+    required = {"pip": ("package", "path"), "url": ("url", "sha256"), "file": ("path",)}
+    for key in required.get(source, ()):
+        if getattr(spec, key) is None:
+            raise CardError(f"{fields.where}: source '{source}' needs field '{key}'")
+    if spec.converter is not None:
+        if spec.converter not in converter_names():
+            raise CardError(
+                f"{fields.where}.converter: unknown converter {spec.converter!r} "
+                f"(known: {', '.join(converter_names())})"
+            )
+        if source not in CHECKPOINT_SOURCES:
+            raise CardError(
+                f"{fields.where}.converter: a converter applies to checkpoint files "
+                f"(source {', '.join(CHECKPOINT_SOURCES)}), not to source '{source}'"
+            )
+    if spec.sha256 is not None and (
+        len(spec.sha256) != 64 or not all(c in "0123456789abcdef" for c in spec.sha256)
+    ):
+        raise CardError(
+            f"{fields.where}: field 'sha256' must be 64 lowercase hex digits, got {spec.sha256!r}"
+        )
+    return spec
+
+
+def _parse_model(fields: Fields) -> ModelCard:
+    fields.unknown(
+        {"name", "architecture", "weights", "preprocessing", "category", "pretraining_data"}
+        | {"paper", "license", "random_twin_of"}
+    )
+    name = fields.get("name", str)
+    if not MODEL_NAME.fullmatch(name):
+        raise CardError(
+            f"{fields.where}: model name {name!r} must be 'arch.tag' (letters, digits, _ - . only)"
+        )
+    arch = fields.sub("architecture")
+    arch.unknown({"library", "name"})
+    return ModelCard(
+        name=name,
+        library=arch.get("library", str, choices=ARCH_LIBRARIES),
+        architecture=arch.get("name", str),
+        weights=_parse_weights(fields.sub("weights")),
+        preprocessing=_parse_preprocessing(fields.sub("preprocessing")),
+        category=fields.get("category", str, choices=CATEGORIES),
+        pretraining_data=fields.get("pretraining_data", str),
+        paper=fields.get("paper", str, ""),
+        license=fields.get("license", str, ""),
+        random_twin_of=fields.get("random_twin_of", str, None),
+    )
+
+
+def load_model_card_file(path: Path) -> list[ModelCard]:
+    """Load and validate every model entry of one model card file.
+
+    Args:
+        path: a YAML file with a top-level ``models:`` list.
+
+    Returns:
+        The validated cards, in file order.
+
+    Raises:
+        CardError: naming the file, entry and field at fault.
+    """
+    top = Fields(read_yaml(path), str(path))
+    top.unknown({"models"})
+    entries = top.get("models", list)
+    cards = []
+    for index, raw in enumerate(entries):
+        label = raw.get("name", index) if isinstance(raw, dict) else index
+        card = _parse_model(Fields(raw, f"{path}: models[{label}]"))
+        cards.append(_replace_source(card, str(path)))
+    return cards
+
+
+def _replace_source(card: ModelCard, source_file: str) -> ModelCard:
+    return ModelCard(**{**card.__dict__, "source_file": source_file})
+
+
+def timm_model_card(timm_name: str) -> ModelCard:
+    """Build a model card for any timm model from timm's own pretrained config.
+
+    Args:
+        timm_name: ``architecture`` or ``architecture.tag`` as timm names it.
+
+    Raises:
+        CardError: when timm does not know the name.
+    """
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(timm_name, allow_unregistered=False)
+    except Exception as exc:
+        raise CardError(f"timm does not know model {timm_name!r}: {exc}") from exc
+    if cfg is None:
+        raise CardError(f"timm has no pretrained config for {timm_name!r}")
+    arch, _, tag = timm_name.partition(".")
+    tag = tag or cfg.tag or "default"
+    interpolation = cfg.interpolation if cfg.interpolation in INTERPOLATIONS else "bicubic"
+    return ModelCard(
+        name=f"{arch}.{tag}",
+        library="timm",
+        architecture=arch,
+        weights=WeightsSpec(source="timm", hub_id=f"{arch}.{tag}"),
+        preprocessing=Preprocessing(
+            input_size=int(cfg.input_size[-1]),
+            mean=tuple(float(v) for v in cfg.mean),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in cfg.std),  # type: ignore[arg-type]
+            interpolation=interpolation,
+            crop_pct=float(cfg.crop_pct or 0.875),
+        ),
+        category="supervised",
+        pretraining_data=str(tag),
+        paper=str(cfg.paper_ids or ""),
+        license=str(cfg.license or ""),
+        source_file=f"timm pretrained_cfg {timm_name}",
+    )

@@ -1,0 +1,256 @@
+"""Label policies: from a reader's raw label table to class indices (or multilabel 0/1).
+
+Each policy is registered with a version and typed parameters (see
+:mod:`harness.data.registry`); a card names one in ``label_policy:``. Without one, the
+``identity`` policy applies. A params class may define ``validate_for(classes, task)``;
+it runs when the card loads, so a policy that cannot fit the card's task or classes
+fails there, naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from harness.data import DatasetError
+from harness.data.registry import register_label_policy
+from harness.data.table import DatasetContext, Labels, RawDataset
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdentityParams:
+    """Parameters of ``identity``.
+
+    Attributes:
+        column: the raw column holding integer labels (or 0/1 rows) or class names.
+    """
+
+    column: str = "label"
+
+
+@register_label_policy("identity", version=1, params=IdentityParams)
+def identity(params: IdentityParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
+    """Labels as stored: integers (or 0/1 rows for multilabel), or the card's class names."""
+    values = raw.column(params.column, ctx, "label_policy.column")
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
+        return Labels(values.astype(np.int64))
+    if ctx.task == "multilabel":
+        raise DatasetError(
+            f"{ctx.card}: label_policy 'identity' needs integer 0/1 rows for a multilabel task; "
+            f"column {params.column!r} holds {values.dtype} (use uncertain, onehot or multi_hot)"
+        )
+    return Labels(_class_index(values.astype(str), ctx, "label_policy.column"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassMapParams:
+    """Parameters of ``class_map``.
+
+    Attributes:
+        column: the raw column.
+        map: raw value -> class name; several raw values may map to one class (many-to-one).
+            Values not listed must be class names themselves.
+        unmapped: ``error`` on a value that is neither mapped nor a class, or ``drop`` the row.
+    """
+
+    column: str = "label"
+    map: dict[str, str] = field(default_factory=dict)
+    unmapped: Literal["error", "drop"] = "error"
+
+    def validate_for(self, classes: tuple[str, ...], task: str) -> None:
+        """Every target is a class; the task is single-label."""
+        if task == "multilabel":
+            raise ValueError("class_map gives one class per image; the task is multilabel")
+        wrong = sorted({v for v in self.map.values() if v not in classes})
+        if wrong:
+            raise ValueError(f"'map' targets {wrong} are not classes ({', '.join(classes)})")
+
+
+@register_label_policy("class_map", version=1, params=ClassMapParams)
+def class_map(params: ClassMapParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
+    """Map raw label values to classes, merging several into one (many-to-one)."""
+    values = raw.column(params.column, ctx, "label_policy.column")
+    named = np.asarray([params.map.get(_text(v), _text(v)) for v in values], dtype=str)
+    keep = np.isin(named, ctx.classes)
+    if params.unmapped == "error" and not keep.all():
+        _unknown(named[~keep], ctx, "label_policy.map")
+    index = {name: i for i, name in enumerate(ctx.classes)}
+    labels = np.asarray([index.get(name, -1) for name in named], dtype=np.int64)
+    return Labels(labels, None if keep.all() else keep)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UncertainParams:
+    """CheXpert's label columns: ``1.0`` positive, ``0.0`` negative, ``-1.0`` uncertain, blank.
+
+    Attributes:
+        columns: the label columns, one per class for a multilabel task (default: the
+            card's class names) or exactly one for a binary task.
+        uncertain: ``ones`` (U-Ones), ``zeros`` (U-Zeros) or ``drop`` (U-Ignore: drop the
+            image).
+        blank: ``zeros`` (not mentioned = negative) or ``drop``.
+    """
+
+    columns: tuple[str, ...] | None = None
+    uncertain: Literal["ones", "zeros", "drop"] = "ones"
+    blank: Literal["zeros", "drop"] = "zeros"
+
+    def validate_for(self, classes: tuple[str, ...], task: str) -> None:
+        """One column for a binary task; one per class for a multilabel task."""
+        if task == "binary":
+            if self.columns is None or len(self.columns) != 1:
+                raise ValueError("a binary task needs exactly one label column in 'columns'")
+        elif task == "multilabel":
+            if self.columns is not None and len(self.columns) != len(classes):
+                raise ValueError(
+                    f"'columns' lists {len(self.columns)} columns for {len(classes)} classes"
+                )
+        else:
+            raise ValueError(f"the uncertain policy is for binary or multilabel tasks, not {task}")
+
+
+@register_label_policy("uncertain", version=1, params=UncertainParams)
+def uncertain(params: UncertainParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
+    """CheXpert-style 1 / 0 / -1 (uncertain) / blank columns to 0/1 labels."""
+    columns = params.columns or ctx.classes
+    codes = np.stack(
+        [_ternary(raw.column(c, ctx, "label_policy.columns"), c, ctx) for c in columns], axis=1
+    )
+    keep = np.ones(len(codes), dtype=bool)
+    out = codes.copy()
+    for code, rule in ((-1, params.uncertain), (-2, params.blank)):
+        hit = codes == code
+        if rule == "drop":
+            keep &= ~hit.any(axis=1)
+        out[hit] = 1 if rule == "ones" else 0
+    out = out.astype(np.int64)
+    values = out[:, 0] if ctx.task == "binary" else out
+    return Labels(values, None if keep.all() else keep)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneHotParams:
+    """Parameters of ``onehot_to_index``.
+
+    Attributes:
+        columns: the one-hot columns in class order (default: the card's class names).
+        empty: a row without a 1 is an ``error``, or ``drop`` it (ISIC's ``UNK``-only rows).
+    """
+
+    columns: tuple[str, ...] | None = None
+    empty: Literal["error", "drop"] = "error"
+
+    def validate_for(self, classes: tuple[str, ...], task: str) -> None:
+        """One column per class, single-label task."""
+        if task == "multilabel":
+            raise ValueError("onehot_to_index gives one class per image; the task is multilabel")
+        if self.columns is not None and len(self.columns) != len(classes):
+            raise ValueError(
+                f"'columns' lists {len(self.columns)} columns for {len(classes)} classes"
+            )
+
+
+@register_label_policy("onehot_to_index", version=1, params=OneHotParams)
+def onehot_to_index(params: OneHotParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
+    """One-hot 0/1 columns (ISIC's ground-truth CSV) to a class index."""
+    columns = params.columns or ctx.classes
+    matrix = np.stack(
+        [_numbers(raw.column(c, ctx, "label_policy.columns"), c, ctx) for c in columns], axis=1
+    )
+    if not np.isin(matrix, (0.0, 1.0)).all():
+        raise DatasetError(f"{ctx.card}: label_policy 'onehot_to_index' needs 0/1 columns")
+    hot = matrix.sum(axis=1)
+    if (hot > 1).any():
+        row = int(np.flatnonzero(hot > 1)[0])
+        raise DatasetError(f"{ctx.card}: row {row + 1} has more than one class set")
+    keep = hot == 1
+    if params.empty == "error" and not keep.all():
+        row = int(np.flatnonzero(~keep)[0])
+        raise DatasetError(f"{ctx.card}: row {row + 1} has no class set (label_policy.empty)")
+    return Labels(matrix.argmax(axis=1).astype(np.int64), None if keep.all() else keep)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiHotParams:
+    """NIH ChestX-ray14's ``Finding Labels``: class names joined by a separator.
+
+    Attributes:
+        column: the raw column.
+        separator: between names.
+        none: values meaning no class (an all-zero row), e.g. ``No Finding``.
+        unknown: a name that is not a class is an ``error``, or ``ignore`` it.
+    """
+
+    column: str = "label"
+    separator: str = "|"
+    none: tuple[str, ...] = ()
+    unknown: Literal["error", "ignore"] = "error"
+
+    def validate_for(self, classes: tuple[str, ...], task: str) -> None:
+        """Multilabel tasks only."""
+        if task != "multilabel":
+            raise ValueError(f"multi_hot gives multilabel rows; the task is {task}")
+
+
+@register_label_policy("multi_hot", version=1, params=MultiHotParams)
+def multi_hot(params: MultiHotParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
+    """Separator-joined class names (``Effusion|Mass``) to 0/1 rows."""
+    values = raw.column(params.column, ctx, "label_policy.column")
+    index = {name: i for i, name in enumerate(ctx.classes)}
+    out = np.zeros((len(values), len(ctx.classes)), dtype=np.int64)
+    for row, value in enumerate(values):
+        for name in (n.strip() for n in _text(value).split(params.separator)):
+            if not name or name in params.none:
+                continue
+            if name in index:
+                out[row, index[name]] = 1
+            elif params.unknown == "error":
+                _unknown(np.asarray([name]), ctx, "label_policy.unknown")
+    return Labels(out)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _text(value: object) -> str:
+    return str(value).strip()
+
+
+def _class_index(names: np.ndarray, ctx: DatasetContext, field: str) -> np.ndarray:
+    known = np.isin(names, ctx.classes)
+    if not known.all():
+        _unknown(names[~known], ctx, field)
+    index = {name: i for i, name in enumerate(ctx.classes)}
+    return np.asarray([index[name] for name in names], dtype=np.int64)
+
+
+def _unknown(values: np.ndarray, ctx: DatasetContext, field: str) -> None:
+    found = sorted(set(values.tolist()))
+    shown = ", ".join(repr(v) for v in found[:8]) + (" ..." if len(found) > 8 else "")
+    raise DatasetError(
+        f"{ctx.card}: label values {shown} are not classes ({', '.join(ctx.classes)}); "
+        f"map them with field '{field}'"
+    )
+
+
+def _numbers(column: np.ndarray, name: str, ctx: DatasetContext) -> np.ndarray:
+    try:
+        return np.asarray([float(_text(v) or "nan") for v in column], dtype=np.float64)
+    except ValueError as exc:
+        raise DatasetError(f"{ctx.card}: column {name!r} holds a non-number: {exc}") from None
+
+
+def _ternary(column: np.ndarray, name: str, ctx: DatasetContext) -> np.ndarray:
+    """1 / 0 / -1 (uncertain) / -2 (blank) codes of a CheXpert-style column."""
+    numbers = _numbers(column, name, ctx)
+    codes = np.where(np.isnan(numbers), -2.0, numbers)
+    bad = ~np.isin(codes, (1.0, 0.0, -1.0, -2.0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(
+            f"{ctx.card}: column {name!r} row {row + 1} holds {column[row]!r}; expected 1, 0, "
+            "-1 (uncertain) or blank"
+        )
+    return codes.astype(np.int64)

@@ -1,0 +1,177 @@
+"""Running a card's reader, label policy and split rule: from a source to train / val / test.
+
+    reader(params, ctx) -> RawDataset            one row per image, raw label table
+    label_policy(params, raw, ctx) -> Labels     class indices (or 0/1 rows), rows to keep
+    split_rule(params, data, ctx) -> rows/split  train / val / test row indices
+    -> {split: SplitData}                        images decoded (and resized) only now
+
+The entries are looked up in :mod:`harness.data.registry` by the names the card gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.config.dataset_cards import DatasetCard
+from harness.config.paths import data_dir
+from harness.data import DatasetError
+from harness.data.npz import SPLITS, SplitData
+from harness.data.registry import LABEL_POLICIES, READERS, SPLIT_RULES, LabelPolicySpec
+from harness.data.table import ArrayImages, DatasetContext, RawDataset, SplitInput
+
+
+def card_folder(card: DatasetCard) -> Path:
+    """The folder a card's relative paths start from.
+
+    For a card in a ``datasets/`` folder, the card folder holding it (the folder named by
+    ``$MEDXFER_CARDS``, or the checkout); otherwise the card file's own folder.
+    """
+    if not card.source_file:
+        return Path.cwd()
+    folder = Path(card.source_file).resolve().parent
+    return folder.parent if folder.name == "datasets" else folder
+
+
+def data_root(card: DatasetCard) -> Path:
+    """The dataset's data folder: the reader's ``root``, or its default under ``MEDXFER_HOME``.
+
+    A relative ``root`` starts from :func:`card_folder`; ``~`` is expanded. The default is
+    ``<MEDXFER_HOME>/data/<name>``, plus ``/v<version>`` for single-file readers (``npz``).
+    """
+    params = card.reader.params
+    root = getattr(params, "root", None)
+    if root:
+        path = Path(root).expanduser()
+        return path if path.is_absolute() else card_folder(card) / path
+    base = data_dir() / card.name
+    return base / f"v{card.version}" if getattr(params, "ROOT_PER_VERSION", False) else base
+
+
+def context(card: DatasetCard) -> DatasetContext:
+    """What the card's entries are told about it."""
+    return DatasetContext(
+        card=card.source_file or card.name,
+        name=card.name,
+        task=card.task,
+        classes=card.classes,
+        root=data_root(card),
+    )
+
+
+def required_paths(card: DatasetCard) -> tuple[Path, ...]:
+    """The files or folders the user must put in place before the card can be read."""
+    root = data_root(card)
+    paths = getattr(card.reader.params, "paths", None)
+    return tuple(paths(root)) if callable(paths) else (root,)
+
+
+def reads_as_is(card: DatasetCard) -> bool:
+    """True when the source is an ``.npz`` archive used as it is (no decoded copy needed)."""
+    policy = card.label_policy
+    return (
+        card.reader.name == "npz"
+        and (policy is None or (policy.name == "identity" and policy.params.column == "label"))
+        and card.split.name == "predefined"
+        and not card.split.params.names
+        and card.split.params.val_fraction == 0
+    )
+
+
+def read_raw(card: DatasetCard) -> RawDataset:
+    """Run the card's reader (the index is read; images are decoded later, on demand)."""
+    return READERS.run(card.reader, context(card))  # type: ignore[no-any-return]
+
+
+def raw_from_splits(splits: dict[str, SplitData]) -> RawDataset:
+    """Present a builder's splits as a raw dataset (source splits, integer labels, groups)."""
+    names = [s for s in SPLITS if s in splits]
+    parts = [splits[s] for s in names]
+    groups = [p.groups for p in parts]
+    return RawDataset(
+        columns={"label": np.concatenate([np.asarray(p.labels) for p in parts])},
+        images=ArrayImages(tuple(len(p) for p in parts), lambda: [p.images for p in parts]),
+        digest="",
+        groups=None if any(g is None for g in groups) else np.concatenate(groups),  # type: ignore[arg-type]
+        split=np.concatenate([np.full(len(p), s) for s, p in zip(names, parts, strict=True)]),
+    )
+
+
+def make_splits(card: DatasetCard, raw: RawDataset) -> dict[str, SplitData]:
+    """Apply the card's label policy and split rule to a raw dataset and decode its images.
+
+    Raises:
+        DatasetError: naming the card (and the file or field) at fault.
+    """
+    ctx = context(card)
+    policy = card.label_policy or LABEL_POLICIES.parse({"name": "identity"}, ctx.card)
+    labels = LABEL_POLICIES.run(policy, raw, ctx)
+    values = np.asarray(labels.values)
+    if len(values) != len(raw):
+        raise DatasetError(f"{ctx.card}: label policy {policy.name!r} returned a wrong row count")
+    rows = np.arange(len(raw)) if labels.keep is None else np.flatnonzero(labels.keep)
+    if not len(rows):
+        raise DatasetError(f"{ctx.card}: label policy {policy.name!r} kept no image")
+    values = _check_labels(values[rows], card, policy)
+    groups = None if raw.groups is None else np.asarray(raw.groups)[rows]
+    split = None if raw.split is None else np.asarray(raw.split)[rows]
+    data = SplitInput(values, groups, split, lambda index: raw.images.take(rows[index]))
+    assignment = SPLIT_RULES.run(card.split, data, ctx)
+    _check_assignment(assignment, len(rows), card)
+    codes = _group_codes(groups)
+    return {
+        split_name: SplitData(
+            images=raw.images.take(rows[index]),
+            labels=values[index],
+            groups=None if codes is None else codes[index],
+        )
+        for split_name, index in ((s, np.asarray(assignment[s], dtype=np.int64)) for s in SPLITS)
+    }
+
+
+def _check_labels(values: np.ndarray, card: DatasetCard, policy: LabelPolicySpec) -> np.ndarray:
+    where = f"{card.source_file or card.name}: label policy {policy.name!r}"
+    if not np.issubdtype(values.dtype, np.integer):
+        raise DatasetError(f"{where} returned {values.dtype} labels, not integers")
+    values = values.astype(np.int64)
+    if card.task == "multilabel":
+        if (
+            values.ndim != 2
+            or values.shape[1] != card.num_classes
+            or not np.isin(values, (0, 1)).all()
+        ):
+            raise DatasetError(
+                f"{where} must give 0/1 rows of {card.num_classes} for a multilabel task"
+            )
+    elif values.ndim != 1 or values.min() < 0 or values.max() >= card.num_classes:
+        raise DatasetError(f"{where} must give class indices in 0..{card.num_classes - 1}")
+    return values
+
+
+def _check_assignment(assignment: dict[str, np.ndarray], n: int, card: DatasetCard) -> None:
+    where = f"{card.source_file or card.name}: split rule {card.split.name!r}"
+    if set(assignment) != set(SPLITS):
+        raise DatasetError(f"{where} returned splits {sorted(assignment)}, not {', '.join(SPLITS)}")
+    seen = np.zeros(n, dtype=bool)
+    for split in SPLITS:
+        index = np.asarray(assignment[split], dtype=np.int64)
+        if not len(index):
+            raise DatasetError(f"{where} left split {split!r} empty (too few images or groups?)")
+        if (
+            index.min() < 0
+            or index.max() >= n
+            or seen[index].any()
+            or len(np.unique(index)) < len(index)
+        ):
+            raise DatasetError(f"{where} returned overlapping or out-of-range rows for {split!r}")
+        seen[index] = True
+
+
+def _group_codes(groups: np.ndarray | None) -> np.ndarray | None:
+    if groups is None:
+        return None
+    if np.issubdtype(groups.dtype, np.integer):
+        return groups.astype(np.int64)
+    _, codes = np.unique(groups.astype(str), return_inverse=True)
+    return codes.reshape(-1).astype(np.int64)

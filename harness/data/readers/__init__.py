@@ -1,0 +1,13 @@
+"""The built-in dataset readers; importing this package registers them.
+
+- ``npz``: a MedMNIST-layout archive (:mod:`.npz_file`);
+- ``csv_images``: image files listed by a CSV index (:mod:`.csv_index`);
+- ``dicom``: DICOM files listed by a CSV index (:mod:`.csv_index`);
+- ``image_folder``: one sub-folder per class, optionally per split (:mod:`.image_folder`).
+"""
+
+from __future__ import annotations
+
+from harness.data.readers import csv_index, image_folder, npz_file
+
+__all__ = ["csv_index", "image_folder", "npz_file"]

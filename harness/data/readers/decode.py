@@ -1,0 +1,92 @@
+"""Decoding image files with PIL to uint8 arrays of one declared size, and the shared params."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from harness.data.dicom import to_uint8
+
+RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeometryParams:
+    """How a decoded image is brought to the dataset's square size.
+
+    Attributes:
+        size: output side in pixels (all images of a dataset share it, so arrays stack).
+        fit: ``center_crop`` crops the central square before resizing (MedMNIST's way);
+            ``stretch`` resizes the whole image.
+        interpolation: PIL resampling filter (antialiased when shrinking).
+    """
+
+    size: int = 224
+    fit: Literal["center_crop", "stretch"] = "center_crop"
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] = "bilinear"
+
+    def validate(self) -> None:
+        """Check the size."""
+        if not 8 <= self.size <= 4096:
+            raise ValueError(f"'size' must be in 8..4096, got {self.size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageParams(GeometryParams):
+    """Geometry plus colour.
+
+    Attributes:
+        mode: ``L`` stores grayscale ``(H, W)``, ``RGB`` stores ``(H, W, 3)``.
+    """
+
+    mode: Literal["L", "RGB"] = "L"
+
+
+def fit_image(image: object, params: GeometryParams) -> np.ndarray:
+    """Crop (per ``params.fit``) and resize a PIL image; return it as a uint8 array."""
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    if params.fit == "center_crop":
+        width, height = image.size
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    resample = getattr(Image.Resampling, params.interpolation.upper())
+    if image.size != (params.size, params.size):
+        image = image.resize((params.size, params.size), resample)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(path: Path, params: ImageParams) -> np.ndarray:
+    """Decode an image file (PNG, JPEG, TIFF, BMP ...) to uint8 of the declared size and mode.
+
+    16-bit and float grayscale images are scaled to 8 bits (16-bit by 65535 -> 255, others
+    by their robust range).
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        OSError / ValueError: when the file is not a decodable image (the caller names it).
+    """
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        opened.load()
+        image = opened
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            values = np.asarray(image, dtype=np.float32)
+            window = (0.0, 65535.0) if image.mode.startswith("I;16") else None
+            image = Image.fromarray(to_uint8(values, window=window))
+        if image.mode != params.mode:
+            image = image.convert(params.mode)
+        return fit_image(image, params)
+
+
+def dicom_to_pil(frame: np.ndarray) -> object:
+    """A uint8 frame as a PIL grayscale image."""
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))

@@ -1,0 +1,226 @@
+"""Split rules: which rows of a dataset go to train, val and test.
+
+Each rule is registered with a version and typed parameters (see
+:mod:`harness.data.registry`); a card names one in ``split:``. Without one, the
+``predefined`` rule applies. A rule returns row indices for each of ``train``, ``val``
+and ``test``; the caller checks that they are disjoint and none is empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from harness.data import DatasetError
+from harness.data.npz import SPLITS
+from harness.data.registry import register_split_rule
+from harness.data.table import DatasetContext, SplitInput
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredefinedParams:
+    """Splits as the source gives them (archive keys, split folders, per-split CSVs, a column).
+
+    Attributes:
+        names: our split -> the source's split name, for names that differ, e.g.
+            ``{val: valid}``; a source split not named is left out.
+        val_fraction: when > 0, ``val`` is carved out of the source's ``train`` instead
+            (grouped and stratified like ``seeded_fractions``), for sources without one.
+        seed: seed of that carving.
+    """
+
+    NEEDS_SOURCE_SPLITS: ClassVar[bool] = True
+    names: dict[str, str] = field(default_factory=dict)
+    val_fraction: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Known split names; a fraction in [0, 1)."""
+        unknown = sorted(set(self.names) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"'names' keys must be among {', '.join(SPLITS)}, got {unknown}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"'val_fraction' must be in [0, 1), got {self.val_fraction}")
+
+
+@register_split_rule("predefined", version=1, params=PredefinedParams)
+def predefined(
+    params: PredefinedParams, data: SplitInput, ctx: DatasetContext
+) -> dict[str, np.ndarray]:
+    """The source's own splits (official lists), optionally with val carved from train."""
+    source = _source_split(data, ctx, "predefined")
+    wanted = [s for s in SPLITS if not (s == "val" and params.val_fraction > 0)]
+    out = {}
+    for split in wanted:
+        name = params.names.get(split, split)
+        out[split] = np.flatnonzero(source == name)
+        if not len(out[split]):
+            present = ", ".join(sorted(set(source.tolist())))
+            raise DatasetError(
+                f"{ctx.card}: field 'split.names': the source has no split {name!r} for "
+                f"{split} (source splits: {present})"
+            )
+    if params.val_fraction > 0:
+        train = out["train"]
+        groups = None if data.groups is None else data.groups[train]
+        fractions = {"train": 1.0 - params.val_fraction, "val": params.val_fraction}
+        assigned = assign_fractions(data.labels[train], groups, fractions, params.seed, True)
+        out["train"], out["val"] = train[assigned == 0], train[assigned == 1]
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeededFractionsParams:
+    """Random splits by fractions, keeping each group (patient) inside one split.
+
+    Attributes:
+        fractions: ``{train: f, val: f, test: f}``, summing to 1.
+        seed: the seed; the same seed gives the same split.
+        grouped: keep every group (the reader's patient / study ids) in one split.
+        stratify: keep class proportions per split where groups allow.
+    """
+
+    fractions: dict[str, float]
+    seed: int = 0
+    grouped: bool = True
+    stratify: bool = True
+
+    def validate(self) -> None:
+        """train / val / test fractions in (0, 1) summing to 1."""
+        if set(self.fractions) != set(SPLITS):
+            raise ValueError(
+                f"'fractions' must give {', '.join(SPLITS)}, got {sorted(self.fractions)}"
+            )
+        if any(not 0.0 < f < 1.0 for f in self.fractions.values()):
+            raise ValueError(f"every fraction must be in (0, 1), got {self.fractions}")
+        if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
+            raise ValueError(f"'fractions' must sum to 1, got {sum(self.fractions.values())}")
+
+
+@register_split_rule("seeded_fractions", version=1, params=SeededFractionsParams)
+def seeded_fractions(
+    params: SeededFractionsParams, data: SplitInput, ctx: DatasetContext
+) -> dict[str, np.ndarray]:
+    """Seeded train / val / test fractions, grouped by patient and stratified by class."""
+    groups = data.groups if params.grouped else None
+    fractions = {s: params.fractions[s] for s in SPLITS}
+    assigned = assign_fractions(data.labels, groups, fractions, params.seed, params.stratify)
+    return {split: np.flatnonzero(assigned == k) for k, split in enumerate(SPLITS)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisjointRegionsParams:
+    """The builder's own splits, from disjoint regions of the source images.
+
+    Attributes:
+        unit: what the stored groups are: ``tile`` (a region of one split: groups must
+            not cross splits) or ``source`` (a source image cut into tiles of every split).
+    """
+
+    NEEDS_SOURCE_SPLITS: ClassVar[bool] = True
+    unit: Literal["tile", "source"] = "tile"
+
+
+@register_split_rule("disjoint_regions", version=1, params=DisjointRegionsParams)
+def disjoint_regions(
+    params: DisjointRegionsParams, data: SplitInput, ctx: DatasetContext
+) -> dict[str, np.ndarray]:
+    """A builder's splits, verified: no image in two splits, no tile group across splits.
+
+    Constant images (a patch saturated by the augmentation) are not compared.
+    """
+    source = _source_split(data, ctx, "disjoint_regions")
+    out = {split: np.flatnonzero(source == split) for split in SPLITS}
+    if params.unit == "tile":
+        if data.groups is None:
+            raise DatasetError(f"{ctx.card}: split rule disjoint_regions (unit tile) needs groups")
+        check_groups_disjoint(data.groups, out, ctx)
+    digests: dict[str, str] = {}
+    for split, rows in out.items():
+        for row, image in zip(rows, data.take_images(rows), strict=True):
+            if image.min() == image.max():
+                continue  # a constant (e.g. saturated) patch carries nothing to leak
+            key = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+            if digests.setdefault(key, split) != split:
+                raise DatasetError(
+                    f"{ctx.card}: split rule disjoint_regions: image {row} of {split} also "
+                    f"appears in {digests[key]}"
+                )
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def check_groups_disjoint(
+    groups: np.ndarray, splits: dict[str, np.ndarray], ctx: DatasetContext
+) -> None:
+    """Raise :class:`DatasetError` when a group has rows in two splits."""
+    seen: dict[object, str] = {}
+    for split, rows in splits.items():
+        for group in np.unique(groups[rows]).tolist():
+            if seen.setdefault(group, split) != split:
+                raise DatasetError(
+                    f"{ctx.card}: group {group!r} has images in both {seen[group]} and {split}"
+                )
+
+
+def assign_fractions(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    fractions: dict[str, float],
+    seed: int,
+    stratify: bool,
+) -> np.ndarray:
+    """Assign each row to one of ``fractions`` (by position), whole groups at a time.
+
+    Groups are shuffled with ``numpy.random.default_rng(seed)`` inside each stratum (the
+    majority class of the group's rows; multilabel rows by their first positive label),
+    and laid end to end by row count: a group goes to the split whose share of the
+    stratum holds the middle of the group. Fractions hold to within one group per stratum.
+
+    Returns:
+        int64 ``(N,)``: the index in ``fractions`` of each row's split.
+    """
+    n = len(labels)
+    if groups is None:
+        inverse = np.arange(n)
+        n_units = n
+    else:
+        _, inverse = np.unique(groups, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        n_units = int(inverse.max()) + 1 if n else 0
+    keys = np.asarray(labels)
+    if keys.ndim == 2:
+        keys = np.where(keys.any(axis=1), keys.argmax(axis=1), -1)
+    unit_key = np.zeros(n_units, dtype=np.int64)
+    if stratify and n:
+        classes, per_row = np.unique(keys, return_inverse=True)
+        counts = np.zeros((n_units, len(classes)), dtype=np.int64)
+        np.add.at(counts, (inverse, per_row.reshape(-1)), 1)
+        unit_key = counts.argmax(axis=1)
+    sizes = np.bincount(inverse, minlength=n_units)
+    bounds = np.cumsum(list(fractions.values()))
+    rng = np.random.default_rng(seed)
+    unit_split = np.zeros(n_units, dtype=np.int64)
+    for key in np.unique(unit_key):
+        order = rng.permutation(np.flatnonzero(unit_key == key))
+        cumulative = np.cumsum(sizes[order])
+        middle = (cumulative - sizes[order] / 2.0) / cumulative[-1]
+        unit_split[order] = np.minimum(
+            np.searchsorted(bounds, middle, side="right"), len(bounds) - 1
+        )
+    return unit_split[inverse]
+
+
+def _source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarray:
+    if data.split is None:
+        raise DatasetError(
+            f"{ctx.card}: field 'split.rule': {rule!r} needs splits from the reader, which gives "
+            "none (use seeded_fractions, or a reader with split folders / per-split indexes / "
+            "split_column)"
+        )
+    return np.asarray(data.split).astype(str)
