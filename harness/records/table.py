@@ -12,9 +12,9 @@ import pandas as pd
 from harness.cache import atomic
 from harness.records.results import RecordError, ResultRecord, load_record, parse_timestamp
 
-# Columns of load_records() that exist even when no record was found; one
-# ``metric_<name>`` column per metric seen is inserted after ``primary_value``.
-BASE_COLUMNS = (
+# Columns of load_records() that exist even when no record was found, in three groups;
+# one ``metric_<name>`` column per metric seen is inserted after ``primary_value``.
+CASE_COLUMNS = (
     "case_id",
     "suite",
     "suite_version",
@@ -29,12 +29,16 @@ BASE_COLUMNS = (
     "protocol_version",
     "primary_metric",
     "primary_value",
+)
+RUN_COLUMNS = (
     "hyperparameters",
     "extraction_s",
     "protocol_s",
     "total_s",
     "feature_cache_hits",
     "feature_cache_misses",
+)
+PROVENANCE_COLUMNS = (
     "timestamp",
     "run_id",
     "git_commit",
@@ -43,6 +47,12 @@ BASE_COLUMNS = (
     "hardware",
     "path",
 )
+BASE_COLUMNS = (*CASE_COLUMNS, *RUN_COLUMNS, *PROVENANCE_COLUMNS)
+# What a report needs from every row; the rest may be absent from older or foreign tables.
+OPTIONAL_COLUMNS = frozenset(
+    {"suite_version", *RUN_COLUMNS, "git_dirty", "versions", "hardware", "path"}
+)
+REQUIRED_COLUMNS = tuple(c for c in BASE_COLUMNS if c not in OPTIONAL_COLUMNS)
 
 
 def load_records(results_dir: Path, latest_only: bool = True) -> pd.DataFrame:

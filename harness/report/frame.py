@@ -7,27 +7,10 @@ import pandas as pd
 from harness.config.vocabulary import is_interval_name
 from harness.protocols.registry import discover
 from harness.records.results import parse_timestamp
-from harness.records.table import BASE_COLUMNS
+from harness.records.table import REQUIRED_COLUMNS
 from harness.report.format import text_or_none
 
 SEMI_SYNTHETIC_MARK = "†"
-
-# Columns of load_records() that a report cannot do without (timings, cache counts,
-# hyperparameters and provenance blobs are optional).
-_OPTIONAL_COLUMNS = {
-    "suite_version",
-    "hyperparameters",
-    "extraction_s",
-    "protocol_s",
-    "total_s",
-    "feature_cache_hits",
-    "feature_cache_misses",
-    "git_dirty",
-    "versions",
-    "hardware",
-    "path",
-}
-_REQUIRED_COLUMNS = tuple(c for c in BASE_COLUMNS if c not in _OPTIONAL_COLUMNS)
 
 
 class ReportError(RuntimeError):
@@ -35,7 +18,7 @@ class ReportError(RuntimeError):
 
 
 def prepare_frame(df: pd.DataFrame, suite: str | None) -> pd.DataFrame:
-    missing = [column for column in _REQUIRED_COLUMNS if column not in df.columns]
+    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
     if missing:
         raise ReportError(f"result table lacks column(s) {', '.join(missing)}")
     frame = df if suite is None else df[df["suite"] == suite]

@@ -7,20 +7,10 @@ from typing import Any
 
 import pandas as pd
 
+from harness.config.vocabulary import VERSIONED_PACKAGES
 from harness.report.format import MISSING, column_values, count_text, text_or_none, total, truthy
 
-_VERSION_ORDER = (
-    "python",
-    "medxfer",
-    "torch",
-    "torchvision",
-    "timm",
-    "numpy",
-    "scikit-learn",
-    "scipy",
-    "pandas",
-    "cuda",
-)
+_VERSION_ORDER = ("python", "medxfer", *VERSIONED_PACKAGES, "cuda")
 
 
 def provenance(frame: pd.DataFrame) -> str:
