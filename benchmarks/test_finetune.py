@@ -1,4 +1,4 @@
-"""Fine-tuning cases: the protocol registered in harness/protocols/finetune.py, one test per case."""
+"""Fine-tuning cases: the protocol registered in harness/protocols/finetune/, one test per case."""
 
 from harness.plugin import benchmark_test
 

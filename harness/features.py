@@ -1,12 +1,13 @@
-"""Frozen-feature extraction and the feature cache.
+"""Frozen-feature extraction, and the feature cache on top of the cache service.
 
 The cache key hashes everything that decides the features: model name, weights
 identity, dataset name/version, split, the images' content, the transform, the
 layer, the batch size, the requested precision and this module's FEATURE_VERSION.
-One file per key (``.npz`` with the features and a JSON meta string), written to a
-temporary name and renamed; a file lock per key makes concurrent pytest-xdist workers
-wait for one extraction instead of repeating it. Every hit and extraction is appended
-to ``events.jsonl`` in the cache folder.
+Features live in the ``features`` namespace of :mod:`harness.cache.store`: one ``.npz``
+file per key (the features and a JSON meta string that holds the key, checked on
+load), written atomically under the key's file lock, so concurrent pytest-xdist
+workers wait for one extraction instead of repeating it. Every hit and extraction is
+appended to ``events.jsonl`` in the cache folder.
 
 Every forward pass has exactly ``batch_size`` rows: the last batch is padded by
 repeating its last image and the padded rows are dropped. oneDNN chooses another
@@ -19,23 +20,23 @@ else is in its batch and however many threads run (``docs/reproducibility.md``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 from tqdm.auto import tqdm
 
-from harness.cache.atomic import TMP_INFIX, is_temporary, write_with
-from harness.config.cards import DatasetCard, ModelCard, Preprocessing, stable_hash
+from harness.cache.atomic import is_temporary
+from harness.cache.keys import array_digest, stable_hash
+from harness.cache.store import STORE, CacheStore, Entry, KeyMismatch, Namespace
+from harness.cache.store import read_events as store_events
+from harness.config.cards import DatasetCard, ModelCard, Preprocessing
 from harness.config.paths import feature_dir
 from harness.data.transforms import describe, eval_transform
 from harness.precision import (
@@ -48,7 +49,6 @@ from harness.precision import (
 )
 
 FEATURE_VERSION = 2
-EVENTS_FILE = "events.jsonl"
 LOG = logging.getLogger("medxfer.features")
 
 
@@ -86,9 +86,38 @@ def device_class(device: str = "auto") -> str:
 
 def images_digest(images: np.ndarray) -> str:
     """Return the sha256 of an image array's shape, dtype and bytes."""
-    digest = hashlib.sha256(f"{images.shape}|{images.dtype}".encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
-    return digest.hexdigest()
+    return array_digest(images)
+
+
+def feature_key_payload(
+    model: ModelCard,
+    weights_id: str,
+    dataset: DatasetCard,
+    split: str,
+    images_sha: str,
+    pre: Preprocessing,
+    layer: str,
+    precision: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Everything that decides one (model, weights, dataset, split, transform, layer) feature set."""
+    return {
+        "feature_version": FEATURE_VERSION,
+        "model": model.name,
+        "model_card": stable_hash(model.fingerprint()),
+        "weights_sha256": weights_id,
+        "dataset": dataset.name,
+        "dataset_version": dataset.version,
+        "split": split,
+        "images_sha256": images_sha,
+        "transform": describe(pre),
+        "layer": layer,
+        "precision": precision,
+        "batch_size": batch_size,
+        # a library upgrade must re-extract, or a regression check of it would
+        # compare cached numbers with themselves
+        "libraries": {"torch": torch.__version__, "timm": _timm_version()},
+    }
 
 
 def feature_key(
@@ -102,27 +131,11 @@ def feature_key(
     precision: str,
     batch_size: int,
 ) -> str:
-    """Return the cache key of one (model, weights, dataset, split, transform, layer) feature set."""
-    return stable_hash(
-        {
-            "feature_version": FEATURE_VERSION,
-            "model": model.name,
-            "model_card": stable_hash(model.fingerprint()),
-            "weights_sha256": weights_id,
-            "dataset": dataset.name,
-            "dataset_version": dataset.version,
-            "split": split,
-            "images_sha256": images_sha,
-            "transform": describe(pre),
-            "layer": layer,
-            "precision": precision,
-            "batch_size": batch_size,
-            # a library upgrade must re-extract, or a regression check of it would
-            # compare cached numbers with themselves
-            "libraries": {"torch": torch.__version__, "timm": _timm_version()},
-        },
-        length=32,
+    """Return the cache key of one feature set: the hash of :func:`feature_key_payload`."""
+    payload = feature_key_payload(
+        model, weights_id, dataset, split, images_sha, pre, layer, precision, batch_size
     )
+    return stable_hash(payload, FEATURES.key_length)
 
 
 def _timm_version() -> str:
@@ -230,6 +243,7 @@ def cached_features(
     layer: str = "pooled",
     precision: str = DEFAULT_PRECISION,
     images_sha: str | None = None,
+    store: CacheStore = STORE,
 ) -> tuple[np.ndarray, CacheInfo]:
     """Return the features of one split, from the cache or by running the backbone once.
 
@@ -246,13 +260,14 @@ def cached_features(
         layer: which features (``pooled``: the penultimate pooled vector).
         precision: requested precision (``fp32``, or ``bf16`` / ``fp16`` where checked).
         images_sha: :func:`images_digest` of ``images`` when the caller has it already.
+        store: the cache store (its ``features`` namespace).
 
     Returns:
         Features (N, D) float32 and how they were obtained.
     """
     torch_device = resolve_device(device)
     check_precision_name(precision)
-    key = feature_key(
+    payload = feature_key_payload(
         model,
         weights_id,
         dataset,
@@ -263,107 +278,92 @@ def cached_features(
         precision,
         batch_size,
     )
-    path = feature_dir() / model.name / dataset.name / f"{split}-{key}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = store.entry(
+        FEATURES, payload, subfolders=(model.name, dataset.name), prefix=f"{split}-"
+    )
     started = time.perf_counter()
-    cached = _load(path, len(images))
-    if cached is None:
-        with FileLock(str(path) + ".lock"):
-            cached = _load(path, len(images))
-            if cached is None:
-                _remove_stale_temporaries(path)
-                features, decision = extract_checked(
-                    load_model(),
-                    images,
-                    pre,
-                    torch_device,
-                    batch_size,
-                    desc=f"{model.name} {dataset.name}/{split}",
-                    precision=precision,
-                )
-                meta = {
-                    "key": key,
-                    "model": model.name,
-                    "weights_sha256": weights_id,
-                    "dataset": dataset.name,
-                    "dataset_version": dataset.version,
-                    "split": split,
-                    "n": int(features.shape[0]),
-                    "dim": int(features.shape[1]) if features.ndim == 2 else 0,
-                    "transform": describe(pre),
-                    "layer": layer,
-                    "batch_size": batch_size,
-                    "precision": decision.to_dict(),
-                    "device": str(torch_device),
-                    "seconds": round(time.perf_counter() - started, 3),
-                }
-                write_with(
-                    path,
-                    lambda handle: np.savez(
-                        handle, features=features, meta=np.array(json.dumps(meta))
-                    ),
-                )
-                _event("extract", meta)
-                seconds = time.perf_counter() - started
-                return features, CacheInfo(key, path, False, seconds, decision.to_dict())
-    features, meta = cached
-    _event("hit", {"key": key, "model": model.name, "dataset": dataset.name, "split": split})
-    seconds = time.perf_counter() - started
-    return features, CacheInfo(key, path, True, seconds, meta.get("precision", {}))
+
+    def compute() -> tuple[np.ndarray, dict[str, Any]]:
+        features, decision = extract_checked(
+            load_model(),
+            images,
+            pre,
+            torch_device,
+            batch_size,
+            desc=f"{model.name} {dataset.name}/{split}",
+            precision=precision,
+        )
+        meta = {
+            "key": entry.key,
+            "model": model.name,
+            "weights_sha256": weights_id,
+            "dataset": dataset.name,
+            "dataset_version": dataset.version,
+            "split": split,
+            "n": int(features.shape[0]),
+            "dim": int(features.shape[1]) if features.ndim == 2 else 0,
+            "transform": describe(pre),
+            "layer": layer,
+            "batch_size": batch_size,
+            "precision": decision.to_dict(),
+            "device": str(torch_device),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        return features, meta
+
+    def validate(value: tuple[np.ndarray, dict[str, Any]]) -> str | None:
+        rows = value[0].shape[0]
+        return None if rows == len(images) else f"{rows} rows, expected {len(images)}"
+
+    lookup = store.get_or_compute(
+        FEATURES,
+        entry,
+        compute,
+        validate=validate,
+        describe={"model": model.name, "dataset": dataset.name, "split": split},
+    )
+    features, meta = lookup.value
+    info = CacheInfo(entry.key, entry.path, lookup.hit, lookup.seconds, meta.get("precision", {}))
+    return features, info
 
 
-def _load(path: Path, expected_rows: int) -> tuple[np.ndarray, dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-    try:
+class FeatureFile:
+    """The feature cache's file: ``features`` (N, D) float32 and ``meta`` (JSON with the key)."""
+
+    def write(
+        self, handle: IO[bytes], value: tuple[np.ndarray, dict[str, Any]], entry: Entry
+    ) -> None:
+        """Write the features and their meta, whose ``key`` is the entry's key."""
+        features, meta = value
+        meta = {**meta, "key": entry.key}
+        np.savez(handle, features=features, meta=np.array(json.dumps(meta)))
+
+    def read(self, path: Path, entry: Entry) -> tuple[np.ndarray, dict[str, Any]]:
+        """Read the features of ``entry``.
+
+        Raises:
+            KeyMismatch: When the file's meta names another key.
+        """
         with np.load(path, allow_pickle=False) as payload:
             features = payload["features"]
             meta = json.loads(str(payload["meta"]))
-    except Exception as exc:  # a corrupt file is re-extracted, never trusted
-        LOG.warning("feature cache file %s is unreadable (%s); extracting again", path, exc)
-        return None
-    if features.shape[0] != expected_rows:
-        LOG.warning(
-            "feature cache file %s has %d rows, expected %d", path, len(features), expected_rows
-        )
-        return None
-    return features, meta
+        if meta.get("key") != entry.key:
+            raise KeyMismatch(f"it holds key {meta.get('key')!r}")
+        return features, meta
+
+    def summary(self, value: tuple[np.ndarray, dict[str, Any]]) -> dict[str, Any]:
+        """The meta written with the features."""
+        return dict(value[1])
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    # Only the lock holder writes this key, so any temporary beside it was left by a
-    # writer that was killed (SIGKILL skips the cleanup in atomic_path).
-    for stale in path.parent.glob(f"{path.name}{TMP_INFIX}*"):
-        stale.unlink(missing_ok=True)
-        LOG.warning("removed %s, left by an interrupted extraction", stale)
-
-
-def _event(kind: str, payload: dict[str, Any]) -> None:
-    LOG.info(
-        "feature cache %s: %s %s/%s",
-        kind,
-        payload.get("model"),
-        payload.get("dataset"),
-        payload.get("split"),
-    )
-    line = json.dumps({"event": kind, "pid": os.getpid(), "time": time.time(), **payload})
-    # One short O_APPEND write per event: lines from concurrent workers do not interleave.
-    with open(feature_dir() / EVENTS_FILE, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+FEATURES: Namespace[tuple[np.ndarray, dict[str, Any]]] = Namespace(
+    "features", FeatureFile(), suffix=".npz", stored_event="extract"
+)
 
 
 def read_events(directory: Path | None = None) -> list[dict[str, Any]]:
-    """Return the cache's event log (hits and extractions), oldest first."""
-    path = (directory or feature_dir()) / EVENTS_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill mid-write
-    return events
+    """Return the feature cache's event log (hits and extractions), oldest first."""
+    return store_events(directory or feature_dir())
 
 
 def list_cache(directory: Path | None = None) -> list[dict[str, Any]]:

@@ -14,22 +14,31 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from harness.cache.runs import RunStore
 from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
-from harness.protocols import finetune, finetune_loop
+from harness.protocols import finetune
 from harness.protocols.base import TaskInfo
-from harness.protocols.finetune import FinetuneConfig, FineTuned, fine_tune, run, score
-from harness.protocols.finetune_data import InfiniteSampler, inverse_frequency_weights
-from harness.protocols.finetune_loop import (
+from harness.protocols.finetune import (
+    FinetuneConfig,
+    FineTuned,
+    driver,
+    fine_tune,
+    loop,
+    run,
+    score,
+)
+from harness.protocols.finetune.data import InfiniteSampler, inverse_frequency_weights
+from harness.protocols.finetune.loop import train_run
+from harness.protocols.finetune.network import (
     Classifier,
-    RunSpec,
-    Runtime,
-    StepInfo,
     clone_state,
+    make_criterion,
     param_groups,
     state_sha256,
-    train_run,
 )
+from harness.protocols.finetune.runtime import Runtime, resolve_runtime
+from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
 from harness.zoo import LoadedModel
 
 SIZE = 16
@@ -112,6 +121,20 @@ def _spec(**overrides: object) -> RunSpec:
 
 
 @pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the training store logs its events in the cache home
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+
+
+def _runs(folder: Path, case_id: str) -> RunStore:
+    return RunStore(folder, {"case_id": case_id})
+
+
+def _training_folders(folder: Path) -> list[Path]:
+    return [path for path in folder.glob("ft-*") if path.is_dir()]
+
+
+@pytest.fixture(autouse=True)
 def _restore_threads():
     # _train runs single-threaded; later tests on this worker get the count back
     threads = torch.get_num_threads()
@@ -119,7 +142,7 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def _train(spec: RunSpec, validate=None, callback=None) -> finetune_loop.RunOutcome:
+def _train(spec: RunSpec, validate=None, callback=None) -> RunOutcome:
     data = _splits()["train"]
     torch.set_num_threads(1)
     return train_run(
@@ -210,12 +233,11 @@ def test_interrupted_case_resumes_and_matches_an_uninterrupted_run(tmp_path: Pat
             BINARY,
             TINY,
             PRE,
-            ckpt,
-            "case-1",
+            _runs(ckpt, "case-1"),
             progress=False,
             callback=stop_at_7,
         )
-    folders = list(ckpt.glob("ft-*"))
+    folders = _training_folders(ckpt)
     assert len(folders) == 1
     checkpoint = folders[0] / "main.pt"
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -225,31 +247,30 @@ def test_interrupted_case_resumes_and_matches_an_uninterrupted_run(tmp_path: Pat
     assert set(payload["rng"]) >= {"torch", "numpy", "python"}
     assert payload["bad_evals"] == 0 and payload["best_step"] == 4
 
-    resumed = run(_backbone(), splits, BINARY, TINY, PRE, ckpt, "case-1", progress=False)
+    resumed = run(_backbone(), splits, BINARY, TINY, PRE, _runs(ckpt, "case-1"), progress=False)
     assert resumed.details["resumed_from_step"] == 4
     assert resumed.metrics == reference.metrics
     for key in ("final_weights_sha256", "val_curve", "loss_curve", "best_step"):
         assert resumed.details[key] == reference.details[key]
     assert resumed.hyperparameters == reference.hyperparameters
-    # the weights are deleted once the case completed; only its result stays
-    assert [p.name.endswith(".completed.json") for p in ckpt.iterdir()] == [True]
+    # the weights are deleted once the case completed; only its result (and its lock) stays
+    kept = [p.name for p in ckpt.iterdir() if not p.name.endswith(".lock")]
+    assert len(kept) == 1 and kept[0].endswith(".completed.json")
     assert resumed.details["reused_completed_run"] is False
 
 
 def test_a_finished_case_resumes_at_the_end_without_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import harness.protocols.finetune as finetune_module
-
     splits = _splits()
     ckpt = tmp_path / "case"
-    first = run(_backbone(), splits, BINARY, TINY, PRE, ckpt, "case-1", progress=False)
+    first = run(_backbone(), splits, BINARY, TINY, PRE, _runs(ckpt, "case-1"), progress=False)
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished case must not train again")
 
-    monkeypatch.setattr(finetune_module, "fine_tune", no_training)
-    again = run(_backbone(), splits, BINARY, TINY, PRE, ckpt, "case-1", progress=False)
+    monkeypatch.setattr(driver, "fine_tune", no_training)
+    again = run(_backbone(), splits, BINARY, TINY, PRE, _runs(ckpt, "case-1"), progress=False)
     assert again.metrics == first.metrics and again.details["reused_completed_run"] is True
     assert again.details["final_weights_sha256"] == first.details["final_weights_sha256"]
     with pytest.raises(AssertionError, match="must not train again"):
@@ -259,14 +280,13 @@ def test_a_finished_case_resumes_at_the_end_without_training(
             BINARY,
             TINY,
             PRE,
-            ckpt,
-            "case-1",
+            _runs(ckpt, "case-1"),
             progress=False,
             reuse_completed=False,
         )
     other_seed = TINY.__class__(**{**TINY.to_dict(), "seed": TINY.seed + 1})
     with pytest.raises(AssertionError, match="must not train again"):
-        run(_backbone(), splits, BINARY, other_seed, PRE, ckpt, "case-1", progress=False)
+        run(_backbone(), splits, BINARY, other_seed, PRE, _runs(ckpt, "case-1"), progress=False)
 
 
 def test_a_changed_config_does_not_resume_a_stale_checkpoint(tmp_path: Path) -> None:
@@ -284,14 +304,13 @@ def test_a_changed_config_does_not_resume_a_stale_checkpoint(tmp_path: Path) -> 
             BINARY,
             TINY,
             PRE,
-            ckpt,
-            "case-1",
+            _runs(ckpt, "case-1"),
             progress=False,
             callback=stop_at_5,
         )
-    (stale,) = ckpt.glob("ft-*")
+    (stale,) = _training_folders(ckpt)
     changed = FinetuneConfig(**{**TINY.__dict__, "steps": 8})
-    result = run(_backbone(), splits, BINARY, changed, PRE, ckpt, "case-1", progress=False)
+    result = run(_backbone(), splits, BINARY, changed, PRE, _runs(ckpt, "case-1"), progress=False)
     assert result.details["resumed_from_step"] == 0
     assert not stale.exists()
 
@@ -348,13 +367,13 @@ def test_run_reports_the_auc_of_its_probabilities() -> None:
 
 def test_grid_search_selects_on_val_and_retrains_on_train_plus_val(monkeypatch) -> None:
     sizes: list[int] = []
-    original = finetune_loop.train_loader
+    original = loop.train_loader
 
     def spy(images, *args, **kwargs):
         sizes.append(len(images))
         return original(images, *args, **kwargs)
 
-    monkeypatch.setattr(finetune_loop, "train_loader", spy)
+    monkeypatch.setattr(loop, "train_loader", spy)
     config = FinetuneConfig(
         **{**TINY.__dict__, "grid_search": True, "grid_lrs": (1e-5, 0.1), "grid_ws": (0.0, 1e-3)}
     )
@@ -397,9 +416,19 @@ def test_an_interrupted_grid_search_resumes_without_redoing_finished_points(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(_backbone(), splits, BINARY, config, PRE, tmp_path, "g", callback=stop_in_second_point)
+        run(
+            _backbone(),
+            splits,
+            BINARY,
+            config,
+            PRE,
+            _runs(tmp_path, "g"),
+            callback=stop_in_second_point,
+        )
     trained.clear()
-    resumed = run(_backbone(), splits, BINARY, config, PRE, tmp_path, "g", callback=trained.append)
+    resumed = run(
+        _backbone(), splits, BINARY, config, PRE, _runs(tmp_path, "g"), callback=trained.append
+    )
     assert {info.run for info in trained} == {"grid01", "retrain"}  # grid00 was done
     assert min(i.step for i in trained if i.run == "grid01") == 5  # resumed after step 4
     assert resumed.details["resumed_runs"]["grid01"] == 4
@@ -511,7 +540,7 @@ def test_weighted_loss_is_used_and_recorded() -> None:
     config = FinetuneConfig(**{**TINY.__dict__, "steps": 4, "class_weighting": "inverse_frequency"})
     result = run(_backbone(), splits, BINARY, config, PRE, progress=False)
     np.testing.assert_allclose(result.details["class_weights"], [0.5, 1.5])  # 36 vs 12 images
-    criterion = finetune_loop.make_criterion("binary", np.array([0.5, 1.5]), torch.device("cpu"))
+    criterion = make_criterion("binary", np.array([0.5, 1.5]), torch.device("cpu"))
     assert torch.equal(criterion.weight, torch.tensor([0.5, 1.5]))
     unweighted = run(
         _backbone(),
@@ -545,11 +574,11 @@ def test_profiles_and_record_format() -> None:
 
 
 def test_runtime_resolution() -> None:
-    cpu = finetune_loop.resolve_runtime("cpu", "auto", True)
+    cpu = resolve_runtime("cpu", "auto", True)
     assert cpu.precision == "fp32" and cpu.channels_last
-    assert finetune_loop.resolve_runtime("cpu", "bf16", False).precision == "bf16"
+    assert resolve_runtime("cpu", "bf16", False).precision == "bf16"
     with pytest.raises(ValueError, match="fp16"):
-        finetune_loop.resolve_runtime("cpu", "fp16", False)
+        resolve_runtime("cpu", "fp16", False)
 
 
 def test_run_leaves_the_callers_rng_and_model_alone() -> None:

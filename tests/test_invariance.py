@@ -1,4 +1,4 @@
-"""Tests of the invariance protocols, the image transforms and the array cache."""
+"""Tests of the invariance protocols, the image transforms and the feature statistics."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 from scipy.spatial.distance import mahalanobis
 
 from harness import features
-from harness.cache import arraycache
-from harness.cache.atomic import TMP_INFIX
+from harness.cache.arrays import cached_arrays
 from harness.config.cards import Preprocessing
 from harness.protocols import image_transforms as tr
 from harness.protocols import invariance as inv
@@ -159,64 +158,6 @@ def test_batch_application_tags_and_applicability() -> None:
         np.testing.assert_array_equal(moved, replicated)
 
 
-# --------------------------------------------------------------------------- array cache
-
-
-def test_array_cache_computes_once_then_hits(_home: Path) -> None:
-    calls = []
-
-    def compute() -> dict[str, np.ndarray]:
-        calls.append(1)
-        return {"a": np.arange(5.0), "b": np.eye(2, dtype=np.int64)}
-
-    first, hit1 = arraycache.cached_arrays("unit", {"k": 1}, compute)
-    second, hit2 = arraycache.cached_arrays("unit", {"k": 1}, compute)
-    assert (hit1, hit2) == (False, True) and len(calls) == 1
-    for name in ("a", "b"):
-        np.testing.assert_array_equal(first[name], second[name])
-        assert first[name].dtype == second[name].dtype
-    path = arraycache.cache_path("unit", {"k": 1})
-    assert path.parent == _home / "arrays" / "unit" and path.is_file()
-    assert not [p for p in path.parent.iterdir() if TMP_INFIX in p.name]
-    _, hit3 = arraycache.cached_arrays("unit", {"k": 2}, compute)
-    assert not hit3 and len(calls) == 2
-
-
-def test_array_cache_recomputes_a_corrupt_or_foreign_file(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    def compute() -> dict[str, np.ndarray]:
-        return {"x": np.ones(3)}
-
-    arraycache.cached_arrays("unit", {"k": 1}, compute)
-    path = arraycache.cache_path("unit", {"k": 1})
-    path.write_bytes(b"not an npz")
-    arrays, hit = arraycache.cached_arrays("unit", {"k": 1}, compute)
-    assert not hit and "unreadable" in caplog.text
-    np.testing.assert_array_equal(arrays["x"], np.ones(3))
-    np.savez(path, x=np.zeros(3), __key__=np.array(json.dumps({"k": 99})))
-    arrays, hit = arraycache.cached_arrays("unit", {"k": 1}, compute)
-    assert not hit and "does not hold" in caplog.text
-    np.testing.assert_array_equal(arrays["x"], np.ones(3))
-    assert arraycache.cached_arrays("unit", {"k": 1}, compute)[1]
-
-
-def test_array_cache_failed_compute_leaves_no_file_and_bad_input_raises() -> None:
-    def boom() -> dict[str, np.ndarray]:
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        arraycache.cached_arrays("unit", {"k": 1}, boom)
-    path = arraycache.cache_path("unit", {"k": 1})
-    assert not path.exists() and not list(path.parent.glob(f"*{TMP_INFIX}*"))
-    with pytest.raises(ValueError, match="namespace"):
-        arraycache.cached_arrays("../up", {"k": 1}, boom)
-    with pytest.raises(ValueError, match="dtype object"):
-        arraycache.cached_arrays("unit", {"k": 2}, lambda: {"x": np.array([None])})
-    with pytest.raises(ValueError, match="invalid array name"):
-        arraycache.cached_arrays("unit", {"k": 3}, lambda: {"file": np.ones(1)})
-
-
 # --------------------------------------------------------------------------- statistics
 
 
@@ -278,15 +219,18 @@ def test_rank_deficient_covariance_is_regularised_not_fatal() -> None:
 def test_cached_feature_stats_hits_and_keys_on_the_features() -> None:
     x, _ = _gaussian(50)
     key = {"model": "m", "dataset": "d", "split": "train"}
-    first, hit1 = wh.cached_feature_stats(x, 1e-6, key)
-    second, hit2 = wh.cached_feature_stats(x, 1e-6, key)
+    first, hit1 = wh.cached_feature_stats(x, 1e-6, key, cached_arrays)
+    second, hit2 = wh.cached_feature_stats(x, 1e-6, key, cached_arrays)
     assert (hit1, hit2) == (False, True)
     direct = wh.feature_stats(x, 1e-6)
     for name in ("mean", "covariance", "whitening"):
         np.testing.assert_array_equal(first[name], second[name])
         np.testing.assert_allclose(first[name], direct[name], rtol=1e-12, atol=1e-12)
-    assert not wh.cached_feature_stats(x[:-1], 1e-6, key)[1]
-    assert not wh.cached_feature_stats(x, 1e-5, key)[1]
+    assert not wh.cached_feature_stats(x[:-1], 1e-6, key, cached_arrays)[1]
+    assert not wh.cached_feature_stats(x, 1e-5, key, cached_arrays)[1]
+    changed = x.copy()
+    changed[0, 0] += 1.0
+    assert not wh.cached_feature_stats(changed, 1e-6, key, cached_arrays)[1]
 
 
 # --------------------------------------------------------------------------- through extract

@@ -2,8 +2,11 @@
 
 A :class:`CaseRun` is what a registered protocol's ``run_case`` receives
 (:mod:`harness.protocols.registry`). It loads the dataset (with the profile's subset),
-gives frozen features, derived features and cached arrays through the caches, times
-the protocol, and writes the result record. :meth:`CaseRun.run` drives one case::
+gives frozen features, derived features, cached arrays and a training store through
+the cache service (:mod:`harness.cache`), times the protocol, and writes the result
+record. Protocols never build cache keys: the case keys everything it hands out by its
+model, weights identity and dataset version, plus what the protocol says its value
+depends on. :meth:`CaseRun.run` drives one case::
 
     spec = get_protocol(case.protocol)
     config = spec.make_config(case_run)          # the profile's settings (+ seed override)
@@ -14,90 +17,33 @@ the protocol, and writes the result record. :meth:`CaseRun.run` drives one case:
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from torch import nn
 
-from harness.cache.arraycache import cached_arrays
+from harness.cache.arrays import cached_arrays
+from harness.cache.keys import array_digest, safe_name, stable_hash
+from harness.cache.runs import RunStore
 from harness.config import paths
-from harness.config.cards import ModelCard, Preprocessing, stable_hash
+from harness.config.cards import Preprocessing
 from harness.config.profiles import Profile
 from harness.config.suites import Case
 from harness.data.npz import SplitData
 from harness.data.prepare import load_splits
 from harness.data.subset import stratified_indices
-from harness.data.transforms import describe, eval_transform
-from harness.features import cached_features, device_class, images_digest, resolve_device
+from harness.features import cached_features, device_class
 from harness.precision import DEFAULT_PRECISION
+from harness.protocols.backbone import Backbone, make_backbone
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.registry import get_protocol
 from harness.records.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
 from harness.records.runid import session_run_id
-from harness.zoo import LoadedModel, build_model, weights_identity
-from harness.zoo.batchnorm import (
-    MAX_IMAGES,
-    RECALIBRATION_VERSION,
-    recalibrate_batchnorm,
-    recalibration_indices,
-)
 
 SPLITS = ("train", "val", "test")
 ConfigT = TypeVar("ConfigT")
-
-
-@lru_cache(maxsize=2)
-def _loaded_model(card: ModelCard) -> LoadedModel:
-    return build_model(card)
-
-
-@lru_cache(maxsize=32)
-def _weights_id(card: ModelCard) -> str:
-    if card.weights.source in ("pip", "file", "url"):
-        return weights_identity(card)
-    return _loaded_model(card).weights_id
-
-
-@dataclasses.dataclass(frozen=True)
-class Backbone:
-    """The frozen backbone of a case: its identity, how to get it, and its batch-norm rule.
-
-    Attributes:
-        weights_id: Identity of the weights as the features see them (enters cache keys).
-        load: Returns the module in eval mode; called only when features must be extracted.
-        batchnorm: How the batch-norm statistics were set (recorded with every result).
-    """
-
-    weights_id: str
-    load: Callable[[], nn.Module]
-    batchnorm: dict[str, Any]
-
-
-_RECALIBRATED: dict[str, nn.Module] = {}
-
-
-def _recalibrated(
-    card: ModelCard,
-    identity: str,
-    images: np.ndarray,
-    pre: Preprocessing,
-    batch_size: int,
-    device: str,
-) -> nn.Module:
-    """A fresh copy of the card's model with batch-norm statistics from ``images`` (memoised)."""
-    if identity not in _RECALIBRATED:
-        module = build_model(card).module
-        recalibrate_batchnorm(
-            module, images, eval_transform(pre), batch_size, resolve_device(device)
-        )
-        _RECALIBRATED.clear()  # one at a time: cases are grouped by (model, dataset)
-        _RECALIBRATED[identity] = module
-    return _RECALIBRATED[identity]
 
 
 def subset_splits(splits: dict[str, SplitData], profile: Profile) -> dict[str, SplitData]:
@@ -180,37 +126,14 @@ class CaseRun:
     def backbone(self) -> Backbone:
         """The case's frozen backbone (a random twin's batch norm set from the train split)."""
         if self._backbone is None:
-            self._backbone = self._make_backbone()
+            self._backbone = make_backbone(
+                self.case.model,
+                lambda: self.splits()["train"].images,
+                self.preprocessing(),
+                self.profile.batch_size,
+                self.device,
+            )
         return self._backbone
-
-    def _make_backbone(self) -> Backbone:
-        card = self.case.model
-        rule = card.weights.batchnorm_stats
-        if rule != "target_train":
-            return Backbone(_weights_id(card), lambda: _loaded_model(card).module, {"rule": rule})
-        train = self.splits()["train"].images
-        batch_size = self.profile.batch_size
-        index = recalibration_indices(len(train), batch_size)
-        images = train[index]
-        pre = self.preprocessing()
-        batchnorm = {
-            "rule": rule,
-            "split": "train",
-            "images": len(index),
-            "max_images": MAX_IMAGES,
-            "batch_size": batch_size,
-            "images_sha256": images_digest(images),
-            "version": RECALIBRATION_VERSION,
-        }
-        identity = stable_hash(
-            {"init": _weights_id(card), "batchnorm": batchnorm, "transform": describe(pre)},
-            length=64,
-        )
-        return Backbone(
-            identity,
-            lambda: _recalibrated(card, identity, images, pre, batch_size, self.device),
-            batchnorm,
-        )
 
     def _features(self, split: str, images: np.ndarray, digest: str | None = None) -> np.ndarray:
         backbone = self.backbone()
@@ -238,7 +161,7 @@ class CaseRun:
         out = {}
         for name in splits:
             if name not in self._split_features:
-                digest = images_digest(data[name].images)
+                digest = array_digest(data[name].images)
                 features = self._features(name, data[name].images, digest)
                 self.feature_scale[name] = feature_scale(features)
                 self._split_features[name] = SplitFeatures(
@@ -292,10 +215,16 @@ class CaseRun:
         depends_on: dict[str, Any],
         compute: Callable[[], dict[str, np.ndarray]],
     ) -> tuple[dict[str, np.ndarray], bool]:
-        """Arrays derived from this case's data through the array cache.
+        """Arrays derived from this case's data, through the statistics cache.
 
         The key is the case's model, weights identity, dataset and version, plus
-        ``depends_on`` (everything else the arrays depend on).
+        ``depends_on`` (everything else the arrays depend on; arrays in it, e.g. the
+        features the statistics come from, enter the key as digests).
+
+        Args:
+            namespace: Names the kind of arrays (a plain folder name).
+            depends_on: What the arrays depend on besides the case.
+            compute: Builds the arrays; called only on a miss.
 
         Returns:
             The arrays and whether they came from the cache.
@@ -311,8 +240,12 @@ class CaseRun:
 
     def checkpoint_dir(self) -> Path:
         """The folder for this case's training checkpoints and finished runs."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", self.case.case_id.replace("/", "__"))
-        return paths.home() / "checkpoints" / safe
+        return paths.home() / "checkpoints" / safe_name(self.case.case_id)
+
+    def run_store(self) -> RunStore:
+        """This case's training store: resumable checkpoints and finished results, keyed by
+        the case id plus what the protocol says its training depends on."""
+        return RunStore(self.checkpoint_dir(), {"case_id": self.case.case_id})
 
     def run(self) -> Path:
         """Run the case's registered protocol under its profile and write the record.

@@ -9,15 +9,12 @@ where medxfer differs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-
-from harness.cache.arraycache import cached_arrays
 
 if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
@@ -190,44 +187,39 @@ def feature_stats(features: np.ndarray, epsilon: float) -> dict[str, np.ndarray]
     return _expand(_decompose(features, epsilon))
 
 
-def _digest(array: np.ndarray) -> str:
-    digest = hashlib.sha256(f"{array.shape}|{array.dtype}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def cached_feature_stats(
     features: np.ndarray,
     epsilon: float,
-    key_payload: Mapping[str, Any],
-    store: ArrayStore = cached_arrays,
+    depends_on: Mapping[str, Any],
+    store: ArrayStore,
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """:func:`feature_stats` through the array cache.
+    """:func:`feature_stats` through the statistics cache.
 
-    The key is the caller's payload (model, weights id, dataset and version, split...)
-    plus ``STATS_VERSION``, ``epsilon``, the number and dimension of the vectors
-    and the sha256 of the features themselves, so different features never share an
-    entry. The cache stores the eigendecomposition (not the two D x D matrices derived
-    from it), half the bytes.
+    The arrays depend on the caller's ``depends_on`` (split, covariance rule...) plus
+    ``STATS_VERSION``, ``epsilon``, the number and dimension of the vectors and the
+    features themselves (the cache keys them by their digest), so different features
+    never share an entry. The cache stores the eigendecomposition (not the two D x D
+    matrices derived from it), half the bytes.
 
     Args:
         features: (n, D) feature vectors.
         epsilon: Added to the covariance's diagonal.
-        key_payload: JSON-serialisable description of where the features come from.
-        store: The array cache (a case's :meth:`harness.protocols.case.CaseRun.cached_arrays`, which
-            adds the model, weights and dataset to the key).
+        depends_on: JSON-serialisable description of where the features come from.
+        store: The statistics cache: a case's
+            :meth:`harness.protocols.case.CaseRun.cached_arrays`, which adds the model,
+            weights and dataset to the key.
 
     Returns:
         The statistics (as :func:`feature_stats`) and whether they came from the cache.
     """
     x = np.asarray(features)
     payload = {
-        **dict(key_payload),
+        **dict(depends_on),
         "kind": "feature_stats",
         "protocol_version": STATS_VERSION,
         "epsilon": float(epsilon),
         "shape": list(x.shape),
-        "features_sha256": _digest(x),
+        "features": x,
     }
     arrays, hit = store(STATS_NAMESPACE, payload, lambda: _decompose(x, epsilon))
     return _expand(arrays), hit

@@ -1,0 +1,73 @@
+"""Cache keys: the one content hash of every cache, and the digests that enter keys.
+
+A key payload is a JSON-like description of everything a cached value depends on
+(names, versions, settings). :func:`key_text` writes it canonically (sorted keys); the
+key is a prefix of the sha256 of that text (:func:`stable_hash`). NumPy arrays may
+appear in a payload: they enter as their shape, dtype and the sha256 of their bytes
+(:func:`array_digest`), never as their (abbreviated) printed form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Return the sha256 of an array's shape, dtype and bytes (C order).
+
+    Args:
+        array: Any NumPy array.
+
+    Returns:
+        64 hex digits.
+    """
+    digest = hashlib.sha256(f"{array.shape}|{array.dtype}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {
+            "ndarray_sha256": array_digest(value),
+            "shape": list(value.shape),
+            "dtype": value.dtype.str,
+        }
+    return str(value)
+
+
+def key_text(payload: Any) -> str:
+    """Return the canonical JSON text of a key payload (sorted keys, arrays as digests).
+
+    Args:
+        payload: JSON-serialisable values, NumPy arrays, or objects whose ``str`` names them.
+
+    Returns:
+        The text whose hash is the key; cache files store it to be checked on load.
+    """
+    return json.dumps(payload, sort_keys=True, default=_json_default)
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    """Return a short sha256 of a key payload (key order independent).
+
+    Args:
+        payload: See :func:`key_text`.
+        length: Hex digits kept.
+
+    Returns:
+        The first ``length`` hex digits of the sha256 of :func:`key_text`.
+    """
+    return hashlib.sha256(key_text(payload).encode("utf-8")).hexdigest()[:length]
+
+
+def safe_name(text: str) -> str:
+    """Return ``text`` as one plain folder name (``/`` as ``__``, other odd characters ``_``)."""
+    return _UNSAFE.sub("_", text.replace("/", "__"))

@@ -1,0 +1,317 @@
+"""How a fine-tuning case selects its model: train and select on val, LR finder, grid search."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from harness.config.cards import Preprocessing
+from harness.data.npz import SplitData
+from harness.protocols.base import TaskInfo
+from harness.protocols.finetune.config import FinetuneConfig
+from harness.protocols.finetune.loop import train_run
+from harness.protocols.finetune.network import Classifier
+from harness.protocols.finetune.runtime import Runtime
+from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
+from harness.zoo import LoadedModel
+
+if TYPE_CHECKING:
+    from harness.cache.runs import Training
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned model and how it was chosen (the output of :func:`fine_tune`).
+
+    Attributes:
+        model: The classifier to score (eval mode, on ``runtime.device``).
+        runtime: Device, precision and memory format it ran with.
+        hyperparameters: The chosen lr, weight decay, steps and validation score.
+        details: Curves, sweep results, resume and data facts (JSON-friendly).
+    """
+
+    model: Classifier
+    runtime: Runtime
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What every run of one fine-tuning case shares (model, task, settings, store).
+
+    Attributes:
+        model: The pretrained backbone (copied by every run).
+        task: Task type, number of classes and metrics.
+        config: Protocol settings.
+        pre: The effective preprocessing.
+        runtime: Device, precision and memory format.
+        criterion: The training loss.
+        validate: Maps a model to its validation score.
+        training: The case's training folder (checkpoints, done-markers), or None.
+        callback: Called after every training step.
+        progress: Show tqdm bars.
+    """
+
+    model: LoadedModel
+    task: TaskInfo
+    config: FinetuneConfig
+    pre: Preprocessing
+    runtime: Runtime
+    criterion: torch.nn.Module
+    validate: Callable[[torch.nn.Module], float]
+    training: Training | None
+    callback: Callable[[StepInfo], None] | None
+    progress: bool
+
+    def spec(self, name: str, lr: float, weight_decay: float, **overrides: Any) -> RunSpec:
+        """A run with the config's settings, ``lr`` and ``weight_decay``, and ``overrides``."""
+        c = self.config
+        base = RunSpec(
+            name=name,
+            lr=lr,
+            weight_decay=weight_decay,
+            steps=c.steps,
+            horizon=c.steps,
+            schedule=c.schedule,
+            batch_size=c.batch_size,
+            val_every=c.val_every,
+            patience=c.patience,
+            select_best=True,
+            freeze_steps=c.freeze_steps,
+            momentum=c.momentum,
+            nesterov=c.nesterov,
+            grad_clip=c.grad_clip,
+            layer_decay=c.layer_decay,
+            crop_scale=c.crop_scale,
+            seed=c.seed,
+            num_workers=c.num_workers,
+        )
+        return replace(base, **overrides)
+
+    def train(
+        self, spec: RunSpec, images: np.ndarray, targets: np.ndarray, checkpoint: bool = True
+    ) -> RunOutcome:
+        """Train ``spec`` on the images, resuming from its checkpoint when ``checkpoint``."""
+        resume = None
+        if self.training is not None and checkpoint:
+            resume = self.training.checkpoint(spec.name, asdict(spec))
+        return train_run(
+            spec,
+            self.model.module,
+            self.model.feature_dim,
+            self.task.num_classes,
+            images,
+            targets,
+            self.pre,
+            self.criterion,
+            self.runtime,
+            validate=self.validate if spec.select_best else None,
+            checkpoint=resume,
+            callback=self.callback,
+            progress=self.progress,
+        )
+
+    def finished_run(
+        self, spec: RunSpec, images: np.ndarray, targets: np.ndarray, checkpoint: bool = True
+    ) -> dict[str, Any]:
+        """Summary of a sweep run, from its done-marker or by training it."""
+
+        def compute() -> dict[str, Any]:
+            outcome = self.train(spec, images, targets, checkpoint)
+            summary = outcome.summary()
+            if not spec.select_best:  # LR finder: score once at the end of the short run
+                summary["val_score"] = (
+                    self.validate(outcome.model) if not outcome.diverged else math.nan
+                )
+            else:
+                summary["val_score"] = outcome.best_score
+            return summary
+
+        if self.training is None:
+            return compute()
+        return self.training.finished(spec.name, compute)
+
+
+def select_on_val(ctx: Context, train: SplitData, y_train: np.ndarray) -> FineTuned:
+    """Train on train (after the LR finder, if configured), keep the best validation weights."""
+    config = ctx.config
+    targets = as_targets(y_train, ctx.task)
+    lr = config.lr
+    hyper: dict[str, Any] = {}
+    details: dict[str, Any] = {"mode": "train_select_on_val", "fit_split": "train"}
+    if config.lr_finder:
+        lr, finder = _lr_finder(ctx, train.images, targets)
+        hyper["lr_finder_lr"] = lr
+        details["mode"] = "lr_finder"
+        details["lr_finder"] = finder
+    spec = ctx.spec("main", lr, config.weight_decay)
+    outcome = ctx.train(spec, train.images, targets)
+    _require_usable(outcome, spec)
+    hyper.update(
+        {
+            "lr": lr,
+            "weight_decay": config.weight_decay,
+            "steps": outcome.best_step,
+            "val_primary": outcome.best_score,
+        }
+    )
+    details.update(_outcome_details(outcome))
+    details["resumed_from_step"] = outcome.resumed_from_step
+    details["resumed_runs"] = {"main": outcome.resumed_from_step}
+    details["n_fit"] = len(train)
+    details["freeze_steps"] = config.freeze_steps
+    details["layer_decay"] = config.layer_decay
+    return FineTuned(outcome.model, ctx.runtime, hyper, details)
+
+
+def _lr_finder(
+    ctx: Context, images: np.ndarray, targets: np.ndarray
+) -> tuple[float, dict[str, Any]]:
+    config = ctx.config
+    steps = config.lr_finder_steps
+    lrs = config.finder_lrs()
+    scores: list[float] = []
+    losses: list[float] = []
+    for index, lr in enumerate(lrs):
+        spec = ctx.spec(
+            f"lrfind{index:02d}",
+            lr,
+            config.weight_decay,
+            steps=steps,
+            horizon=steps,
+            schedule="constant",
+            val_every=max(1, steps // 4),  # loss windows = quarters of the run
+            patience=None,
+            select_best=False,
+            freeze_steps=min(config.freeze_steps, steps - 1),
+        )
+        summary = ctx.finished_run(spec, images, targets, checkpoint=False)
+        last_loss = summary["loss_curve"][-1][1] if summary["loss_curve"] else math.nan
+        losses.append(math.nan if summary["diverged"] else last_loss)
+        scores.append(summary["val_score"])
+    keyed = scores if config.lr_finder_select == "val" else [-v for v in losses]
+    best = None
+    for index, value in enumerate(keyed):  # ascending lr, strict >: ties keep the smaller lr
+        if not math.isnan(value) and (best is None or value > keyed[best]):
+            best = index
+    if best is None:
+        raise FloatingPointError("fine-tune LR finder: no lr gave a finite score")
+    return lrs[best], {
+        "select": config.lr_finder_select,
+        "steps": steps,
+        "lrs": lrs,
+        "val_scores": scores,
+        "final_losses": losses,
+        "chosen_index": best,
+    }
+
+
+def grid_search(
+    ctx: Context,
+    train: SplitData,
+    val: SplitData,
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+) -> FineTuned:
+    """Sweep the lr x w grid on train (scored on val), retrain the best point on train+val."""
+    config = ctx.config
+    targets = as_targets(y_train, ctx.task)
+    table: list[dict[str, Any]] = []
+    best = None
+    for index, (lr, w, wd) in enumerate(config.grid()):
+        summary = ctx.finished_run(ctx.spec(f"grid{index:02d}", lr, wd), train.images, targets)
+        if ctx.training is not None:
+            ctx.training.discard(f"grid{index:02d}")
+        row = {
+            "lr": lr,
+            "w": w,
+            "weight_decay": wd,
+            "val_score": summary["val_score"],
+            "best_step": summary["best_step"],
+            "steps_done": summary["steps_done"],
+            "stopped_early": summary["stopped_early"],
+            "diverged": summary["diverged"],
+            "resumed_from_step": summary["resumed_from_step"],
+        }
+        table.append(row)
+        value = row["val_score"]
+        # Strict >: ties keep the earlier grid point; NaN never wins.
+        if not math.isnan(value) and (best is None or value > table[best]["val_score"]):
+            best = index
+    if best is None:
+        raise FloatingPointError("fine-tune grid search: no grid point gave a finite val score")
+    chosen = table[best]
+    images = np.concatenate([train.images, val.images])
+    targets_fit = as_targets(np.concatenate([y_train, y_val]), ctx.task)
+    steps = max(1, int(chosen["best_step"]))
+    spec = ctx.spec(
+        "retrain",
+        chosen["lr"],
+        chosen["weight_decay"],
+        steps=steps,
+        horizon=config.steps,
+        patience=None,
+        select_best=False,
+        freeze_steps=min(config.freeze_steps, steps - 1),
+    )
+    outcome = ctx.train(spec, images, targets_fit)
+    _require_usable(outcome, spec)
+    resumed = {f"grid{i:02d}": row["resumed_from_step"] for i, row in enumerate(table)}
+    resumed["retrain"] = outcome.resumed_from_step
+    hyper = {
+        "lr": chosen["lr"],
+        "w": chosen["w"],
+        "weight_decay": chosen["weight_decay"],
+        "steps": steps,
+        "val_primary": chosen["val_score"],
+    }
+    details = {
+        "mode": "grid_search",
+        "fit_split": "train+val",
+        "grid": table,
+        "chosen_index": best,
+        "tie_break": "earlier grid point (lr descending as listed, then w ascending)",
+        "retrain_horizon": config.steps,
+        **_outcome_details(outcome),
+        "resumed_from_step": max(resumed.values()),
+        "resumed_runs": resumed,
+        "n_fit": len(images),
+        "freeze_steps": config.freeze_steps,
+        "layer_decay": config.layer_decay,
+    }
+    return FineTuned(outcome.model, ctx.runtime, hyper, details)
+
+
+def _require_usable(outcome: RunOutcome, spec: RunSpec) -> None:
+    if outcome.diverged and not outcome.restored_best:
+        raise FloatingPointError(
+            f"fine-tune run {spec.name}: the training loss became non-finite at step "
+            f"{outcome.steps_done} (lr={spec.lr}) before any usable validation; lower the lr"
+        )
+
+
+def _outcome_details(outcome: RunOutcome) -> dict[str, Any]:
+    return {
+        "best_step": outcome.best_step,
+        "steps_done": outcome.steps_done,
+        "stopped_early": outcome.stopped_early,
+        "restored_best": outcome.restored_best,
+        "val_curve": outcome.val_curve,
+        "loss_curve": outcome.loss_curve,
+        "train_seconds": outcome.train_seconds,
+        "seconds_per_step": outcome.train_seconds / max(1, outcome.steps_done),
+        "lr_scales": outcome.lr_scales,
+    }
+
+
+def as_targets(labels: np.ndarray, task: TaskInfo) -> np.ndarray:
+    """Training targets: float32 label rows (multilabel) or int64 class ids."""
+    if task.task == "multilabel":
+        return labels.astype(np.float32)
+    return labels.astype(np.int64)

@@ -1,0 +1,132 @@
+"""One fine-tuning training run: its settings (:class:`RunSpec`) and its outcome."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.protocols.finetune.network import Classifier
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run.
+
+    Attributes:
+        name: Name of the run (progress bar, checkpoint file, records).
+        lr: Base learning rate (the head's; backbone groups scale it under layer decay).
+        weight_decay: SGD weight decay, applied to every parameter.
+        steps: Steps to train (fewer when early stopping triggers).
+        horizon: Length of the cosine schedule (>= steps; a retrain that stops at the
+            selected step keeps the selected run's learning-rate trajectory).
+        schedule: "cosine" (to 0 at ``horizon``) or "constant".
+        batch_size: Samples per step.
+        val_every: Steps between validations (and checkpoints).
+        patience: Validations without strict improvement before stopping; None trains
+            all ``steps``.
+        select_best: Validate and restore the best weights; False trains blind and keeps
+            the last weights (checkpoints are still written every ``val_every`` steps).
+        freeze_steps: Leading steps that train only the head (backbone frozen, eval mode).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum.
+        grad_clip: Max global gradient norm, or None.
+        layer_decay: Layer-wise learning-rate decay factor, or None.
+        crop_scale: RandomResizedCrop area range.
+        seed: Seed of the head initialisation, sample order and augmentation.
+        num_workers: DataLoader workers.
+    """
+
+    name: str
+    lr: float
+    weight_decay: float
+    steps: int
+    horizon: int
+    schedule: str = "cosine"
+    batch_size: int = 64
+    val_every: int = 200
+    patience: int | None = 3
+    select_best: bool = True
+    freeze_steps: int = 0
+    momentum: float = 0.9
+    nesterov: bool = True
+    grad_clip: float | None = None
+    layer_decay: float | None = None
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.horizon < self.steps:
+            raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the base learning rate after ``step`` optimizer steps."""
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.horizon) / self.horizon))
+
+
+@dataclass
+class StepInfo:
+    """What a step callback sees after each optimizer step (and its checkpoint, if any)."""
+
+    run: str
+    step: int
+    loss: float
+    model: nn.Module
+
+
+@dataclass
+class RunOutcome:
+    """The result of :func:`train_run`.
+
+    Attributes:
+        model: The trained classifier (best weights restored when ``select_best``).
+        best_score: Best validation score (NaN without validation or if none was finite).
+        best_step: Step of the best score (the last step without selection).
+        steps_done: Steps trained.
+        stopped_early: Patience ran out.
+        diverged: A training loss was not finite; training stopped there.
+        restored_best: The returned weights are the best-validation copy.
+        val_curve: ``[step, score]`` per validation.
+        loss_curve: ``[step, mean training loss since the previous checkpoint]``.
+        resumed_from_step: Step of the checkpoint this run resumed from (0: fresh start).
+        best_state: The deep copy of the best weights (CPU), or None.
+        train_seconds: Wall time spent training, summed over resumed sessions.
+        lr_scales: Learning-rate scale of each optimizer group (layer decay), in order.
+    """
+
+    model: Classifier
+    best_score: float
+    best_step: int
+    steps_done: int
+    stopped_early: bool
+    diverged: bool
+    restored_best: bool
+    val_curve: list[list[float]]
+    loss_curve: list[list[float]]
+    resumed_from_step: int
+    best_state: dict[str, torch.Tensor] | None
+    train_seconds: float
+    lr_scales: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-value summary (no weights) for records and done-markers."""
+        return {
+            "best_score": self.best_score,
+            "best_step": self.best_step,
+            "steps_done": self.steps_done,
+            "stopped_early": self.stopped_early,
+            "diverged": self.diverged,
+            "restored_best": self.restored_best,
+            "val_curve": self.val_curve,
+            "loss_curve": self.loss_curve,
+            "resumed_from_step": self.resumed_from_step,
+            "train_seconds": self.train_seconds,
+        }
