@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from harness.cache.keys import module_sha256
 from harness.cache.runs import RunStore
 from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
@@ -35,7 +36,6 @@ from harness.protocols.finetune.network import (
     clone_state,
     make_criterion,
     param_groups,
-    state_sha256,
 )
 from harness.protocols.finetune.runtime import Runtime, resolve_runtime
 from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
@@ -442,13 +442,13 @@ def test_an_interrupted_grid_search_resumes_without_redoing_finished_points(
 
 
 def test_freeze_then_unfreeze() -> None:
-    initial = state_sha256(_backbone().module)
+    initial = module_sha256(_backbone().module)
     backbones: dict[int, str] = {}
     heads: dict[int, str] = {}
 
     def watch(info: StepInfo) -> None:
-        backbones[info.step] = state_sha256(info.model.backbone)
-        heads[info.step] = state_sha256(info.model.head)
+        backbones[info.step] = module_sha256(info.model.backbone)
+        heads[info.step] = module_sha256(info.model.head)
 
     _train(_spec(steps=6, freeze_steps=3, select_best=False, patience=None), callback=watch)
     # parameters and BatchNorm statistics stay put while frozen; the head trains

@@ -318,3 +318,34 @@ def test_suite_cases_carry_the_suite_version() -> None:
 
     suite = load_suite("smoke")
     assert {case.suite_version for case in suite.cases()} == {suite.version}
+
+
+def test_detail_tables_come_from_the_protocols_declaration(tmp_path: Path) -> None:
+    from harness.protocols.registry import discover
+
+    (table,) = discover()["invariance"].detail_tables
+    assert table.prefix == "cos_"
+    for model, shift in (("alpha.in1k", 0.0), ("alpha.random", -0.5)):
+        record = make_record("lesions", model, 0.6 + shift, "2026-01-02T00:00:00Z")
+        record.case_id = f"invariance/lesions/{model}"
+        record.protocol = ProtocolInfo("invariance", 1)
+        record.primary_metric = "mean_cosine"
+        record.metrics = {
+            "mean_cosine": 0.6 + shift,
+            "cos_blur_1": 0.5 + shift,
+            "cos_hflip_1": 0.7 + shift,
+            "mahal_blur_1": 3.0,  # a detail prefix without a table: in no table
+        }
+        store(record, tmp_path)
+    report = render_report(load_records(tmp_path), "T")
+    section = report.split(f"## {table.title}\n\n")[1]
+    assert section.startswith(table.caption)
+    header = next(line for line in section.splitlines() if line.startswith("| model"))
+    assert [cell.strip() for cell in header.split("|")[1:-1]] == [
+        "model",
+        "blur_1",
+        "hflip_1",
+        "mean",
+    ]
+    assert "| `alpha.in1k`   |  0.500 |   0.700 | 0.600 |" in section
+    assert "mahal_blur_1" not in report and "cos_blur_1" not in report

@@ -12,11 +12,54 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Return the sha256 of a file's bytes, memoised per (path, size, mtime).
+
+    Args:
+        path: The file.
+
+    Returns:
+        64 hex digits.
+    """
+    stat = Path(path).stat()
+    memo = (str(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_DIGESTS[memo] = digest.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+def module_sha256(module: Any) -> str:
+    """Return the sha256 of a torch module's state-dict names and tensor bytes.
+
+    Identical weights give equal digests, whatever the tensors' dtype or device.
+
+    Args:
+        module: A ``torch.nn.Module``.
+
+    Returns:
+        64 hex digits.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def array_digest(array: np.ndarray) -> str:

@@ -9,8 +9,6 @@ builder parameters are).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from collections.abc import Mapping
@@ -24,12 +22,6 @@ T = TypeVar("T")
 
 class CardError(ValueError):
     """A card file is missing, malformed, or names something that does not exist."""
-
-
-def stable_hash(payload: Any, length: int = 16) -> str:
-    """Return a short sha256 of a JSON-serialisable payload (key order independent)."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
 def read_yaml(path: Path) -> Any:

@@ -17,7 +17,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.config.card_fields import CardError, Fields, read_yaml, stable_hash
+from harness.cache.keys import stable_hash
+from harness.config.card_fields import CardError, Fields, read_yaml
 from harness.config.dataset_cards import DatasetCard, load_dataset_card_file
 from harness.config.model_cards import (
     ARCH_LIBRARIES,

@@ -31,7 +31,7 @@ from typing import Any
 from filelock import FileLock
 
 from harness.cache.atomic import write_json
-from harness.config.card_fields import stable_hash
+from harness.cache.keys import stable_hash
 from harness.config.dataset_cards import DatasetCard
 from harness.config.paths import data_dir, prepared_dir
 from harness.data import DatasetError, DatasetNotPrepared

@@ -291,6 +291,7 @@ class CaseRun:
         record = ResultRecord(
             case_id=case.case_id,
             suite=case.suite,
+            suite_version=case.suite_version,
             profile=case.profile.name,
             model=model,
             dataset=DatasetInfo.from_card(case.dataset, sizes),

@@ -1,37 +1,42 @@
 """Feature invariance: how much frozen features move under image transforms or across views.
 
-Follows ssl-invariances' ``eval_synthetic_invariance.py`` and SSL_medicalimaging's
-``invariances/`` (facebookresearch/ssl-invariances and the SSL_medicalimaging study):
+Follows linusericsson/ssl-invariances' ``eval_synthetic_invariance.py`` (below:
+ssl-invariances) and jonahanton/SSL_medicalimaging's ``invariances/`` (below:
+SSL_medicalimaging):
 
-* The feature mean ``mu`` and covariance ``Sigma`` are estimated on one split (``cov_split``,
-  train by default) and ``epsilon = 1e-6`` is added to the diagonal of ``Sigma`` (SM).
+* The feature mean ``mu`` and covariance ``Sigma`` are estimated on one split
+  (``cov_split``, train by default) and ``epsilon = 1e-6`` is added to the diagonal of
+  ``Sigma`` (SSL_medicalimaging).
 * Similarity is the cosine between the whitened vectors ``(mu - f) W`` of a clean and a
   transformed image, where ``W W^T = (Sigma + epsilon I)^-1``; distance is the Mahalanobis
-  distance ``sqrt((a - b)^T (Sigma + epsilon I)^-1 (a - b))``. Both are averaged over
-  images with ``nanmean``.
-* Synthetic invariance evaluates ``num_images`` images (100, as SM; SI used 1000 on
-  ImageNet) of ``split`` under each named transform of :mod:`image_transforms`. Multi-view
-  invariance compares pairs of different images that share a group id (same source
-  image, series or patient), as SM's frontal/lateral and left/right-eye pairs.
+  distance ``sqrt((a - b)^T (Sigma + epsilon I)^-1 (a - b))``. Both are averaged over images
+  with ``nanmean``.
+* Synthetic invariance evaluates ``num_images`` images (100, as SSL_medicalimaging;
+  ssl-invariances used 1000 on ImageNet) of ``split`` under each named transform of
+  :mod:`image_transforms`. Multi-view invariance compares pairs of different images that
+  share a group id (same source image, series or patient), as SSL_medicalimaging's
+  frontal/lateral and left/right-eye pairs.
 
 Choices that differ from the peers, and why:
 
 * ``W`` comes from an eigendecomposition of ``Sigma`` in float64 (eigenvalues clipped at 0,
-  then ``W = V diag((lambda + epsilon)^-1/2)``) instead of SI/SM's float32
-  ``cholesky(inv(Sigma))``. Any ``W`` with ``W W^T = (Sigma + epsilon I)^-1`` gives the same
-  cosines and distances (``a W (b W)^T = a (Sigma + epsilon I)^-1 b^T``), so the measure is
-  the peers'; the eigendecomposition does not fail or lose digits when ``Sigma`` is
-  rank-deficient, which it is whenever there are fewer images than feature dimensions.
+  then ``W = V diag((lambda + epsilon)^-1/2)``) instead of ssl-invariances' and
+  SSL_medicalimaging's float32 ``cholesky(inv(Sigma))``. Any ``W`` with ``W W^T = (Sigma +
+  epsilon I)^-1`` gives the same cosines and distances (``a W (b W)^T = a (Sigma + epsilon
+  I)^-1 b^T``), so the measure is the peers'; the eigendecomposition does not fail or lose
+  digits when ``Sigma`` is rank-deficient, which it is whenever there are fewer images than
+  feature dimensions.
 * Covariance images: all images of ``cov_split`` when it has at most ``cov_images`` (1000)
   of them; otherwise ``max(cov_images, ceil(cov_fraction * N))`` of them drawn **without**
-  replacement (seeded). SM draws ``max(1000, 10%)`` with replacement, which only repeats
-  rows and lowers the rank of ``Sigma``. ``cov_images=None`` always uses the whole split.
-* The evaluated images are a seeded draw without replacement (SI's ``np.random.choice``
-  draws with replacement, so some images counted twice).
-* One magnitude per transform entry (SI sweeps k values of each transform and averages);
-  the defaults are listed in :data:`image_transforms.DEFAULT_TRANSFORMS`.
-* Both protocols register their own measure as the primary metric: ``mean_cosine``, the
-  mean over transforms (synthetic, this module) or pairs (multi-view,
+  replacement (seeded). SSL_medicalimaging draws ``max(1000, 10%)`` with replacement, which
+  only repeats rows and lowers the rank of ``Sigma``. ``cov_images=None`` always uses the
+  whole split.
+* The evaluated images are a seeded draw without replacement (ssl-invariances'
+  ``np.random.choice`` draws with replacement, so some images counted twice).
+* One magnitude per transform entry (ssl-invariances sweeps k values of each transform and
+  averages); the defaults are listed in :data:`image_transforms.DEFAULT_TRANSFORMS`.
+* Both protocols register their own measure as the primary metric: ``mean_cosine``, the mean
+  over transforms (synthetic, this module) or pairs (multi-view,
   :mod:`harness.protocols.multiview`). The statistics live in
   :mod:`harness.protocols.whitening`.
 
@@ -59,7 +64,7 @@ from harness.protocols.image_transforms import (
     get_transform,
     transform_tag,
 )
-from harness.protocols.registry import register_protocol
+from harness.protocols.registry import DetailTable, register_protocol
 from harness.protocols.whitening import (
     as_features,
     centred_cosine,
@@ -132,7 +137,7 @@ class InvarianceConfig:
         """The configuration of a run profile.
 
         ``smoke`` evaluates 16 images and ``demo`` 32 (each image costs one forward pass
-        per transform, the demo's budget on a 2-core CPU); ``paper`` evaluates SM's 100.
+        per transform, the demo's budget on a 2-core CPU); ``paper`` evaluates SSL_medicalimaging's 100.
         All profiles use every default transform.
 
         Args:
@@ -241,7 +246,17 @@ def run_synthetic(
     config=InvarianceConfig,
     primary_metric=PRIMARY,
     display="descriptive",
-    detail_metric_prefixes=("cos_", "mahal_", "centred_cos_"),
+    detail_metric_prefixes=("mahal_", "centred_cos_"),
+    detail_tables=(
+        DetailTable(
+            "cos_",
+            "Invariance per transform",
+            "Mean whitened cosine similarity between the features of clean and transformed "
+            "images (1 = invariant). Transforms that cannot change the image (colour on "
+            "grayscale data) are left out.",
+            summary_header="mean",
+        ),
+    ),
 )
 def run_case(case: CaseRun, config: InvarianceConfig) -> ProtocolResult:
     """One invariance case: a seeded draw of ``config.split`` under every transform."""

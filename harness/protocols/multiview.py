@@ -44,7 +44,7 @@ class MultiviewConfig:
 
     Attributes:
         num_pairs: Pairs of images sharing a group compared (all pairs when fewer exist);
-            SM compares 100.
+            SSL_medicalimaging compares 100.
         cov_images: As :attr:`InvarianceConfig.cov_images`.
         cov_fraction: As :attr:`InvarianceConfig.cov_fraction`.
         epsilon: Added to the diagonal of the covariance before inverting it.
@@ -76,7 +76,7 @@ class MultiviewConfig:
 
     @classmethod
     def for_profile(cls, profile: str, pairing_rule: str = "same_group") -> MultiviewConfig:
-        """The configuration of a run profile (every profile compares SM's 100 pairs).
+        """The configuration of a run profile (every profile compares SSL_medicalimaging's 100 pairs).
 
         Args:
             profile: "smoke", "demo" or "paper".

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from harness.cache.keys import file_sha256, module_sha256, stable_hash
 from harness.config.cards import CHECKPOINT_SOURCES, ModelCard
 from harness.zoo.converters import Converter, UnknownConverterError, apply_converter, get_converter
 from harness.zoo.errors import CheckpointError
 from harness.zoo.remap import fit_to_model, rename, unwrap
-from harness.zoo.sources import checkpoint_path, file_sha256
+from harness.zoo.sources import checkpoint_path
 
 TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
 
@@ -86,14 +85,10 @@ def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
             "converter": converter.name,
             "converter_version": converter.version,
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return stable_hash(payload, length=64)
     if module is None:
         module = build_model(card).module
-    digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return module_sha256(module)
 
 
 def _instantiate(card: ModelCard, pretrained: bool) -> nn.Module:

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import urllib.request
 from pathlib import Path
 
 from harness.cache.atomic import atomic_path
+from harness.cache.keys import file_sha256
 from harness.config.cards import ModelCard
 from harness.config.paths import weights_dir
 from harness.zoo.errors import CheckpointError
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """Return the sha256 of a file, memoised per (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def checkpoint_path(card: ModelCard) -> Path | None:

@@ -8,7 +8,6 @@ without a prepared copy (the path MedMNIST files and built demo datasets take).
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from harness.cache.keys import file_sha256
 from harness.data import DatasetError
 from harness.data.npz import SPLITS
 from harness.data.registry import register_reader
@@ -55,10 +55,6 @@ def read_npz_archive(params: NpzParams, ctx: DatasetContext) -> RawDataset:
         raise DatasetError(f"{ctx.card}: dataset file {path} not found")
     if not zipfile.is_zipfile(path):
         raise DatasetError(f"{path}: not an .npz archive (not a zip file)")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         names = [s for s in SPLITS if f"{s}_images" in keys]
@@ -91,7 +87,7 @@ def read_npz_archive(params: NpzParams, ctx: DatasetContext) -> RawDataset:
     return RawDataset(
         columns={"label": np.concatenate(labels)},
         images=ArrayImages(tuple(sizes), load),
-        digest=digest.hexdigest(),
+        digest=file_sha256(path),
         groups=np.concatenate(groups) if groups else None,
         split=split.astype(str),
     )

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from harness.cache.keys import module_sha256
 from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
 from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
 from harness.protocols.finetune.data import EvalSet, inverse_frequency_weights
 from harness.protocols.finetune.modes import Context, FineTuned, grid_search, select_on_val
-from harness.protocols.finetune.network import make_criterion, predict, state_sha256
+from harness.protocols.finetune.network import make_criterion, predict
 from harness.protocols.finetune.runtime import Runtime, deterministic, resolve_runtime, seeded
 from harness.protocols.finetune.spec import StepInfo
 from harness.protocols.inputs import check_images, check_labels
@@ -261,7 +262,7 @@ def fine_tune(
             fitted = grid_search(ctx, train, val, y_train, y_val)
         else:
             fitted = select_on_val(ctx, train, y_train)
-        weights_sha256 = state_sha256(fitted.model)
+        weights_sha256 = module_sha256(fitted.model)
     fitted.details.update(
         {
             "n_train": len(train),

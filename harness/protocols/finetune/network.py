@@ -3,7 +3,6 @@ predictions."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -44,23 +43,6 @@ def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
         Name -> cloned tensor.
     """
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def state_sha256(module: nn.Module) -> str:
-    """sha256 over a module's state-dict names and tensor bytes (identical weights <=> equal).
-
-    Args:
-        module: Any module.
-
-    Returns:
-        Hex digest.
-    """
-    digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def param_groups(
