@@ -7,6 +7,7 @@ cards are YAML files loaded like any other card.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def test_prepared_cache_is_keyed_by_card_and_index(tmp_path: Path, home: Path) -
     path = prepare(card)
     assert path == dataset_file(card) and path.is_relative_to(home / "prepared")
     meta = read_npz_meta(path)
-    assert meta is not None and meta["entries"]["label_policy"] == "uncertain v1"
+    assert meta is not None and json.loads(meta["key"])["entries"]["label_policy"] == "uncertain v1"
     mtime = path.stat().st_mtime_ns
     assert prepare(card) == path and path.stat().st_mtime_ns == mtime  # current: not rebuilt
     index = tmp_path / "chexpert" / "CheXpert-v1.0-small" / "valid.csv"

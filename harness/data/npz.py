@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -105,24 +105,37 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
 def write_npz(
     path: Path, splits: dict[str, SplitData], meta: Mapping[str, Any] | None = None
 ) -> None:
-    """Atomically write splits in the MedMNIST ``.npz`` layout (compressed).
+    """Atomically write splits in the MedMNIST ``.npz`` layout (see :func:`save_npz`).
+
+    A reader never sees a partial file.
+    """
+    write_with(Path(path), lambda handle: save_npz(handle, splits, meta, where=str(path)))
+
+
+def save_npz(
+    handle: IO[bytes],
+    splits: dict[str, SplitData],
+    meta: Mapping[str, Any] | None = None,
+    where: str = "<npz>",
+) -> None:
+    """Write splits in the MedMNIST ``.npz`` layout (compressed) to an open binary file.
 
     One-dimensional labels are stored as ``(N, 1)`` like MedMNIST; groups are stored
-    when present. A reader never sees a partial file.
+    when present.
 
     Args:
-        path: the archive to (over)write.
+        handle: the binary file to write.
         splits: must contain exactly ``train``, ``val`` and ``test``.
         meta: JSON-serialisable facts stored under the key ``meta_json`` (read back by
             :func:`read_npz_meta`); readers of the layout ignore it.
+        where: the archive's name in errors.
 
     Raises:
         DatasetError: when a split is missing or unexpected.
     """
-    path = Path(path)
     if set(splits) != set(SPLITS):
         raise DatasetError(
-            f"{path}: write_npz needs splits {', '.join(SPLITS)}, got {', '.join(sorted(splits))}"
+            f"{where}: write_npz needs splits {', '.join(SPLITS)}, got {', '.join(sorted(splits))}"
         )
     arrays: dict[str, np.ndarray] = {}
     for split in SPLITS:
@@ -134,7 +147,7 @@ def write_npz(
             arrays[f"{split}_groups"] = np.asarray(data.groups, dtype=np.int64)
     if meta is not None:
         arrays[META_KEY] = np.asarray(json.dumps(dict(meta), sort_keys=True, default=str))
-    write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
+    np.savez_compressed(handle, **arrays)
 
 
 def read_npz_meta(path: Path) -> dict[str, Any] | None:

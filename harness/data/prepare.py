@@ -1,21 +1,22 @@
 """Where a dataset card's data lives, building or decoding it, and loading its splits.
 
-Three kinds of card, each prepared under a file lock (so that pytest-xdist workers never
-prepare the same dataset twice at once) and written atomically:
+Built and decoded datasets go through the cache service (:mod:`harness.cache.store`):
+prepared under the key's file lock (so that pytest-xdist workers never prepare the same
+dataset twice at once), written atomically, with the key stored inside the archive and
+checked before the file is used (never trusted by its name alone). Three kinds of card:
 
 - **built** (``builder:``): built locally and deterministically the first time it is
-  needed, into ``<MEDXFER_HOME>/data/<name>/v<version>/<reader.file>``, with a
-  ``<file>.built.json`` marker holding the card's fingerprint and the builder's name and
-  version: when either changes, the file is rebuilt. The card's split rule runs on the
-  builder's output before it is written (``disjoint_regions`` verifies it).
+  needed, into ``<MEDXFER_HOME>/data/<name>/v<version>/<reader.file>``; the key holds the
+  card's fingerprint and the builder's name and version: when either changes, the file
+  is rebuilt. The card's split rule runs on the builder's output before it is written
+  (``disjoint_regions`` verifies it).
 - **an archive used as it is** (``npz`` reader, ``identity`` labels, ``predefined``
   split): the user puts the file at ``<root>/<file>`` (``obtain:`` says how to get it).
 - **a folder with an index** (every other card): the user puts the dataset folder at
   ``<root>`` (default ``<MEDXFER_HOME>/data/<name>``); the reader, label policy and split
   rule run once and the decoded arrays are cached as one ``.npz`` under
-  ``<MEDXFER_HOME>/prepared/<name>/v<version>/``. The cache stores the card's
-  fingerprint (entry names, versions, parameters) and the sha256 of the source's index,
-  and is used only when both match.
+  ``<MEDXFER_HOME>/prepared/<name>/v<version>/``. The key holds the card's fingerprint
+  (entry names, versions, parameters) and the sha256 of the source's index.
 
 Until a user-supplied source is in place, :func:`prepare` raises
 :class:`~harness.data.DatasetNotPrepared` saying how to get it and where to put it.
@@ -24,18 +25,15 @@ Until a user-supplied source is in place, :func:`prepare` raises
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from filelock import FileLock
-
-from harness.cache.atomic import write_json
 from harness.cache.keys import stable_hash
+from harness.cache.store import STORE, Entry, KeyMismatch, Namespace
 from harness.config.dataset_cards import DatasetCard
 from harness.config.paths import data_dir, prepared_dir
 from harness.data import DatasetError, DatasetNotPrepared
-from harness.data.npz import SplitData, read_npz, read_npz_meta, write_npz
+from harness.data.npz import SplitData, read_npz, read_npz_meta, save_npz
 from harness.data.pipeline import (
     context,
     data_root,
@@ -48,6 +46,40 @@ from harness.data.pipeline import (
 from harness.data.registry import BUILDERS
 
 PREPARED_LAYOUT = 1
+
+
+class SplitArchive:
+    """Codec of built and decoded datasets: one MedMNIST-layout ``.npz``, key in its meta.
+
+    Reading only checks the stored key (the arrays are loaded later, by
+    :func:`load_splits`), so a current archive costs one small read.
+    """
+
+    def write(self, handle: IO[bytes], value: dict[str, SplitData], entry: Entry) -> None:
+        """Write the splits with the key text."""
+        save_npz(handle, value, {"key": entry.text}, where=str(entry.path))
+
+    def read(self, path: Path, entry: Entry) -> Path:
+        """Return ``path`` when it holds ``entry``'s key.
+
+        Raises:
+            KeyMismatch: when the archive holds another key (or none).
+            ValueError: when it is not a readable ``.npz``.
+        """
+        meta = read_npz_meta(path)
+        if meta is None:
+            raise ValueError("not a readable .npz with a stored key")
+        if meta.get("key") != entry.text:
+            raise KeyMismatch("the stored key differs")
+        return path
+
+    def summary(self, value: dict[str, SplitData]) -> dict[str, Any]:
+        """Images per split."""
+        return {"images": {name: len(data.labels) for name, data in value.items()}}
+
+
+BUILT = Namespace("data", SplitArchive(), suffix=".npz")
+DECODED = Namespace("prepared", SplitArchive(), suffix=".npz")
 
 __all__ = [
     "DatasetError",
@@ -79,7 +111,7 @@ def is_prepared(card: DatasetCard) -> bool:
     the folder's index files) is in place; a folder is decoded on first use.
     """
     if card.builder is not None:
-        return _is_built(card, dataset_file(card))
+        return STORE.load(BUILT, _built_entry(card)) is not None
     return all(path.exists() for path in required_paths(card))
 
 
@@ -94,12 +126,9 @@ def prepare(card: DatasetCard) -> Path:
         DatasetError: when building or decoding fails (naming the card, file, field).
     """
     path = dataset_file(card)
+    facts = {"dataset": card.name, "version": card.version}
     if card.builder is not None:
-        if not _is_built(card, path):
-            with _locked(path):
-                if not _is_built(card, path):  # another process may have built it meanwhile
-                    write_npz(path, _build(card))
-                    write_json(_marker_path(path), _marker(card))
+        STORE.get_or_compute(BUILT, _built_entry(card), lambda: _build(card), describe=facts)
         return path
     missing = [p for p in required_paths(card) if not p.exists()]
     if missing:
@@ -109,12 +138,11 @@ def prepare(card: DatasetCard) -> Path:
         )
     if reads_as_is(card):
         return path
-    raw = read_raw(card)
-    meta = _prepared_meta(card, raw.digest)
-    if read_npz_meta(path) != meta:
-        with _locked(path):
-            if read_npz_meta(path) != meta:
-                write_npz(path, make_splits(card, raw), meta=meta)
+    raw = read_raw(card)  # the index only: images decode on a miss
+    entry = STORE.entry(
+        DECODED, _prepared_key(card, raw.digest), folder=path.parent, name=path.name
+    )
+    STORE.get_or_compute(DECODED, entry, lambda: make_splits(card, raw), describe=facts)
     return path
 
 
@@ -168,32 +196,15 @@ def how_to_prepare(card: DatasetCard) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _locked(path: Path) -> FileLock:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(f"{path}.lock")
-
-
-def _marker_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.built.json")
-
-
-def _marker(card: DatasetCard) -> dict[str, object]:
+def _built_entry(card: DatasetCard) -> Entry:
     assert card.builder is not None
-    return {
+    path = dataset_file(card)
+    key = {
         "card_fingerprint": stable_hash(card.fingerprint()),
         "builder": card.builder.name,
         "builder_version": card.builder.version,
     }
-
-
-def _is_built(card: DatasetCard, path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        recorded = json.loads(_marker_path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(recorded == _marker(card))
+    return STORE.entry(BUILT, key, folder=path.parent, name=path.name)
 
 
 def _build(card: DatasetCard) -> dict[str, SplitData]:
@@ -207,7 +218,7 @@ def _build(card: DatasetCard) -> dict[str, SplitData]:
         raise DatasetError(f"{where}: building with {card.builder.name!r} failed: {exc}") from exc
 
 
-def _prepared_meta(card: DatasetCard, digest: str) -> dict[str, Any]:
+def _prepared_key(card: DatasetCard, digest: str) -> dict[str, Any]:
     entries = {"reader": card.reader, "label_policy": card.label_policy, "split": card.split}
     return {
         "layout": PREPARED_LAYOUT,
