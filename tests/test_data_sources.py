@@ -7,6 +7,7 @@ cards are YAML files loaded like any other card.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from harness.config.cards import DatasetCard, load_dataset_card_file
+from harness.config.cards import CardError, DatasetCard, load_dataset_card_file
 from harness.data import DatasetError, DatasetNotPrepared
 from harness.data.npz import read_npz_meta
+from harness.data.pipeline import read_raw
 from harness.data.prepare import dataset_file, how_to_prepare, is_prepared, load_splits, prepare
 from harness.data.registry import READERS
 from harness.data.split_rules import SeededFractionsParams, seeded_fractions
@@ -408,3 +410,84 @@ def test_readers_are_registered_with_versions() -> None:
     assert set(READERS.names()) >= {"npz", "csv_images", "image_folder", "dicom"}
     for name, version, description, params in READERS.available():
         assert version >= 1 and description and params, name
+
+
+def _write_pcam(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """PatchCamelyon's layout: *_x.h5 with 'x' (N, 96, 96, 3) uint8, *_y.h5 with 'y' (N, 1, 1, 1)."""
+    import h5py
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    made = {}
+    for split, n in (("train", 6), ("valid", 4), ("test", 4)):
+        x = rng.integers(0, 256, size=(n, 96, 96, 3), dtype=np.uint8)
+        y = np.array([i % 2 for i in range(n)], dtype=np.uint8).reshape(n, 1, 1, 1)
+        stem = f"camelyonpatch_level_2_split_{split}"
+        with h5py.File(root / f"{stem}_x.h5", "w") as handle:
+            handle.create_dataset("x", data=x, chunks=(1, 96, 96, 3), compression="gzip")
+        with h5py.File(root / f"{stem}_y.h5", "w") as handle:
+            handle.create_dataset("y", data=y)
+        made[split] = (x, y.reshape(-1))
+    return made
+
+
+def _pcam_card(folder: Path, root: Path) -> DatasetCard:
+    def spec(kind: str) -> dict[str, str]:
+        return {
+            split: f"camelyonpatch_level_2_split_{split}_{kind}.h5:{kind}"
+            for split in ("train", "valid", "test")
+        }
+
+    return _card(
+        folder,
+        "pcam",
+        task="binary",
+        classes=["normal", "metastasis"],
+        reader={"format": "hdf5", "root": str(root), "images": spec("x"), "labels": spec("y")},
+        split={"rule": "predefined", "names": {"val": "valid"}},
+    )
+
+
+def test_hdf5_reader_reads_patchcamelyon_rows_in_order(tmp_path: Path, home: Path) -> None:
+    made = _write_pcam(tmp_path / "pcam")
+    card = _pcam_card(tmp_path / "cards", tmp_path / "pcam")
+    assert is_prepared(card)
+    splits = load_splits(card)
+    for ours, theirs in (("train", "train"), ("val", "valid"), ("test", "test")):
+        images, labels = made[theirs]
+        assert np.array_equal(splits[ours].images, images)
+        assert splits[ours].labels.tolist() == labels.tolist()
+    raw = read_raw(card)
+    rows = np.array([13, 0, 7, 7, 2])  # unsorted, repeated, across three files
+    everything = np.concatenate([made[s][0] for s in card.reader.params.images])  # card order
+    assert np.array_equal(raw.images.take(rows), everything[rows])
+
+
+def test_hdf5_reader_names_the_missing_dataset_and_file(tmp_path: Path, home: Path) -> None:
+    _write_pcam(tmp_path / "pcam")
+    card = _pcam_card(tmp_path / "cards", tmp_path / "pcam")
+    bad = dataclasses.replace(
+        card.reader,
+        params=dataclasses.replace(
+            card.reader.params,
+            labels={**card.reader.params.labels, "test": "camelyonpatch_level_2_split_test_y.h5:z"},
+        ),
+    )
+    with pytest.raises(DatasetError, match=r"test_y\.h5: no dataset 'z' \(datasets: y\)"):
+        read_raw(dataclasses.replace(card, reader=bad))
+    (tmp_path / "pcam" / "camelyonpatch_level_2_split_valid_x.h5").unlink()
+    assert not is_prepared(card)
+    with pytest.raises(DatasetNotPrepared, match=r"valid_x\.h5 does not exist"):
+        load_splits(card)
+    with pytest.raises(CardError, match=r"reader.*'images' splits \['test', 'train'\] differ"):
+        _card(
+            tmp_path / "cards",
+            "pcam_bad",
+            task="binary",
+            classes=["normal", "metastasis"],
+            reader={
+                "format": "hdf5",
+                "images": {"train": "a.h5:x", "test": "b.h5:x"},
+                "labels": {"train": "a.h5:y"},
+            },
+        )
