@@ -13,9 +13,10 @@ and its weights download only when the user runs online.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.cache.keys import stable_hash
 from harness.config.card_fields import CardError, Fields, read_yaml
@@ -36,6 +37,8 @@ from harness.config.model_cards import (
     timm_model_card,
 )
 from harness.config.paths import PROJECT_ROOT, user_card_folders
+
+CardT = TypeVar("CardT", ModelCard, DatasetCard)
 
 MODEL_CARD_DIR = PROJECT_ROOT / "models"
 DATASET_CARD_DIR = PROJECT_ROOT / "datasets"
@@ -81,15 +84,7 @@ def model_cards(directory: Path | None = None) -> dict[str, ModelCard]:
 
 @cache
 def _model_cards(directory: Path) -> dict[str, ModelCard]:
-    cards: dict[str, ModelCard] = {}
-    for path in sorted(Path(directory).glob("*.yaml")):
-        for card in load_model_card_file(path):
-            if card.name in cards:
-                raise CardError(
-                    f"{path}: model {card.name!r} is already defined in {cards[card.name].source_file}"
-                )
-            cards[card.name] = card
-    return cards
+    return _cards_in(directory, "model", load_model_card_file)
 
 
 def dataset_cards(directory: Path | None = None) -> dict[str, DatasetCard]:
@@ -102,14 +97,22 @@ def dataset_cards(directory: Path | None = None) -> dict[str, DatasetCard]:
 
 @cache
 def _dataset_cards(directory: Path) -> dict[str, DatasetCard]:
-    cards: dict[str, DatasetCard] = {}
+    return _cards_in(directory, "dataset", lambda path: [load_dataset_card_file(path)])
+
+
+def _cards_in(
+    directory: Path, kind: str, load_file: Callable[[Path], list[CardT]]
+) -> dict[str, CardT]:
+    """Every card of the ``*.yaml`` files in a folder by name; a name defined twice is an error."""
+    cards: dict[str, CardT] = {}
     for path in sorted(Path(directory).glob("*.yaml")):
-        card = load_dataset_card_file(path)
-        if card.name in cards:
-            raise CardError(
-                f"{path}: dataset {card.name!r} is already defined in {cards[card.name].source_file}"
-            )
-        cards[card.name] = card
+        for card in load_file(path):
+            if card.name in cards:
+                raise CardError(
+                    f"{path}: {kind} {card.name!r} is already defined in "
+                    f"{cards[card.name].source_file}"
+                )
+            cards[card.name] = card
     return cards
 
 
