@@ -1,4 +1,4 @@
-"""The ``medxfer`` command: list | prepare | report | calibrate | compare | cache."""
+"""The ``medxfer`` command: list | info | prepare | report | calibrate | compare | cache."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.config.model_cards import CATEGORIES
 from harness.config.paths import PROJECT_ROOT
 
 
@@ -17,11 +18,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from harness.data.prepare import is_prepared
 
     if args.what in ("models", "all"):
+        from harness.zoo.catalog import list_line, select_models
+
         print("# models")
-        for card in all_model_cards().values():
-            print(
-                f"{card.name:40s} {card.category:16s} {card.weights.source:7s} {card.pretraining_data}"
-            )
+        cards = select_models(
+            all_model_cards().values(), args.category, args.architecture, args.pretraining_data
+        )
+        for card in cards:
+            print(list_line(card))
     if args.what in ("datasets", "all"):
         print("# datasets")
         for card in all_dataset_cards().values():
@@ -34,6 +38,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
             suite = load_suite(name)
             n = len(suite.cases())
             print(f"{name:16s} {n:4d} cases  profile={suite.profile:6s} {suite.description}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from harness.config.cards import all_model_cards, get_model_card
+    from harness.zoo.catalog import model_info
+
+    card = get_model_card(args.model)
+    for label, value in model_info(card, all_model_cards().values()):
+        print(f"{label + ':':23s} {value}")
     return 0
 
 
@@ -143,7 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument(
         "what", nargs="?", default="all", choices=("models", "datasets", "suites", "all")
     )
+    p_list.add_argument(
+        "--category", default=None, choices=CATEGORIES, help="models of this category only"
+    )
+    p_list.add_argument(
+        "--architecture", default=None, help="models of this architecture (wildcards: resnet*)"
+    )
+    p_list.add_argument(
+        "--pretraining-data", default=None, help="models whose pretraining data mention this text"
+    )
     p_list.set_defaults(func=_cmd_list)
+
+    p_info = sub.add_parser(
+        "info",
+        help="a model card: source, checksum, whether its weights are cached, features, "
+        "preprocessing (nothing is downloaded)",
+    )
+    p_info.add_argument("model", help="model card name, or timm:<name>")
+    p_info.set_defaults(func=_cmd_info)
 
     p_prep = sub.add_parser("prepare", help="build or check datasets (demo datasets build offline)")
     p_prep.add_argument("datasets", nargs="+")

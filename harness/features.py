@@ -257,7 +257,8 @@ def cached_features(
         load_model: returns the backbone; called only on a cache miss.
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: images per forward pass (part of the key: it can change the last bits).
-        layer: which features (``pooled``: the penultimate pooled vector).
+        layer: which features: the model card's ``feature_layer`` (``pooled``: the
+            penultimate pooled vector; the module returns that layer, this names it).
         precision: requested precision (``fp32``, or ``bf16`` / ``fp16`` where checked).
         images_sha: :func:`images_digest` of ``images`` when the caller has it already.
         store: the cache store (its ``features`` namespace).

@@ -138,10 +138,11 @@ def benchmark_test(protocol: str) -> Callable[[CaseRun], None]:
 
     def test(bench: CaseRun) -> None:
         from harness.protocols.registry import CaseNotApplicable
+        from harness.zoo.errors import WeightsUnavailable
 
         try:
             bench.run()
-        except CaseNotApplicable as exc:
+        except (CaseNotApplicable, WeightsUnavailable) as exc:
             pytest.skip(str(exc))
 
     test.__name__ = test.__qualname__ = f"test_{protocol}"
@@ -185,9 +186,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
-    """The case being run; skips when its dataset is not prepared, saying how to prepare it."""
+    """The case being run; skips when its model's weights are absent and cannot be fetched
+    now, or its dataset is not prepared, saying what to download and where to put it."""
     from harness.data.prepare import DatasetNotPrepared, how_to_prepare
     from harness.protocols.case import CaseRun
+    from harness.zoo.errors import WeightsUnavailable
 
     session = medxfer_session(request.config)
     session.share_cores()
@@ -197,6 +200,10 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     run.retrain = session.option("retrain")
     if not session.option("record-only"):
         run.on_record = lambda record: session.check(request.node, record)
+    try:
+        run.ensure_weights()
+    except WeightsUnavailable as exc:
+        pytest.skip(str(exc))
     try:
         run.splits()
     except DatasetNotPrepared:

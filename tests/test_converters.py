@@ -25,7 +25,13 @@ from harness.zoo.converters import (
 )
 
 IMAGENET = Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear", 0.875)
-BUILT_IN = {"mae_vit", "moco_resnet", "simsiam_resnet", "swav_resnet"}
+BUILT_IN = {"mae_vit", "moco_resnet", "simsiam_resnet", "swav_resnet", "pycontrast_resnet"} | {
+    "btl_classifier",
+    "covidprognosis_moco",
+    "densenet_legacy",
+    "hf_dinov2_vit",
+    "moco_densenet",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

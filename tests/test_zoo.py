@@ -17,7 +17,13 @@ from torch import nn
 
 from harness.config.cards import ModelCard, Preprocessing, WeightsSpec, get_model_card
 from harness.data.transforms import eval_transform
-from harness.zoo import CheckpointError, LoadedModel, build_model, weights_identity
+from harness.zoo import (
+    CheckpointError,
+    LoadedModel,
+    WeightsUnavailable,
+    build_model,
+    weights_identity,
+)
 from harness.zoo.remap import fit_to_model, rename, unwrap
 from harness.zoo.sources import checkpoint_path
 
@@ -426,11 +432,14 @@ def test_url_source_offline(
 ) -> None:
     monkeypatch.setenv("MEDXFER_OFFLINE", "1")
     card = make_card(WeightsSpec(source="url", url="https://example.org/w.pth", sha256="a" * 64))
-    with pytest.raises(
-        CheckpointError,
-        match=re.escape("MEDXFER_OFFLINE is set; download https://example.org/w.pth"),
-    ):
+    target = medxfer_home / "weights" / "resnet18.test-aaaaaaaaaaaa.pth"
+    with pytest.raises(WeightsUnavailable) as info:
         checkpoint_path(card)
+    assert str(info.value) == (
+        "model resnet18.test: weights file w.pth is not available (not in the weights cache "
+        f"and MEDXFER_OFFLINE is set); download https://example.org/w.pth and put it at {target}"
+    )
+    assert (info.value.file_name, info.value.path) == ("w.pth", target)
 
 
 # --------------------------------------------------------------------------- weights_only

@@ -8,6 +8,7 @@ when the user runs online.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,14 @@ CHECKPOINT_SOURCES = ("pip", "url", "file")
 ARCH_LIBRARIES = ("timm", "torchvision")
 CATEGORIES = ("supervised", "self-supervised", "in-domain", "domain-adapted", "random-init")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# Which features a model gives (harness/zoo/build.py acts on it): the architecture's
+# pooled penultimate vector (CNNs: global average of the last stage), a ViT's class
+# token, the mean of its patch tokens, or the image embedding of a CLIP-style head.
+FEATURE_LAYERS = ("pooled", "cls_token", "mean_tokens", "image_embedding")
+DEFAULT_FEATURE_LAYER = FEATURE_LAYERS[0]
+# A card's sha256 where the publisher states none: the file used is still hashed and
+# its sha256 enters the weights identity and the records.
+UNPUBLISHED = "unpublished"
 # Where a model's batch-norm running statistics come from (see harness/zoo/batchnorm.py):
 # the checkpoint, the initialisation, or the target's training images.
 BATCHNORM_RULES = {
@@ -40,12 +49,21 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    histogram_normalize: bool = False
 
     def with_input_size(self, size: int | None) -> Preprocessing:
         """Return a copy with another input size (profiles scale image size)."""
         if size is None or size == self.input_size:
             return self
-        return Preprocessing(size, self.mean, self.std, self.interpolation, self.crop_pct)
+        return dataclasses.replace(self, input_size=size)
+
+    def key_payload(self) -> dict[str, Any]:
+        """The fields as a dict for cache keys; ``histogram_normalize`` only when set, so
+        the keys of cards written before it existed do not change."""
+        payload = asdict(self)
+        if not self.histogram_normalize:
+            payload.pop("histogram_normalize")
+        return payload
 
 
 @dataclass(frozen=True)
@@ -65,11 +83,17 @@ class WeightsSpec:
     drop_keys: tuple[str, ...] = ()
     converter: str | None = None
     batchnorm_stats: str = ""
+    instructions: str = ""
 
     def __post_init__(self) -> None:
         if not self.batchnorm_stats:  # the first rule of the source's kind is its default
             kind = "random" if self.source == "random" else "pretrained"
             object.__setattr__(self, "batchnorm_stats", BATCHNORM_RULES[kind][0])
+
+    @property
+    def expected_sha256(self) -> str | None:
+        """The publisher's sha256 of the file, or None where none is published."""
+        return None if self.sha256 in (None, UNPUBLISHED) else self.sha256
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,7 @@ class ModelCard:
     license: str = ""
     random_twin_of: str | None = None
     source_file: str = ""
+    feature_layer: str = DEFAULT_FEATURE_LAYER
 
     @property
     def is_random_init(self) -> bool:
@@ -99,6 +124,11 @@ class ModelCard:
         payload.pop("source_file")
         payload.pop("paper")
         payload.pop("license")
+        payload["weights"].pop("instructions")
+        payload["preprocessing"] = self.preprocessing.key_payload()
+        # fields added later enter the payload only when set, so older cards keep their keys
+        if payload["feature_layer"] == DEFAULT_FEATURE_LAYER:
+            payload.pop("feature_layer")
         return payload
 
 
@@ -112,7 +142,9 @@ def _triple(fields: Fields, key: str) -> tuple[float, float, float]:
 
 
 def _parse_preprocessing(fields: Fields) -> Preprocessing:
-    fields.unknown({"input_size", "mean", "std", "interpolation", "crop_pct"})
+    fields.unknown(
+        {"input_size", "mean", "std", "interpolation", "crop_pct", "histogram_normalize"}
+    )
     size = fields.get("input_size", int)
     if size < 16:
         raise CardError(f"{fields.where}: field 'input_size' must be >= 16, got {size}")
@@ -125,13 +157,14 @@ def _parse_preprocessing(fields: Fields) -> Preprocessing:
         std=_triple(fields, "std"),
         interpolation=fields.get("interpolation", str, "bicubic", INTERPOLATIONS),
         crop_pct=crop_pct,
+        histogram_normalize=fields.get("histogram_normalize", bool, False),
     )
 
 
 def _parse_weights(fields: Fields) -> WeightsSpec:
     fields.unknown(
         {"source", "package", "path", "url", "sha256", "hub_id", "seed", "load", "unwrap"}
-        | {"strip_prefixes", "drop_keys", "converter", "batchnorm_stats"}
+        | {"strip_prefixes", "drop_keys", "converter", "batchnorm_stats", "instructions"}
     )
     source = fields.get("source", str, choices=WEIGHT_SOURCES)
     bn_rules = BATCHNORM_RULES["random" if source == "random" else "pretrained"]
@@ -149,6 +182,7 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
         drop_keys=fields.str_tuple("drop_keys"),
         converter=fields.get("converter", str, None),
         batchnorm_stats=fields.get("batchnorm_stats", str, bn_rules[0], bn_rules),
+        instructions=fields.get("instructions", str, ""),
     )
     required = {"pip": ("package", "path"), "url": ("url", "sha256"), "file": ("path",)}
     for key in required.get(source, ()):
@@ -165,11 +199,12 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
                 f"{fields.where}.converter: a converter applies to checkpoint files "
                 f"(source {', '.join(CHECKPOINT_SOURCES)}), not to source '{source}'"
             )
-    if spec.sha256 is not None and (
+    if spec.sha256 not in (None, UNPUBLISHED) and (
         len(spec.sha256) != 64 or not all(c in "0123456789abcdef" for c in spec.sha256)
     ):
         raise CardError(
-            f"{fields.where}: field 'sha256' must be 64 lowercase hex digits, got {spec.sha256!r}"
+            f"{fields.where}: field 'sha256' must be 64 lowercase hex digits or "
+            f"'{UNPUBLISHED}' (the publisher states none), got {spec.sha256!r}"
         )
     return spec
 
@@ -177,7 +212,7 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
 def _parse_model(fields: Fields) -> ModelCard:
     fields.unknown(
         {"name", "architecture", "weights", "preprocessing", "category", "pretraining_data"}
-        | {"paper", "license", "random_twin_of"}
+        | {"paper", "license", "random_twin_of", "feature_layer"}
     )
     name = fields.get("name", str)
     if not MODEL_NAME.fullmatch(name):
@@ -186,9 +221,16 @@ def _parse_model(fields: Fields) -> ModelCard:
         )
     arch = fields.sub("architecture")
     arch.unknown({"library", "name"})
+    library = arch.get("library", str, choices=ARCH_LIBRARIES)
+    layer = fields.get("feature_layer", str, DEFAULT_FEATURE_LAYER, FEATURE_LAYERS)
+    if layer != DEFAULT_FEATURE_LAYER and library != "timm":
+        raise CardError(
+            f"{fields.where}: feature_layer '{layer}' needs a timm architecture "
+            f"(torchvision backbones give the pooled features only)"
+        )
     return ModelCard(
         name=name,
-        library=arch.get("library", str, choices=ARCH_LIBRARIES),
+        library=library,
         architecture=arch.get("name", str),
         weights=_parse_weights(fields.sub("weights")),
         preprocessing=_parse_preprocessing(fields.sub("preprocessing")),
@@ -197,6 +239,7 @@ def _parse_model(fields: Fields) -> ModelCard:
         paper=fields.get("paper", str, ""),
         license=fields.get("license", str, ""),
         random_twin_of=fields.get("random_twin_of", str, None),
+        feature_layer=layer,
     )
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from harness.config.cards import Preprocessing
 
 TRANSFORM_VERSION = 1
+HISTOGRAM_BINS = 256
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
@@ -35,6 +36,10 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
         std=pre.std,
         crop_pct=pre.crop_pct,
     )
+    if pre.histogram_normalize:
+        steps = transform.transforms
+        at = next(i for i, step in enumerate(steps) if type(step).__name__ == "Normalize")
+        steps.insert(at, histogram_normalize)
 
     def apply(image: np.ndarray) -> torch.Tensor:
         return transform(to_pil_rgb(image))
@@ -44,7 +49,7 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
 
 def describe(pre: Preprocessing) -> dict[str, object]:
     """Return what the transform does, for cache keys and records."""
-    return {
+    out: dict[str, object] = {
         "kind": "timm_eval",
         "version": TRANSFORM_VERSION,
         "input_size": pre.input_size,
@@ -53,6 +58,35 @@ def describe(pre: Preprocessing) -> dict[str, object]:
         "interpolation": pre.interpolation,
         "crop_pct": pre.crop_pct,
     }
+    if pre.histogram_normalize:  # only when set: older keys stay as they were
+        out["histogram_normalize"] = HISTOGRAM_BINS
+    return out
+
+
+def histogram_normalize(image: torch.Tensor) -> torch.Tensor:
+    """Histogram-equalise an image tensor to values in [0, 255], as CovidPrognosis does.
+
+    The ``HistogramNormalize`` transform of
+    facebookresearch/CovidPrognosis@9c753d1156f0f04c3bec213aa4b1d0cc39a2f71d:
+    covidprognosis/data/transforms.py, applied after resize, crop and to-tensor: a
+    256-bin density histogram over all pixels (all channels), its cumulative sum scaled
+    to 255, and every pixel mapped through it by linear interpolation at the left bin
+    edges. The result does not depend on the input's scale, and grey replicated to three
+    channels gives the single channel's mapping; the card's mean / std (0 / 1 for these
+    models) then apply.
+
+    Args:
+        image: A float tensor (C, H, W).
+
+    Returns:
+        A float32 tensor of the same shape.
+    """
+    values = image.detach().cpu().numpy().astype(np.float64).ravel()
+    density, edges = np.histogram(values, HISTOGRAM_BINS, density=True)
+    cdf = density.cumsum()
+    cdf = 255 * cdf / cdf[-1]
+    equalised = np.interp(values, edges[:-1], cdf).reshape(image.shape)
+    return torch.from_numpy(equalised).to(torch.float32)
 
 
 def to_pil_rgb(image: np.ndarray) -> Image.Image:

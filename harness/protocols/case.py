@@ -41,6 +41,7 @@ from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.registry import get_protocol
 from harness.records.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
 from harness.records.runid import session_run_id
+from harness.zoo.sources import ensure_weights, weights_file_sha256
 
 SPLITS = ("train", "val", "test")
 ConfigT = TypeVar("ConfigT")
@@ -119,6 +120,14 @@ class CaseRun:
             self.timings["data_s"] = time.perf_counter() - started
         return self._splits
 
+    def ensure_weights(self) -> None:
+        """Make sure the model's weights are here, downloading them if the card allows.
+
+        Raises:
+            WeightsUnavailable: When they are absent and cannot be fetched now.
+        """
+        ensure_weights(self.case.model)
+
     def preprocessing(self) -> Preprocessing:
         """The model's preprocessing at the profile's input size."""
         return self.case.model.preprocessing.with_input_size(self.profile.input_size)
@@ -146,6 +155,7 @@ class CaseRun:
             self.preprocessing(),
             backbone.load,
             device=self.device,
+            layer=self.case.model.feature_layer,
             batch_size=self.profile.batch_size,
             precision=self.precision,
             images_sha=digest,
@@ -284,6 +294,7 @@ class CaseRun:
         case = self.case
         model = ModelInfo.from_card(case.model)
         model.weights_sha256 = self.backbone().weights_id
+        model.weights_file_sha256 = weights_file_sha256(case.model)
         sizes = {name: len(split.labels) for name, split in self.splits().items()}
         timings = {key: round(value, 4) for key, value in self.timings.items()}
         timings["total_s"] = round(time.perf_counter() - self._started, 4)

@@ -63,6 +63,8 @@ class ModelInfo:
     random_twin_of: str | None = None
     pretraining_data: str = ""
     batchnorm_stats: str | None = None
+    weights_file_sha256: str | None = None
+    feature_layer: str = "pooled"
 
     @classmethod
     def from_card(cls, card: ModelCard) -> ModelInfo:
@@ -80,6 +82,7 @@ class ModelInfo:
             random_twin_of=card.random_twin_of,
             pretraining_data=card.pretraining_data,
             batchnorm_stats=card.weights.batchnorm_stats,
+            feature_layer=card.feature_layer,
         )
 
 

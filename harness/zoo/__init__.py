@@ -10,17 +10,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.zoo.build import LoadedModel, build_model, weights_identity
-    from harness.zoo.errors import CheckpointError
+    from harness.zoo.build import (
+        LoadedModel,
+        architecture_feature_dim,
+        build_model,
+        weights_identity,
+    )
+    from harness.zoo.errors import CheckpointError, WeightsUnavailable
 
 _EXPORTS = {
     "CheckpointError": "harness.zoo.errors",
+    "WeightsUnavailable": "harness.zoo.errors",
     "LoadedModel": "harness.zoo.build",
+    "architecture_feature_dim": "harness.zoo.build",
     "build_model": "harness.zoo.build",
     "weights_identity": "harness.zoo.build",
 }
 
-__all__ = ["CheckpointError", "LoadedModel", "build_model", "weights_identity"]
+__all__ = [
+    "CheckpointError",
+    "LoadedModel",
+    "WeightsUnavailable",
+    "architecture_feature_dim",
+    "build_model",
+    "weights_identity",
+]
 
 
 def __getattr__(name: str) -> Any:

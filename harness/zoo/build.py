@@ -1,4 +1,11 @@
-"""Building a frozen feature extractor (pooled penultimate features) from a model card."""
+"""Building a frozen feature extractor from a model card.
+
+The card's ``feature_layer`` decides what the module returns: ``pooled`` (the
+architecture's pooled penultimate vector, timm's ``num_classes=0`` output; for CNNs the
+global average of the last stage), ``cls_token`` / ``mean_tokens`` (a timm token
+model's class token, or the mean of its patch tokens, after the final norm) or
+``image_embedding`` (the model's own embedding head is kept: a CLIP image projection).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,25 @@ from harness.config.cards import CHECKPOINT_SOURCES, ModelCard
 from harness.zoo.converters import Converter, UnknownConverterError, apply_converter, get_converter
 from harness.zoo.errors import CheckpointError
 from harness.zoo.remap import fit_to_model, rename, unwrap
-from harness.zoo.sources import checkpoint_path
+from harness.zoo.sources import checkpoint_path, locate
 
 TORCHVISION_HEADS = ("fc", "classifier", "heads", "head")
+TOKEN_POOLS = {"cls_token": "token", "mean_tokens": "avg"}
+# Classes some checkpoints pickle only as markers (PyTorch Lightning 1.x keys its
+# ``callbacks`` state by the callback class). ``weights_only`` loading maps these names,
+# and no others, to an inert stand-in; anything else that is not plain data is refused.
+MARKER_CLASSES = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
+    "pytorch_lightning.callbacks.lr_monitor.LearningRateMonitor",
+)
+
+
+class ForeignMarker:
+    """Stands in for a class a checkpoint names as a marker; it runs no code of that class."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        del args, kwargs
 
 
 @dataclass
@@ -57,13 +80,24 @@ def build_model(card: ModelCard) -> LoadedModel:
         assert path is not None
         module = _instantiate(card, pretrained=False)
         module.load_state_dict(_fitted_state(card, path, module))
+    _select_layer(module, card)
     module.eval()
-    return LoadedModel(
-        card,
-        module,
-        _feature_dim(module, card.preprocessing.input_size),
-        weights_identity(card, module),
-    )
+    return LoadedModel(card, module, _feature_dim(module, card), weights_identity(card, module))
+
+
+def architecture_feature_dim(card: ModelCard) -> int:
+    """The feature dimension of the card's architecture and layer, built on the meta device.
+
+    Nothing is downloaded or allocated: the architecture is instantiated without weights
+    on ``torch.device("meta")`` (a quick check that timm / torchvision can build it).
+
+    Raises:
+        CheckpointError: When the architecture or its feature layer cannot be built.
+    """
+    with torch.device("meta"):
+        module = _instantiate(card, pretrained=False, meta=True)
+        _select_layer(module, card)
+        return _feature_dim(module, card)
 
 
 def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
@@ -91,16 +125,24 @@ def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
     return module_sha256(module)
 
 
-def _instantiate(card: ModelCard, pretrained: bool) -> nn.Module:
+def _instantiate(card: ModelCard, pretrained: bool, meta: bool = False) -> nn.Module:
     if card.library == "timm":
         import timm
 
-        name = card.weights.hub_id if pretrained and card.weights.hub_id else card.architecture
+        hub_tag = card.weights.source == "timm" and card.weights.hub_id
+        name = card.weights.hub_id if (pretrained or meta) and hub_tag else card.architecture
         if card.weights.source == "hf-hub" and pretrained:
             name = f"hf-hub:{card.weights.hub_id}"
+        # an image embedding keeps the model's head (its size from the pretrained config)
+        head = {} if card.feature_layer == "image_embedding" else {"num_classes": 0}
         try:
-            return timm.create_model(name, pretrained=pretrained, num_classes=0)
+            return timm.create_model(name, pretrained=pretrained, **head)
         except Exception as exc:
+            location = locate(card) if pretrained else None
+            if location is not None and not location.present:
+                from harness.zoo.hub import unavailable
+
+                raise unavailable(card, location, f"fetching it failed: {exc}") from exc
             raise CheckpointError(f"model {card.name}: timm cannot create {name!r}: {exc}") from exc
     import torchvision
 
@@ -149,17 +191,31 @@ class _TorchvisionBackbone(nn.Module):
         return self.model.state_dict(*args, **kwargs)
 
 
-def _fitted_state(card: ModelCard, path: Path, module: nn.Module) -> dict[str, torch.Tensor]:
-    where = f"model {card.name} ({path})"
+def read_checkpoint(path: Path, where: str) -> object:
+    """Read a checkpoint with safetensors or ``torch.load(weights_only=True)``.
+
+    Only tensors, plain Python data and the :data:`MARKER_CLASSES` (as inert stand-ins)
+    are accepted; a pickle that would import or call anything else is refused before
+    any of it runs.
+
+    Raises:
+        CheckpointError: Naming ``where`` and the reason.
+    """
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            raw: object = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        markers = [(ForeignMarker, name) for name in MARKER_CLASSES]
+        with torch.serialization.safe_globals(markers):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{where}: cannot read checkpoint: {exc}") from exc
+
+
+def _fitted_state(card: ModelCard, path: Path, module: nn.Module) -> dict[str, torch.Tensor]:
+    where = f"model {card.name} ({path})"
+    raw = read_checkpoint(path, where)
     state = unwrap(raw, card.weights.unwrap, where)
     target = module.state_dict()
     converter = _converter(card)
@@ -178,10 +234,44 @@ def _converter(card: ModelCard) -> Converter | None:
         raise CheckpointError(f"model {card.name} ({card.source_file}): {exc}") from exc
 
 
-def _feature_dim(module: nn.Module, input_size: int) -> int:
+def _select_layer(module: nn.Module, card: ModelCard) -> None:
+    """Make ``module`` return the card's ``feature_layer`` (see the module docstring).
+
+    Raises:
+        CheckpointError: When the architecture has no such layer.
+    """
+    layer = card.feature_layer
+    if layer == "image_embedding":
+        if not int(getattr(module, "num_classes", 0) or 0):
+            raise CheckpointError(
+                f"model {card.name}: feature_layer image_embedding needs a timm model with an "
+                f"embedding head; {card.architecture} has none"
+            )
+        return
+    if layer not in TOKEN_POOLS:
+        return
+    if not isinstance(getattr(module, "global_pool", None), str) or not hasattr(
+        module, "reset_classifier"
+    ):
+        raise CheckpointError(
+            f"model {card.name}: feature_layer {layer} needs a timm token model (ViT / Swin); "
+            f"{card.architecture} pools no tokens"
+        )
+    if layer == "cls_token" and getattr(module, "cls_token", None) is None:
+        raise CheckpointError(
+            f"model {card.name}: feature_layer cls_token, but {card.architecture} has no class token"
+        )
+    module.reset_classifier(0, global_pool=TOKEN_POOLS[layer])
+
+
+def _feature_dim(module: nn.Module, card: ModelCard) -> int:
+    if card.feature_layer == "image_embedding":
+        return int(module.num_classes)  # type: ignore[arg-type]
     num_features = getattr(module, "num_features", None)
     if isinstance(num_features, int) and num_features > 0:
         return num_features
     # at the card's input size: some architectures (ViT) accept no other
+    size = card.preprocessing.input_size
+    device = next(module.parameters()).device
     with torch.inference_mode():
-        return int(module(torch.zeros(1, 3, input_size, input_size)).shape[-1])
+        return int(module(torch.zeros(1, 3, size, size, device=device)).shape[-1])

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
 from harness.config.cards import Preprocessing
-from harness.data.transforms import eval_transform, to_pil_rgb
+from harness.data.transforms import eval_transform, histogram_normalize, to_pil_rgb
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -52,6 +52,7 @@ def train_transform(pre: Preprocessing, scale: tuple[float, float]) -> Transform
             v2.RandomHorizontalFlip(),
             v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True),
+            *([v2.Lambda(histogram_normalize)] if pre.histogram_normalize else []),
             v2.Normalize(list(pre.mean), list(pre.std)),
         ]
     )

@@ -152,7 +152,7 @@ def training_depends_on(
         "config": config.to_dict(),
         "weights_id": weights_id,
         "data": [train.images, train.labels, val.images, val.labels],
-        "preprocessing": asdict(pre),
+        "preprocessing": pre.key_payload(),
         "task": asdict(task),
         "runtime": runtime.describe(),
     }

@@ -19,8 +19,12 @@ with a converter hashes the file's sha256 together with the converter's name and
 version, so a change to what a converter computes must bump its version. Without a
 converter the identity stays the file's sha256.
 
-This module does not import torch: :mod:`harness.config.cards` checks a card's converter name
-when the card loads, and loading cards must stay torch-free.
+The built-in converters live in :mod:`harness.zoo.converters.ssl` (self-supervised
+ImageNet checkpoints), :mod:`harness.zoo.converters.medical` (chest X-ray checkpoints and
+DenseNet key names) and :mod:`harness.zoo.converters.vit` (Hugging Face ``transformers``
+ViTs); importing this package registers them. None of these modules imports torch at
+the top: :mod:`harness.config.cards` checks a card's converter name when the card loads,
+and loading cards must stay torch-free.
 """
 
 from __future__ import annotations
@@ -159,98 +163,5 @@ def apply_converter(
 
 
 # --------------------------------------------------------------------------- built-in converters
-
-
-def _encoder(state: StateDict, prefixes: tuple[str, ...], head: str) -> StateDict:
-    """Keep the keys under the first prefix present, without it, and drop ``head.*``."""
-    prefix = next((p for p in prefixes if any(k.startswith(p) for k in state)), None)
-    if prefix is None:
-        raise ValueError(
-            f"no key starts with {' or '.join(prefixes)}; the checkpoint's keys look like "
-            f"{', '.join(list(state)[:4])}"
-        )
-    out = {}
-    for key, value in state.items():
-        if key.startswith(prefix):
-            name = key[len(prefix) :]
-            if not name.startswith(f"{head}."):
-                out[name] = value
-    return out
-
-
-@register_converter("moco_resnet", version=1)
-def moco_resnet(state: StateDict, target: Mapping[str, torch.Tensor]) -> StateDict:
-    """MoCo v1/v2/v3 ResNet training checkpoint -> torchvision ResNet keys, projection head dropped.
-
-    ``main_moco.py`` of facebookresearch/moco saves ``{"epoch", "arch", "state_dict",
-    "optimizer"}``; ``state_dict`` is the DistributedDataParallel-wrapped MoCo module:
-    the query encoder under ``module.encoder_q.``, the momentum (key) encoder under
-    ``module.encoder_k.``, and the negatives queue ``module.queue`` / ``module.queue_ptr``.
-    Each encoder is a torchvision ResNet whose ``fc`` is the projection head (v1 a
-    linear layer, v2 an MLP ``fc.0`` / ``fc.2``). MoCo v3 (facebookresearch/moco-v3)
-    names the encoders ``module.base_encoder.`` / ``module.momentum_encoder.`` and adds
-    ``module.predictor.``; its ``fc`` is again the projector. As the repositories' own
-    ``main_lincls.py`` does, only the query (base) encoder is kept, without its ``fc``;
-    keys saved without DDP's ``module.`` are accepted too.
-    """
-    prefixes = ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder.")
-    return _encoder(state, prefixes, "fc")
-
-
-@register_converter("simsiam_resnet", version=1)
-def simsiam_resnet(state: StateDict, target: Mapping[str, torch.Tensor]) -> StateDict:
-    """SimSiam ResNet training checkpoint -> torchvision ResNet keys, projector dropped.
-
-    facebookresearch/simsiam saves ``{"epoch", "arch", "state_dict", "optimizer"}``
-    with the DDP-wrapped SimSiam module: the encoder under ``module.encoder.`` (a
-    torchvision ResNet whose ``fc`` is the 3-layer projector) and the predictor under
-    ``module.predictor.``. Like its ``main_lincls.py``, only the encoder without ``fc``
-    is kept.
-    """
-    return _encoder(state, ("module.encoder.", "encoder."), "fc")
-
-
-@register_converter("swav_resnet", version=1)
-def swav_resnet(state: StateDict, target: Mapping[str, torch.Tensor]) -> StateDict:
-    """SwAV / DeepCluster-v2 / SeLa-v2 ResNet -> torchvision ResNet keys, heads dropped.
-
-    facebookresearch/swav releases (``swav_800ep_pretrain.pth.tar`` and the other
-    ``dl.fbaipublicfiles.com/deepcluster`` files) are the DDP-wrapped model's plain
-    state dict (training checkpoints wrap it in ``state_dict``, which ``unwrap``
-    follows): every key starts with ``module.``, the trunk uses torchvision's names
-    (its extra zero padding before ``conv1`` has no parameters), and the clustering
-    heads are ``projection_head.*`` and ``prototypes.*`` (``prototypes.prototypesN.*``
-    with several prototype sets). The repository's ``hubconf.py`` strips ``module.``
-    and loads the rest into a torchvision ResNet; here the heads are dropped explicitly
-    so that the strict key check still applies to everything else.
-    """
-    out: StateDict = {}
-    for key, value in state.items():
-        name = key.removeprefix("module.")
-        if name.startswith(("projection_head.", "prototypes.")):
-            continue
-        if name in out:
-            raise ValueError(f"keys {name} and module.{name} are both present")
-        out[name] = value
-    return out
-
-
-MAE_DECODER = ("decoder_embed.", "decoder_blocks.", "decoder_norm.", "decoder_pred.")
-
-
-@register_converter("mae_vit", version=1)
-def mae_vit(state: StateDict, target: Mapping[str, torch.Tensor]) -> StateDict:
-    """MAE pre-training checkpoint -> timm ViT keys, decoder and mask token dropped.
-
-    facebookresearch/mae releases ``{"model": ...}`` (its training checkpoints also
-    pickle ``args``, an argparse namespace, which ``weights_only`` loading refuses). The encoder's keys are timm's own (``cls_token``,
-    ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``); full
-    checkpoints add the decoder (``decoder_embed``, ``decoder_pos_embed``,
-    ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``) and ``mask_token``, which
-    are dropped. Encoder-only releases pass through unchanged.
-    """
-    return {
-        key: value
-        for key, value in state.items()
-        if key not in ("mask_token", "decoder_pos_embed") and not key.startswith(MAE_DECODER)
-    }
+# Imported last: they register themselves with the functions above.
+from harness.zoo.converters import medical, ssl, vit  # noqa: E402, F401
