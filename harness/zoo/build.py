@@ -17,8 +17,10 @@ from torch import nn
 
 from harness.cache.keys import file_sha256, module_sha256, stable_hash
 from harness.config.cards import CHECKPOINT_SOURCES, ModelCard
+from harness.zoo.architectures import ArchitectureVariant, get_variant
 from harness.zoo.converters import Converter, UnknownConverterError, apply_converter, get_converter
 from harness.zoo.errors import CheckpointError
+from harness.zoo.keras_h5 import KERAS_SUFFIXES, read_keras_h5
 from harness.zoo.remap import fit_to_model, rename, unwrap
 from harness.zoo.sources import checkpoint_path, locate
 
@@ -126,6 +128,9 @@ def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
 
 
 def _instantiate(card: ModelCard, pretrained: bool, meta: bool = False) -> nn.Module:
+    variant = get_variant(card.architecture)
+    if variant is not None:
+        return _instantiate_variant(card, variant, pretrained)
     if card.library == "timm":
         import timm
 
@@ -157,6 +162,35 @@ def _instantiate(card: ModelCard, pretrained: bool, meta: bool = False) -> nn.Mo
             f"model {card.name}: torchvision has no {card.architecture!r}"
         ) from exc
     return _TorchvisionBackbone(module)
+
+
+def _instantiate_variant(
+    card: ModelCard, variant: ArchitectureVariant, pretrained: bool
+) -> nn.Module:
+    """Build the variant's base network without a classifier and apply the variant's changes.
+
+    Raises:
+        CheckpointError: When the card's library is not the variant's, or the card asks
+            for hub weights (a variant takes weights from a file).
+    """
+    where = f"model {card.name}: architecture {variant.name!r}"
+    if card.library != variant.library:
+        raise CheckpointError(
+            f"{where} is a {variant.library} {variant.base} variant; the card says "
+            f"library {card.library!r}"
+        )
+    if pretrained:
+        raise CheckpointError(f"{where} takes weights from a file, not a hub")
+    if variant.library == "timm":
+        import timm
+
+        module = timm.create_model(variant.base, pretrained=False, num_classes=0)
+    else:
+        import torchvision
+
+        module = _TorchvisionBackbone(torchvision.models.get_model(variant.base, weights=None))
+    variant.adapt(module.model if isinstance(module, _TorchvisionBackbone) else module)
+    return module
 
 
 class _TorchvisionBackbone(nn.Module):
@@ -192,15 +226,18 @@ class _TorchvisionBackbone(nn.Module):
 
 
 def read_checkpoint(path: Path, where: str) -> object:
-    """Read a checkpoint with safetensors or ``torch.load(weights_only=True)``.
+    """Read a checkpoint with safetensors, ``torch.load(weights_only=True)`` or h5py.
 
-    Only tensors, plain Python data and the :data:`MARKER_CLASSES` (as inert stand-ins)
+    A ``.h5`` / ``.hdf5`` file is read as Keras weights (:mod:`harness.zoo.keras_h5`):
+    datasets only, nothing is unpickled. Only tensors, plain Python data and the :data:`MARKER_CLASSES` (as inert stand-ins)
     are accepted; a pickle that would import or call anything else is refused before
     any of it runs.
 
     Raises:
         CheckpointError: Naming ``where`` and the reason.
     """
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        return read_keras_h5(path, where)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

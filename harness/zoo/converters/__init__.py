@@ -8,7 +8,8 @@ keyed like the architecture. It never mutates its inputs and never loads anythin
 A card names one with ``weights.converter``. For file-backed weights
 (``harness/zoo/build.py``) the steps run in this order:
 
-1. read the file (``torch.load(weights_only=True)`` or safetensors);
+1. read the file (``torch.load(weights_only=True)``, safetensors, or a Keras ``.h5``
+   with h5py);
 2. ``unwrap``: follow the card's ``unwrap`` keys (or the usual wrappers) to the tensors;
 3. the converter, when the card names one;
 4. ``rename``: the card's ``strip_prefixes`` and ``drop_keys`` apply to the converter's output;
@@ -21,8 +22,9 @@ converter the identity stays the file's sha256.
 
 The built-in converters live in :mod:`harness.zoo.converters.ssl` (self-supervised
 ImageNet checkpoints), :mod:`harness.zoo.converters.medical` (chest X-ray checkpoints and
-DenseNet key names) and :mod:`harness.zoo.converters.vit` (Hugging Face ``transformers``
-ViTs); importing this package registers them. None of these modules imports torch at
+DenseNet key names), :mod:`harness.zoo.converters.vit` (Hugging Face ``transformers``
+ViTs) and :mod:`harness.zoo.converters.keras` (``keras.applications`` ``.h5`` weights,
+read with h5py by :mod:`harness.zoo.keras_h5`); importing this package registers them. None of these modules imports torch at
 the top: :mod:`harness.config.cards` checks a card's converter name when the card loads,
 and loading cards must stay torch-free.
 """
@@ -164,4 +166,4 @@ def apply_converter(
 
 # --------------------------------------------------------------------------- built-in converters
 # Imported last: they register themselves with the functions above.
-from harness.zoo.converters import medical, ssl, vit  # noqa: E402, F401
+from harness.zoo.converters import keras, medical, ssl, vit  # noqa: E402, F401
