@@ -9,6 +9,7 @@ fails there, naming the field.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -209,6 +210,63 @@ def multi_hot(params: MultiHotParams, raw: RawDataset, ctx: DatasetContext) -> L
             elif params.unknown == "error":
                 _unknown(np.asarray([name]), ctx, "label_policy.unknown")
     return Labels(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NamePatternParams:
+    """Parameters of ``name_pattern``.
+
+    Attributes:
+        column: the raw column (a flat ``image_folder``'s ``label`` holds file names).
+        pattern: a regex searched in each value; its first capture group (or the whole
+            match) is looked up in ``map``, e.g. ``_([01])\\.png$`` for MCUCXR_0001_0.png.
+        map: captured text -> class name.
+        unmatched: a value the pattern does not match (or whose capture is not mapped) is
+            an ``error``, or ``drop`` the row.
+    """
+
+    column: str = "label"
+    pattern: str
+    map: dict[str, str]
+    unmatched: Literal["error", "drop"] = "error"
+
+    def validate(self) -> None:
+        """A valid regex and a non-empty map."""
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"'pattern' is not a valid regex: {exc}") from None
+        if not self.map:
+            raise ValueError("'map' is empty")
+
+    def validate_for(self, classes: tuple[str, ...], task: str) -> None:
+        """Every target is a class; the task is single-label."""
+        if task == "multilabel":
+            raise ValueError("name_pattern gives one class per image; the task is multilabel")
+        wrong = sorted({v for v in self.map.values() if v not in classes})
+        if wrong:
+            raise ValueError(f"'map' targets {wrong} are not classes ({', '.join(classes)})")
+
+
+@register_label_policy("name_pattern", version=1, params=NamePatternParams)
+def name_pattern(params: NamePatternParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
+    """A class from a regex capture in each value (Montgomery's ``MCUCXR_0001_0.png``)."""
+    values = raw.column(params.column, ctx, "label_policy.column")
+    pattern = re.compile(params.pattern)
+    index = {name: i for i, name in enumerate(ctx.classes)}
+    labels = np.full(len(values), -1, dtype=np.int64)
+    for row, value in enumerate(values):
+        match = pattern.search(_text(value))
+        found = None if match is None else (match.group(1) if pattern.groups else match.group(0))
+        if found in params.map:
+            labels[row] = index[params.map[found]]
+        elif params.unmatched == "error":
+            raise DatasetError(
+                f"{ctx.card}: field 'label_policy.pattern' {params.pattern!r} gives no mapped "
+                f"class for {_text(value)!r} (row {row + 1}); captured {found!r}"
+            )
+    keep = labels >= 0
+    return Labels(labels, None if keep.all() else keep)
 
 
 # --------------------------------------------------------------------------- helpers

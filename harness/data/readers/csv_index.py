@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,13 @@ class IndexParams:
         split_column: a column holding source split names, if any.
         where: keep only rows whose column value is listed, e.g.
             ``{Frontal/Lateral: [Frontal]}``.
+        image_dirs: glob patterns of folders (relative to ``image_root``) to look each
+            listed path up in, the first folder holding it winning; for sources spread
+            over several folders, e.g. ``[images_*/images]`` (NIH ChestX-ray14's
+            ``images_001`` ... ``images_012``) or ``[train, test]`` (EyePACS).
+        split_lists: source split -> a text file (relative to ``root``) listing one
+            path-column value per line, e.g. NIH's ``{train: train_val_list.txt, test:
+            test_list.txt}``; rows in no list get no split (``predefined`` leaves them out).
     """
 
     root: str | None = None
@@ -56,6 +64,8 @@ class IndexParams:
     group_pattern: str | None = None
     split_column: str | None = None
     where: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    image_dirs: tuple[str, ...] = ()
+    split_lists: dict[str, str] | None = None
 
     def validate(self) -> None:
         """Exactly one of ``index`` / ``indexes``; one split source at most; a valid regex."""
@@ -65,6 +75,13 @@ class IndexParams:
             raise ValueError("'indexes' already names the splits; drop 'split_column'")
         if self.indexes is not None and not self.indexes:
             raise ValueError("'indexes' is empty")
+        if self.split_lists is not None:
+            if self.indexes is not None or self.split_column is not None:
+                raise ValueError(
+                    "'split_lists' names the splits; drop 'indexes' / 'split_column' (use 'index')"
+                )
+            if not self.split_lists:
+                raise ValueError("'split_lists' is empty")
         if self.group_pattern is not None:
             try:
                 re.compile(self.group_pattern)
@@ -80,11 +97,16 @@ class IndexParams:
 
     def gives_splits(self) -> bool:
         """Whether the source names splits (per-split indexes or a split column)."""
-        return self.indexes is not None or self.split_column is not None
+        return (
+            self.indexes is not None
+            or self.split_column is not None
+            or self.split_lists is not None
+        )
 
     def paths(self, root: Path) -> tuple[Path, ...]:
-        """The index files that must exist before the dataset can be prepared."""
-        return tuple(root / name for name in self.index_files().values())
+        """The index (and split list) files that must exist before the dataset can be read."""
+        lists = (self.split_lists or {}).values()
+        return tuple(root / name for name in [*self.index_files().values(), *lists])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,7 +194,7 @@ def _read_index(
     _need(params.path_column, header, ctx, "reader.path_column")
     base = ctx.root / params.image_root
     relative = [row[params.path_column] + params.path_suffix for row in rows]
-    paths = tuple(base / rel for rel in relative)
+    paths = _locate(base, params.image_dirs, relative)
     columns = {c: np.asarray([row.get(c) or "" for row in rows], dtype=str) for c in header}
     groups = _groups(params, rows, relative, header, ctx)
     split: np.ndarray | None = None
@@ -181,8 +203,48 @@ def _read_index(
     elif params.split_column is not None:
         _need(params.split_column, header, ctx, "reader.split_column")
         split = columns[params.split_column]
+    elif params.split_lists is not None:
+        split = _listed_splits(params.split_lists, [row[params.path_column] for row in rows], ctx)
+        for name in params.split_lists.values():
+            digest.update(f"list\0{name}\0".encode())
+            digest.update((ctx.root / name).read_bytes())
     images = FileImages(paths, decode, ctx.card)
     return RawDataset(columns, images, digest.hexdigest(), groups=groups, split=split)
+
+
+def _locate(base: Path, patterns: tuple[str, ...], relative: list[str]) -> tuple[Path, ...]:
+    """Each relative path under ``base``, or under the first ``patterns`` folder holding it."""
+    if not patterns:
+        return tuple(base / rel for rel in relative)
+    folders = [f for pattern in patterns for f in sorted(base.glob(pattern)) if f.is_dir()]
+    by_name: dict[str, Path] = {}
+    for folder in reversed(folders):  # the first folder wins
+        by_name.update((entry.name, folder) for entry in os.scandir(folder) if entry.is_file())
+    found = []
+    for rel in relative:
+        if "/" in rel:
+            hits = (f / rel for f in folders if (f / rel).is_file())
+            found.append(next(hits, (folders[0] if folders else base) / rel))
+        else:
+            found.append(by_name.get(rel, folders[0] if folders else base) / rel)
+    return tuple(found)
+
+
+def _listed_splits(lists: dict[str, str], keys: list[str], ctx: DatasetContext) -> np.ndarray:
+    """Source split of each row from per-split list files (one key per line)."""
+    owner: dict[str, str] = {}
+    for split, name in lists.items():
+        path = ctx.root / name
+        if not path.is_file():
+            raise DatasetError(f"{ctx.card}: split list {path} not found (reader.split_lists)")
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            key = line.strip()
+            if key and owner.setdefault(key, split) != split:
+                raise DatasetError(
+                    f"{ctx.card}: {key!r} is listed in both {lists[owner[key]]} and {name} "
+                    "(reader.split_lists)"
+                )
+    return np.asarray([owner.get(key, "") for key in keys], dtype=str)
 
 
 def _read_csv(path: Path, ctx: DatasetContext) -> tuple[list[str], list[dict[str, str]]]:

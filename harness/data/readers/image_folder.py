@@ -8,7 +8,11 @@ With ``split_folders: true`` (Kermany's pediatric pneumonia set, many Kaggle set
 
     <root>/<split>/<class>/.../<image>
 
-The raw ``label`` column holds the class folder's name (the label policy maps names to
+With ``flat: true`` (Montgomery and Shenzhen, whose label is in the file name)::
+
+    <root>/<subfolder>/.../<image>      e.g. MontgomerySet/CXR_png/MCUCXR_0001_0.png
+
+The raw ``label`` column holds the class folder's name (the file name when ``flat``) (the label policy maps names to
 classes; ``identity`` expects the card's class names). Hidden files and folders are
 skipped; only files with one of ``extensions`` (case-insensitive) are images.
 """
@@ -42,18 +46,27 @@ class ImageFolderParams(ImageParams):
         extensions: file name endings of images.
         group_pattern: a regex applied to each file name; its first capture group (or the
             whole match) is the group id, e.g. ``^(person\\d+)_`` for Kermany's patients.
+        flat: no class folders: every image under ``subfolder`` is read and the ``label``
+            column holds its file name (map it with the ``name_pattern`` policy).
+        subfolder: where the images are, relative to ``root`` (with ``flat``).
     """
 
     root: str | None = None
     split_folders: bool = False
     extensions: tuple[str, ...] = EXTENSIONS
     group_pattern: str | None = None
+    flat: bool = False
+    subfolder: str = "."
 
     def validate(self) -> None:
         """Check the geometry, the extensions and the regex."""
         super().validate()
         if not self.extensions:
             raise ValueError("'extensions' is empty")
+        if self.flat and self.split_folders:
+            raise ValueError("'flat' reads one folder of images; drop 'split_folders'")
+        if self.subfolder != "." and not self.flat:
+            raise ValueError("'subfolder' is only used with 'flat: true'")
         if self.group_pattern is not None:
             try:
                 re.compile(self.group_pattern)
@@ -66,7 +79,7 @@ class ImageFolderParams(ImageParams):
 
     def paths(self, root: Path) -> tuple[Path, ...]:
         """The folder that must exist before the dataset can be prepared."""
-        return (root,)
+        return (root / self.subfolder if self.flat else root,)
 
 
 @register_reader("image_folder", version=1, params=ImageFolderParams)
@@ -82,15 +95,21 @@ def read_image_folder(params: ImageFolderParams, ctx: DatasetContext) -> RawData
     suffixes = tuple(ext.lower() for ext in params.extensions)
     for top in tops:
         base = ctx.root if top is None else ctx.root / top
-        for label in _subfolders(base):
-            for path in _files(base / label, suffixes):
+        folders = (
+            [(None, base / params.subfolder)]
+            if params.flat
+            else [(label, base / label) for label in _subfolders(base)]
+        )
+        for label, folder in folders:
+            for path in _files(folder, suffixes):
                 relative = path.relative_to(ctx.root).as_posix()
                 digest.update(f"{relative}\0{path.stat().st_size}\n".encode())
                 paths.append(path)
-                labels.append(label)
+                labels.append(path.name if label is None else label)
                 splits.append(top or "")
     if not paths:
         layout = "<split>/<class>/<image>" if params.split_folders else "<class>/<image>"
+        layout = f"{params.subfolder}/<image>" if params.flat else layout
         raise DatasetError(
             f"{ctx.card}: no images ({', '.join(suffixes)}) in {ctx.root} (expected {layout})"
         )
