@@ -62,11 +62,7 @@ class ClassMapParams:
 
     def validate_for(self, classes: tuple[str, ...], task: str) -> None:
         """Every target is a class; the task is single-label."""
-        if task == "multilabel":
-            raise ValueError("class_map gives one class per image; the task is multilabel")
-        wrong = sorted({v for v in self.map.values() if v not in classes})
-        if wrong:
-            raise ValueError(f"'map' targets {wrong} are not classes ({', '.join(classes)})")
+        _check_single_label_map("class_map", self.map, classes, task)
 
 
 @register_label_policy("class_map", version=1, params=ClassMapParams)
@@ -241,11 +237,7 @@ class NamePatternParams:
 
     def validate_for(self, classes: tuple[str, ...], task: str) -> None:
         """Every target is a class; the task is single-label."""
-        if task == "multilabel":
-            raise ValueError("name_pattern gives one class per image; the task is multilabel")
-        wrong = sorted({v for v in self.map.values() if v not in classes})
-        if wrong:
-            raise ValueError(f"'map' targets {wrong} are not classes ({', '.join(classes)})")
+        _check_single_label_map("name_pattern", self.map, classes, task)
 
 
 @register_label_policy("name_pattern", version=1, params=NamePatternParams)
@@ -312,3 +304,14 @@ def _ternary(column: np.ndarray, name: str, ctx: DatasetContext) -> np.ndarray:
             "-1 (uncertain) or blank"
         )
     return codes.astype(np.int64)
+
+
+def _check_single_label_map(
+    policy: str, mapping: dict[str, str], classes: tuple[str, ...], task: str
+) -> None:
+    """A policy giving one class per image needs a single-label task and class targets."""
+    if task == "multilabel":
+        raise ValueError(f"{policy} gives one class per image; the task is multilabel")
+    wrong = sorted({v for v in mapping.values() if v not in classes})
+    if wrong:
+        raise ValueError(f"'map' targets {wrong} are not classes ({', '.join(classes)})")
