@@ -120,22 +120,17 @@ def feature_key_payload(
     }
 
 
-def feature_key(
-    model: ModelCard,
-    weights_id: str,
-    dataset: DatasetCard,
-    split: str,
-    images_sha: str,
-    pre: Preprocessing,
-    layer: str,
-    precision: str,
-    batch_size: int,
-) -> str:
-    """Return the cache key of one feature set: the hash of :func:`feature_key_payload`."""
-    payload = feature_key_payload(
-        model, weights_id, dataset, split, images_sha, pre, layer, precision, batch_size
-    )
-    return stable_hash(payload, FEATURES.key_length)
+def feature_key(*args: Any, **kwargs: Any) -> str:
+    """Return the cache key of one feature set.
+
+    Args:
+        *args: The arguments of :func:`feature_key_payload`.
+        **kwargs: Its keyword arguments.
+
+    Returns:
+        The key the feature cache files the set under.
+    """
+    return stable_hash(feature_key_payload(*args, **kwargs), FEATURES.key_length)
 
 
 def _timm_version() -> str:

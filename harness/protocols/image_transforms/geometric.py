@@ -27,11 +27,14 @@ def rotation(image: np.ndarray, degrees: float) -> np.ndarray:
     return to_image(out, image)
 
 
-def _flip_switch(name: str, magnitude: float) -> bool:
+def _flip(name: str, image: np.ndarray, magnitude: float, axis: int) -> np.ndarray:
+    image = check_image(image)
     magnitude = check_finite(name, magnitude)
     if magnitude not in (0.0, 1.0):
         raise ValueError(f"{name}: magnitude must be 1 (flip) or 0 (identity), got {magnitude}")
-    return magnitude == 1.0
+    if magnitude == 0.0:
+        return image.copy()
+    return np.ascontiguousarray(np.flip(image, axis=axis))
 
 
 def hflip(image: np.ndarray, magnitude: float = 1.0) -> np.ndarray:
@@ -44,10 +47,7 @@ def hflip(image: np.ndarray, magnitude: float = 1.0) -> np.ndarray:
     Returns:
         The flipped image, same shape.
     """
-    image = check_image(image)
-    if not _flip_switch("hflip", magnitude):
-        return image.copy()
-    return np.ascontiguousarray(image[:, ::-1])
+    return _flip("hflip", image, magnitude, axis=1)
 
 
 def vflip(image: np.ndarray, magnitude: float = 1.0) -> np.ndarray:
@@ -60,10 +60,7 @@ def vflip(image: np.ndarray, magnitude: float = 1.0) -> np.ndarray:
     Returns:
         The flipped image, same shape.
     """
-    image = check_image(image)
-    if not _flip_switch("vflip", magnitude):
-        return image.copy()
-    return np.ascontiguousarray(image[::-1])
+    return _flip("vflip", image, magnitude, axis=0)
 
 
 def translation(image: np.ndarray, fraction: float) -> np.ndarray:
