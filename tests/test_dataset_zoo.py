@@ -240,6 +240,15 @@ def write_isic(root: Path, csv_path: str, images: str, columns: list[str], n: in
         rows.append([stem, *("1.0" if k == label else "0.0" for k in range(len(columns)))])
         labels.append(label)
     write_csv(root / csv_path, ["image", *columns], rows)
+    if columns[-1] == "UNK":  # the lesion of each image: the cards group splits by it
+        header = ["image", "age_approx", "anatom_site_general", "lesion_id", "sex"]
+        meta = [(r[0], "60.0", "head/neck", f"BCN_{k:07d}", "male") for k, r in enumerate(rows)]
+        write_csv(root / "ISIC_2019_Training_Metadata.csv", header, meta)
+    else:
+        header = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+        meta = [(f"HAM_{k:07d}", r[0], "nv", "histo", "60.0", "male", "back")
+                for k, r in enumerate(rows)]  # fmt: skip
+        write_csv(root / "HAM10000_metadata.csv", header, meta)
     return labels
 
 

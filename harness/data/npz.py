@@ -7,6 +7,9 @@ One archive holds three splits. For each split ``s`` in ``train``, ``val``, ``te
   tasks, ``(N, C)`` of 0/1 for multilabel tasks;
 - ``{s}_groups`` (optional, not in MedMNIST): int64 ``(N,)``, e.g. source image or
   patient id, for grouped resampling.
+- ``{s}_views`` (optional): unicode strings ``(N,)``, each image's view (``frontal``,
+  ``lateral``, ``left``, ``right``) for multi-view pairing.
+- ``{s}_studies`` (optional): int64 ``(N,)``, the acquisition (study) whose views pair.
 
 Real MedMNIST files (``pneumoniamnist.npz`` ...) are read by the same reader.
 """
@@ -31,27 +34,45 @@ META_KEY = "meta_json"
 
 @dataclass(frozen=True, eq=False)
 class SplitData:
-    """One split of a dataset: images, labels and optional group ids.
+    """One split of a dataset: images, labels and optional per-image ids.
 
     Attributes:
         images: uint8 ``(N, H, W)`` or ``(N, H, W, 3)``.
         labels: int64 ``(N,)`` (binary / multiclass / ordinal) or ``(N, C)`` (multilabel).
         groups: int64 ``(N,)`` group ids (source image, patient), or None.
+        views: str ``(N,)`` lowercase view names (``frontal``, ``left``...), or None.
+        studies: int64 ``(N,)`` ids of the study whose views pair, or None.
     """
 
     images: np.ndarray
     labels: np.ndarray
     groups: np.ndarray | None = None
+    views: np.ndarray | None = None
+    studies: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if len(self.labels) != n:
             raise ValueError(f"SplitData: {n} images but {len(self.labels)} labels")
-        if self.groups is not None and len(self.groups) != n:
-            raise ValueError(f"SplitData: {n} images but {len(self.groups)} groups")
+        for name in ("groups", "views", "studies"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"SplitData: {n} images but {len(value)} {name}")
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def take(self, index: np.ndarray) -> SplitData:
+        """The rows ``index`` of every per-image array (images, labels, groups, views, studies)."""
+        index = np.asarray(index, dtype=np.int64)
+        return SplitData(
+            images=self.images[index],
+            labels=self.labels[index],
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name)[index]
+                for name in ("groups", "views", "studies")
+            },
+        )
 
 
 def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
@@ -88,6 +109,7 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
             labels = _array(archive, keys, path, f"{split}_labels")
             groups_key = f"{split}_groups"
             groups = _array(archive, keys, path, groups_key) if groups_key in keys else None
+            views, studies = _optional_ids(archive, keys, path, split, len(images))
             _check_images(images, path, f"{split}_images")
             if image_shape is not None and images.shape[1:] != image_shape:
                 raise DatasetError(
@@ -98,7 +120,7 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
             labels = _check_labels(labels, len(images), task, num_classes, path, split)
             if groups is not None:
                 groups = _check_groups(groups, len(images), path, groups_key)
-            splits[split] = SplitData(images=images, labels=labels, groups=groups)
+            splits[split] = SplitData(images, labels, groups, views=views, studies=studies)
     return splits
 
 
@@ -120,8 +142,8 @@ def save_npz(
 ) -> None:
     """Write splits in the MedMNIST ``.npz`` layout (compressed) to an open binary file.
 
-    One-dimensional labels are stored as ``(N, 1)`` like MedMNIST; groups are stored
-    when present.
+    One-dimensional labels are stored as ``(N, 1)`` like MedMNIST; groups, views and
+    studies are stored when present.
 
     Args:
         handle: the binary file to write.
@@ -145,6 +167,10 @@ def save_npz(
         arrays[f"{split}_labels"] = labels.reshape(-1, 1) if labels.ndim == 1 else labels
         if data.groups is not None:
             arrays[f"{split}_groups"] = np.asarray(data.groups, dtype=np.int64)
+        if data.views is not None:
+            arrays[f"{split}_views"] = np.asarray(data.views).astype(str)
+        if data.studies is not None:
+            arrays[f"{split}_studies"] = np.asarray(data.studies, dtype=np.int64)
     if meta is not None:
         arrays[META_KEY] = np.asarray(json.dumps(dict(meta), sort_keys=True, default=str))
     np.savez_compressed(handle, **arrays)
@@ -224,3 +250,20 @@ def _check_groups(groups: np.ndarray, n: int, path: Path, key: str) -> np.ndarra
     if groups.shape != (n,):
         raise DatasetError(f"{path}: key '{key}' must have shape ({n},), got {groups.shape}")
     return groups.astype(np.int64)
+
+
+def _optional_ids(
+    archive: np.lib.npyio.NpzFile, keys: set[str], path: Path, split: str, n: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    views = studies = None
+    key = f"{split}_views"
+    if key in keys:
+        views = _array(archive, keys, path, key)
+        if views.dtype.kind != "U":
+            raise DatasetError(f"{path}: key '{key}' must hold strings, got {views.dtype}")
+        if views.shape != (n,):
+            raise DatasetError(f"{path}: key '{key}' must have shape ({n},), got {views.shape}")
+    key = f"{split}_studies"
+    if key in keys:
+        studies = _check_groups(_array(archive, keys, path, key), n, path, key)
+    return views, studies

@@ -45,7 +45,7 @@ def data_root(card: DatasetCard) -> Path:
     if root:
         path = Path(root).expanduser()
         return path if path.is_absolute() else card_folder(card) / path
-    base = data_dir() / card.name
+    base = data_dir() / (card.data_name or card.name)
     return base / f"v{card.version}" if getattr(params, "ROOT_PER_VERSION", False) else base
 
 
@@ -85,16 +85,22 @@ def read_raw(card: DatasetCard) -> RawDataset:
 
 
 def raw_from_splits(splits: dict[str, SplitData]) -> RawDataset:
-    """Present a builder's splits as a raw dataset (source splits, integer labels, groups)."""
+    """Present a builder's splits as a raw dataset (source splits, labels, groups, views)."""
     names = [s for s in SPLITS if s in splits]
     parts = [splits[s] for s in names]
-    groups = [p.groups for p in parts]
+
+    def joined(name: str) -> np.ndarray | None:
+        values = [getattr(p, name) for p in parts]
+        return None if any(v is None for v in values) else np.concatenate(values)
+
     return RawDataset(
         columns={"label": np.concatenate([np.asarray(p.labels) for p in parts])},
         images=ArrayImages(tuple(len(p) for p in parts), lambda: [p.images for p in parts]),
         digest="",
-        groups=None if any(g is None for g in groups) else np.concatenate(groups),  # type: ignore[arg-type]
+        groups=joined("groups"),
         split=np.concatenate([np.full(len(p), s) for s, p in zip(names, parts, strict=True)]),
+        views=joined("views"),
+        studies=joined("studies"),
     )
 
 
@@ -116,18 +122,30 @@ def make_splits(card: DatasetCard, raw: RawDataset) -> dict[str, SplitData]:
     values = _check_labels(values[rows], card, policy)
     groups = None if raw.groups is None else np.asarray(raw.groups)[rows]
     split = None if raw.split is None else np.asarray(raw.split)[rows]
-    data = SplitInput(values, groups, split, lambda index: raw.images.take(rows[index]))
+    data = SplitInput(
+        values,
+        groups,
+        split,
+        lambda index: raw.images.take(rows[index]),
+        source_rows=rows,
+        n_source=len(raw),
+    )
     assignment = SPLIT_RULES.run(card.split, data, ctx)
     _check_assignment(assignment, len(rows), card)
     codes = _group_codes(groups)
-    return {
-        split_name: SplitData(
+    views = _views(raw.views, rows)
+    studies = None if raw.studies is None else _group_codes(np.asarray(raw.studies)[rows])
+    out = {}
+    for split_name in SPLITS:
+        index = np.asarray(assignment[split_name], dtype=np.int64)
+        out[split_name] = SplitData(
             images=raw.images.take(rows[index]),
             labels=values[index],
             groups=None if codes is None else codes[index],
+            views=None if views is None else views[index],
+            studies=None if studies is None else studies[index],
         )
-        for split_name, index in ((s, np.asarray(assignment[s], dtype=np.int64)) for s in SPLITS)
-    }
+    return out
 
 
 def _check_labels(values: np.ndarray, card: DatasetCard, policy: LabelPolicySpec) -> np.ndarray:
@@ -166,6 +184,13 @@ def _check_assignment(assignment: dict[str, np.ndarray], n: int, card: DatasetCa
         ):
             raise DatasetError(f"{where} returned overlapping or out-of-range rows for {split!r}")
         seen[index] = True
+
+
+def _views(views: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    """Views of the kept rows as lowercase, stripped strings (``Frontal`` -> ``frontal``)."""
+    if views is None:
+        return None
+    return np.char.lower(np.char.strip(np.asarray(views)[rows].astype(str)))
 
 
 def _group_codes(groups: np.ndarray | None) -> np.ndarray | None:

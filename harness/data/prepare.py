@@ -16,7 +16,10 @@ checked before the file is used (never trusted by its name alone). Three kinds o
   ``<root>`` (default ``<MEDXFER_HOME>/data/<name>``); the reader, label policy and split
   rule run once and the decoded arrays are cached as one ``.npz`` under
   ``<MEDXFER_HOME>/prepared/<name>/v<version>/``. The key holds the card's fingerprint
-  (entry names, versions, parameters) and the sha256 of the source's index.
+  (entry names, versions, parameters) and the sha256 of the source's index. Beside it,
+  ``index.parquet`` lists the kept images (one row each: ``path``, ``label``, ``patient``,
+  ``split``, ``view``, ``study``, ``row``) for users to inspect and filter what was
+  prepared; it holds the archive's key and is rewritten whenever the archive is.
 
 Until a user-supplied source is in place, :func:`prepare` raises
 :class:`~harness.data.DatasetNotPrepared` saying how to get it and where to put it.
@@ -28,12 +31,15 @@ import functools
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
+from harness.cache.atomic import write_with
 from harness.cache.keys import stable_hash
 from harness.cache.store import STORE, Entry, KeyMismatch, Namespace
 from harness.config.dataset_cards import DatasetCard
 from harness.config.paths import data_dir, prepared_dir
 from harness.data import DatasetError, DatasetNotPrepared
-from harness.data.npz import SplitData, read_npz, read_npz_meta, save_npz
+from harness.data.npz import SPLITS, SplitData, read_npz, read_npz_meta, save_npz
 from harness.data.pipeline import (
     context,
     data_root,
@@ -43,9 +49,12 @@ from harness.data.pipeline import (
     reads_as_is,
     required_paths,
 )
-from harness.data.registry import BUILDERS
+from harness.data.registry import BUILDERS, LABEL_POLICIES, SPLIT_RULES
+from harness.data.table import FileImages, RawDataset, SplitInput
 
 PREPARED_LAYOUT = 1
+INDEX_NAME = "index.parquet"
+INDEX_KEY = b"medxfer_key"  # the parquet metadata entry holding the archive's key
 
 
 class SplitArchive:
@@ -86,6 +95,7 @@ __all__ = [
     "DatasetNotPrepared",
     "dataset_file",
     "how_to_prepare",
+    "index_file",
     "is_prepared",
     "load_splits",
     "prepare",
@@ -102,6 +112,15 @@ def dataset_file(card: DatasetCard) -> Path:
     if reads_as_is(card):
         return data_root(card) / card.reader.params.file
     return prepared_dir() / card.name / f"v{card.version}" / f"{card.name}.npz"
+
+
+def index_file(card: DatasetCard) -> Path:
+    """Return the path of the ``index.parquet`` beside a decoded folder dataset's ``.npz``.
+
+    Only folder datasets (neither built nor read as they are) have one, written by
+    :func:`prepare`.
+    """
+    return dataset_file(card).parent / INDEX_NAME
 
 
 def is_prepared(card: DatasetCard) -> bool:
@@ -143,6 +162,7 @@ def prepare(card: DatasetCard) -> Path:
         DECODED, _prepared_key(card, raw.digest), folder=path.parent, name=path.name
     )
     STORE.get_or_compute(DECODED, entry, lambda: make_splits(card, raw), describe=facts)
+    _ensure_index(card, raw, entry)
     return path
 
 
@@ -238,7 +258,111 @@ def _read_cached(
 ) -> dict[str, SplitData]:
     splits = read_npz(Path(path), task, num_classes)
     for data in splits.values():
-        for array in (data.images, data.labels, data.groups):
+        for array in (data.images, data.labels, data.groups, data.views, data.studies):
             if array is not None:
                 array.setflags(write=False)
     return splits
+
+
+# --------------------------------------------------------------------------- index.parquet
+
+
+def _ensure_index(card: DatasetCard, raw: RawDataset, entry: Entry) -> None:
+    """Write ``index.parquet`` beside the archive unless it already holds the archive's key."""
+    target = entry.path.parent / INDEX_NAME
+    if _index_key(target) == entry.text:
+        return
+    with STORE.lock(entry):
+        if _index_key(target) == entry.text:
+            return
+        table = _index_table(card, raw, entry)
+        import pyarrow.parquet as pq
+
+        write_with(target, lambda handle: pq.write_table(table, handle))
+
+
+def _index_key(path: Path) -> str | None:
+    """The archive key stored in an index file, or None (no file, unreadable, no key)."""
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):  # pyarrow raises ArrowInvalid (a ValueError) on a bad file
+        return None
+    value = metadata.get(INDEX_KEY)
+    return None if value is None else value.decode("utf-8")
+
+
+def _index_table(card: DatasetCard, raw: RawDataset, entry: Entry) -> Any:
+    """One row per kept image, in the archive's order, checked against the archive's labels."""
+    import pyarrow as pa
+
+    rows, values, assignment = _assignment(card, raw)
+    root = data_root(card)
+    paths = raw.images.paths if isinstance(raw.images, FileImages) else None
+    views = None if raw.views is None else np.char.lower(np.char.strip(raw.views.astype(str)))
+    out: dict[str, list[Any]] = {
+        name: [] for name in ("path", "label", "patient", "split", "view", "study", "row")
+    }
+    with np.load(entry.path, allow_pickle=False) as archive:
+        for split in SPLITS:
+            index = np.asarray(assignment[split], dtype=np.int64)
+            stored = archive[f"{split}_labels"]
+            stored = stored.reshape(len(stored), -1)
+            labels = values[index].reshape(len(index), -1)
+            if labels.shape != stored.shape or not np.array_equal(labels, stored):
+                raise DatasetError(
+                    f"{card.source_file or card.name}: the index of {entry.path} does not match "
+                    f"its '{split}' split (the split rule is not deterministic?)"
+                )
+            source = rows[index]
+            out["row"] += source.tolist()
+            out["split"] += [split] * len(source)
+            out["label"] += [",".join(str(v) for v in label) for label in labels.tolist()]
+            out["path"] += [None if paths is None else _shown(paths[r], root) for r in source]
+            for name, column in (("patient", raw.groups), ("view", views), ("study", raw.studies)):
+                found = None if column is None else np.asarray(column)[source].astype(str)
+                out[name] += [None] * len(source) if found is None else found.tolist()
+    schema_metadata = {
+        INDEX_KEY: entry.text.encode("utf-8"),
+        b"medxfer_dataset": card.name.encode(),
+    }
+    types = {"row": pa.int64()}
+    arrays = {
+        name: pa.array(column, type=types.get(name, pa.string())) for name, column in out.items()
+    }
+    return pa.table(arrays).replace_schema_metadata(schema_metadata)
+
+
+def _assignment(
+    card: DatasetCard, raw: RawDataset
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The reader rows kept by the label policy, their labels, and the split rule's rows.
+
+    What :func:`~harness.data.pipeline.make_splits` computes before it decodes images (the
+    policy and rule are deterministic); the caller checks the result against the archive.
+    """
+    ctx = context(card)
+    policy = card.label_policy or LABEL_POLICIES.parse({"name": "identity"}, ctx.card)
+    labels = LABEL_POLICIES.run(policy, raw, ctx)
+    rows = np.arange(len(raw)) if labels.keep is None else np.flatnonzero(labels.keep)
+    values = np.asarray(labels.values)[rows].astype(np.int64)
+    data = SplitInput(
+        values,
+        None if raw.groups is None else np.asarray(raw.groups)[rows],
+        None if raw.split is None else np.asarray(raw.split)[rows],
+        lambda index: raw.images.take(rows[index]),
+        source_rows=rows,
+        n_source=len(raw),
+    )
+    return rows, values, SPLIT_RULES.run(card.split, data, ctx)
+
+
+def _shown(path: Path, root: Path) -> str:
+    """A path relative to the dataset folder when it lies inside, else absolute."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

@@ -3,7 +3,9 @@
 Each rule is registered with a version and typed parameters (see
 :mod:`harness.data.registry`); a card names one in ``split:``. Without one, the
 ``predefined`` rule applies. A rule returns row indices for each of ``train``, ``val``
-and ``test``; the caller checks that they are disjoint and none is empty.
+and ``test``; the caller checks that they are disjoint and none is empty. The rules that
+reproduce the peers' splits (``shuffled_fraction``, ``kfold``, ``group_kfold``) live in
+:mod:`harness.data.split_peers`, imported (and so registered) at the end of this module.
 """
 
 from __future__ import annotations
@@ -104,8 +106,14 @@ class SeededFractionsParams:
 def seeded_fractions(
     params: SeededFractionsParams, data: SplitInput, ctx: DatasetContext
 ) -> dict[str, np.ndarray]:
-    """Seeded train / val / test fractions, grouped by patient and stratified by class."""
+    """Seeded train / val / test fractions, grouped by patient and stratified by class.
+
+    The default for datasets without official splits. A single-label class with fewer
+    groups (images, when ungrouped) than splits cannot reach every split: an error.
+    """
     groups = data.groups if params.grouped else None
+    if params.stratify and np.asarray(data.labels).ndim == 1:
+        _check_class_units(np.asarray(data.labels), groups, ctx)
     fractions = {s: params.fractions[s] for s in SPLITS}
     assigned = assign_fractions(data.labels, groups, fractions, params.seed, params.stratify)
     return {split: np.flatnonzero(assigned == k) for k, split in enumerate(SPLITS)}
@@ -216,6 +224,22 @@ def assign_fractions(
     return unit_split[inverse]
 
 
+def _check_class_units(labels: np.ndarray, groups: np.ndarray | None, ctx: DatasetContext) -> None:
+    units = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    few = []
+    for label in np.unique(labels).tolist():
+        n = len(np.unique(units[labels == label]))
+        if n < len(SPLITS):
+            name = ctx.classes[label] if 0 <= label < len(ctx.classes) else label
+            few.append(f"{name} ({n})")
+    if few:
+        unit = "images" if groups is None else "groups (patients)"
+        raise DatasetError(
+            f"{ctx.card}: field 'split.fractions': seeded_fractions stratifies by class and "
+            f"needs at least {len(SPLITS)} {unit} of every class; too few: {', '.join(few)}"
+        )
+
+
 def _source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarray:
     if data.split is None:
         raise DatasetError(
@@ -224,3 +248,7 @@ def _source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarra
             "split_column)"
         )
     return np.asarray(data.split).astype(str)
+
+
+# The peers' split rules register when this module loads (it imports the helpers above).
+import harness.data.split_peers  # noqa: E402, F401

@@ -156,6 +156,10 @@ class RawDataset:
             listing); it keys the prepared cache with the card's fingerprint.
         groups: raw group keys (patient, study, source image), or None.
         split: split names given by the source (``train``, ``valid``...), or None.
+        views: the view of each image (``Frontal`` / ``Lateral``, ``left`` / ``right``) for
+            multi-view pairing, or None.
+        studies: raw keys of the acquisition (study, visit) whose views pair, finer than
+            ``groups`` (a patient's studies), or None (views then pair within a group).
     """
 
     columns: Mapping[str, np.ndarray]
@@ -163,13 +167,21 @@ class RawDataset:
     digest: str
     groups: np.ndarray | None = None
     split: np.ndarray | None = None
+    views: np.ndarray | None = None
+    studies: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
         for name, column in self.columns.items():
             if len(column) != n:
                 raise ValueError(f"RawDataset: column {name!r} has {len(column)} rows, not {n}")
-        for name, column in (("groups", self.groups), ("split", self.split)):
+        optional = (
+            ("groups", self.groups),
+            ("split", self.split),
+            ("views", self.views),
+            ("studies", self.studies),
+        )
+        for name, column in optional:
             if column is not None and len(column) != n:
                 raise ValueError(f"RawDataset: {name} has {len(column)} rows, not {n}")
 
@@ -212,12 +224,26 @@ class SplitInput:
         groups: group keys of the kept rows, or None.
         split: source split names of the kept rows, or None.
         take_images: decodes images of kept rows by index (for rules that check content).
+        source_rows: each kept row's position among the reader's rows (before the label
+            policy dropped any), ascending; None means the kept rows are all the rows.
+        n_source: how many rows the reader gave (None: as many as kept). Rules that
+            shuffle the source's whole index before filtering (SSL_medicalimaging) need both.
     """
 
     labels: np.ndarray
     groups: np.ndarray | None
     split: np.ndarray | None
     take_images: Callable[[np.ndarray], np.ndarray]
+    source_rows: np.ndarray | None = None
+    n_source: int | None = None
+
+    def positions(self) -> tuple[np.ndarray, int]:
+        """Each kept row's position among the reader's rows, and the reader's row count."""
+        if self.source_rows is None:
+            return np.arange(len(self.labels)), len(self.labels)
+        rows = np.asarray(self.source_rows, dtype=np.int64)
+        n_source = int(rows.max()) + 1 if self.n_source is None and len(rows) else self.n_source
+        return rows, int(n_source or 0)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -5,6 +5,9 @@ X-rays, left/right eyes): pairs of different images that share a group id (same 
 image, series or patient) are compared with the whitened cosine and the Mahalanobis
 distance of :mod:`harness.protocols.whitening`; a baseline of as many random pairs from
 different groups shows what chance gives. Pairs are a seeded draw without replacement.
+The dataset card's ``pairing.rule`` picks which images pair (:mod:`harness.protocols.pairing`):
+``same_group``, ``frontal_lateral`` (a study's frontal and lateral chest X-ray) or
+``left_right_equal_grade`` (a patient's two eyes with one grade).
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ import numpy as np
 
 from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult
+from harness.protocols.pairing import (
+    PAIRING_RULES,
+    VIEW_RULES,
+    PairingUnavailable,
+    draw_pairs,
+)
 from harness.protocols.registry import CaseNotApplicable, register_protocol
 from harness.protocols.whitening import (
     as_features,
@@ -31,11 +40,11 @@ from harness.protocols.whitening import (
 )
 
 if TYPE_CHECKING:
+    from harness.data.npz import SplitData
     from harness.protocols.case import CaseRun
 
 VERSION = 1
 PRIMARY = "mean_cosine"
-PAIRING_RULES = ("same_group",)
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ class MultiviewConfig:
     """Settings of the multi-view invariance protocol.
 
     Attributes:
-        num_pairs: Pairs of images sharing a group compared (all pairs when fewer exist);
+        num_pairs: Pairs of views compared (all pairs when fewer exist);
             SSL_medicalimaging compares 100.
         cov_images: As :attr:`InvarianceConfig.cov_images`.
         cov_fraction: As :attr:`InvarianceConfig.cov_fraction`.
@@ -51,7 +60,8 @@ class MultiviewConfig:
         split: The split whose image pairs are compared.
         cov_split: The split the feature mean and covariance are estimated on.
         seed: Seed of the pair, baseline and covariance draws.
-        pairing_rule: How pairs are formed; only ``same_group`` is supported.
+        pairing_rule: How pairs are formed: ``same_group``, ``frontal_lateral`` or
+            ``left_right_equal_grade`` (see :mod:`harness.protocols.pairing`).
     """
 
     num_pairs: int = 100
@@ -312,17 +322,36 @@ def _configure(case: CaseRun) -> MultiviewConfig:
     configure=_configure,
 )
 def run_case(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
-    """One multi-view case: pairs of ``config.split`` images that share a group.
+    """One multi-view case: pairs of ``config.split`` images by the card's pairing rule.
 
     Raises:
-        CaseNotApplicable: When the dataset has no pairing groups.
+        CaseNotApplicable: When the dataset lacks what the rule needs (groups, views) or
+            no pair can be formed.
     """
-    groups = case.splits()[config.split].groups
-    if groups is None:
-        raise CaseNotApplicable("dataset has no pairing groups")
-    pairs = pairs_from_groups(groups, config.num_pairs, config.seed)
+    data = case.splits()[config.split]
+    pairs = split_pairs(data, config)
+    groups = data.groups if data.groups is not None else data.studies
     features = case.features(tuple(dict.fromkeys((config.split, config.cov_split))))
     stats, stats_hit = covariance_stats(case, config)
     result = run_multiview(features[config.split].features, pairs, stats, config, groups=groups)
     result.details["stats_cache"] = "hit" if stats_hit else "miss"
     return result
+
+
+def split_pairs(data: SplitData, config: MultiviewConfig) -> np.ndarray:
+    """The pairs of one split that ``config.pairing_rule`` forms, at most ``config.num_pairs``.
+
+    Raises:
+        CaseNotApplicable: When the split lacks what the rule needs or gives no pair.
+    """
+    if config.pairing_rule == "same_group":
+        if data.groups is None:
+            raise CaseNotApplicable("dataset has no pairing groups")
+        return pairs_from_groups(data.groups, config.num_pairs, config.seed)
+    try:
+        candidates = VIEW_RULES[config.pairing_rule](data)
+        return draw_pairs(candidates, config.num_pairs, config.seed)
+    except PairingUnavailable as exc:
+        raise CaseNotApplicable(str(exc)) from exc
+    except ValueError as exc:
+        raise CaseNotApplicable(f"pairing rule {config.pairing_rule!r}: {exc}") from exc

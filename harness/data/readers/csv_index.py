@@ -8,21 +8,53 @@ column for the label policy (CheXpert's ``1.0`` / ``0.0`` / ``-1.0`` / blank inc
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from harness.data import DatasetError
-from harness.data.readers.decode import GeometryParams, ImageParams, decode_image, dicom_to_pil
-from harness.data.readers.decode import fit_image as _fit
+from harness.data.readers.decode import DicomParams, ImageParams, decode_image, dicom_decoder
+from harness.data.readers.index_rows import (
+    Origin,
+    first_line,
+    joined_groups,
+    listed_splits,
+    need,
+    read_csv,
+    row_keys,
+)
 from harness.data.registry import register_reader
 from harness.data.table import DatasetContext, FileImages, RawDataset
+
+__all__ = ["CsvImagesParams", "DicomIndexParams", "GroupsFrom", "IndexParams", "read_csv"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupsFrom:
+    """A group column taken from a second CSV, joined on the image id.
+
+    HAM10000's ``HAM10000_metadata.csv`` (``lesion_id, image_id, dx, ...``) and ISIC 2019's
+    ``ISIC_2019_Training_Metadata.csv`` (``image, ..., lesion_id, ...``) hold the lesion
+    of each image, which the ground-truth CSVs lack.
+
+    Attributes:
+        file: the CSV, relative to ``root``.
+        key_column: its column matching the index's ``path_column`` values.
+        group_column: its column holding the group (lesion / patient) id.
+        blank: a blank group is an ``error``, or the image is its ``own`` group (ISIC 2019
+            leaves ``lesion_id`` empty for images whose lesion is not known).
+    """
+
+    file: str
+    key_column: str
+    group_column: str
+    blank: Literal["error", "own"] = "error"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +84,19 @@ class IndexParams:
         split_lists: source split -> a text file (relative to ``root``) listing one
             path-column value per line, e.g. NIH's ``{train: train_val_list.txt, test:
             test_list.txt}``; rows in no list get no split (``predefined`` leaves them out).
+        header: the index has no header row; these are its column names (BACH's
+            ``microscopy_ground_truth.csv`` holds bare ``b001.tif,Benign`` rows).
+        groups_from: take each row's group from a second CSV joined on the path column
+            (see :class:`GroupsFrom`); instead of ``group_column`` / ``group_pattern``.
+        view_column: the column holding each image's view (CheXpert's ``Frontal/Lateral``),
+            or, with ``view_pattern``, the text the pattern reads.
+        view_pattern: a regex searched in the view column (or, without one, the path); its
+            first capture group (or the whole match) is the view, e.g. ``_(left|right)$``
+            on EyePACS' ``image`` column (``10_left``). Views pair multi-view images.
+        study_column: the column holding each image's study (acquisition) id, or, with
+            ``study_pattern``, the text the pattern reads.
+        study_pattern: as ``view_pattern``, for the study, e.g. ``(patient\\d+/study\\d+)``
+            on CheXpert paths. A study's views pair (without studies, a group's views do).
     """
 
     root: str | None = None
@@ -66,6 +111,12 @@ class IndexParams:
     where: dict[str, tuple[str, ...]] = field(default_factory=dict)
     image_dirs: tuple[str, ...] = ()
     split_lists: dict[str, str] | None = None
+    header: tuple[str, ...] | None = None
+    groups_from: GroupsFrom | None = None
+    view_column: str | None = None
+    view_pattern: str | None = None
+    study_column: str | None = None
+    study_pattern: str | None = None
 
     def validate(self) -> None:
         """Exactly one of ``index`` / ``indexes``; one split source at most; a valid regex."""
@@ -82,11 +133,28 @@ class IndexParams:
                 )
             if not self.split_lists:
                 raise ValueError("'split_lists' is empty")
-        if self.group_pattern is not None:
+        for name in ("group_pattern", "view_pattern", "study_pattern"):
+            pattern = getattr(self, name)
+            if pattern is None:
+                continue
             try:
-                re.compile(self.group_pattern)
+                re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"'group_pattern' is not a valid regex: {exc}") from None
+                raise ValueError(f"'{name}' is not a valid regex: {exc}") from None
+        has_study = self.study_column is not None or self.study_pattern is not None
+        if has_study and self.view_column is None and self.view_pattern is None:
+            raise ValueError(
+                "'study_column' / 'study_pattern' pair views: give 'view_column' or "
+                "'view_pattern' too"
+            )
+        if self.groups_from is not None and (
+            self.group_column is not None or self.group_pattern is not None
+        ):
+            raise ValueError(
+                "'groups_from' gives the groups; drop 'group_column' / 'group_pattern'"
+            )
+        if self.header is not None and len(set(self.header)) != len(self.header):
+            raise ValueError(f"'header' names a column twice: {list(self.header)}")
 
     def index_files(self) -> dict[str | None, str]:
         """Source split name (None for a single index) -> CSV path relative to the root."""
@@ -105,7 +173,9 @@ class IndexParams:
 
     def paths(self, root: Path) -> tuple[Path, ...]:
         """The index (and split list) files that must exist before the dataset can be read."""
-        lists = (self.split_lists or {}).values()
+        lists = [*(self.split_lists or {}).values()]
+        if self.groups_from is not None:
+            lists.append(self.groups_from.file)
         return tuple(root / name for name in [*self.index_files().values(), *lists])
 
 
@@ -120,96 +190,113 @@ class CsvImagesParams(IndexParams, ImageParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DicomIndexParams(IndexParams, GeometryParams):
-    """A CSV index of DICOM files, windowed to uint8 grayscale like ``harness.data.dicom``.
-
-    Attributes:
-        frame: the frame of a multi-frame file to use.
-        window: ``[low, high]`` values (after the modality rescale) mapped to 0 and 255;
-            by default each image's robust ``percentiles``.
-        percentiles: lower and upper percentiles used when ``window`` is not given.
-        invert_monochrome1: flip MONOCHROME1 images so that larger means brighter.
-    """
-
-    frame: int = 0
-    window: tuple[float, float] | None = None
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    invert_monochrome1: bool = True
+class DicomIndexParams(IndexParams, DicomParams):
+    """A CSV index of DICOM files, windowed to uint8 grayscale (see the two bases)."""
 
     def validate(self) -> None:
         """Check the index, the geometry and the window."""
         IndexParams.validate(self)
-        GeometryParams.validate(self)
-        if self.window is not None and not self.window[1] > self.window[0]:
-            raise ValueError(f"'window' must be [low, high] with high > low, got {self.window}")
-        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            raise ValueError(
-                f"'percentiles' must be 0 <= low < high <= 100, got {self.percentiles}"
-            )
+        DicomParams.validate(self)
 
 
-@register_reader("csv_images", version=1, params=CsvImagesParams)
+@register_reader("csv_images", version=2, params=CsvImagesParams)
 def read_csv_images(params: CsvImagesParams, ctx: DatasetContext) -> RawDataset:
     """Image files (PNG, JPEG, TIFF ...) listed in a CSV with label and patient columns."""
     return _read_index(params, ctx, lambda path: decode_image(path, params))
 
 
-@register_reader("dicom", version=1, params=DicomIndexParams)
+@register_reader("dicom", version=2, params=DicomIndexParams)
 def read_dicom_index(params: DicomIndexParams, ctx: DatasetContext) -> RawDataset:
     """DICOM files listed in a CSV, rescaled and windowed to uint8 grayscale."""
-    from harness.data.dicom import read_dicom_frames, to_uint8
-
-    def decode(path: Path) -> np.ndarray:
-        frames = read_dicom_frames(path, invert_monochrome1=params.invert_monochrome1)
-        if not -len(frames) <= params.frame < len(frames):
-            raise DatasetError(f"has {len(frames)} frame(s); reader.frame is {params.frame}")
-        frame = to_uint8(frames[params.frame], params.window, params.percentiles)
-        return _fit(dicom_to_pil(frame), params)
-
-    return _read_index(params, ctx, decode)
+    return _read_index(params, ctx, dicom_decoder(params))
 
 
 def _read_index(
     params: IndexParams, ctx: DatasetContext, decode: Callable[[Path], np.ndarray]
 ) -> RawDataset:
     rows: list[dict[str, str]] = []
+    origins: list[Origin] = []
     source_split: list[str] = []
     header: list[str] = []
     digest = hashlib.sha256()
     for split, name in params.index_files().items():
         path = ctx.root / name
-        file_header, file_rows = _read_csv(path, ctx)
+        file_header, file_rows = read_csv(path, ctx, params.header)
         digest.update(f"{split}\0{name}\0".encode())
         digest.update(path.read_bytes())
         header += [column for column in file_header if column not in header]
         rows += file_rows
+        start = first_line(params.header)
+        origins += [Origin(name, start + k) for k in range(len(file_rows))]
         source_split += [split or ""] * len(file_rows)
     for column, allowed in params.where.items():
-        _need(column, header, ctx, f"reader.where.{column}")
+        need(column, header, ctx, f"reader.where.{column}")
         keep = [row.get(column, "") in allowed for row in rows]
         rows = [row for row, k in zip(rows, keep, strict=True) if k]
+        origins = [o for o, k in zip(origins, keep, strict=True) if k]
         source_split = [s for s, k in zip(source_split, keep, strict=True) if k]
     if not rows:
         raise DatasetError(f"{ctx.card}: the reader's index has no rows (after 'where')")
-    _need(params.path_column, header, ctx, "reader.path_column")
+    need(params.path_column, header, ctx, "reader.path_column")
     base = ctx.root / params.image_root
     relative = [row[params.path_column] + params.path_suffix for row in rows]
     paths = _locate(base, params.image_dirs, relative)
     columns = {c: np.asarray([row.get(c) or "" for row in rows], dtype=str) for c in header}
-    groups = _groups(params, rows, relative, header, ctx)
+    if params.groups_from is not None:
+        keys = [row[params.path_column] for row in rows]
+        groups: np.ndarray | None = joined_groups(params.groups_from, keys, ctx)
+        digest.update(f"groups\0{params.groups_from.file}\0".encode())
+        digest.update((ctx.root / params.groups_from.file).read_bytes())
+    else:
+        groups = _keys("group", params, rows, relative, origins, header, ctx, blank_ok=True)
+    views = _keys("view", params, rows, relative, origins, header, ctx)
+    studies = _keys("study", params, rows, relative, origins, header, ctx)
     split: np.ndarray | None = None
     if params.indexes is not None:
         split = np.asarray(source_split, dtype=str)
     elif params.split_column is not None:
-        _need(params.split_column, header, ctx, "reader.split_column")
+        need(params.split_column, header, ctx, "reader.split_column")
         split = columns[params.split_column]
     elif params.split_lists is not None:
-        split = _listed_splits(params.split_lists, [row[params.path_column] for row in rows], ctx)
+        split = listed_splits(params.split_lists, [row[params.path_column] for row in rows], ctx)
         for name in params.split_lists.values():
             digest.update(f"list\0{name}\0".encode())
             digest.update((ctx.root / name).read_bytes())
     images = FileImages(paths, decode, ctx.card)
-    return RawDataset(columns, images, digest.hexdigest(), groups=groups, split=split)
+    return RawDataset(
+        columns,
+        images,
+        digest.hexdigest(),
+        groups=groups,
+        split=split,
+        views=views,
+        studies=studies,
+    )
+
+
+def _keys(
+    kind: str,
+    params: IndexParams,
+    rows: list[dict[str, str]],
+    relative: list[str],
+    origins: list[Origin],
+    header: list[str],
+    ctx: DatasetContext,
+    blank_ok: bool = False,
+) -> np.ndarray | None:
+    """The rows' ``kind`` keys from the card's ``<kind>_column`` / ``<kind>_pattern``."""
+    column, pattern = getattr(params, f"{kind}_column"), getattr(params, f"{kind}_pattern")
+    return row_keys(
+        rows,
+        relative,
+        origins,
+        header,
+        ctx,
+        kind=kind,
+        column=column,
+        pattern=pattern,
+        blank_ok=blank_ok,
+    )
 
 
 def _locate(base: Path, patterns: tuple[str, ...], relative: list[str]) -> tuple[Path, ...]:
@@ -228,72 +315,3 @@ def _locate(base: Path, patterns: tuple[str, ...], relative: list[str]) -> tuple
         else:
             found.append(by_name.get(rel, folders[0] if folders else base) / rel)
     return tuple(found)
-
-
-def _listed_splits(lists: dict[str, str], keys: list[str], ctx: DatasetContext) -> np.ndarray:
-    """Source split of each row from per-split list files (one key per line)."""
-    owner: dict[str, str] = {}
-    for split, name in lists.items():
-        path = ctx.root / name
-        if not path.is_file():
-            raise DatasetError(f"{ctx.card}: split list {path} not found (reader.split_lists)")
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
-            key = line.strip()
-            if key and owner.setdefault(key, split) != split:
-                raise DatasetError(
-                    f"{ctx.card}: {key!r} is listed in both {lists[owner[key]]} and {name} "
-                    "(reader.split_lists)"
-                )
-    return np.asarray([owner.get(key, "") for key in keys], dtype=str)
-
-
-def _read_csv(path: Path, ctx: DatasetContext) -> tuple[list[str], list[dict[str, str]]]:
-    if not path.is_file():
-        raise DatasetError(f"{ctx.card}: index file {path} not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            rows = [dict(row) for row in reader]
-            header = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"{ctx.card}: cannot read index file {path}: {exc}") from exc
-    if not header:
-        raise DatasetError(f"{ctx.card}: index file {path} has no header row")
-    return header, rows
-
-
-def _groups(
-    params: IndexParams,
-    rows: list[dict[str, str]],
-    relative: list[str],
-    header: list[str],
-    ctx: DatasetContext,
-) -> np.ndarray | None:
-    if params.group_column is None and params.group_pattern is None:
-        return None
-    if params.group_column is not None:
-        _need(params.group_column, header, ctx, "reader.group_column")
-        values = [row.get(params.group_column) or "" for row in rows]
-    else:
-        values = relative
-    if params.group_pattern is not None:
-        pattern = re.compile(params.group_pattern)
-        found = []
-        for index, value in enumerate(values):
-            match = pattern.search(value)
-            if match is None:
-                raise DatasetError(
-                    f"{ctx.card}: field 'reader.group_pattern' {params.group_pattern!r} does not "
-                    f"match {value!r} (index row {index + 1})"
-                )
-            found.append(match.group(1) if pattern.groups else match.group(0))
-        values = found
-    return np.asarray(values, dtype=str)
-
-
-def _need(column: str, header: list[str], ctx: DatasetContext, field: str) -> None:
-    if column not in header:
-        raise DatasetError(
-            f"{ctx.card}: field '{field}' names column {column!r}, which the index does not "
-            f"have (columns: {', '.join(header)})"
-        )

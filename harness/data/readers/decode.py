@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from harness.data import DatasetError
 from harness.data.dicom import to_uint8
 
 RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos")
@@ -43,6 +45,52 @@ class ImageParams(GeometryParams):
     """
 
     mode: Literal["L", "RGB"] = "L"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DicomParams(GeometryParams):
+    """Geometry plus how a DICOM frame is windowed to uint8 (as ``harness.data.dicom``).
+
+    Attributes:
+        frame: the frame of a multi-frame file to use.
+        window: ``[low, high]`` values (after the modality rescale) mapped to 0 and 255;
+            by default each image's robust ``percentiles``.
+        percentiles: lower and upper percentiles used when ``window`` is not given.
+        invert_monochrome1: flip MONOCHROME1 images so that larger means brighter.
+    """
+
+    frame: int = 0
+    window: tuple[float, float] | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    invert_monochrome1: bool = True
+
+    def validate(self) -> None:
+        """Check the geometry and the window."""
+        GeometryParams.validate(self)
+        if self.window is not None and not self.window[1] > self.window[0]:
+            raise ValueError(f"'window' must be [low, high] with high > low, got {self.window}")
+        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ValueError(
+                f"'percentiles' must be 0 <= low < high <= 100, got {self.percentiles}"
+            )
+
+
+def dicom_decoder(params: DicomParams) -> Callable[[Path], np.ndarray]:
+    """A function decoding one DICOM file to uint8 grayscale of the declared size.
+
+    The modality rescale is applied, the frame windowed per ``params`` and fitted like
+    any image (:func:`fit_image`).
+    """
+    from harness.data.dicom import read_dicom_frames
+
+    def decode(path: Path) -> np.ndarray:
+        frames = read_dicom_frames(path, invert_monochrome1=params.invert_monochrome1)
+        if not -len(frames) <= params.frame < len(frames):
+            raise DatasetError(f"has {len(frames)} frame(s); reader.frame is {params.frame}")
+        frame = to_uint8(frames[params.frame], params.window, params.percentiles)
+        return fit_image(dicom_to_pil(frame), params)
+
+    return decode
 
 
 def fit_image(image: object, params: GeometryParams) -> np.ndarray:

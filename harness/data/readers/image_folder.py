@@ -12,9 +12,16 @@ With ``flat: true`` (Montgomery and Shenzhen, whose label is in the file name)::
 
     <root>/<subfolder>/.../<image>      e.g. MontgomerySet/CXR_png/MCUCXR_0001_0.png
 
-The raw ``label`` column holds the class folder's name (the file name when ``flat``) (the label policy maps names to
-classes; ``identity`` expects the card's class names). Hidden files and folders are
-skipped; only files with one of ``extensions`` (case-insensitive) are images.
+With ``split_lists`` (DTD: ``images/<class>/<image>.jpg`` and ``labels/train1.txt``,
+``val1.txt``, ``test1.txt`` listing ``banded/banded_0002.jpg``), the source split of each
+image comes from list files naming its path relative to ``<root>/<subfolder>``; images in
+no list get no split (``predefined`` leaves them out) and a listed image that is not on
+disk is an error naming the list.
+
+The raw ``label`` column holds the class folder's name (the file name when ``flat``); the
+label policy maps names to classes (``identity`` expects the card's class names). Hidden
+files and folders are skipped; only files with one of ``extensions`` (case-insensitive)
+are images.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +56,11 @@ class ImageFolderParams(ImageParams):
             whole match) is the group id, e.g. ``^(person\\d+)_`` for Kermany's patients.
         flat: no class folders: every image under ``subfolder`` is read and the ``label``
             column holds its file name (map it with the ``name_pattern`` policy).
-        subfolder: where the images are, relative to ``root`` (with ``flat``).
+        subfolder: the folder, relative to ``root``, holding the class folders (the split
+            folders with ``split_folders``, the images with ``flat``).
+        split_lists: source split -> a text file (relative to ``root``) listing one image
+            per line by its path relative to ``subfolder``, e.g. DTD's ``{train:
+            labels/train1.txt, val: labels/val1.txt, test: labels/test1.txt}``.
     """
 
     root: str | None = None
@@ -57,16 +69,20 @@ class ImageFolderParams(ImageParams):
     group_pattern: str | None = None
     flat: bool = False
     subfolder: str = "."
+    split_lists: dict[str, str] | None = None
 
     def validate(self) -> None:
-        """Check the geometry, the extensions and the regex."""
+        """Check the geometry, the extensions, the regex and the split source."""
         super().validate()
         if not self.extensions:
             raise ValueError("'extensions' is empty")
         if self.flat and self.split_folders:
             raise ValueError("'flat' reads one folder of images; drop 'split_folders'")
-        if self.subfolder != "." and not self.flat:
-            raise ValueError("'subfolder' is only used with 'flat: true'")
+        if self.split_lists is not None:
+            if self.split_folders:
+                raise ValueError("'split_lists' names the splits; drop 'split_folders'")
+            if not self.split_lists:
+                raise ValueError("'split_lists' is empty")
         if self.group_pattern is not None:
             try:
                 re.compile(self.group_pattern)
@@ -74,12 +90,13 @@ class ImageFolderParams(ImageParams):
                 raise ValueError(f"'group_pattern' is not a valid regex: {exc}") from None
 
     def gives_splits(self) -> bool:
-        """Whether the top-level folders are splits."""
-        return self.split_folders
+        """Whether the source names splits (split folders or split lists)."""
+        return self.split_folders or self.split_lists is not None
 
     def paths(self, root: Path) -> tuple[Path, ...]:
-        """The folder that must exist before the dataset can be prepared."""
-        return (root / self.subfolder if self.flat else root,)
+        """The folder (and split lists) that must exist before the dataset can be prepared."""
+        lists = (self.split_lists or {}).values()
+        return (root / self.subfolder, *(root / name for name in lists))
 
 
 @register_reader("image_folder", version=1, params=ImageFolderParams)
@@ -87,16 +104,19 @@ def read_image_folder(params: ImageFolderParams, ctx: DatasetContext) -> RawData
     """Images in one sub-folder per class (optionally inside one folder per split)."""
     if not ctx.root.is_dir():
         raise DatasetError(f"{ctx.card}: dataset folder {ctx.root} not found")
-    tops = _subfolders(ctx.root) if params.split_folders else [None]
+    home = ctx.root / params.subfolder
+    if not home.is_dir():
+        raise DatasetError(f"{ctx.card}: folder {home} not found (field 'reader.subfolder')")
+    tops = _subfolders(home) if params.split_folders else [None]
     paths: list[Path] = []
     labels: list[str] = []
     splits: list[str] = []
     digest = hashlib.sha256()
     suffixes = tuple(ext.lower() for ext in params.extensions)
     for top in tops:
-        base = ctx.root if top is None else ctx.root / top
+        base = home if top is None else home / top
         folders = (
-            [(None, base / params.subfolder)]
+            [(None, base)]
             if params.flat
             else [(label, base / label) for label in _subfolders(base)]
         )
@@ -109,10 +129,14 @@ def read_image_folder(params: ImageFolderParams, ctx: DatasetContext) -> RawData
                 splits.append(top or "")
     if not paths:
         layout = "<split>/<class>/<image>" if params.split_folders else "<class>/<image>"
-        layout = f"{params.subfolder}/<image>" if params.flat else layout
+        layout = "<image>" if params.flat else layout
         raise DatasetError(
-            f"{ctx.card}: no images ({', '.join(suffixes)}) in {ctx.root} (expected {layout})"
+            f"{ctx.card}: no images ({', '.join(suffixes)}) in {home} (expected {layout})"
         )
+    split = np.asarray(splits, dtype=str) if params.split_folders else None
+    if params.split_lists is not None:
+        keys = [path.relative_to(home).as_posix() for path in paths]
+        split = _listed_splits(params.split_lists, keys, home, ctx, digest)
     groups = None
     if params.group_pattern is not None:
         groups = np.asarray([_group(params.group_pattern, p.name, ctx) for p in paths], dtype=str)
@@ -121,8 +145,39 @@ def read_image_folder(params: ImageFolderParams, ctx: DatasetContext) -> RawData
         images=FileImages(tuple(paths), lambda path: decode_image(path, params), ctx.card),
         digest=digest.hexdigest(),
         groups=groups,
-        split=np.asarray(splits, dtype=str) if params.split_folders else None,
+        split=split,
     )
+
+
+def _listed_splits(
+    lists: dict[str, str], keys: list[str], home: Path, ctx: DatasetContext, digest: Any
+) -> np.ndarray:
+    """Source split of each image from per-split list files; every listed image must exist."""
+    index = {key: row for row, key in enumerate(keys)}
+    out = np.full(len(keys), "", dtype=object)
+    for split, name in lists.items():
+        path = ctx.root / name
+        if not path.is_file():
+            raise DatasetError(f"{ctx.card}: split list {path} not found (reader.split_lists)")
+        text = path.read_text(encoding="utf-8-sig")
+        digest.update(f"list\0{split}\0{name}\0".encode() + text.encode())
+        for number, line in enumerate(text.splitlines(), start=1):
+            key = line.strip()
+            if not key:
+                continue
+            row = index.get(key)
+            if row is None:
+                raise DatasetError(
+                    f"{ctx.card}: {path} line {number} lists {key!r}, which is not an image "
+                    f"under {home} (reader.split_lists)"
+                )
+            if out[row] not in ("", split):
+                raise DatasetError(
+                    f"{ctx.card}: {key!r} is listed in both {lists[out[row]]} and {name} "
+                    "(reader.split_lists)"
+                )
+            out[row] = split
+    return out.astype(str)
 
 
 def _subfolders(folder: Path) -> list[str]:
