@@ -137,7 +137,7 @@ def test_zoo_has_the_studies_models() -> None:
         "vit_small_patch14_dinov2.lvd142m",
         "vit_base_patch14_dinov2.lvd142m",
         "convnext_tiny.fb_in1k",
-        "vit_base_patch16_clip_224.openai",
+        "vit_base_patch16_clip_quickgelu_224.openai",
         "vit_base_patch14_dinov2.rad_dino",
     }
     assert expected <= set(CARDS)
@@ -233,7 +233,10 @@ def test_feature_layer_selects_what_the_module_returns() -> None:
         head = embedding.module.forward_head(embedding.module.forward_features(image))
         assert torch.equal(embedding.module(image), head)
     assert embedding.feature_dim == embedding.module.num_classes == head.shape[-1]
-    assert architecture_feature_dim(get_model_card("vit_base_patch16_clip_224.openai")) == 512
+    assert (
+        architecture_feature_dim(get_model_card("vit_base_patch16_clip_quickgelu_224.openai"))
+        == 512
+    )
     with pytest.raises(CheckpointError, match=r"cls_token needs a timm token model .* pools no"):
         build_model(vit_card("cls_token", "convnext_atto"))
     with pytest.raises(CheckpointError, match="cls_token, but vit_medium_patch16_gap_256 has no"):

@@ -19,6 +19,12 @@ from harness.zoo.converters import converter_names
 
 WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random")
 CHECKPOINT_SOURCES = ("pip", "url", "file")
+# How a checkpoint file is read: ``native`` formats (PyTorch, safetensors, Keras .h5)
+# load directly; the others only a pickle or TensorFlow can read, so the user runs
+# ``medxfer convert`` once (harness/zoo/convert.py) and the harness loads its output.
+NATIVE_FORMAT = "native"
+CONVERTED_FORMATS = ("haiku_pickle", "tf_checkpoint")
+WEIGHT_FORMATS = (NATIVE_FORMAT, *CONVERTED_FORMATS)
 ARCH_LIBRARIES = ("timm", "torchvision")
 CATEGORIES = ("supervised", "self-supervised", "in-domain", "domain-adapted", "random-init")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -50,6 +56,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
     histogram_normalize: bool = False
+    crop_mode: str = "center"
 
     def with_input_size(self, size: int | None) -> Preprocessing:
         """Return a copy with another input size (profiles scale image size)."""
@@ -58,11 +65,13 @@ class Preprocessing:
         return dataclasses.replace(self, input_size=size)
 
     def key_payload(self) -> dict[str, Any]:
-        """The fields as a dict for cache keys; ``histogram_normalize`` only when set, so
-        the keys of cards written before it existed do not change."""
+        """The fields as a dict for cache keys; ``histogram_normalize`` and ``crop_mode`` only
+        when not their defaults, so the keys of cards written before them do not change."""
         payload = asdict(self)
         if not self.histogram_normalize:
             payload.pop("histogram_normalize")
+        if self.crop_mode == "center":
+            payload.pop("crop_mode")
         return payload
 
 
@@ -84,11 +93,17 @@ class WeightsSpec:
     converter: str | None = None
     batchnorm_stats: str = ""
     instructions: str = ""
+    format: str = NATIVE_FORMAT
 
     def __post_init__(self) -> None:
         if not self.batchnorm_stats:  # the first rule of the source's kind is its default
             kind = "random" if self.source == "random" else "pretrained"
             object.__setattr__(self, "batchnorm_stats", BATCHNORM_RULES[kind][0])
+
+    @property
+    def needs_conversion(self) -> bool:
+        """True when the file must go through ``medxfer convert`` before it can be loaded."""
+        return self.format in CONVERTED_FORMATS
 
     @property
     def expected_sha256(self) -> str | None:
@@ -125,6 +140,8 @@ class ModelCard:
         payload.pop("paper")
         payload.pop("license")
         payload["weights"].pop("instructions")
+        if payload["weights"]["format"] == NATIVE_FORMAT:
+            payload["weights"].pop("format")
         payload["preprocessing"] = self.preprocessing.key_payload()
         # fields added later enter the payload only when set, so older cards keep their keys
         if payload["feature_layer"] == DEFAULT_FEATURE_LAYER:
@@ -165,6 +182,7 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
     fields.unknown(
         {"source", "package", "path", "url", "sha256", "hub_id", "seed", "load", "unwrap"}
         | {"strip_prefixes", "drop_keys", "converter", "batchnorm_stats", "instructions"}
+        | {"format"}
     )
     source = fields.get("source", str, choices=WEIGHT_SOURCES)
     bn_rules = BATCHNORM_RULES["random" if source == "random" else "pretrained"]
@@ -183,6 +201,7 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
         converter=fields.get("converter", str, None),
         batchnorm_stats=fields.get("batchnorm_stats", str, bn_rules[0], bn_rules),
         instructions=fields.get("instructions", str, ""),
+        format=fields.get("format", str, NATIVE_FORMAT, WEIGHT_FORMATS),
     )
     required = {"pip": ("package", "path"), "url": ("url", "sha256"), "file": ("path",)}
     for key in required.get(source, ()):
@@ -199,6 +218,12 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
                 f"{fields.where}.converter: a converter applies to checkpoint files "
                 f"(source {', '.join(CHECKPOINT_SOURCES)}), not to source '{source}'"
             )
+    if spec.needs_conversion and (source != "url" or spec.converter is None):
+        raise CardError(
+            f"{fields.where}.format: '{spec.format}' weights are converted by "
+            "`medxfer convert`; the card needs source 'url' (where to download the file) "
+            "and a converter"
+        )
     if spec.sha256 not in (None, UNPUBLISHED) and (
         len(spec.sha256) != 64 or not all(c in "0123456789abcdef" for c in spec.sha256)
     ):

@@ -3,15 +3,17 @@
 Some weights were trained in a framework whose version of a network differs from the
 PyTorch one in details that change what it computes, not its parameters: Keras'
 ``ResNet50`` (``keras.applications``, "v1") puts a downsampling block's stride in its
-first 1x1 convolution, where timm / torchvision ResNet-50 (v1.5) put it in the 3x3, and
-every Keras ``BatchNormalization`` of ``keras.applications`` uses epsilon 1.001e-5
-(PyTorch: 1e-5). A card names such a variant as its architecture
+first 1x1 convolution, where timm / torchvision ResNet-50 (v1.5) put it in the 3x3,
+Keras' ResNet / DenseNet batch norms use epsilon 1.001e-5 (PyTorch: 1e-5), and Keras'
+InceptionV3 averages its 'same' pools over the pixels inside the image, where timm
+counts the zero padding. Some add a module the base network lacks: open_clip's
+bias-free image projection on a timm ViT (BiomedCLIP). A card names such a variant as its architecture
 (``architecture: {library: timm, name: keras_resnet50}``); :func:`harness.zoo.build`
 builds the base network and applies the variant's changes, so the variant is part of
 the card's fingerprint (and so of every cache key) like any other architecture name.
 
-The parameters keep the base network's names and shapes, so a converter maps foreign
-weights onto the base network's state dict. Torch is imported only when building.
+The parameters keep the base network's names and shapes (an added head is the timm
+``head``), so a converter maps foreign weights onto the base network's state dict. Torch is imported only when building.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-# keras.applications builds every BatchNormalization with epsilon=1.001e-5
+# open_clip's BiomedCLIP joint image-text embedding size (open_clip_config.json embed_dim)
+OPEN_CLIP_EMBED_DIM = 512
+# keras.applications builds every BatchNormalization of ResNet / DenseNet with
+# epsilon=1.001e-5; InceptionV3's take Keras' default, 1e-3
 KERAS_BN_EPSILON = 1.001e-5
+KERAS_DEFAULT_BN_EPSILON = 1e-3
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,65 @@ def _adapt_keras_densenet(module: nn.Module) -> None:
     set_batchnorm_eps(module, KERAS_BN_EPSILON)
 
 
+def _exclude_pad_from_average(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: turn a zero-padded 3x3 / 1 average into one over the valid pixels only.
+
+    timm pools with ``F.avg_pool2d(x, 3, 1, padding=1)``, which divides every window by
+    9 (``count_include_pad=True``); Keras' ``AveragePooling2D(padding="same")`` (TF's
+    'SAME' average) divides by the number of pixels inside the image (4 at a corner,
+    6 along an edge). Dividing timm's average by the average of an all-ones image
+    pooled the same way turns the first into the second.
+    """
+    import torch.nn.functional as F
+
+    (x,) = args
+    inside = F.avg_pool2d(x.new_ones(1, 1, *x.shape[-2:]), 3, stride=1, padding=1)
+    return (x / inside,)
+
+
+def keras_inception_pools(module: nn.Module) -> None:
+    """Make every pool branch of a timm ``InceptionV3`` average like Keras ('same', padding excluded).
+
+    keras-team/keras@040582fc160b1080954ddc1f554dd70fbbb1da5a:keras/src/applications/inception_v3.py
+    pools ``mixed0``-``mixed2``, ``mixed4``-``mixed7`` and ``mixed9``/``mixed10`` with
+    ``AveragePooling2D((3, 3), strides=(1, 1), padding="same")`` before the branch's
+    1x1 ``conv2d_bn``; timm (as torchvision) includes the zero padding in the average.
+    The hook on each ``branch_pool`` convolution rescales its input (see
+    :func:`_exclude_pad_from_average`); parameters and names stay timm's. Everything
+    else already matches Keras: 'valid' convolutions are PyTorch's padding 0, 'same'
+    ones at stride 1 with odd kernels are symmetric (timm's ``padding=k // 2``), max
+    pools are 'valid', and BN has no scale in Keras (the converter sets weight 1).
+    """
+    from timm.models.inception_v3 import InceptionA, InceptionC, InceptionE
+
+    blocks = [m for m in module.modules() if isinstance(m, (InceptionA, InceptionC, InceptionE))]
+    if not blocks:
+        raise TypeError(f"{type(module).__name__} has no Inception blocks with an average pool")
+    for block in blocks:
+        block.branch_pool.register_forward_pre_hook(_exclude_pad_from_average)
+
+
+def _adapt_keras_inception_v3(module: nn.Module) -> None:
+    keras_inception_pools(module)
+    set_batchnorm_eps(module, KERAS_DEFAULT_BN_EPSILON)
+
+
+def open_clip_projection(module: nn.Module, embed_dim: int = OPEN_CLIP_EMBED_DIM) -> None:
+    """Give a timm ViT open_clip's image projection as its head: a bias-free linear map to ``embed_dim``.
+
+    mlfoundations/open_clip@0431f57237e678dd674fd09aa0e0cec2cde259f5:src/open_clip/timm_model.py
+    (``TimmModel``, ``proj="linear"``, ``proj_bias=False``) applies
+    ``nn.Linear(num_features, embed_dim, bias=False)`` to the trunk's pooled output
+    (``timm_pool: ""`` keeps the trunk's own pooling: a ViT's class token after the
+    final norm). As the timm head, the projection is the ``image_embedding`` feature
+    layer; any other feature layer replaces it (``reset_classifier``).
+    """
+    from torch import nn
+
+    module.reset_classifier(embed_dim)
+    module.head = nn.Linear(module.num_features, embed_dim, bias=False)
+
+
 register_variant(
     ArchitectureVariant(
         name="keras_resnet50",
@@ -125,5 +190,25 @@ register_variant(
         base="densenet121",
         adapt=_adapt_keras_densenet,
         description="keras.applications DenseNet121: batch-norm eps 1.001e-5",
+    )
+)
+register_variant(
+    ArchitectureVariant(
+        name="keras_inception_v3",
+        library="timm",
+        base="inception_v3",
+        adapt=_adapt_keras_inception_v3,
+        description="keras.applications InceptionV3: 'same' average pools exclude the "
+        "padding, batch-norm eps 1e-3 (Keras' BN has no scale: the converter sets weight 1)",
+    )
+)
+register_variant(
+    ArchitectureVariant(
+        name="open_clip_vit_base_patch16_224",
+        library="timm",
+        base="vit_base_patch16_224",
+        adapt=open_clip_projection,
+        description="open_clip image tower with a timm vit_base_patch16_224 trunk (BiomedCLIP): "
+        "head = bias-free linear projection to the 512-d joint embedding",
     )
 )

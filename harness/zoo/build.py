@@ -5,21 +5,27 @@ architecture's pooled penultimate vector, timm's ``num_classes=0`` output; for C
 global average of the last stage), ``cls_token`` / ``mean_tokens`` (a timm token
 model's class token, or the mean of its patch tokens, after the final norm) or
 ``image_embedding`` (the model's own embedding head is kept: a CLIP image projection).
+
+timm token models (ViT, Swin) are built with a dynamic image size, so they run at a
+profile's input size, not only the card's; :func:`model_input_size` gives the size
+images must have (a multiple of the patch size; :mod:`harness.zoo.input_sizes`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from harness.cache.keys import file_sha256, module_sha256, stable_hash
-from harness.config.cards import CHECKPOINT_SOURCES, ModelCard
+from harness.config.cards import CHECKPOINT_SOURCES, ModelCard, Preprocessing
 from harness.zoo.architectures import ArchitectureVariant, get_variant
 from harness.zoo.converters import Converter, UnknownConverterError, apply_converter, get_converter
 from harness.zoo.errors import CheckpointError
+from harness.zoo.input_sizes import create_timm_model, patch_size, round_to_patch
 from harness.zoo.keras_h5 import KERAS_SUFFIXES, read_keras_h5
 from harness.zoo.remap import fit_to_model, rename, unwrap
 from harness.zoo.sources import checkpoint_path, locate
@@ -102,6 +108,35 @@ def architecture_feature_dim(card: ModelCard) -> int:
         return _feature_dim(module, card)
 
 
+@lru_cache(maxsize=64)
+def model_input_size(card: ModelCard, requested: int | None = None) -> int:
+    """The input size the card's model runs at when a profile asks for ``requested``.
+
+    ``requested`` (None: the card's own size) rounded to the nearest multiple of a
+    token model's patch size (:mod:`harness.zoo.input_sizes`; 160 is 154 for DINOv2's
+    patch 14); CNNs run at any size. Images must be resized to this size, so it is the
+    one the preprocessing (and every feature-cache key) must carry. The architecture is
+    built on the meta device: nothing is downloaded or allocated.
+
+    Raises:
+        CheckpointError: When the architecture cannot be built or has non-square patches.
+    """
+    size = card.preprocessing.input_size if requested is None else int(requested)
+    if card.library != "timm":
+        return size
+    with torch.device("meta"):
+        module = _instantiate(card, pretrained=False, meta=True)
+    try:
+        return round_to_patch(size, patch_size(module))
+    except ValueError as exc:
+        raise CheckpointError(f"model {card.name}: {exc}") from exc
+
+
+def model_preprocessing(card: ModelCard, requested: int | None = None) -> Preprocessing:
+    """The card's preprocessing at :func:`model_input_size` for a profile's ``requested`` size."""
+    return card.preprocessing.with_input_size(model_input_size(card, requested))
+
+
 def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
     """Return a sha256 that identifies the weights: the checkpoint file's, or the tensors'.
 
@@ -132,8 +167,10 @@ def _instantiate(card: ModelCard, pretrained: bool, meta: bool = False) -> nn.Mo
     if variant is not None:
         return _instantiate_variant(card, variant, pretrained)
     if card.library == "timm":
-        import timm
+        if pretrained:
+            from harness.zoo.hub import sync_hub_offline
 
+            sync_hub_offline()  # MEDXFER_OFFLINE: no hub request, a cached file or a quick failure
         hub_tag = card.weights.source == "timm" and card.weights.hub_id
         name = card.weights.hub_id if (pretrained or meta) and hub_tag else card.architecture
         if card.weights.source == "hf-hub" and pretrained:
@@ -141,7 +178,7 @@ def _instantiate(card: ModelCard, pretrained: bool, meta: bool = False) -> nn.Mo
         # an image embedding keeps the model's head (its size from the pretrained config)
         head = {} if card.feature_layer == "image_embedding" else {"num_classes": 0}
         try:
-            return timm.create_model(name, pretrained=pretrained, **head)
+            return create_timm_model(name, pretrained, **head)
         except Exception as exc:
             location = locate(card) if pretrained else None
             if location is not None and not location.present:
@@ -182,9 +219,7 @@ def _instantiate_variant(
     if pretrained:
         raise CheckpointError(f"{where} takes weights from a file, not a hub")
     if variant.library == "timm":
-        import timm
-
-        module = timm.create_model(variant.base, pretrained=False, num_classes=0)
+        module = create_timm_model(variant.base, False, num_classes=0)
     else:
         import torchvision
 
@@ -256,7 +291,8 @@ def _fitted_state(card: ModelCard, path: Path, module: nn.Module) -> dict[str, t
     state = unwrap(raw, card.weights.unwrap, where)
     target = module.state_dict()
     converter = _converter(card)
-    if converter is not None:
+    # a converted file (``medxfer convert``) is already keyed like the architecture
+    if converter is not None and not card.weights.needs_conversion:
         where = f"model {card.name} ({path}, {converter.label})"
         state = apply_converter(converter, state, target, where)
     return fit_to_model(rename(state, card.weights, where), target, card.weights, where)

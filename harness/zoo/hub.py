@@ -8,11 +8,46 @@ configs without one, from the config's ``url`` into torch hub's checkpoint folde
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path, PurePosixPath
 
 from harness.config.cards import ModelCard
 from harness.zoo.errors import CheckpointError, WeightsUnavailable
-from harness.zoo.sources import WeightsLocation
+from harness.zoo.sources import WeightsLocation, offline
+
+HF_OFFLINE_ENV = "HF_HUB_OFFLINE"
+# the user's own setting, restored whenever MEDXFER_OFFLINE is not set
+_USER_HF_OFFLINE = os.environ.get(HF_OFFLINE_ENV)
+
+
+def sync_hub_offline() -> bool:
+    """Put the Hugging Face hub client offline exactly when ``MEDXFER_OFFLINE`` is set.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, when it is first imported (timm
+    imports it), and consults ``huggingface_hub.constants.HF_HUB_OFFLINE`` at every
+    download. Offline, a cached file loads without the freshness check (a request that
+    would wait for the network timeout) and an uncached one fails at once. This sets
+    the variable for the process (and child processes) and, when the hub is already
+    imported, its constant; without ``MEDXFER_OFFLINE`` the user's own setting is put
+    back. Call it before anything imports timm / huggingface_hub, and again before a
+    hub load (cheap).
+
+    Returns:
+        Whether the hub client is now offline because of ``MEDXFER_OFFLINE``.
+    """
+    medxfer_offline = offline()
+    if medxfer_offline:
+        os.environ[HF_OFFLINE_ENV] = "1"
+    elif _USER_HF_OFFLINE is None:
+        os.environ.pop(HF_OFFLINE_ENV, None)
+    else:
+        os.environ[HF_OFFLINE_ENV] = _USER_HF_OFFLINE
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        user = (_USER_HF_OFFLINE or "").upper() in ("1", "ON", "YES", "TRUE")
+        constants.HF_HUB_OFFLINE = medxfer_offline or user
+    return medxfer_offline
 
 
 def hub_files(card: ModelCard) -> tuple[str, str | None, tuple[str, ...]]:
@@ -59,6 +94,7 @@ def _safe_alternatives(filename: str) -> tuple[str, ...]:
 
 def hub_location(card: ModelCard) -> WeightsLocation:
     """Where a ``timm`` / ``hf-hub`` card's weights are cached, or the cache folder they go to."""
+    sync_hub_offline()
     kind, where, files = hub_files(card)
     if kind == "url":
         import torch

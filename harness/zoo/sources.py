@@ -12,6 +12,12 @@ Weights that are absent and cannot be fetched now (``MEDXFER_OFFLINE`` set, no n
 or a manual download not done) raise :class:`~harness.zoo.errors.WeightsUnavailable`
 naming the file, where to put it and where to get it; benchmark cases of that model
 skip with that message.
+
+A card whose ``weights.format`` only a pickle or TensorFlow can read (``haiku_pickle``,
+``tf_checkpoint``) is never downloaded here: the user downloads the publisher's file
+and runs ``medxfer convert MODEL --from FILE`` once (:mod:`harness.zoo.convert`), which
+stores safetensors at :func:`converted_path`; that file is the card's checkpoint from
+then on. Until it exists, :class:`ConversionNeeded` says what to download and run.
 """
 
 from __future__ import annotations
@@ -37,6 +43,27 @@ HF_FILES = ("model.safetensors", "pytorch_model.bin")
 # Downloads that failed in this process, by URL: later cases skip at once instead of
 # waiting for the network again.
 _FAILED: dict[str, str] = {}
+
+
+CONVERTED_DIR = "converted"
+
+
+class ConversionNeeded(WeightsUnavailable):
+    """A card's weights need the one-time ``medxfer convert`` step, not yet run."""
+
+    def __init__(self, card: ModelCard, target: Path) -> None:
+        spec = card.weights
+        url = spec.url or ""
+        super().__init__(card.name, _url_name(url), target, url, "not converted yet")
+        text = (
+            f"model {card.name}: weights are not available (not converted yet); "
+            f"download {url} ({_url_name(url)}) and run "
+            f"`medxfer convert {card.name} --from <downloaded {_url_name(url)}>`, "
+            f"which stores {target}"
+        )
+        if spec.instructions:
+            text += f" ({spec.instructions.strip()})"
+        self.args = (text,)
 
 
 def offline() -> bool:
@@ -78,6 +105,9 @@ def locate(card: ModelCard) -> WeightsLocation | None:
     if spec.source == "file":
         path = file_source_path(card)
         return WeightsLocation(path, spec.url, path.is_file(), path.name)
+    if spec.needs_conversion:
+        path = converted_path(card)
+        return WeightsLocation(path, spec.url, path.is_file(), _url_name(spec.url or ""))
     if spec.source == "url":
         path = download_target(card)
         return WeightsLocation(path, spec.url, path.is_file(), _url_name(spec.url or ""))
@@ -104,6 +134,19 @@ def download_target(card: ModelCard) -> Path:
     expected = spec.expected_sha256
     stem = f"{card.name}-{expected[:12]}" if expected else card.name
     return weights_dir() / f"{stem}{suffix}"
+
+
+def converted_path(card: ModelCard) -> Path:
+    """Where ``medxfer convert`` stores a card's converted weights.
+
+    ``<weights cache>/converted/<card>.<converter>-v<version>.safetensors``: a new
+    converter version looks for a new file, so stale conversions are never loaded.
+    """
+    from harness.zoo.converters import get_converter
+
+    converter = get_converter(card.weights.converter or "")
+    name = f"{card.name}.{converter.name}-v{converter.version}.safetensors"
+    return weights_dir() / CONVERTED_DIR / name
 
 
 def _url_name(url: str) -> str:
@@ -136,6 +179,12 @@ def checkpoint_path(card: ModelCard) -> Path | None:
                 f"checkpoint file {path} does not exist",
                 spec.instructions,
             )
+    elif spec.needs_conversion:
+        # the publisher's checksum was checked against the source file at conversion
+        path = converted_path(card)
+        if not path.is_file():
+            raise ConversionNeeded(card, path)
+        return path
     else:
         path = _download(card)
     expected = spec.expected_sha256

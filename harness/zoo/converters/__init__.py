@@ -23,8 +23,11 @@ converter the identity stays the file's sha256.
 The built-in converters live in :mod:`harness.zoo.converters.ssl` (self-supervised
 ImageNet checkpoints), :mod:`harness.zoo.converters.medical` (chest X-ray checkpoints and
 DenseNet key names), :mod:`harness.zoo.converters.vit` (Hugging Face ``transformers``
-ViTs) and :mod:`harness.zoo.converters.keras` (``keras.applications`` ``.h5`` weights,
-read with h5py by :mod:`harness.zoo.keras_h5`); importing this package registers them. None of these modules imports torch at
+ViTs), :mod:`harness.zoo.converters.keras` (``keras.applications`` ``.h5`` weights,
+read with h5py by :mod:`harness.zoo.keras_h5`), :mod:`harness.zoo.converters.byol` (a
+Haiku pickle) and :mod:`harness.zoo.converters.simclr` (TensorFlow checkpoints); the
+last two run in ``medxfer convert`` (:mod:`harness.zoo.convert`), which stores their
+output as safetensors. Importing this package registers them. None of these modules imports torch at
 the top: :mod:`harness.config.cards` checks a card's converter name when the card loads,
 and loading cards must stay torch-free.
 """
@@ -166,4 +169,4 @@ def apply_converter(
 
 # --------------------------------------------------------------------------- built-in converters
 # Imported last: they register themselves with the functions above.
-from harness.zoo.converters import keras, medical, ssl, vit  # noqa: E402, F401
+from harness.zoo.converters import byol, keras, medical, simclr, ssl, vit  # noqa: E402, F401

@@ -9,8 +9,9 @@ Keras to PyTorch, for every converter here:
 
 * convolution kernels are HWIO, PyTorch's OIHW;
 * a batch norm's ``gamma`` / ``beta`` / ``moving_mean`` / ``moving_variance`` are
-  ``weight`` / ``bias`` / ``running_mean`` / ``running_var``; the epsilon (1.001e-5)
-  is the architecture variant's (:mod:`harness.zoo.architectures`);
+  ``weight`` / ``bias`` / ``running_mean`` / ``running_var``; the epsilon (1.001e-5,
+  InceptionV3's 1e-3) is the architecture variant's (:mod:`harness.zoo.architectures`);
+  InceptionV3's batch norms have no ``gamma`` (``scale=False``): weight 1;
 * a convolution's bias (ResNet50 has them, DenseNet121 has none) is folded into the
   batch norm after it: ``BN(conv(x) + b)`` equals ``BN'(conv(x))`` with
   ``running_mean' = running_mean - b``;
@@ -23,6 +24,7 @@ Torch is not imported at the top (see the package docstring).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -195,3 +197,110 @@ def keras_densenet121(state: StateDict, target: Mapping[str, torch.Tensor]) -> S
     has a bias. The card must name the ``keras_densenet121`` architecture (eps 1.001e-5).
     """
     return keras_densenet121_keys(state)
+
+
+# timm InceptionV3 conv-bn blocks (``ConvNormAct``) in the order keras.applications
+# creates its ``conv2d_bn`` layers: Keras numbers them ``conv2d``, ``conv2d_1``, ...
+_INCEPTION_A = (
+    "branch1x1",
+    "branch5x5_1",
+    "branch5x5_2",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3",
+    "branch_pool",
+)
+_INCEPTION_B = ("branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3")
+_INCEPTION_C = (
+    "branch1x1",
+    "branch7x7_1",
+    "branch7x7_2",
+    "branch7x7_3",
+    *(f"branch7x7dbl_{i}" for i in range(1, 6)),
+    "branch_pool",
+)
+_INCEPTION_D = ("branch3x3_1", "branch3x3_2", *(f"branch7x7x3_{i}" for i in range(1, 5)))
+_INCEPTION_E = (
+    "branch1x1",
+    "branch3x3_1",
+    "branch3x3_2a",
+    "branch3x3_2b",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3a",
+    "branch3x3dbl_3b",
+    "branch_pool",
+)
+INCEPTION_V3_BLOCKS: tuple[str, ...] = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    *(f"{mixed}.{b}" for mixed in ("Mixed_5b", "Mixed_5c", "Mixed_5d") for b in _INCEPTION_A),
+    *(f"Mixed_6a.{b}" for b in _INCEPTION_B),
+    *(
+        f"{mixed}.{b}"
+        for mixed in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")
+        for b in _INCEPTION_C
+    ),
+    *(f"Mixed_7a.{b}" for b in _INCEPTION_D),
+    *(f"{mixed}.{b}" for mixed in ("Mixed_7b", "Mixed_7c") for b in _INCEPTION_E),
+)
+_NUMBERED = re.compile(r"(?P<kind>conv2d|batch_normalization)(?:_(?P<n>\d+))?")
+KERAS_BN_NO_SCALE = ("beta", "moving_mean", "moving_variance")
+
+
+def _numbered_layers(layers: _KerasLayers, kind: str) -> list[str]:
+    """Keras' auto-named ``kind`` layers in creation order (``kind`` is number 0, ``kind_1`` is 1, ...)."""
+    found: list[tuple[int, str]] = []
+    for name in layers.layers:
+        match = _NUMBERED.fullmatch(name)
+        if match and match["kind"] == kind:
+            found.append((int(match["n"] or 0), name))
+    return [name for _, name in sorted(found)]
+
+
+def keras_inception_v3_keys(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Keras InceptionV3 weights -> timm ``inception_v3`` keys (see :func:`keras_inception_v3`)."""
+    import torch
+
+    layers = _KerasLayers(state)
+    convs = _numbered_layers(layers, "conv2d")
+    norms = _numbered_layers(layers, "batch_normalization")
+    wanted = len(INCEPTION_V3_BLOCKS)
+    if len(convs) != wanted or len(norms) != wanted:
+        raise ValueError(
+            f"expected {wanted} auto-named conv2d_N and batch_normalization_N layers "
+            f"(keras.applications InceptionV3), found {len(convs)} and {len(norms)}"
+        )
+    out: StateDict = {}
+    for index, (block, conv, bn) in enumerate(zip(INCEPTION_V3_BLOCKS, convs, norms, strict=True)):
+        kernel = layers.take(conv, "kernel")["kernel"]
+        out[f"{block}.conv.weight"] = _kernel(kernel, bgr_input=index == 0)
+        weights = layers.take(bn, *KERAS_BN_NO_SCALE)
+        out[f"{block}.bn.weight"] = torch.ones_like(weights["beta"])  # scale=False
+        for leaf in KERAS_BN_NO_SCALE:
+            out[f"{block}.bn.{BN_WEIGHTS[leaf]}"] = weights[leaf].clone()
+    layers.finish()
+    return out
+
+
+@register_converter("keras_inception_v3", version=1)
+def keras_inception_v3(state: StateDict, target: Mapping[str, torch.Tensor]) -> StateDict:
+    """keras.applications InceptionV3 ``.h5`` (include_top=False) -> timm inception_v3 keys (architecture keras_inception_v3).
+
+    keras-team/keras@040582fc160b1080954ddc1f554dd70fbbb1da5a:keras/src/applications/inception_v3.py
+    builds every convolution with ``conv2d_bn(..., name=None)``: a bias-free ``Conv2D``
+    and a ``BatchNormalization(scale=False)`` (weights ``beta``, ``moving_mean``,
+    ``moving_variance``; no ``gamma``, so the PyTorch weight is 1) that Keras names
+    ``conv2d_N`` / ``batch_normalization_N`` by creation order (TF 2 Keras starts at
+    ``conv2d``, Keras 2.2 at ``conv2d_1``; a session that built other layers first
+    starts later). The layers are therefore sorted by that number, not by the file's
+    layer order, and paired with timm's conv-bn blocks in Keras' creation order
+    (:data:`INCEPTION_V3_BLOCKS`: stem, ``mixed0``-``mixed10`` = timm
+    ``Mixed_5b``-``Mixed_7c``, branches in the order the Keras code builds them, which
+    is timm's attribute order). A missing or extra conv / batch norm fails with the
+    counts; a shape that does not fit fails in the strict load naming the key.
+    """
+    return keras_inception_v3_keys(state)

@@ -1,4 +1,4 @@
-"""Converters for Vision Transformer checkpoints saved by Hugging Face ``transformers``.
+"""Converters for Vision Transformer checkpoints saved by Hugging Face ``transformers`` or open_clip.
 
 Torch is imported only inside the functions (see the package docstring).
 """
@@ -86,4 +86,55 @@ def hf_dinov2_vit(state: StateDict, target: Mapping[str, torch.Tensor]) -> State
         if missing:
             raise ValueError(f"{block}: attention {leaf} lacks {', '.join(missing)}")
         out[f"{block}.attn.qkv.{leaf}"] = torch.cat([parts[p] for p in _QKV])
+    return out
+
+
+OPEN_CLIP_TRUNK = "visual.trunk."
+OPEN_CLIP_PROJECTION = "visual.head.proj.weight"
+# the rest of an open_clip CLIP model: its text tower and the contrastive temperature
+OPEN_CLIP_NOT_IMAGE = ("text.", "logit_scale", "logit_bias")
+
+
+@register_converter("open_clip_timm_vit", version=1)
+def open_clip_timm_vit(state: StateDict, target: Mapping[str, torch.Tensor]) -> StateDict:
+    """open_clip checkpoint with a timm ViT image tower -> timm ViT keys (+ ``head.weight``: the projection).
+
+    open_clip's ``TimmModel`` (mlfoundations/open_clip@0431f57237e678dd674fd09aa0e0cec2cde259f5:
+    src/open_clip/timm_model.py) keeps the timm network as ``visual.trunk`` (its
+    classifier reset, so no ``head`` keys) and the projection to the joint embedding
+    as ``visual.head.proj`` (``timm_proj: linear``, no bias by default). timm's own
+    filter reads the same layout (huggingface/pytorch-image-models@v1.0.31:
+    timm/models/vision_transformer.py, ``checkpoint_filter_fn``, the
+    ``visual.trunk.`` branch). ``visual.trunk.`` is stripped; the projection becomes
+    ``head.weight`` when the architecture keeps a head (``feature_layer:
+    image_embedding``) and is dropped when the features are the trunk's pooled token;
+    the text tower (``text.*``) and ``logit_scale`` are dropped. A DDP ``module.``
+    prefix is removed first. Used for BiomedCLIP
+    (microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224, ``open_clip_pytorch_model.bin``).
+    """
+    out: StateDict = {}
+    unknown: list[str] = []
+    projection = None
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        if name.startswith(OPEN_CLIP_TRUNK):
+            out[name[len(OPEN_CLIP_TRUNK) :]] = value
+        elif name == OPEN_CLIP_PROJECTION:
+            projection = value
+        elif not name.startswith(OPEN_CLIP_NOT_IMAGE):
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"keys {unknown[:6]} ({len(unknown)} in all) are neither the timm image tower "
+            f"({OPEN_CLIP_TRUNK}*), its projection ({OPEN_CLIP_PROJECTION}) nor the text tower"
+        )
+    if not out:
+        raise ValueError(f"no {OPEN_CLIP_TRUNK}* keys: not an open_clip model with a timm tower")
+    if "head.weight" in target:
+        if projection is None:
+            raise ValueError(
+                f"the architecture keeps the image embedding head, but the checkpoint has no "
+                f"{OPEN_CLIP_PROJECTION}"
+            )
+        out["head.weight"] = projection
     return out
