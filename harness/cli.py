@@ -1,4 +1,4 @@
-"""The ``medxfer`` command: list | info | prepare | report | calibrate | compare | cache."""
+"""The ``medxfer`` command: list | info | prepare | convert | report | calibrate | compare | cache."""
 
 from __future__ import annotations
 
@@ -53,18 +53,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from harness.config.cards import get_dataset_card
-    from harness.data.prepare import DatasetNotPrepared, prepare
+    from harness.data.acquire import prepare_dataset
 
+    root = Path(args.root) if args.root else None
+    if root is not None and len(args.datasets) > 1:
+        print("medxfer prepare: --root names the folder of one dataset", file=sys.stderr)
+        return 2
     status = 0
     for name in args.datasets:
-        card = get_dataset_card(name)
-        try:
-            path = prepare(card)
-            print(f"{name}: ready at {path}")
-        except DatasetNotPrepared as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            status = 1
+        ready, lines = prepare_dataset(get_dataset_card(name), root, args.download)
+        out = sys.stdout if ready else sys.stderr
+        print(f"{name}: {lines[0]}" if ready else f"{name}: not ready", file=out)
+        for line in lines[1:] if ready else lines:
+            print(f"  {line}", file=out)
+        status = status or (0 if ready else 1)
     return status
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from harness.config.cards import get_model_card
+    from harness.zoo.convert import convert
+
+    card = get_model_card(args.model)
+    result = convert(card, Path(args.source), force=args.force)
+    print(f"{card.name}: {result.tensors} tensors converted; the card now loads {result.path}")
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -176,9 +189,42 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("model", help="model card name, or timm:<name>")
     p_info.set_defaults(func=_cmd_info)
 
-    p_prep = sub.add_parser("prepare", help="build or check datasets (demo datasets build offline)")
+    p_prep = sub.add_parser(
+        "prepare",
+        help="check a dataset's layout, say what is missing, and decode it (demo datasets "
+        "build offline)",
+    )
     p_prep.add_argument("datasets", nargs="+")
+    p_prep.add_argument(
+        "--root",
+        default=None,
+        help="the dataset's folder as downloaded (read in place: the harness's data folder "
+        "for it becomes a link to it)",
+    )
+    p_prep.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a dataset released as one archive (MedMNIST: NAME_64 etc. for sizes), "
+        "checksum verified",
+    )
     p_prep.set_defaults(func=_cmd_prepare)
+
+    p_conv = sub.add_parser(
+        "convert",
+        help="one-time conversion of weights only a pickle or TensorFlow can read "
+        "(cards with weights.format haiku_pickle / tf_checkpoint) into safetensors",
+    )
+    p_conv.add_argument("model", help="model card name")
+    p_conv.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="FILE",
+        help="the downloaded file (a Haiku .pkl you trust; a TensorFlow checkpoint prefix, "
+        ".index, folder or .zip)",
+    )
+    p_conv.add_argument("--force", action="store_true", help="overwrite an earlier conversion")
+    p_conv.set_defaults(func=_cmd_convert)
 
     p_report = sub.add_parser("report", help="render result records as a markdown report")
     p_report.add_argument("--suite", default=None, help="only this suite's records")
@@ -255,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     args = build_parser().parse_args(argv[:split])
     args.pytest_args = argv[split + 1 :]
+    from harness.zoo.hub import sync_hub_offline
+
+    sync_hub_offline()  # before anything imports the hub client (timm does)
     try:
         return int(args.func(args))
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

@@ -23,6 +23,34 @@ THREADS_ENV = "MEDXFER_TORCH_THREADS"
 CASE_MARKER = ("medxfer_case", "a (model, dataset, protocol) benchmark case")
 
 
+def with_presets(cases: list[Case], options: list[str]) -> list[Case]:
+    """Apply ``--medxfer-preset PROTOCOL=PRESET`` options to the suite's cases.
+
+    Raises:
+        ProtocolError: On a malformed option, or a protocol or preset that does not exist.
+    """
+    import dataclasses
+
+    from harness.protocols.registry import ProtocolError, get_preset, protocol_names
+
+    chosen: dict[str, str] = {}
+    for option in options:
+        protocol, sep, name = option.partition("=")
+        if not sep or not protocol or not name:
+            raise ProtocolError(f"--medxfer-preset {option!r}: expected PROTOCOL=PRESET")
+        if protocol not in protocol_names():
+            raise ProtocolError(
+                f"--medxfer-preset {option!r}: unknown protocol {protocol!r}; known: "
+                f"{', '.join(protocol_names())}"
+            )
+        get_preset(protocol, name)
+        chosen[protocol] = name
+    return [
+        dataclasses.replace(case, preset=chosen[case.protocol]) if case.protocol in chosen else case
+        for case in cases
+    ]
+
+
 class MedxferSession:
     """Everything one pytest session knows about medxfer, loaded on first use."""
 
@@ -30,7 +58,7 @@ class MedxferSession:
         self.config = config
         self._suite: Suite | None = None
         self._cases: list[Case] | None = None
-        self._baselines: Baselines | None = None
+        self._baselines: dict[str, Baselines] = {}
         self._markers_registered = False
         self.threads_shared = False
         self.merged: list[str] = []
@@ -64,7 +92,8 @@ class MedxferSession:
             from harness.protocols.registry import ProtocolError
 
             try:
-                self._cases = self.suite.cases(self.option("profile"))
+                cases = self.suite.cases(self.option("profile"))
+                self._cases = with_presets(cases, self.option("preset"))
             except (SuiteError, ProtocolError, KeyError) as exc:
                 raise pytest.UsageError(str(exc)) from exc
         return self._cases
@@ -87,27 +116,34 @@ class MedxferSession:
 
         return device_class(self.option("device"))
 
-    @property
-    def baselines(self) -> Baselines:
-        """The suite's expected values (``--medxfer-expected`` replaces the suite's files)."""
-        if self._baselines is None:
+    def suite_names(self) -> tuple[str, ...]:
+        """The selected suite and every suite it includes: one set of expected values each."""
+        return self.suite.suite_names()
+
+    def baselines(self, suite: str | None = None) -> Baselines:
+        """A suite's expected values (``--medxfer-expected`` replaces the suites' files).
+
+        Args:
+            suite: the suite a case comes from; by default the selected suite's first part.
+        """
+        name = suite or self.suite_names()[0]
+        if name not in self._baselines:
             from harness.baselines.check import Baselines
 
             option = self.option("expected")
-            self._baselines = Baselines(self.suite.name, Path(option) if option else None)
-        return self._baselines
+            self._baselines[name] = Baselines(name, Path(option) if option else None)
+        return self._baselines[name]
 
-    @property
-    def expected_path(self) -> Path:
-        """The expected-value file the cases of this session's device class are checked against."""
-        return self.baselines.path_for(self.device_class)
+    def expected_path(self, suite: str | None = None) -> Path:
+        """The expected-value file a suite's cases on this session's device class are checked against."""
+        return self.baselines(suite).path_for(self.device_class)
 
-    def expected(self) -> ExpectedFile | ExpectedFileError:
-        """The expected values of this session's device class, or why they are unreadable."""
+    def expected(self, suite: str | None = None) -> ExpectedFile | ExpectedFileError:
+        """A suite's expected values on this session's device class, or why they are unreadable."""
         from harness.baselines.expected import ExpectedFileError
 
         try:
-            return self.baselines.for_device(self.device_class)
+            return self.baselines(suite).for_device(self.device_class)
         except ExpectedFileError as exc:
             return exc
 
@@ -138,22 +174,32 @@ class MedxferSession:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
         self.threads_shared = True
 
-    def check(self, node: pytest.Item, record: ResultRecord) -> None:
-        """Check a stored record against the expected values; fail the test on a mismatch."""
+    def check(self, node: pytest.Item, record: ResultRecord, required: bool = True) -> None:
+        """Check a stored record against its suite's expected values; fail the test on a mismatch.
+
+        Args:
+            node: the test.
+            record: the case's record.
+            required: whether a case without an expected value fails (its suite's
+                ``expected_values``); when not, it passes and the obtained entry is written.
+        """
         from harness.baselines.obtained import entry_from_record, write_obtained
 
         payload = record.to_dict()
-        outcome = self.baselines.check(payload)
+        outcome = self.baselines(record.suite).check(payload)
         node.user_properties.append(("medxfer_check", outcome.status))
         if outcome.status == "error":
             pytest.fail(outcome.message, pytrace=False)
         if outcome.ok and not self.option("regen-all"):
             return
-        expected = self.expected()
+        expected = self.expected(record.suite)
         assert not isinstance(expected, Exception)  # the check above loaded it
         obtained = write_obtained(expected.path, entry_from_record(payload, outcome.expectation))
         if self.regenerating:
             node.user_properties.append(("medxfer_regenerated", record.case_id))
+            return
+        if outcome.status == "missing" and not required:
+            node.user_properties.append(("medxfer_unchecked", record.case_id))
             return
         hint = (
             f"\n  obtained entry written to {obtained}"

@@ -186,12 +186,15 @@ def get_model_card(name: str) -> ModelCard:
 
 
 def get_dataset_card(name: str) -> DatasetCard:
-    """Return the dataset card for ``name``.
+    """Return the dataset card for ``name``; ``<name>_<size>`` is a card's release at that size.
 
     Raises:
         CardError: when no card has that name.
     """
     cards = all_dataset_cards()  # read at call time, so the folders can be redirected
+    base, _, size = name.rpartition("_")
+    if name not in cards and base in cards and size.isdigit() and cards[base].resolutions:
+        return cards[base].at_resolution(int(size))
     if name not in cards:
         where = ", ".join(str(d) for d in _card_dirs(DATASET_CARD_DIR, "datasets"))
         raise CardError(

@@ -10,8 +10,8 @@ names, versions and parameters enter :meth:`DatasetCard.fingerprint`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.config.card_fields import CardError, Fields, read_yaml
@@ -32,8 +32,9 @@ DEFAULT_SPLIT = {"rule": "predefined"}
 CARD_FIELDS = {
     "name", "version", "modality", "task", "classes", "reader", "builder", "split",
     "label_policy", "primary_metric", "metrics", "fewshot", "pairing", "semi_synthetic",
-    "description", "obtain", "citation", "license",
+    "description", "obtain", "citation", "license", "resolutions",
 }  # fmt: skip
+RESOLUTION_FIELDS = {"file", "md5", "sha256"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class DatasetCard:
     citation: str = ""
     license: str = ""
     source_file: str = ""
+    resolutions: dict[int, dict[str, str]] = field(default_factory=dict)
+    resolution: int | None = None
+    data_name: str = ""
 
     def __post_init__(self) -> None:
         where = self.source_file or self.name
@@ -83,6 +87,7 @@ class DatasetCard:
                     f"{where}: field 'builder': a builder writes an .npz archive, so "
                     f"'reader.format' must be npz, not {self.reader.name!r}"
                 )
+        _check_resolutions(self, where)
         if self.label_policy is not None:
             policy = _spec(LABEL_POLICIES, self.label_policy, where)
             object.__setattr__(self, "label_policy", policy)
@@ -107,6 +112,37 @@ class DatasetCard:
         """Number of classes (outputs of a classifier head)."""
         return len(self.classes)
 
+    def at_resolution(self, size: int) -> DatasetCard:
+        """The card of one of the sizes the source is released at (MedMNIST+'s 28 ... 224).
+
+        The derived card is named ``<name>_<size>`` (so the size is part of every case id and
+        cache key), reads the size's own file, and keeps its data in the base card's folder.
+
+        Raises:
+            CardError: when the card does not declare that size.
+        """
+        if size not in self.resolutions:
+            offered = ", ".join(map(str, sorted(self.resolutions))) or "none"
+            raise CardError(
+                f"{self.source_file or self.name}: dataset {self.name!r} is not released at "
+                f"size {size} (field 'resolutions' offers: {offered})"
+            )
+        release = self.resolutions[size]
+        reader = replace(self.reader, params=replace(self.reader.params, file=release["file"]))
+        obtain = {k: v for k, v in self.obtain.items() if k not in ("md5", "sha256")}
+        obtain.update({k: release[k] for k in ("md5", "sha256") if k in release})
+        if obtain.get("url"):
+            obtain["url"] = str(obtain["url"]).rsplit("/", 1)[0] + "/" + release["file"]
+        return replace(
+            self,
+            name=f"{self.name}_{size}",
+            reader=reader,
+            obtain=obtain,
+            resolutions={},
+            resolution=size,
+            data_name=self.data_name or self.name,
+        )
+
     def fingerprint(self) -> dict[str, Any]:
         """Return what decides the dataset's content (used in cache keys and build markers).
 
@@ -123,6 +159,36 @@ class DatasetCard:
             "label_policy": None if self.label_policy is None else self.label_policy.identity(),
             "split": self.split.identity(),
         }
+
+
+def _check_resolutions(card: DatasetCard, where: str) -> None:
+    """``resolutions`` maps sizes to released files; only single-archive (npz) cards have them."""
+    if not card.resolutions:
+        return
+    if card.builder is not None or card.reader.name != "npz":
+        raise CardError(
+            f"{where}: field 'resolutions' needs a card that reads a released archive "
+            "('reader.format: npz', no builder)"
+        )
+    for size, release in card.resolutions.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise CardError(
+                f"{where}: field 'resolutions': sizes are positive integers, got {size!r}"
+            )
+        if not isinstance(release, Mapping) or not isinstance(release.get("file"), str):
+            raise CardError(
+                f"{where}: field 'resolutions.{size}' needs a 'file' (and an md5 or sha256)"
+            )
+        extra = set(release) - RESOLUTION_FIELDS
+        if extra:
+            raise CardError(
+                f"{where}: field 'resolutions.{size}': unknown field(s) {', '.join(sorted(extra))}"
+            )
+        file = PurePosixPath(release["file"])
+        if file.is_absolute() or ".." in file.parts or len(file.parts) != 1:
+            raise CardError(
+                f"{where}: field 'resolutions.{size}.file' must be a plain file name, got {release['file']!r}"
+            )
 
 
 def _spec(registry: Any, value: Any, where: str) -> EntrySpec:
@@ -179,5 +245,6 @@ def load_dataset_card_file(path: Path) -> DatasetCard:
         obtain=fields.get("obtain", dict, {}),
         citation=fields.get("citation", str, ""),
         license=fields.get("license", str, ""),
+        resolutions=fields.get("resolutions", dict, {}),
         source_file=str(path),
     )

@@ -12,10 +12,21 @@ A suite file ``benchmarks/suites/<name>.yaml``::
       - {model: ..., dataset: ..., protocol: ...}
     only:                         # optional: run a costly protocol on a subset
       finetune: {models: [tf_efficientnet_lite0.in1k_pip], datasets: [demo_modality]}
+    resolutions: [28, 64]         # optional: every dataset at each released size (MedMNIST+)
+    expected_values: optional     # optional: a case without an expected value passes (with a
+                                  # note) instead of failing; default: required
+    include: [demo]               # optional: the cases of other suites, each kept with its
+                                  # own suite, profile and expected values
+    presets: {linear: ssl-transfer}  # optional: run a protocol as a peer's code does
+
+A suite may be made of ``include`` alone (``models`` / ``datasets`` / ``protocols`` are then
+optional); a case id that two of its parts both produce is an error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +35,13 @@ import yaml
 from harness.config.cards import CardError, DatasetCard, ModelCard, get_dataset_card, get_model_card
 from harness.config.paths import PROJECT_ROOT, user_card_folders
 from harness.config.profiles import PROFILES, Profile, get_profile
-from harness.protocols.registry import protocol_names
+from harness.protocols.registry import DEFAULT_PRESET, ProtocolError, get_preset, protocol_names
 
 SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"
+SUITE_FIELDS = {
+    "name", "version", "profile", "models", "datasets", "protocols", "exclude", "only",
+    "description", "resolutions", "expected_values", "include", "presets",
+}  # fmt: skip
 
 
 class SuiteError(ValueError):
@@ -43,6 +58,8 @@ class Case:
     suite: str
     profile: Profile
     suite_version: int = 1
+    expected_required: bool = True
+    preset: str = DEFAULT_PRESET
 
     @property
     def case_id(self) -> str:
@@ -74,16 +91,45 @@ class Suite:
     only: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     description: str = ""
     path: Path = field(default=Path())
+    resolutions: tuple[int, ...] = ()
+    expected_required: bool = True
+    include: tuple[str, ...] = ()
+    presets: dict[str, str] = field(default_factory=dict)
 
     def cases(self, profile: str | None = None) -> list[Case]:
-        """Expand the suite into cases, in protocol, dataset, model order.
+        """Expand the suite into cases: its own, in protocol, dataset, model order, then those
+        of the suites it includes.
 
         Args:
-            profile: overrides the suite's profile.
+            profile: overrides the suite's (and the included suites') profile.
 
         Raises:
-            SuiteError: naming the suite file and the unknown card.
+            SuiteError: naming the suite file and the unknown card, or a case id produced twice.
         """
+        cases = self._own_cases(profile) if self.protocols else []
+        origin = {case.case_id: self.name for case in cases}
+        with _expanding(self):
+            for name in self.include:
+                for case in _load_included(name, self.path).cases(profile):
+                    if case.case_id in origin:
+                        raise SuiteError(
+                            f"{self.path}: case {case.case_id} comes from both suite "
+                            f"{origin[case.case_id]!r} and suite {case.suite!r} (include each once)"
+                        )
+                    origin[case.case_id] = case.suite
+                    cases.append(case)
+        return cases
+
+    def suite_names(self) -> tuple[str, ...]:
+        """This suite's name and those of every suite it includes (recursively)."""
+        names = [self.name] if self.protocols else []
+        with _expanding(self):
+            for name in self.include:
+                included = _load_included(name, self.path).suite_names()
+                names += [n for n in included if n not in names]
+        return tuple(names)
+
+    def _own_cases(self, profile: str | None) -> list[Case]:
         try:
             chosen = get_profile(profile or self.profile)
         except KeyError as exc:
@@ -91,6 +137,12 @@ class Suite:
         try:
             models = [(name, get_model_card(name)) for name in self.models]
             datasets = [(name, get_dataset_card(name)) for name in self.datasets]
+            if self.resolutions:
+                datasets = [
+                    (f"{name}_{size}", card.at_resolution(size))
+                    for name, card in datasets
+                    for size in self.resolutions
+                ]
         except CardError as exc:
             raise SuiteError(f"{self.path}: {exc}") from exc
         for kind, resolved in (("model", models), ("dataset", datasets)):
@@ -113,7 +165,16 @@ class Suite:
                         f"{protocol}) names {kind} {given!r}, which the suite does not list"
                     )
         return [
-            Case(model, dataset, protocol, self.name, chosen, self.version)
+            Case(
+                model,
+                dataset,
+                protocol,
+                self.name,
+                chosen,
+                self.version,
+                self.expected_required,
+                self.presets.get(protocol, DEFAULT_PRESET),
+            )
             for protocol in self.protocols
             for dataset_name, dataset in datasets
             for model_name, model in models
@@ -128,7 +189,30 @@ class Suite:
 
     def _allowed(self, protocol: str, kind: str, name: str) -> bool:
         subset = self.only.get(protocol, {}).get(kind)
-        return subset is None or name in subset
+        if subset is None:
+            return True
+        if kind == "datasets" and self.resolutions:
+            name = name.rsplit("_", 1)[0]
+        return name in subset
+
+
+_EXPANDING: list[str] = []  # the suites whose includes are being expanded (cycle check)
+
+
+@contextmanager
+def _expanding(suite: Suite) -> Iterator[None]:
+    _EXPANDING.append(suite.name)
+    try:
+        yield
+    finally:
+        _EXPANDING.pop()
+
+
+def _load_included(name: str, by: Path) -> Suite:
+    if name in _EXPANDING:
+        chain = " -> ".join([*_EXPANDING, name])
+        raise SuiteError(f"{by}: 'include' of suite {name!r} makes a cycle ({chain})")
+    return load_suite(name)
 
 
 def suite_dirs() -> list[Path]:
@@ -173,14 +257,21 @@ def load_suite(name_or_path: str) -> Suite:
         raise SuiteError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: a suite is a mapping")
-    allowed = {"name", "version", "profile", "models", "datasets", "protocols", "exclude", "only"}
-    extra = set(raw) - allowed - {"description"}
+    extra = set(raw) - SUITE_FIELDS
     if extra:
         raise SuiteError(f"{path}: unknown field(s) {', '.join(sorted(extra))}")
-    for key in ("name", "models", "datasets", "protocols"):
-        if key not in raw:
-            raise SuiteError(f"{path}: missing required field '{key}'")
+    include = _name_list(raw, "include", path)
+    if "name" not in raw:
+        raise SuiteError(f"{path}: missing required field 'name'")
+    own = [key for key in ("models", "datasets", "protocols") if key in raw]
+    if 0 < len(own) < 3 or (not own and not include):
+        missing = sorted({"models", "datasets", "protocols"} - set(own))
+        raise SuiteError(
+            f"{path}: missing required field {', '.join(repr(m) for m in missing)} "
+            "(a suite lists models, datasets and protocols, or only 'include's other suites)"
+        )
     for key in ("models", "datasets", "protocols"):
+        raw.setdefault(key, [])
         if not isinstance(raw[key], list) or not all(isinstance(v, str) for v in raw[key]):
             raise SuiteError(f"{path}: field '{key}' must be a list of names")
         repeated = sorted({v for v in raw[key] if raw[key].count(v) > 1})
@@ -196,6 +287,17 @@ def load_suite(name_or_path: str) -> Suite:
     if unknown:
         raise SuiteError(
             f"{path}: unknown protocol(s) {unknown}; known: {', '.join(known_protocols)}"
+        )
+    resolutions = raw.get("resolutions") or []
+    if not isinstance(resolutions, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resolutions
+    ):
+        raise SuiteError(f"{path}: field 'resolutions' must be a list of sizes (e.g. [28, 64])")
+    expected_values = raw.get("expected_values", "required")
+    if expected_values not in ("required", "optional"):
+        raise SuiteError(
+            f"{path}: field 'expected_values' must be 'required' or 'optional', "
+            f"got {expected_values!r}"
         )
     profile = raw.get("profile", "demo")
     if not isinstance(profile, str) or profile not in PROFILES:
@@ -223,7 +325,37 @@ def load_suite(name_or_path: str) -> Suite:
         exclude=tuple(exclude),
         description=str(raw.get("description", "")),
         path=path,
+        resolutions=tuple(resolutions),
+        expected_required=expected_values == "required",
+        include=include,
+        presets=_parse_presets(raw.get("presets"), raw["protocols"], path),
     )
+
+
+def _parse_presets(raw_presets: object, protocols: list[str], path: Path) -> dict[str, str]:
+    if raw_presets is None:
+        return {}
+    if not isinstance(raw_presets, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw_presets.items()
+    ):
+        raise SuiteError(f"{path}: field 'presets' must map a protocol to a preset name")
+    for protocol, name in raw_presets.items():
+        if protocol not in protocols:
+            raise SuiteError(
+                f"{path}: 'presets' names protocol {protocol!r}, which the suite does not list"
+            )
+        try:
+            get_preset(protocol, name)
+        except ProtocolError as exc:
+            raise SuiteError(f"{path}: field 'presets.{protocol}': {exc}") from None
+    return dict(raw_presets)
+
+
+def _name_list(raw: dict, key: str, path: Path) -> tuple[str, ...]:
+    value = raw.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SuiteError(f"{path}: field '{key}' must be a list of names")
+    return tuple(value)
 
 
 def _parse_only(raw_only: object, raw: dict, path: Path) -> dict[str, dict[str, tuple[str, ...]]]:
