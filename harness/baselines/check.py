@@ -4,6 +4,11 @@ pytest (after every case), the report's reproducibility table and ``medxfer comp
 all call :class:`Baselines.check`, so the three say the same about every case: which
 expected file applies to the record's device class, when an entry is stale, and that
 every checked metric (the primary and each ``others`` entry) is within its tolerance.
+
+A published entry (``source.kind: published``) is checked by the published-value rule
+(:mod:`harness.baselines.published`): its primary metric's tolerance is computed from
+the published interval and the record's own interval, never below the entry's stored
+tolerance (a floor). Device classes are handled as for calibrated entries.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from harness.baselines.expected import (
     expected_path,
     load_expected,
 )
+from harness.baselines.published import PUBLISHED_RULE, PublishedIntervalError
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ def check_record(
     if stale:
         return CheckOutcome("stale", f"expected entry for {case_id} is stale: {stale}", entry)
     widen, note = 0.0, ""
+    published = entry.source.get("kind") == "published"
     if entry.device != device:
         spread = source.cross_device_spread(device, record["protocol"]["name"])
         if spread is None:
@@ -90,7 +97,18 @@ def check_record(
             f"{entry.device}->{device} spread {spread:.4f}"
         )
     lines = []
-    checks = [(entry.metric, entry.value, entry.tolerance)]
+    primary_tolerance = entry.tolerance
+    if published:
+        try:
+            primary_tolerance, rule_note = PUBLISHED_RULE.tolerance(
+                record, entry.metric, entry.value, entry.source.get("interval"), entry.tolerance
+            )
+        except PublishedIntervalError as exc:
+            return CheckOutcome(
+                "error", f"cannot check {case_id}: its source.interval in {source.path}: {exc}"
+            )
+        note = "\n".join(filter(None, [note, f"  tolerance of a published value: {rule_note}"]))
+    checks = [(entry.metric, entry.value, primary_tolerance)]
     checks += [(name, m.value, m.tolerance) for name, m in entry.others.items()]
     failed = False
     for metric, value, tolerance in checks:
@@ -123,6 +141,13 @@ def _stale_reason(record: dict[str, Any], entry: Expectation) -> str:
         reasons.append(
             f"calibrated for {protocol['name']} v{entry.protocol_version}, running v{protocol['version']}"
         )
+    preset = protocol.get("preset") or {}
+    running = (str(preset.get("name", "medxfer")), preset.get("version"))
+    if running != (entry.preset, entry.preset_version):
+        reasons.append(
+            f"calibrated for preset {_preset_text(entry.preset, entry.preset_version)}, "
+            f"running {_preset_text(*running)}"
+        )
     if record["dataset"]["version"] != entry.dataset_version:
         reasons.append(
             f"calibrated for dataset v{entry.dataset_version}, running v{record['dataset']['version']}"
@@ -130,6 +155,10 @@ def _stale_reason(record: dict[str, Any], entry: Expectation) -> str:
     if record["primary_metric"] != entry.metric:
         reasons.append(f"expects metric {entry.metric}, case reports {record['primary_metric']}")
     return "; ".join(reasons)
+
+
+def _preset_text(name: str, version: int | None) -> str:
+    return name if version is None else f"{name} v{version}"
 
 
 def _fmt(value: float) -> str:

@@ -93,6 +93,8 @@ class Expectation:
     source: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     tolerance_components: dict[str, Any] = field(default_factory=dict)
+    preset: str = "medxfer"
+    preset_version: int | None = None
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Return the entry as written in an expected file (without its case id)."""
@@ -100,6 +102,7 @@ class Expectation:
             "device": self.device,
             "profile": self.profile,
             "protocol_version": self.protocol_version,
+            **({"preset": f"{self.preset} v{self.preset_version}"} if self.preset_version else {}),
             "dataset_version": self.dataset_version,
             "metric": self.metric,
             "value": self.value,
@@ -211,12 +214,23 @@ def _int(raw: dict[str, Any], where: str, key: str) -> int:
     return value
 
 
+def _preset(raw: dict[str, Any], where: str) -> tuple[str, int | None]:
+    """``preset: ssl-transfer v1`` -> (name, version); absent -> the default."""
+    value = raw.get("preset")
+    if value is None:
+        return "medxfer", None
+    name, _, version = str(value).partition(" v")
+    if not name or not version.isdigit():
+        raise ExpectedFileError(f"{where}: 'preset' must read '<name> v<version>', got {value!r}")
+    return name, int(version)
+
+
 def parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expectation:
     """Parse one case's entry of an expected file (``where`` names it in errors)."""
     if not isinstance(raw, dict):
         raise ExpectedFileError(f"{where}: entry must be a mapping")
     allowed = {"profile", "protocol_version", "dataset_version", "metric", "value", "tolerance"}
-    extra = set(raw) - allowed - {"others", "source", "device", "tolerance_components"}
+    extra = set(raw) - allowed - {"others", "source", "device", "tolerance_components", "preset"}
     if extra:
         raise ExpectedFileError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
     for key in ("profile", "metric"):
@@ -246,8 +260,11 @@ def parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expe
     components = raw.get("tolerance_components") or {}
     if not isinstance(components, dict):
         raise ExpectedFileError(f"{where}: 'tolerance_components' must be a mapping")
+    preset, preset_version = _preset(raw, where)
     return Expectation(
         case_id=case_id,
+        preset=preset,
+        preset_version=preset_version,
         device=entry_device,
         tolerance_components=components,
         profile=raw["profile"],

@@ -65,8 +65,11 @@ def entry_from_record(
                 "tolerance": tolerance,
                 "note": "one run: no spread measured (medxfer calibrate measures it)",
             }
+    preset = record["protocol"].get("preset") or {}
     return Expectation(
         case_id=record["case_id"],
+        preset=str(preset.get("name", "medxfer")),
+        preset_version=preset.get("version"),
         device=device,
         tolerance_components=components,
         profile=record["profile"],

@@ -18,7 +18,9 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
     """Return the model's evaluation transform: resize, center crop, normalise.
 
     The resize/crop geometry and interpolation follow timm's ``create_transform``
-    (resize the short side to ``input_size / crop_pct``, center crop ``input_size``).
+    (resize the short side to ``input_size / crop_pct``, center crop ``input_size``); with
+    ``crop_mode: squash`` the image is resized to a square of that size first, aspect not
+    kept (torchvision's ``Resize([257, 257])`` before ``CenterCrop(224)``).
 
     Args:
         pre: the model card's preprocessing.
@@ -35,6 +37,7 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
         mean=pre.mean,
         std=pre.std,
         crop_pct=pre.crop_pct,
+        crop_mode=crop_mode(pre),
     )
     if pre.histogram_normalize:
         steps = transform.transforms
@@ -60,7 +63,14 @@ def describe(pre: Preprocessing) -> dict[str, object]:
     }
     if pre.histogram_normalize:  # only when set: older keys stay as they were
         out["histogram_normalize"] = HISTOGRAM_BINS
+    if crop_mode(pre) != "center":
+        out["crop_mode"] = crop_mode(pre)
     return out
+
+
+def crop_mode(pre: Preprocessing) -> str:
+    """``center`` (resize the short side, then center crop) or ``squash`` (resize to a square)."""
+    return str(getattr(pre, "crop_mode", "center"))
 
 
 def histogram_normalize(image: torch.Tensor) -> torch.Tensor:

@@ -38,9 +38,10 @@ from harness.features import cached_features, device_class
 from harness.precision import DEFAULT_PRECISION
 from harness.protocols.backbone import Backbone, make_backbone
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
-from harness.protocols.registry import get_protocol
+from harness.protocols.registry import DEFAULT_PRESET, Preset, get_preset, get_protocol
 from harness.records.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
 from harness.records.runid import session_run_id
+from harness.zoo.build import model_preprocessing
 from harness.zoo.sources import ensure_weights, weights_file_sha256
 
 SPLITS = ("train", "val", "test")
@@ -48,7 +49,10 @@ ConfigT = TypeVar("ConfigT")
 
 
 def subset_splits(splits: dict[str, SplitData], profile: Profile) -> dict[str, SplitData]:
-    """Apply the profile's per-split caps as seeded stratified subsets."""
+    """Apply the profile's per-split caps as seeded stratified subsets.
+
+    Every per-image array (groups, views, studies) is subset with the images.
+    """
     if not profile.max_per_split:
         return splits
     out = {}
@@ -57,9 +61,7 @@ def subset_splits(splits: dict[str, SplitData], profile: Profile) -> dict[str, S
         if limit is None or limit >= len(split.labels):
             out[name] = split
             continue
-        index = stratified_indices(split.labels, limit, profile.seed)
-        groups = split.groups[index] if split.groups is not None else None
-        out[name] = SplitData(split.images[index], split.labels[index], groups)
+        out[name] = split.take(stratified_indices(split.labels, limit, profile.seed))
     return out
 
 
@@ -128,9 +130,24 @@ class CaseRun:
         """
         ensure_weights(self.case.model)
 
+    @property
+    def preset(self) -> Preset | None:
+        """The peer preset the case runs its protocol as (None: the medxfer default)."""
+        return get_preset(self.case.protocol, self.case.preset)
+
     def preprocessing(self) -> Preprocessing:
-        """The model's preprocessing at the profile's input size."""
-        return self.case.model.preprocessing.with_input_size(self.profile.input_size)
+        """The model's preprocessing at the profile's input size, or as the preset asks.
+
+        Token models run at the nearest multiple of their patch size (DINOv2's 14: 160 px
+        is 154), see :func:`harness.zoo.build.model_input_size`.
+
+        A preset's overrides (e.g. ssl-transfer's Resize(224, bicubic) + CenterCrop(224) for
+        linear) replace the card's values; they enter the feature-cache key through the
+        transform's description, so features under two presets never mix.
+        """
+        pre = model_preprocessing(self.case.model, self.profile.input_size)
+        preset = self.preset
+        return dataclasses.replace(pre, **preset.overrides(self)) if preset else pre
 
     def backbone(self) -> Backbone:
         """The case's frozen backbone (a random twin's batch norm set from the train split)."""
@@ -306,7 +323,12 @@ class CaseRun:
             profile=case.profile.name,
             model=model,
             dataset=DatasetInfo.from_card(case.dataset, sizes),
-            protocol=ProtocolInfo(case.protocol, version, config),
+            protocol=ProtocolInfo(
+                case.protocol,
+                version,
+                config,
+                self.preset.identity() if self.preset else {"name": DEFAULT_PRESET},
+            ),
             metrics=result.metrics,
             primary_metric=primary,
             primary_value=result.metrics[primary],

@@ -31,13 +31,17 @@ What this does differently from the peers:
 Sampling matches the peers: classes without replacement within an episode, images of a
 class without replacement within an episode, and independent draws across episodes (an
 image can appear in many episodes). Ties between prototypes go to the lowest way index.
+
+The peer presets (``ssl-transfer``, ``ssl-medicalimaging``) are in
+:mod:`harness.protocols.fewshot_presets`; what they change is expressed by the config's
+fields (``pool``, ``pool_cap``, ``n_way``, ``n_shot``...), the pool logic is in
+:mod:`harness.protocols.fewshot_pool`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,19 +57,25 @@ from harness.protocols.episodes import (
     small_class_message,
     summarize,
 )
+from harness.protocols.fewshot_pool import POOLS, build_pool, make_pool, pool_splits
 from harness.protocols.inputs import check_split, require_single_label
-from harness.protocols.registry import register_protocol
+from harness.protocols.registry import CaseNotApplicable, register_protocol
 
 if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
 
+__all__ = [
+    "POOLS",
+    "FewShotConfig",
+    "make_pool",
+    "pool_splits",
+    "resolve_n_way",
+    "run",
+    "run_case",
+]
+
 VERSION = 1
 
-POOLS: dict[str, tuple[str, ...]] = {
-    "train+test": ("train", "test"),
-    "test": ("test",),
-    "train+val+test": ("train", "val", "test"),
-}
 SMALL_CLASS_POLICIES = ("error", "drop")
 DEFAULT_MAX_WAY = 5
 
@@ -81,9 +91,12 @@ class FewShotConfig:
             ssl-transfer's default is 5).
         n_query: Query images per class and episode.
         episodes: Number of episodes.
-        pool: Which splits episodes are drawn from: "train+test" (the peers),
-            "test" or "train+val+test".
-        seed: Seed of the episode draw.
+        pool: Which splits episodes are drawn from: "train+test", "test",
+            "train+val+test" (the whole dataset, as the peers' presets) or "train+val".
+        pool_cap: Keep at most this many images of the pool, as SSL_medicalimaging's
+            pre-built ``sub_meta`` (see :mod:`harness.protocols.fewshot_pool`); None keeps
+            the whole pool.
+        seed: Seed of the episode draw (and of the cap's shuffles).
         on_small_class: "error" to refuse a class with fewer than ``n_shot + n_query``
             images in the pool, "drop" to leave it out (recorded in the details).
     """
@@ -93,6 +106,7 @@ class FewShotConfig:
     n_query: int = 15
     episodes: int = 600
     pool: str = "train+test"
+    pool_cap: int | None = None
     seed: int = 0
     on_small_class: str = "error"
 
@@ -104,6 +118,8 @@ class FewShotConfig:
                 raise ValueError(f"FewShotConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.pool not in POOLS:
             raise ValueError(f"FewShotConfig.pool must be one of {tuple(POOLS)}, got {self.pool!r}")
+        if self.pool_cap is not None and self.pool_cap < 1:
+            raise ValueError(f"FewShotConfig.pool_cap must be >= 1 or None, got {self.pool_cap}")
         if self.on_small_class not in SMALL_CLASS_POLICIES:
             raise ValueError(
                 f"FewShotConfig.on_small_class must be one of {SMALL_CLASS_POLICIES}, "
@@ -134,54 +150,13 @@ class FewShotConfig:
         """The configuration as a JSON-friendly dict.
 
         Returns:
-            Field name -> value.
+            Field name -> value; ``pool_cap`` only when set, so the default's dict (and the
+            records written before the cap existed) keep their keys.
         """
-        return asdict(self)
-
-
-def pool_splits(pool: str) -> tuple[str, ...]:
-    """The split names a pool is made of.
-
-    Args:
-        pool: A key of :data:`POOLS`.
-
-    Returns:
-        Split names, in concatenation order.
-
-    Raises:
-        ValueError: On an unknown pool.
-    """
-    if pool not in POOLS:
-        raise ValueError(f"unknown few-shot pool {pool!r}; expected one of {tuple(POOLS)}")
-    return POOLS[pool]
-
-
-def make_pool(features: Mapping[str, SplitFeatures], pool: str) -> SplitFeatures:
-    """Concatenate the splits of a pool, in :data:`POOLS` order.
-
-    Args:
-        features: Split name -> features; must hold every split of the pool.
-        pool: A key of :data:`POOLS`.
-
-    Returns:
-        The pooled features and labels (groups kept only if every split has them).
-
-    Raises:
-        ValueError: On an unknown pool or a missing split.
-    """
-    names = pool_splits(pool)
-    missing = [name for name in names if name not in features]
-    if missing:
-        raise ValueError(f"few-shot pool {pool!r} needs split(s) {missing}, got {sorted(features)}")
-    parts = [features[name] for name in names]
-    groups = None
-    if all(part.groups is not None for part in parts):
-        groups = np.concatenate([np.asarray(part.groups) for part in parts])
-    return SplitFeatures(
-        np.concatenate([np.asarray(part.features) for part in parts]),
-        np.concatenate([np.asarray(part.labels) for part in parts]),
-        groups,
-    )
+        out = asdict(self)
+        if out["pool_cap"] is None:
+            del out["pool_cap"]
+        return out
 
 
 def resolve_n_way(
@@ -278,6 +253,7 @@ def run(
         hyperparameters={"n_way": n_way},
         details={
             "pool": config.pool,
+            "pool_cap": config.pool_cap,
             "pool_size": len(y),
             "pool_class_counts": counts.tolist(),
             "n_way": n_way,
@@ -323,6 +299,22 @@ def _check_inputs(pool: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.n
     primary_metric="accuracy",
 )
 def run_case(case: CaseRun, config: FewShotConfig) -> ProtocolResult:
-    """One few-shot case: episodes drawn from the pooled splits of ``config.pool``."""
-    pool = make_pool(case.features(pool_splits(config.pool)), config.pool)
-    return run(pool, case.task, config, case.case.dataset.fewshot.get("n_way"))
+    """One few-shot case: episodes drawn from the pooled splits of ``config.pool``.
+
+    The pool is capped to ``config.pool_cap`` images when set (:func:`build_pool`).
+
+    Raises:
+        CaseNotApplicable: On a multilabel dataset (ProtoNet needs one class per image; a
+            card with a many-to-one label policy makes such a dataset single-label).
+    """
+    if case.task.task == "multilabel":
+        raise CaseNotApplicable(
+            f"few-shot (ProtoNet) needs one class per image; {case.case.dataset.name} is "
+            "multilabel (a many-to-one label policy makes it single-label)"
+        )
+    pool, pool_details = build_pool(
+        case.features(pool_splits(config.pool)), config.pool, config.pool_cap, config.seed
+    )
+    result = run(pool, case.task, config, case.case.dataset.fewshot.get("n_way"))
+    result.details.update(pool_details)
+    return result

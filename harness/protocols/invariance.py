@@ -40,6 +40,17 @@ Choices that differ from the peers, and why:
   :mod:`harness.protocols.multiview`). The statistics live in
   :mod:`harness.protocols.whitening`.
 
+Peer-faithful presets (:mod:`harness.protocols.invariance_presets`) reproduce the peers
+through four more settings, each inert at its default: ``pool_splits`` (mean, covariance
+and evaluated images from the named splits pooled, as the peers' train+test
+``ConcatDataset``), ``sampling`` (``numpy-legacy``: the peers' draws with replacement,
+:mod:`harness.protocols.invariance_sampling`), ``aggregate`` (``name``: one value per
+transform name, the mean over its magnitudes of the per-magnitude mean over images, the
+peers' ``nanmean(S, axis=0).mean()`` over a sweep that includes the identity) and
+``transform_backend`` (``torchvision-pil``: the peers' kernels,
+:mod:`harness.protocols.image_transforms.pil`). A transform entry at its identity
+magnitude reuses the clean features (its cosine is 1 wherever it is defined).
+
 Caveat (also the peers'): with ``n`` covariance images and ``D`` feature dimensions,
 ``D - n + 1`` directions have zero variance and are scaled by ``epsilon^-1/2`` (1000) in the
 whitened space, so features that move off the covariance images' subspace dominate the
@@ -58,11 +69,21 @@ import numpy as np
 from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult
 from harness.protocols.image_transforms import (
+    BACKENDS,
     DEFAULT_TRANSFORMS,
+    IDENTITY,
     applicable,
     apply_transform,
     get_transform,
     transform_tag,
+)
+from harness.protocols.invariance_sampling import (
+    SAMPLINGS,
+    eval_source,
+    image_indices,
+    invariance_stats,
+    is_default,
+    pooled_images,
 )
 from harness.protocols.registry import DetailTable, register_protocol
 from harness.protocols.whitening import (
@@ -70,10 +91,8 @@ from harness.protocols.whitening import (
     centred_cosine,
     check_cov_settings,
     check_epsilon,
-    covariance_stats,
     nanmean,
     nanstd,
-    sample_indices,
     similarity,
     stats_details,
 )
@@ -83,6 +102,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 PRIMARY = "mean_cosine"
+AGGREGATES = ("entry", "name")
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,16 @@ class InvarianceConfig:
         split: The split whose images are transformed and evaluated.
         cov_split: The split the feature mean and covariance are estimated on.
         seed: Seed of the image and covariance draws.
+        pool_splits: When not empty, the mean, covariance and evaluated images all come
+            from these splits concatenated in this order (``split`` and ``cov_split`` are
+            then not used).
+        sampling: ``medxfer`` (draws without replacement) or ``numpy-legacy`` (the
+            peers' draws with replacement; see :mod:`invariance_sampling`).
+        aggregate: ``entry`` (one ``cos_<tag>`` per transform entry) or ``name`` (one
+            ``cos_<name>`` per transform name: the mean over its entries of the mean over
+            images; the per-entry values go to ``details``).
+        transform_backend: Whose transform kernels: a key of
+            :data:`image_transforms.BACKENDS`.
     """
 
     transforms: tuple[tuple[str, float], ...] = DEFAULT_TRANSFORMS
@@ -110,16 +140,31 @@ class InvarianceConfig:
     split: str = "test"
     cov_split: str = "train"
     seed: int = 0
+    pool_splits: tuple[str, ...] = ()
+    sampling: str = "medxfer"
+    aggregate: str = "entry"
+    transform_backend: str = "medxfer"
 
     def __post_init__(self) -> None:
         transforms = tuple((str(name), float(magnitude)) for name, magnitude in self.transforms)
         if not transforms:
             raise ValueError("InvarianceConfig.transforms must not be empty")
+        for field, value, known in (
+            ("sampling", self.sampling, SAMPLINGS),
+            ("aggregate", self.aggregate, AGGREGATES),
+            ("transform_backend", self.transform_backend, tuple(BACKENDS)),
+        ):
+            if value not in known:
+                raise ValueError(f"InvarianceConfig.{field} must be one of {known}, got {value!r}")
+        pool = tuple(str(name) for name in self.pool_splits)
+        if len(set(pool)) != len(pool):
+            raise ValueError(f"InvarianceConfig.pool_splits has duplicates: {pool}")
+        object.__setattr__(self, "pool_splits", pool)
         probe = np.zeros((8, 8, 3), dtype=np.uint8)
         tags = []
         for name, magnitude in transforms:
             try:
-                get_transform(name)(probe, magnitude)
+                get_transform(name, self.transform_backend)(probe, magnitude)
             except (KeyError, ValueError) as exc:
                 raise ValueError(f"InvarianceConfig.transforms: {exc}") from exc
             tags.append(transform_tag(name, magnitude))
@@ -168,6 +213,7 @@ class InvarianceConfig:
         """
         out = asdict(self)
         out["transforms"] = [[name, magnitude] for name, magnitude in self.transforms]
+        out["pool_splits"] = list(self.pool_splits)
         return out
 
 
@@ -221,11 +267,18 @@ def run_synthetic(
         centred[tag] = nanmean(centred_cosine(clean, moved, stats))
         n_nan[tag] = int(np.isnan(cosine).sum())
     tags = list(transformed)
-    metrics[PRIMARY] = nanmean(np.array([metrics[f"cos_{tag}"] for tag in tags]))
-    metrics["mean_mahalanobis"] = nanmean(np.array([metrics[f"mahal_{tag}"] for tag in tags]))
+    extra: dict[str, Any] = {}
+    if config.aggregate == "name":
+        metrics, extra["per_magnitude"] = _by_name(metrics, tags, config)
+    keys = [key[4:] for key in metrics if key.startswith("cos_")]
+    metrics[PRIMARY] = nanmean(np.array([metrics[f"cos_{key}"] for key in keys]))
+    metrics["mean_mahalanobis"] = nanmean(np.array([metrics[f"mahal_{key}"] for key in keys]))
+    if config.pool_splits:
+        extra["pool_splits"] = list(config.pool_splits)
     return ProtocolResult(
         metrics=metrics,
         details={
+            **extra,
             "n_images": int(clean.shape[0]),
             "transforms": tags,
             "skipped_transforms": dict(skipped or {}),
@@ -237,6 +290,32 @@ def run_synthetic(
             **stats_details(stats),
         },
     )
+
+
+def _by_name(
+    per_tag: dict[str, float], tags: list[str], config: InvarianceConfig
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Average the per-entry values over each transform name's evaluated entries.
+
+    A plain mean over entries (NaN when one entry is NaN), as the peers'
+    ``nanmean(S, axis=0).mean()``: ``nanmean`` over images per magnitude, then ``mean``.
+    """
+    name_of = {transform_tag(name, magnitude): name for name, magnitude in config.transforms}
+    unknown = [tag for tag in tags if tag not in name_of]
+    if unknown:
+        raise ValueError(f"run_synthetic: tags {unknown} are not transforms of the config")
+    grouped: dict[str, list[str]] = {}
+    for tag in tags:
+        grouped.setdefault(name_of[tag], []).append(tag)
+    metrics: dict[str, float] = {}
+    for name, members in grouped.items():
+        for kind in ("cos", "mahal"):
+            values = np.array([per_tag[f"{kind}_{tag}"] for tag in members])
+            metrics[f"{kind}_{name}"] = float(values.mean())
+    per_magnitude = {
+        tag: {"cos": per_tag[f"cos_{tag}"], "mahal": per_tag[f"mahal_{tag}"]} for tag in tags
+    }
+    return metrics, per_magnitude
 
 
 @register_protocol(
@@ -259,23 +338,34 @@ def run_synthetic(
     ),
 )
 def run_case(case: CaseRun, config: InvarianceConfig) -> ProtocolResult:
-    """One invariance case: a seeded draw of ``config.split`` under every transform."""
-    stats, stats_hit = covariance_stats(case, config)
-    images = case.splits()[config.split].images
-    index = sample_indices(len(images), config.num_images, config.seed)
-    subset = images[index]
-    sets, skipped = {"identity": subset}, {}
+    """One invariance case: a seeded draw of ``config.split`` (or the pooled splits) under
+    every transform."""
+    stats, stats_hit = invariance_stats(case, config)
+    images = pooled_images(case, config)
+    index = image_indices(len(images), config)
+    # a draw with replacement repeats images: transform each once, expand afterwards
+    unique, inverse = np.unique(index, return_inverse=True)
+    subset = images[unique]
+    sets, skipped, identities = {"identity": subset}, {}, []
     for name, magnitude in config.transforms:
         tag = transform_tag(name, magnitude)
         reason = applicable(name, subset)
-        if reason is None:
-            sets[tag] = apply_transform(name, subset, magnitude)
-        else:
+        if reason is not None:
             skipped[tag] = reason
+        elif magnitude == IDENTITY[name]:
+            identities.append(tag)
+        else:
+            sets[tag] = apply_transform(name, subset, magnitude, config.transform_backend)
     # all transforms in one cache entry: small sets would each be one padded batch
-    prefix = f"subset{len(index)}-seed{config.seed}"
-    transformed = case.derived_feature_sets(config.split, prefix, sets)
-    clean = transformed.pop("identity")
+    prefix = f"subset{len(unique)}-seed{config.seed}"
+    if not is_default(config) or config.transform_backend != "medxfer":
+        prefix += f"-{config.sampling}-{config.transform_backend}"
+    features = case.derived_feature_sets(eval_source(config), prefix, sets)
+    clean = features.pop("identity")
+    transformed = {tag: clean for tag in identities} | features
+    order = [tag for tag in config.tags() if tag in transformed]
+    clean = clean[inverse]
+    transformed = {tag: transformed[tag][inverse] for tag in order}
     result = run_synthetic(clean, transformed, stats, config, skipped=skipped)
     result.details["stats_cache"] = "hit" if stats_hit else "miss"
     return result

@@ -1,17 +1,18 @@
 """Linear probe on frozen features: L2 logistic regression, C chosen on validation.
 
 Follows linusericsson/ssl-transfer@416913f:linear.py: lbfgs
-logistic regression, C swept over 45 log-spaced values from 1e-5 to 1e6 (``C = 1/wd`` for
-``wd = logspace(-6, 5, 45)``), the best C chosen on the validation split, a refit on
-train+val, and the test split scored once. It fixes the peers' pitfalls:
+logistic regression, C swept over 45 log-spaced values from 1e-5 to 1e6 (``C = 1/wd``
+for ``wd = logspace(-6, 5, 45)``), the best C chosen on the validation split, a refit on
+train+val, and the test split scored once. By default (the ``medxfer`` preset) it fixes
+the peers' pitfalls:
 
 * No warm start. Every C gets a fresh estimator, so the result does not depend on the
   order of the sweep. ssl-transfer carried coefficients across the sweep and into the
-  refit.
+  refit (``warm_start=True``).
 * The best C has the highest validation score of the task's primary metric; ties (scores
-  within ``_TIE_TOLERANCE``) go to the smallest C, the most regularised model. ssl-transfer
+  within ``TIE_TOLERANCE``) go to the smallest C, the most regularised model. ssl-transfer
   kept the first C in sweep order that beat the best so far with a strict ``>``, which
-  depends on the order. NaN scores never win.
+  depends on the order (``selection="first-strict"``). NaN scores never win.
 * Convergence is checked, not silenced: a fit that raises ``ConvergenceWarning`` is retried
   with 4x the iterations up to ``max_iter_cap``. Cs that still fail are listed in
   ``details["not_converged_C"]`` and reported with a ``RuntimeWarning``.
@@ -21,7 +22,13 @@ train+val, and the test split scored once. It fixes the peers' pitfalls:
   iterations instead of hitting ``max_iter`` (ssl-transfer kept ``max_iter=100`` and
   silenced the warning). Set ``standardize=False`` for ssl-transfer's raw features; the
   setting is recorded in ``details``.
-* ROC AUC comes from probabilities (``harness.protocols.metrics``), never from argmax predictions.
+* ROC AUC comes from probabilities (``harness.protocols.metrics``), never from argmax
+  predictions.
+
+Every one of these is a field of :class:`LinearConfig`, so the peer presets
+(:mod:`harness.protocols.linear_presets`) reproduce the peers' procedure with the same code;
+fitting is in :mod:`harness.protocols.linear_fit`, selection in
+:mod:`harness.protocols.linear_select`.
 
 Multilabel tasks fit one binary logistic regression per label (one-vs-rest) with the same
 C for every label, and score the mean per-label AUROC.
@@ -32,25 +39,28 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sklearn
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from harness.config.profiles import check_profile
+from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.inputs import check_split
-from harness.protocols.metrics import (
-    check_metric_names,
-    compute_metrics,
-    compute_metrics_with_notes,
+from harness.protocols.linear_fit import Fitter, make_scaler, predict_proba
+from harness.protocols.linear_select import (
+    PER_CLASS_CLASSES,
+    SELECTIONS,
+    TIE_TOLERANCE,
+    peer_per_class_accuracy,
+    score,
+    select,
+    select_smallest_c,
 )
+from harness.protocols.metrics import check_metric_names, compute_metrics_with_notes
 from harness.protocols.registry import register_protocol
 
 if TYPE_CHECKING:
@@ -58,8 +68,9 @@ if TYPE_CHECKING:
 
 VERSION = 1
 
-# Validation scores this close count as a tie (guards against summation-order noise).
-_TIE_TOLERANCE = 1e-12
+# Kept under their former private names (tests and notebooks use them).
+_TIE_TOLERANCE = TIE_TOLERANCE
+_select = select_smallest_c
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,24 @@ class LinearConfig:
         c_values: An explicit sweep (in sweep order) that replaces ``c_min``/``c_max``/``n_c``.
         standardize: Fit a ``StandardScaler`` on the training fold before each fit.
         max_iter: lbfgs iteration limit of the first attempt of every fit.
-        max_iter_cap: Largest iteration limit a non-converged fit is retried with (4x steps).
+        max_iter_cap: Largest iteration limit a non-converged fit is retried with (4x steps);
+            equal to ``max_iter``, a fit is never retried.
         tol: lbfgs gradient tolerance (sklearn's default).
         seed: ``random_state`` passed to the estimator (lbfgs itself is deterministic).
+        warm_start: Carry the coefficients from each fit to the next, in sweep order, and
+            from the last fit of the sweep into the train+val refit (ssl-transfer).
+        selection: ``smallest-c`` (best score, ties to the smallest C) or ``first-strict``
+            (ssl-transfer: strict ``>`` over the sweep order, starting from 0).
+        selection_metric: The validation metric C is chosen on; None takes the task's
+            primary metric. The test metrics always include it.
+        binary_multinomial: Fit binary tasks as the peers' two-class softmax
+            (``multi_class='multinomial'``), that is a binary fit with ``2 C``.
+        per_class_classes: Classes that mean per-class accuracy averages over: ``labels``
+            (those present) or ``labels-and-predictions`` (the peers' confusion matrix: a
+            predicted class absent from the labels makes it NaN). Applies to selection and
+            to the test metric.
+        warn_unconverged: Raise a ``RuntimeWarning`` for fits that did not converge (they
+            are listed in ``details`` either way).
     """
 
     c_min: float = 1e-5
@@ -87,6 +113,12 @@ class LinearConfig:
     max_iter_cap: int = 40_000
     tol: float = 1e-4
     seed: int = 0
+    warm_start: bool = False
+    selection: str = "smallest-c"
+    selection_metric: str | None = None
+    binary_multinomial: bool = False
+    per_class_classes: str = "labels"
+    warn_unconverged: bool = True
 
     def __post_init__(self) -> None:
         if self.c_values is not None:
@@ -112,6 +144,17 @@ class LinearConfig:
             )
         if not self.tol > 0:
             raise ValueError(f"LinearConfig.tol must be > 0, got {self.tol}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"LinearConfig.selection must be one of {SELECTIONS}")
+        if self.per_class_classes not in PER_CLASS_CLASSES:
+            raise ValueError(f"LinearConfig.per_class_classes must be one of {PER_CLASS_CLASSES}")
+        if self.selection_metric is not None and self.selection_metric not in (
+            METRIC_HIGHER_IS_BETTER
+        ):
+            raise ValueError(
+                f"LinearConfig.selection_metric {self.selection_metric!r} is not one of "
+                f"{tuple(METRIC_HIGHER_IS_BETTER)}"
+            )
 
     @classmethod
     def for_profile(cls, profile: str) -> LinearConfig:
@@ -163,31 +206,37 @@ def run(
     task: TaskInfo,
     config: LinearConfig,
 ) -> ProtocolResult:
-    """Sweep C on train/val, refit the best C on train+val and score the test split.
+    """Sweep C on train/val, refit the chosen C on train+val and score the test split.
 
     Args:
         train: Features and labels the sweep fits on.
-        val: Features and labels the sweep is scored on (``task.primary_metric``).
-        test: Features and labels the final model is scored on (all ``task.metrics``).
+        val: Features and labels the sweep is scored on (``config.selection_metric``, by
+            default ``task.primary_metric``).
+        test: Features and labels the final model is scored on (all ``task.metrics``, and
+            the selection metric).
         task: Task type, number of classes and metrics.
-        config: Sweep and solver settings.
+        config: Sweep, selection and solver settings.
 
     Returns:
         ``metrics``: test metrics. ``hyperparameters``: ``C``, ``C_index`` (its position in
-        the grid sorted ascending) and ``val_primary``. ``details``: ``val_curve``
-        (``[C, val score]`` sorted by C), ``val_n_iter``, split sizes, ``standardize``,
-        ``n_iter`` and ``final_converged`` of the refit, ``not_converged_C`` (sweep), timings,
-        ``metric_notes`` and ``sklearn_version``.
+        the grid sorted ascending) and ``val_primary`` (its validation score).
+        ``details``: ``val_curve`` (``[C, val score]`` sorted by C), ``val_n_iter``, split
+        sizes, ``standardize``, ``selection_metric``, ``tie_break``, ``warm_start``,
+        ``n_iter`` and ``final_converged`` of the refit, ``not_converged_C`` (sweep),
+        timings, ``metric_notes`` and ``sklearn_version``.
 
     Raises:
-        ValueError: On malformed inputs; the message names the split at fault.
+        ValueError: On malformed inputs (the message names the split at fault), or a
+            setting the task does not support.
     """
     x_train, y_train, x_val, y_val, x_test, y_test = _check_inputs(train, val, test, task)
+    selection_metric = config.selection_metric or task.primary_metric
+    check_metric_names(task.task, (selection_metric,))
     # One BLAS/OpenMP thread: these problems are too small to gain from threads, pytest-xdist
     # already runs one case per core (oversubscription made the sweep ~15x slower on a
     # loaded 2-core machine), and single-threaded BLAS sums in a fixed order.
     with threadpool_limits(limits=1):
-        return _run(x_train, y_train, x_val, y_val, x_test, y_test, task, config)
+        return _run(x_train, y_train, x_val, y_val, x_test, y_test, task, config, selection_metric)
 
 
 def _run(
@@ -199,44 +248,52 @@ def _run(
     y_test: np.ndarray,
     task: TaskInfo,
     config: LinearConfig,
+    selection_metric: str,
 ) -> ProtocolResult:
-    grid = config.grid()
+    sweep = [float(c) for c in config.grid()]
+    fitter = Fitter(task.task, config)
 
     start = time.perf_counter()
-    train_scaler = _scaler(x_train, config.standardize)
+    train_scaler = make_scaler(x_train, config.standardize)
     xs_train, xs_val = train_scaler(x_train), train_scaler(x_val)
     scores: dict[float, float] = {}
     iterations: dict[float, int] = {}
     not_converged: list[float] = []
-    for c in grid:
-        c = float(c)
-        model, n_iter, converged = _fit(xs_train, y_train, c, task.task, config)
-        probabilities = _predict_proba(model, xs_val)
-        score = compute_metrics(task.task, y_val, probabilities, (task.primary_metric,))
-        scores[c] = score[task.primary_metric]
+    for c in sweep:
+        model, n_iter, converged = fitter.fit(xs_train, y_train, c)
+        probabilities = predict_proba(model, xs_val)
+        scores[c] = score(
+            task.task, y_val, probabilities, selection_metric, config.per_class_classes
+        )
         iterations[c] = n_iter
         if not converged:
             not_converged.append(c)
     sweep_seconds = time.perf_counter() - start
 
     not_converged.sort()
-    if not_converged:
+    if not_converged and config.warn_unconverged:
         warnings.warn(
             f"linear probe: logistic regression did not converge within "
             f"{config.max_iter_cap} iterations for C in {not_converged}",
             RuntimeWarning,
             stacklevel=3,
         )
-    best_c = _select(scores)
+    best_c = select(config.selection, sweep, scores)
     ascending = sorted(scores)
 
     start = time.perf_counter()
     x_fit = np.concatenate([x_train, x_val])
     y_fit = np.concatenate([y_train, y_val])
-    fit_scaler = _scaler(x_fit, config.standardize)
-    model, n_iter, converged = _fit(fit_scaler(x_fit), y_fit, best_c, task.task, config)
-    probabilities = _predict_proba(model, fit_scaler(x_test))
-    metrics, notes = compute_metrics_with_notes(task.task, y_test, probabilities, task.metrics)
+    fit_scaler = make_scaler(x_fit, config.standardize)
+    # With warm_start the refit starts from the last fit of the sweep, as ssl-transfer's did.
+    model, n_iter, converged = fitter.fit(fit_scaler(x_fit), y_fit, best_c)
+    probabilities = predict_proba(model, fit_scaler(x_test))
+    names = task.metrics
+    if config.selection_metric is not None:
+        names = tuple(dict.fromkeys([*names, config.selection_metric]))
+    metrics, notes = compute_metrics_with_notes(task.task, y_test, probabilities, names)
+    if config.per_class_classes == "labels-and-predictions":
+        peer_per_class_accuracy(task.task, metrics, notes, y_test, probabilities)
     refit_seconds = time.perf_counter() - start
     refit_warnings: list[str] = []
     if not converged:
@@ -245,7 +302,8 @@ def _run(
             f"{config.max_iter_cap} iterations"
         )
         refit_warnings.append(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if config.warn_unconverged:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     return ProtocolResult(
         metrics=metrics,
@@ -261,85 +319,24 @@ def _run(
             "n_val": len(y_val),
             "n_test": len(y_test),
             "standardize": config.standardize,
+            "selection_metric": selection_metric,
+            "warm_start": config.warm_start,
+            "estimator_C": fitter.fit_c(best_c),
             "n_iter": n_iter,
             "final_converged": converged,
             "not_converged_C": not_converged,
             "warnings": refit_warnings,
-            "tie_break": "smallest C",
+            "tie_break": (
+                "first strict improvement in sweep order"
+                if config.selection == "first-strict"
+                else "smallest C"
+            ),
             "sweep_seconds": sweep_seconds,
             "refit_seconds": refit_seconds,
             "metric_notes": notes,
             "sklearn_version": sklearn.__version__,
         },
     )
-
-
-def _select(scores: dict[float, float]) -> float:
-    """Best C: highest score, ties to the smallest C; independent of dict order."""
-    finite = {c: s for c, s in scores.items() if not math.isnan(s)}
-    if not finite:
-        raise ValueError("linear probe: the validation metric is NaN for every C")
-    best = max(finite.values())
-    return min(c for c, s in finite.items() if s >= best - _TIE_TOLERANCE)
-
-
-def _scaler(x: np.ndarray, standardize: bool) -> Callable[[np.ndarray], np.ndarray]:
-    if not standardize:
-        return lambda z: z
-    scaler = StandardScaler().fit(x)
-    return scaler.transform
-
-
-def _fit(
-    x: np.ndarray, y: np.ndarray, c: float, task: str, config: LinearConfig
-) -> tuple[LogisticRegression | list[LogisticRegression], int, bool]:
-    """Fit one model (or one per label for multilabel); return it, iterations, converged."""
-    if task != "multilabel":
-        return _fit_one(x, y, c, config)
-    models: list[LogisticRegression] = []
-    n_iter, converged = 0, True
-    for j in range(y.shape[1]):
-        model, label_iter, label_converged = _fit_one(x, y[:, j], c, config)
-        models.append(model)
-        n_iter = max(n_iter, label_iter)
-        converged = converged and label_converged
-    return models, n_iter, converged
-
-
-def _fit_one(
-    x: np.ndarray, y: np.ndarray, c: float, config: LinearConfig
-) -> tuple[LogisticRegression, int, bool]:
-    max_iter = config.max_iter
-    while True:
-        # L2 is the default penalty in every supported sklearn (``penalty`` is deprecated
-        # in 1.8+); lbfgs fits a multinomial model for more than two classes.
-        model = LogisticRegression(
-            C=c, solver="lbfgs", max_iter=max_iter, tol=config.tol, random_state=config.seed
-        )
-        with warnings.catch_warnings(record=True) as caught:
-            # "always" beats an outer "error" filter, so non-convergence is seen, not raised.
-            warnings.simplefilter("always", ConvergenceWarning)
-            model.fit(x, y)
-        converged = True
-        for record in caught:
-            if issubclass(record.category, ConvergenceWarning):
-                converged = False
-            else:
-                warnings.warn_explicit(
-                    record.message, record.category, record.filename, record.lineno
-                )
-        n_iter = int(np.max(model.n_iter_))
-        if converged or max_iter >= config.max_iter_cap:
-            return model, n_iter, converged
-        max_iter = min(max_iter * 4, config.max_iter_cap)
-
-
-def _predict_proba(
-    model: LogisticRegression | list[LogisticRegression], x: np.ndarray
-) -> np.ndarray:
-    if isinstance(model, list):
-        return np.column_stack([m.predict_proba(x)[:, 1] for m in model])
-    return model.predict_proba(x)
 
 
 def _check_inputs(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -44,6 +45,57 @@ class ProtocolError(ValueError):
 
 class CaseNotApplicable(Exception):
     """Raised by a protocol when the case cannot run on this dataset (the case is skipped)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named, versioned way of running a protocol exactly as a peer's code does.
+
+    The default (``medxfer``) keeps the harness's own procedure; a preset reproduces a
+    study's number on the same features or images, its bugs included where they change
+    the number. A suite selects one per protocol (``presets: {linear: ssl-transfer}``),
+    pytest's ``--medxfer-preset linear=ssl-transfer`` overrides it, and every record
+    names the preset and its version.
+
+    Attributes:
+        protocol: The protocol it belongs to.
+        name: e.g. ``ssl-transfer``; lowercase letters, digits and ``-``.
+        version: Bumped whenever what the preset computes changes.
+        configure: Builds the protocol's config for a case (``configure(case_run)``).
+        preprocessing: Overrides of the model card's evaluation preprocessing that the
+            peer's protocol uses (``input_size``, ``interpolation``, ``crop_pct``,
+            ``crop_mode``, ``mean`` / ``std`` e.g. (0, 0, 0) / (1, 1, 1) for a peer's
+            ``--no-norm``), or a function of the case returning them; they enter the
+            feature-cache key, so one model's features under two presets may differ as
+            the peers' do.
+        source: Where the peer's procedure is, as ``owner/repo@commit:path``.
+        summary: One line on what it reproduces.
+    """
+
+    protocol: str
+    name: str
+    version: int
+    configure: Callable[[Any], Any]
+    preprocessing: tuple[tuple[str, Any], ...] | Callable[[Any], dict[str, Any]] = ()
+    source: str = ""
+    summary: str = ""
+
+    def overrides(self, case: Any) -> dict[str, Any]:
+        """The preprocessing overrides for a case (a preset may make them depend on the
+        dataset, e.g. SSL_medicalimaging's few-shot sub_meta datasets).
+
+        Raises:
+            ProtocolError: When a case-dependent function returns an unknown key.
+        """
+        if not callable(self.preprocessing):
+            return dict(self.preprocessing)
+        found = dict(self.preprocessing(case))
+        _check_preprocessing(found, f"preset {self.protocol}={self.name}")
+        return found
+
+    def identity(self) -> dict[str, Any]:
+        """What a record stores about the preset."""
+        return {"name": self.name, "version": self.version, "source": self.source}
 
 
 class ProfileConfig(Protocol):
@@ -112,14 +164,22 @@ class ProtocolSpec:
     module: str = field(default="", compare=False)
 
     def make_config(self, case: Any) -> Any:
-        """The config of ``case`` under its profile."""
+        """The config of ``case`` under its profile (or its preset's, when it has one)."""
+        preset = getattr(case, "preset", None)
+        if preset is not None:
+            return preset.configure(case)
         if self.configure is not None:
             return self.configure(case)
         return self.config.for_profile(case.profile.name)
 
 
 _REGISTRY: dict[str, ProtocolSpec] = {}
+_PRESETS: dict[tuple[str, str], Preset] = {}
 _DISCOVERED = False
+DEFAULT_PRESET = "medxfer"
+PRESET_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+PREPROCESSING_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+CROP_MODES = ("center", "squash")
 
 
 def register_protocol(
@@ -176,6 +236,86 @@ def register_protocol(
         return fn
 
     return decorate
+
+
+def register_preset(
+    protocol: str,
+    name: str,
+    *,
+    version: int,
+    preprocessing: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+    source: str = "",
+    summary: str = "",
+) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Decorator registering ``configure(case_run) -> config`` as a preset of ``protocol``.
+
+    Raises:
+        ProtocolError: On an invalid name or version, an unknown preprocessing key, or a
+            name another module registered for the same protocol.
+    """
+    if not PRESET_NAME.fullmatch(name) or name == DEFAULT_PRESET:
+        raise ProtocolError(
+            f"preset name {name!r} of protocol {protocol} must be lowercase words joined by "
+            f"'-' and not {DEFAULT_PRESET!r}"
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ProtocolError(f"preset {protocol}={name}: version must be a positive integer")
+    if not callable(preprocessing):
+        _check_preprocessing(preprocessing or {}, f"preset {protocol}={name}")
+
+    def decorate(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        overrides = (
+            preprocessing
+            if callable(preprocessing)
+            else tuple(sorted((preprocessing or {}).items()))
+        )
+        preset = Preset(protocol, name, version, fn, overrides, source, summary)
+        known = _PRESETS.get((protocol, name))
+        if known is not None and known.configure.__module__ != fn.__module__:
+            raise ProtocolError(
+                f"preset {protocol}={name} is registered by {known.configure.__module__} and "
+                f"again by {fn.__module__}"
+            )
+        _PRESETS[(protocol, name)] = preset
+        return fn
+
+    return decorate
+
+
+def _check_preprocessing(overrides: dict[str, Any], where: str) -> None:
+    unknown = set(overrides) - set(PREPROCESSING_KEYS)
+    if unknown:
+        raise ProtocolError(
+            f"{where}: unknown preprocessing key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(PREPROCESSING_KEYS)}"
+        )
+    if overrides.get("crop_mode", "center") not in CROP_MODES:
+        raise ProtocolError(f"{where}: crop_mode must be one of {', '.join(CROP_MODES)}")
+    for key in ("mean", "std"):
+        value = overrides.get(key)
+        if value is not None and (not isinstance(value, tuple) or len(value) != 3):
+            raise ProtocolError(f"{where}: {key} must be a tuple of 3 numbers, got {value!r}")
+
+
+def presets_of(protocol: str) -> dict[str, Preset]:
+    """The presets registered for a protocol, by name (the default ``medxfer`` not included)."""
+    discover()
+    return {name: p for (proto, name), p in sorted(_PRESETS.items()) if proto == protocol}
+
+
+def get_preset(protocol: str, name: str) -> Preset | None:
+    """The preset ``name`` of ``protocol``; None for the default ``medxfer``.
+
+    Raises:
+        ProtocolError: Naming the protocol's known presets.
+    """
+    if name == DEFAULT_PRESET:
+        return None
+    known = presets_of(protocol)
+    if name not in known:
+        names = ", ".join([DEFAULT_PRESET, *known])
+        raise ProtocolError(f"protocol {protocol} has no preset {name!r}; known: {names}")
+    return known[name]
 
 
 def discover() -> dict[str, ProtocolSpec]:

@@ -119,11 +119,16 @@ class DatasetInfo:
 
 @dataclass
 class ProtocolInfo:
-    """The protocol of a case: name, VERSION and the full config it ran with."""
+    """The protocol of a case: name, VERSION, the full config it ran with, and its preset.
+
+    ``preset`` is ``{name, version, source}`` of the peer preset the case ran (see
+    :class:`harness.protocols.registry.Preset`), or ``{"name": "medxfer"}`` for the default.
+    """
 
     name: str
     version: int
     config: dict[str, Any] = field(default_factory=dict)
+    preset: dict[str, Any] = field(default_factory=lambda: {"name": "medxfer"})
 
 
 def _provenance_part(key: str) -> Any:

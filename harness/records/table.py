@@ -27,6 +27,7 @@ CASE_COLUMNS = (
     "semi_synthetic",
     "protocol",
     "protocol_version",
+    "preset",
     "primary_metric",
     "primary_value",
 )
@@ -50,7 +51,7 @@ PROVENANCE_COLUMNS = (
 BASE_COLUMNS = (*CASE_COLUMNS, *RUN_COLUMNS, *PROVENANCE_COLUMNS)
 # What a report needs from every row; the rest may be absent from older or foreign tables.
 OPTIONAL_COLUMNS = frozenset(
-    {"suite_version", *RUN_COLUMNS, "git_dirty", "versions", "hardware", "path"}
+    {"suite_version", "preset", *RUN_COLUMNS, "git_dirty", "versions", "hardware", "path"}
 )
 REQUIRED_COLUMNS = tuple(c for c in BASE_COLUMNS if c not in OPTIONAL_COLUMNS)
 
@@ -102,6 +103,13 @@ def load_records(results_dir: Path, latest_only: bool = True) -> pd.DataFrame:
     return frame[columns].reset_index(drop=True)
 
 
+def preset_text(preset: dict[str, Any] | None) -> str:
+    """``ssl-transfer v1``, or ``medxfer`` for the default."""
+    preset = preset or {}
+    name = str(preset.get("name", "medxfer"))
+    return name if preset.get("version") is None else f"{name} v{preset['version']}"
+
+
 def _flatten(record: ResultRecord, path: Path) -> dict[str, Any]:
     cache_states = list(record.feature_cache.values())
     row: dict[str, Any] = {
@@ -117,6 +125,7 @@ def _flatten(record: ResultRecord, path: Path) -> dict[str, Any]:
         "semi_synthetic": bool(record.dataset.semi_synthetic),
         "protocol": record.protocol.name,
         "protocol_version": record.protocol.version,
+        "preset": preset_text(record.protocol.preset),
         "primary_metric": record.primary_metric,
         "primary_value": record.primary_value,
         "hyperparameters": record.hyperparameters,

@@ -44,7 +44,7 @@ def render_report(
         ReportError: when ``df`` lacks required columns or holds no record (of ``suite``).
     """
     frame = prepare_frame(df, suite)
-    multi_profile = frame["profile"].nunique() > 1
+    multi_profile = frame["_setting"].nunique() > 1
     sections = [
         header(frame, title),
         leaderboards(frame, multi_profile),

@@ -30,13 +30,20 @@ def prepare_frame(df: pd.DataFrame, suite: str | None) -> pd.DataFrame:
     order = ["_when", "path"] if "path" in frame.columns else ["_when"]
     frame = frame.sort_values(order, kind="stable")
     # one row per (profile, protocol, dataset, model): the newest record wins
-    frame = frame.drop_duplicates(["profile", "protocol", "dataset", "model"], keep="last")
+    presets = frame["preset"] if "preset" in frame.columns else pd.Series("medxfer", frame.index)
+    frame["_setting"] = [
+        f"profile {profile}"
+        + ("" if text_or_none(preset) in (None, "medxfer") else f", preset {preset}")
+        for profile, preset in zip(frame["profile"], presets, strict=True)
+    ]
+    # one row per (profile and preset, protocol, dataset, model): the newest record wins
+    frame = frame.drop_duplicates(["_setting", "protocol", "dataset", "model"], keep="last")
     frame["primary_value"] = pd.to_numeric(frame["primary_value"], errors="coerce").astype(float)
     frame["_twin_of"] = [text_or_none(value) for value in frame["random_twin_of"]]
-    frame["_rank"] = frame.groupby(["profile", "protocol", "dataset"])["primary_value"].rank(
+    frame["_rank"] = frame.groupby(["_setting", "protocol", "dataset"])["primary_value"].rank(
         method="average", ascending=False, na_option="keep"
     )
-    return frame.sort_values(["profile", "protocol", "dataset", "model"]).reset_index(drop=True)
+    return frame.sort_values(["_setting", "protocol", "dataset", "model"]).reset_index(drop=True)
 
 
 def semi_synthetic(frame: pd.DataFrame) -> set[str]:
@@ -48,8 +55,11 @@ def dataset_label(name: str, semi: set[str]) -> str:
     return f"`{name}`{SEMI_SYNTHETIC_MARK if name in semi else ''}"
 
 
-def protocol_label(protocol: str, profile: str, multi_profile: bool) -> str:
-    return f"`{protocol}` (profile {profile})" if multi_profile else f"`{protocol}`"
+def protocol_label(protocol: str, setting: str, multi_setting: bool) -> str:
+    """The protocol's name, with its profile and preset when the report mixes several or
+    the preset is a peer's (``setting`` is the frame's ``_setting``)."""
+    shown = multi_setting or ", preset " in setting
+    return f"`{protocol}` ({setting})" if shown else f"`{protocol}`"
 
 
 def random_twins(group: pd.DataFrame) -> dict[str, pd.Series]:

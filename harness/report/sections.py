@@ -88,8 +88,8 @@ def leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
     semi = semi_synthetic(frame)
     metric_columns = [column for column in frame.columns if column.startswith("metric_")]
     parts = ["## Leaderboards"]
-    for (profile, protocol, dataset), group in frame.groupby(
-        ["profile", "protocol", "dataset"], sort=True
+    for (setting, protocol, dataset), group in frame.groupby(
+        ["_setting", "protocol", "dataset"], sort=True
     ):
         primaries = sorted(set(group["primary_metric"]))
         primary_name = "/".join(primaries)
@@ -127,7 +127,7 @@ def leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
             rows.append(cells)
         heading = (
             f"### {dataset_label(dataset, semi)} · "
-            f"{protocol_label(protocol, profile, multi_profile)}"
+            f"{protocol_label(protocol, setting, multi_profile)}"
         )
         versions = (
             f"Dataset version {versions_text(group['dataset_version'])}, protocol version "
@@ -174,7 +174,7 @@ def mean_ranks(frame: pd.DataFrame, multi_profile: bool) -> str:
         "Rank of each model on each dataset's primary metric; the mean is over the datasets "
         "where the model has a ranked result. Lower is better.",
     ]
-    for (profile, protocol), group in frame.groupby(["profile", "protocol"], sort=True):
+    for (setting, protocol), group in frame.groupby(["_setting", "protocol"], sort=True):
         datasets = sorted(set(group["dataset"]))
         ranks = group.pivot(index="model", columns="dataset", values="_rank").reindex(
             columns=datasets
@@ -193,7 +193,7 @@ def mean_ranks(frame: pd.DataFrame, multi_profile: bool) -> str:
             for model, mean in zip(table["model"], table["mean"], strict=True)
         ]
         parts += [
-            f"### {protocol_label(protocol, profile, multi_profile)}",
+            f"### {protocol_label(protocol, setting, multi_profile)}",
             markdown_table(headers, rows, set(range(1, len(headers)))),
         ]
     return "\n\n".join(parts)
@@ -205,8 +205,8 @@ def twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
     wins = compared = 0
     # Invariance measures are descriptive: "more invariant" is not "transfers better".
     accuracy_like = frame[~frame["protocol"].isin(descriptive_protocols())]
-    for (profile, protocol, dataset), group in accuracy_like.groupby(
-        ["profile", "protocol", "dataset"], sort=True
+    for (setting, protocol, dataset), group in accuracy_like.groupby(
+        ["_setting", "protocol", "dataset"], sort=True
     ):
         twins = random_twins(group)
         for _, row in group.sort_values("model").iterrows():
@@ -223,7 +223,7 @@ def twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
             rows.append(
                 [
                     dataset_label(dataset, semi),
-                    protocol_label(protocol, profile, multi_profile),
+                    protocol_label(protocol, setting, multi_profile),
                     f"`{row['model']}`",
                     f"`{twin['model']}`",
                     str(row["primary_metric"]),

@@ -46,11 +46,19 @@ afresh, and the checkpoints are deleted once the case has been scored.
 Multilabel tasks train 14-way (say) sigmoid + BCE and score the mean AUROC over
 ``eval_labels`` (all labels by default), as BenchmarkTransferLearning evaluates CheXpert.
 
+Peer presets (``presets``: ``ssl-transfer``, ``ssl-medicalimaging``,
+``benchmark-transfer``) set the config fields that reproduce each peer: optimizer (SGD or
+Adam), schedule (cosine, constant, ReduceLROnPlateau on the validation quantity),
+epoch sampling with partial batches, epoch-based run length and validation, selection
+on the validation loss, tie handling, restoring the best or scoring the last weights,
+grid points scored on their last weights, sigmoid + BCE for every task, RandomRotation,
+and test-time TenCrop. Their defaults are medxfer's procedure above.
+
 The package, one job per module: ``config`` (settings and profiles), ``driver`` (the
 case: train, select, score), ``modes`` (select on val, LR finder, grid search), ``loop``
 (one resumable run), ``spec`` (a run's settings and outcome), ``network`` (classifier,
 optimizer groups, loss, predictions), ``runtime`` (device, precision, RNGs), ``data``
-(sampling and augmentation).
+(sampling and augmentation), ``tencrop`` (test-time TenCrop), ``presets`` (the peers).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from harness.protocols.base import ProtocolResult
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
 from harness.protocols.finetune.driver import fine_tune, run, score, training_depends_on
 from harness.protocols.finetune.modes import FineTuned
+from harness.protocols.finetune.presets import with_overrides
 from harness.protocols.finetune.spec import StepInfo
 from harness.protocols.registry import register_protocol
 from harness.zoo import build_model
@@ -89,14 +98,22 @@ __all__ = [
     needs="images",
 )
 def run_case(case: CaseRun, config: FinetuneConfig) -> ProtocolResult:
-    """One fine-tuning case: a fresh copy of the backbone, resumable in the case's folder."""
+    """One fine-tuning case: a fresh copy of the backbone, resumable in the case's folder.
+
+    A preset's ``preprocessing`` overrides the model card's (the peer's evaluation
+    transform); the config's input size, else the profile's, then sets the size.
+    """
     size = config.input_size or case.profile.input_size
+    preset = getattr(case, "preset", None)
+    pre = with_overrides(
+        case.case.model.preprocessing, preset.overrides(case) if preset is not None else {}
+    )
     return run(
         build_model(case.case.model),
         case.splits(),
         case.task,
         config,
-        case.case.model.preprocessing.with_input_size(size),
+        pre.with_input_size(size),
         runs=case.run_store(),
         device=case.device,
         reuse_completed=not case.retrain,

@@ -14,6 +14,15 @@ VERSION = 2
 
 _CLASS_WEIGHTING = ("none", "inverse_frequency")
 _AMP = ("auto", "none", "bf16", "fp16")
+_CHOICES = {
+    "optimizer": ("sgd", "adam"),
+    "schedule": ("cosine", "constant", "plateau"),
+    "sampling": ("stream", "epochs"),
+    "val_unit": ("steps", "epochs"),
+    "select_on": ("metric", "loss"),
+    "grid_score": ("best", "last"),
+    "loss": ("auto", "bce"),
+}
 
 
 @dataclass(frozen=True)
@@ -24,17 +33,38 @@ class FinetuneConfig:
         steps: Training steps (the cosine schedule's length).
         batch_size: Samples per step.
         lr: Learning rate (the head's, under layer decay).
-        weight_decay: SGD weight decay.
+        weight_decay: Weight decay (L2 added to the gradient, SGD's and Adam's).
         momentum: SGD momentum.
         nesterov: Nesterov momentum.
-        schedule: "cosine" (to 0 at ``steps``) or "constant".
-        val_every: Steps between validations (and checkpoints).
-        patience: Validations without a strictly better score before stopping early;
-            None trains all steps (the best validation weights are still kept).
+        optimizer: "sgd" (with ``momentum`` and ``nesterov``) or "adam" (torch's
+            defaults: betas (0.9, 0.999), eps 1e-8).
+        schedule: "cosine" (to 0 at ``steps``), "constant", or "plateau" (torch's
+            ReduceLROnPlateau, stepped at every validation on the validation quantity).
+        plateau_factor: ReduceLROnPlateau's factor.
+        plateau_patience: ReduceLROnPlateau's patience (validations).
+        plateau_threshold: ReduceLROnPlateau's relative threshold.
+        sampling: "stream" (an endless seeded stream: every batch is full) or "epochs"
+            (reshuffled epochs whose last batch is partial, as a DataLoader without
+            ``drop_last``).
+        epochs: Run length in epochs (``sampling="epochs"``); None: ``steps`` steps.
+        val_unit: "steps" or "epochs": the unit of ``val_every``.
+        val_every: Steps (or epochs) between validations (and checkpoints).
+        patience: Validations without an improvement before stopping early; None trains
+            all steps (the best validation weights are still kept).
+        select_on: Validation quantity: "metric" (the primary metric, higher is better)
+            or "loss" (the mean validation loss, lower is better).
+        tie_improves: A validation equal to the best counts as an improvement (resets
+            patience, becomes the best); medxfer: only strictly better does.
+        restore_best: Score the best validation weights; False scores the last ones.
         input_size: Training and evaluation image size; None uses the profile's, then the
             model card's.
         crop_scale: RandomResizedCrop area range (torchvision's default (0.08, 1)).
+        rotation: RandomRotation degrees after the crop and flip (0: none).
         grid_search: Run ssl-transfer's lr x w grid, then retrain on train+val.
+        grid_score: "best": every grid point validates with early stopping and scores its
+            best validation, the retrain runs to that point's best step; "last": every
+            point trains all ``steps`` without validating and is scored on its last
+            weights, the retrain runs all ``steps``.
         grid_lrs: Learning rates of the grid.
         grid_ws: ``w`` values of the grid; weight decay is ``w / lr``.
         freeze_steps: Leading steps on a frozen backbone (0: none).
@@ -47,6 +77,11 @@ class FinetuneConfig:
         layer_decay: Layer-wise lr decay factor (timm models), or None.
         grad_clip: Max gradient norm, or None (no clipping).
         class_weighting: "none" or "inverse_frequency" (weighted CE / BCE pos_weight).
+        loss: "auto" (cross-entropy; sigmoid + BCE for multilabel) or "bce" (sigmoid + BCE
+            for every task: one-hot targets, one output for a binary task).
+        test_tencrop: Score test on TenCrop (resize to ``input_size / crop_pct`` square,
+            four corners and centre plus their mirror images), averaging the ten
+            predicted probabilities.
         eval_labels: Multilabel only: label indices scored (val selection and test);
             None scores all.
         amp: "auto" (bf16/fp16 on CUDA, fp32 on CPU), "none", "bf16", "fp16".
@@ -66,12 +101,24 @@ class FinetuneConfig:
     weight_decay: float = 1e-8
     momentum: float = 0.9
     nesterov: bool = True
+    optimizer: str = "sgd"
     schedule: str = "cosine"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    plateau_threshold: float = 1e-4
+    sampling: str = "stream"
+    epochs: int | None = None
+    val_unit: str = "steps"
     val_every: int = 200
     patience: int | None = 3
+    select_on: str = "metric"
+    tie_improves: bool = False
+    restore_best: bool = True
     input_size: int | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    rotation: float = 0.0
     grid_search: bool = False
+    grid_score: str = "best"
     grid_lrs: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
     grid_ws: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
     freeze_steps: int = 0
@@ -84,6 +131,8 @@ class FinetuneConfig:
     layer_decay: float | None = None
     grad_clip: float | None = None
     class_weighting: str = "none"
+    loss: str = "auto"
+    test_tencrop: bool = False
     eval_labels: tuple[int, ...] | None = None
     amp: str = "auto"
     channels_last: bool = True
@@ -105,8 +154,25 @@ class FinetuneConfig:
             problems.append(f"patience must be >= 1 or None, got {self.patience}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
             problems.append("lr must be > 0 and weight_decay >= 0")
-        if self.schedule not in ("cosine", "constant"):
-            problems.append(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.sampling != "epochs" and (self.epochs is not None or self.val_unit == "epochs"):
+            problems.append("epochs and val_unit='epochs' need sampling='epochs'")
+        if self.epochs is not None and self.epochs < 1:
+            problems.append(f"epochs must be >= 1 or None, got {self.epochs}")
+        if self.epochs is not None and (self.grid_search or self.lr_finder):
+            problems.append("epochs is not supported with grid_search or lr_finder: use steps")
+        if self.schedule == "plateau" and (self.grid_search or self.lr_finder):
+            problems.append(
+                "schedule='plateau' steps on validations: not with grid_search/lr_finder"
+            )
+        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
+            problems.append("plateau_factor must lie in (0, 1) and plateau_patience be >= 0")
+        if self.plateau_threshold < 0 or not 0 <= self.rotation <= 180:
+            problems.append("plateau_threshold must be >= 0 and rotation lie in [0, 180]")
+        if self.loss == "bce" and self.class_weighting != "none":
+            problems.append("loss='bce' supports class_weighting='none' only")
         low, high = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
         if not 0 < low <= high <= 1:
             problems.append(f"crop_scale must be (a, b) with 0 < a <= b <= 1: {self.crop_scale}")

@@ -6,6 +6,10 @@ drawn sample carries an augmentation seed derived from ``(seed, position)``. A r
 resumes at step ``s`` therefore restarts the sampler at position ``s * batch_size`` and
 sees exactly the batches (and random crops) an uninterrupted run would have seen, with any
 number of DataLoader workers.
+
+The peers' loaders instead iterate epochs of a shuffling DataLoader without
+``drop_last``, so every epoch ends with a partial batch (:class:`EpochBatchSampler`, same
+permutations and seeds, batch ``b`` of epoch ``e`` at step ``e * ceil(n / B) + b``).
 """
 
 from __future__ import annotations
@@ -27,15 +31,19 @@ Transform = Callable[[np.ndarray], torch.Tensor]
 _EVAL_CACHE_LIMIT = 256 * 2**20
 
 
-def train_transform(pre: Preprocessing, scale: tuple[float, float]) -> Transform:
+def train_transform(
+    pre: Preprocessing, scale: tuple[float, float], rotation: float = 0.0
+) -> Transform:
     """The training augmentation: RandomResizedCrop + horizontal flip, then normalise.
 
     ssl-transfer / SSL_medicalimaging's fine-tuning augmentation, with the model's own
-    input size, interpolation, mean and std.
+    input size, interpolation, mean and std. With ``rotation``, BenchmarkTransferLearning's
+    RandomRotation follows the flip (torchvision's defaults: nearest, no expansion, fill 0).
 
     Args:
         pre: The model's preprocessing (input size possibly overridden by the profile).
         scale: RandomResizedCrop's area range (torchvision's default is ``(0.08, 1.0)``).
+        rotation: RandomRotation degrees (0: none).
 
     Returns:
         A function from a uint8 image array (H, W) or (H, W, 3) to a float tensor (3, S, S).
@@ -50,6 +58,7 @@ def train_transform(pre: Preprocessing, scale: tuple[float, float]) -> Transform
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(),
+            *([v2.RandomRotation(rotation)] if rotation else []),
             v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True),
             *([v2.Lambda(histogram_normalize)] if pre.histogram_normalize else []),
@@ -118,6 +127,42 @@ class InfiniteSampler(Sampler[tuple[int, int]]):
                 position += 1
 
 
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Endless reshuffled epochs of ``ceil(n / batch_size)`` batches, the last one partial.
+
+    Yields batches of ``(index, augmentation seed)`` pairs; the permutations and seeds are
+    :class:`InfiniteSampler`'s, so a run resumes at any step exactly.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+        """Create the sampler.
+
+        Args:
+            n: Dataset size.
+            batch_size: Samples per full batch.
+            seed: Seed of the permutations and augmentation seeds.
+            start_step: Step (batch) of the stream to start at.
+        """
+        if n < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n = n
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_step = start_step
+        self.batches_per_epoch = -(-n // batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            epoch, batch = divmod(step, self.batches_per_epoch)
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            begin = batch * self.batch_size
+            chunk = order[begin : begin + self.batch_size]
+            base = epoch * self.n + begin
+            yield [(int(i), sample_seed(self.seed, base + j)) for j, i in enumerate(chunk)]
+            step += 1
+
+
 class ImageDataset(Dataset):
     """uint8 images in memory with labels; items are ``(image tensor, label tensor)``.
 
@@ -163,6 +208,8 @@ def train_loader(
     start: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    sampling: str = "stream",
+    rotation: float = 0.0,
 ) -> DataLoader:
     """An endless loader of augmented training batches starting at sample ``start``.
 
@@ -173,17 +220,28 @@ def train_loader(
         scale: RandomResizedCrop area range.
         batch_size: Samples per step.
         seed: Seed of the sample order and augmentation.
-        start: Stream position to start at.
+        start: Stream position to start at, ``step * batch_size`` (``epochs`` sampling
+            starts at step ``start // batch_size``).
         num_workers: DataLoader workers (0 on small CPU machines).
         pin_memory: Pin host memory (CUDA).
+        sampling: "stream" (full batches) or "epochs" (partial last batch per epoch).
+        rotation: RandomRotation degrees of the augmentation (0: none).
 
     Returns:
         A DataLoader whose iterator never ends.
     """
-    dataset = ImageDataset(images, labels, train_transform(pre, scale))
+    dataset = ImageDataset(images, labels, train_transform(pre, scale, rotation))
     # DataLoader draws a base seed for workers at every iter(); from its own generator,
     # not from the global RNG, so starting a loader does not shift the dropout stream.
     generator = torch.Generator().manual_seed(seed)
+    if sampling == "epochs":
+        return DataLoader(
+            dataset,
+            batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, start // batch_size),
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            generator=generator,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,

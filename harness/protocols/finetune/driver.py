@@ -22,9 +22,10 @@ from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
 from harness.protocols.finetune.data import EvalSet, inverse_frequency_weights
 from harness.protocols.finetune.modes import Context, FineTuned, grid_search, select_on_val
-from harness.protocols.finetune.network import make_criterion, predict
+from harness.protocols.finetune.network import make_criterion, predict, validation_loss
 from harness.protocols.finetune.runtime import Runtime, deterministic, resolve_runtime, seeded
 from harness.protocols.finetune.spec import StepInfo
+from harness.protocols.finetune.tencrop import TenCropSet
 from harness.protocols.inputs import check_images, check_labels
 from harness.protocols.metrics import (
     check_metric_names,
@@ -171,7 +172,7 @@ def score(
         fitted: The output of :func:`fine_tune`.
         split: Images and labels to score.
         task: Task type and metrics.
-        config: Protocol settings (input size, eval batch size, eval labels).
+        config: Protocol settings (input size, eval batch size, eval labels, TenCrop).
         preprocessing: The model's preprocessing.
 
     Returns:
@@ -179,13 +180,15 @@ def score(
     """
     pre = _effective_preprocessing(preprocessing, config)
     labels = check_labels("test split", split.labels, len(split.images), task)
+    data = TenCropSet(split.images, pre) if config.test_tencrop else EvalSet(split.images, pre)
     with fitted.runtime.threads():
         probabilities = predict(
             fitted.model,
-            EvalSet(split.images, pre),
+            data,
             task.task,
             fitted.runtime,
             config.eval_batch_size,
+            config.loss,
         )
     columns = _eval_columns(task, config)
     y, p = (labels[:, columns], probabilities[:, columns]) if columns else (labels, probabilities)
@@ -242,11 +245,13 @@ def fine_tune(
     weights = None
     if config.class_weighting == "inverse_frequency":
         weights = inverse_frequency_weights(y_train, task.num_classes, task.task)
-    criterion = make_criterion(task.task, weights, runtime.device)
+    criterion = make_criterion(task.task, weights, runtime.device, config.loss)
     val_set = EvalSet(val.images, pre)
 
     def validate(net: torch.nn.Module) -> float:
-        probs = predict(net, val_set, task.task, runtime, config.eval_batch_size)
+        probs = predict(net, val_set, task.task, runtime, config.eval_batch_size, config.loss)
+        if config.select_on == "loss":  # higher is better: the negated loss, all outputs
+            return -validation_loss(task.task, config.loss, y_val, probs)
         y, p = (y_val[:, columns], probs[:, columns]) if columns else (y_val, probs)
         return compute_metrics(task.task, y, p, (task.primary_metric,))[task.primary_metric]
 
@@ -268,19 +273,28 @@ def fine_tune(
             "n_train": len(train),
             "n_val": len(val),
             "class_weights": None if weights is None else weights.tolist(),
-            "loss": "bce" if task.task == "multilabel" else "cross_entropy",
+            "loss": "bce" if task.task == "multilabel" or config.loss == "bce" else "cross_entropy",
             "eval_labels": columns or None,
             "input_size": pre.input_size,
             "interpolation": pre.interpolation,
             **runtime.describe(),
             "deterministic": config.deterministic,
-            "improvement_rule": "strictly greater validation score; ties are not improvements",
+            "improvement_rule": _improvement_rule(config),
+            "test_eval": "tencrop" if config.test_tencrop else "center",
             "final_weights_sha256": weights_sha256,
             "checkpoint_key": None if training is None else training.key,
             "torch_version": torch.__version__,
         }
     )
     return fitted
+
+
+def _improvement_rule(config: FinetuneConfig) -> str:
+    """What counts as a better validation, and which weights are scored, in words."""
+    quantity = "validation loss (lower)" if config.select_on == "loss" else "validation score"
+    rule = "ties are improvements" if config.tie_improves else "ties are not improvements"
+    weights = "best weights restored" if config.restore_best else "last weights scored"
+    return f"{quantity}: strictly better improves, {rule}; {weights}"
 
 
 def _effective_preprocessing(pre: Preprocessing, config: FinetuneConfig) -> Preprocessing:

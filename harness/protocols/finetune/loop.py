@@ -9,10 +9,13 @@ writes a checkpoint at every validation from which an interrupted run resumes ex
 Conventions (the peers differ on these; ``docs/protocols.md``):
 
 * Only a strictly higher validation score is an improvement; a tie is not, and NaN never
-  is. SSL_medicalimaging counted a tie as an improvement.
+  is. SSL_medicalimaging counted a tie as an improvement (``RunSpec.tie_improves``).
 * The best weights are cloned (``tensor.to("cpu", copy=True)``), not referenced.
   SSL_medicalimaging kept ``model.state_dict()`` itself, which aliases the live tensors,
-  so "restoring the best state" restored the last one.
+  so "restoring the best state" restored the last one (``RunSpec.restore_best=False``
+  reproduces it: early stopping still acts, the last weights are returned).
+* Optimizer SGD or Adam; schedule cosine, constant, or ReduceLROnPlateau stepped at every
+  validation (BenchmarkTransferLearning steps it once an epoch on the validation loss).
 * Validations during a freeze phase do not count towards ``patience`` (a frozen backbone
   must get the chance to be unfrozen), but they can still set the best weights.
 """
@@ -108,14 +111,8 @@ def train_run(
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups(model, spec.lr, spec.weight_decay, spec.layer_decay),
-        lr=spec.lr,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, spec.lr_factor)
+    optimizer = _optimizer(spec, model)
+    scheduler = _scheduler(spec, optimizer)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     state = _State()
 
@@ -137,10 +134,11 @@ def train_run(
         )  # fmt: skip
 
     restored = False
-    if spec.select_best and state.best_state is not None:
+    keep_best = spec.select_best and spec.restore_best
+    if keep_best and state.best_state is not None:
         model.load_state_dict(state.best_state)
         restored = True
-    elif spec.select_best and not state.diverged:
+    elif keep_best and not state.diverged:
         warnings.warn(
             f"fine-tune run {spec.name}: no finite validation score; keeping the last weights",
             RuntimeWarning,
@@ -151,7 +149,7 @@ def train_run(
     return RunOutcome(
         model=model,
         best_score=state.best_score,
-        best_step=state.best_step if spec.select_best else state.step,
+        best_step=state.best_step if keep_best else state.step,
         steps_done=state.step,
         stopped_early=state.stopped_early,
         diverged=state.diverged,
@@ -162,14 +160,52 @@ def train_run(
         best_state=state.best_state,
         train_seconds=state.train_seconds,
         lr_scales=[float(g["lr_scale"]) for g in optimizer.param_groups],
+        val_score=_scored_val(spec, state, keep_best),
+        lrs=[float(g["lr"]) for g in optimizer.param_groups],
     )
+
+
+def _optimizer(spec: RunSpec, model: Classifier) -> torch.optim.Optimizer:
+    groups = param_groups(model, spec.lr, spec.weight_decay, spec.layer_decay)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(
+        groups,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        nesterov=spec.nesterov,
+        weight_decay=spec.weight_decay,
+    )
+
+
+def _scheduler(
+    spec: RunSpec, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    if spec.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max" if spec.select_on == "metric" else "min",
+            factor=spec.plateau_factor,
+            patience=spec.plateau_patience,
+            threshold=spec.plateau_threshold,
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, spec.lr_factor)
+
+
+def _scored_val(spec: RunSpec, state: _State, keep_best: bool) -> float:
+    """The validation score of the returned weights (NaN when they were not validated)."""
+    if keep_best:
+        return state.best_score
+    if state.val_curve and state.val_curve[-1][0] == state.step:
+        return state.val_curve[-1][1]
+    return math.nan
 
 
 def _loop(
     spec: RunSpec,
     model: Classifier,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
     scaler: torch.amp.GradScaler,
     state: _State,
     images: np.ndarray,
@@ -192,6 +228,8 @@ def _loop(
         start=state.step * spec.batch_size,
         num_workers=spec.num_workers,
         pin_memory=runtime.device.type == "cuda",
+        sampling=spec.sampling,
+        rotation=spec.rotation,
     )
     batches = iter(loader)
     window: list[float] = []
@@ -224,7 +262,8 @@ def _loop(
                 )
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            if spec.schedule != "plateau":
+                scheduler.step()
             state.step += 1
             value = float(loss.item())
             window.append(value)
@@ -236,6 +275,9 @@ def _loop(
                 if spec.select_best and not state.diverged:
                     assert validate is not None
                     last_val = _validate(spec, model, validate, state, frozen)
+                    if spec.schedule == "plateau":
+                        # the metric in mode max, the loss (the negated score) in mode min
+                        scheduler.step(last_val if spec.select_on == "metric" else -last_val)
                 state.finished = state.diverged or state.stopped_early or state.step >= spec.steps
                 state.train_seconds += time.perf_counter() - started
                 started = time.perf_counter()
@@ -278,11 +320,13 @@ def _validate(
     finally:
         model.train(was_training)
     state.val_curve.append([state.step, score])
-    # Strictly better only: a tie is not an improvement and NaN never is.
-    if not math.isnan(score) and (math.isnan(state.best_score) or score > state.best_score):
+    # Strictly better only (a tie too under tie_improves); NaN never is.
+    better = score >= state.best_score if spec.tie_improves else score > state.best_score
+    if not math.isnan(score) and (math.isnan(state.best_score) or better):
         state.best_score = score
         state.best_step = state.step
-        state.best_state = clone_state(model)
+        if spec.restore_best:
+            state.best_state = clone_state(model)
         state.bad_evals = 0
     elif not frozen:
         state.bad_evals += 1
@@ -296,7 +340,7 @@ def _save_checkpoint(
     spec: RunSpec,
     model: Classifier,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
     scaler: torch.amp.GradScaler,
     state: _State,
     runtime: Runtime,

@@ -15,7 +15,7 @@ from harness.data.npz import SplitData
 from harness.protocols.base import TaskInfo
 from harness.protocols.finetune.config import FinetuneConfig
 from harness.protocols.finetune.loop import train_run
-from harness.protocols.finetune.network import Classifier
+from harness.protocols.finetune.network import Classifier, num_outputs, uses_bce
 from harness.protocols.finetune.runtime import Runtime
 from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
 from harness.zoo import LoadedModel
@@ -69,20 +69,40 @@ class Context:
     callback: Callable[[StepInfo], None] | None
     progress: bool
 
-    def spec(self, name: str, lr: float, weight_decay: float, **overrides: Any) -> RunSpec:
-        """A run with the config's settings, ``lr`` and ``weight_decay``, and ``overrides``."""
+    def spec(
+        self, name: str, lr: float, weight_decay: float, n: int = 0, **overrides: Any
+    ) -> RunSpec:
+        """A run with the config's settings, ``lr`` and ``weight_decay``, and ``overrides``.
+
+        ``n`` (the number of training images) turns the config's epochs into steps:
+        ``ceil(n / batch_size)`` steps an epoch under ``sampling="epochs"``.
+        """
         c = self.config
+        per_epoch = -(-n // c.batch_size) if c.sampling == "epochs" else 0
+        if (c.epochs is not None or c.val_unit == "epochs") and per_epoch < 1:
+            raise ValueError("fine-tune: epoch-based settings need the training set size")
+        steps = c.epochs * per_epoch if c.epochs is not None else c.steps
+        val_every = c.val_every * per_epoch if c.val_unit == "epochs" else c.val_every
         base = RunSpec(
             name=name,
             lr=lr,
             weight_decay=weight_decay,
-            steps=c.steps,
-            horizon=c.steps,
+            steps=steps,
+            horizon=steps,
             schedule=c.schedule,
             batch_size=c.batch_size,
-            val_every=c.val_every,
+            val_every=val_every,
             patience=c.patience,
             select_best=True,
+            restore_best=c.restore_best,
+            tie_improves=c.tie_improves,
+            select_on=c.select_on,
+            optimizer=c.optimizer,
+            plateau_factor=c.plateau_factor,
+            plateau_patience=c.plateau_patience,
+            plateau_threshold=c.plateau_threshold,
+            sampling=c.sampling,
+            rotation=c.rotation,
             freeze_steps=c.freeze_steps,
             momentum=c.momentum,
             nesterov=c.nesterov,
@@ -105,7 +125,7 @@ class Context:
             spec,
             self.model.module,
             self.model.feature_dim,
-            self.task.num_classes,
+            num_outputs(self.task.task, self.task.num_classes, self.config.loss),
             images,
             targets,
             self.pre,
@@ -141,7 +161,7 @@ class Context:
 def select_on_val(ctx: Context, train: SplitData, y_train: np.ndarray) -> FineTuned:
     """Train on train (after the LR finder, if configured), keep the best validation weights."""
     config = ctx.config
-    targets = as_targets(y_train, ctx.task)
+    targets = as_targets(y_train, ctx.task, config.loss)
     lr = config.lr
     hyper: dict[str, Any] = {}
     details: dict[str, Any] = {"mode": "train_select_on_val", "fit_split": "train"}
@@ -150,7 +170,7 @@ def select_on_val(ctx: Context, train: SplitData, y_train: np.ndarray) -> FineTu
         hyper["lr_finder_lr"] = lr
         details["mode"] = "lr_finder"
         details["lr_finder"] = finder
-    spec = ctx.spec("main", lr, config.weight_decay)
+    spec = ctx.spec("main", lr, config.weight_decay, n=len(train))
     outcome = ctx.train(spec, train.images, targets)
     _require_usable(outcome, spec)
     hyper.update(
@@ -158,7 +178,7 @@ def select_on_val(ctx: Context, train: SplitData, y_train: np.ndarray) -> FineTu
             "lr": lr,
             "weight_decay": config.weight_decay,
             "steps": outcome.best_step,
-            "val_primary": outcome.best_score,
+            "val_primary": outcome.val_score,
         }
     )
     details.update(_outcome_details(outcome))
@@ -183,6 +203,7 @@ def _lr_finder(
             f"lrfind{index:02d}",
             lr,
             config.weight_decay,
+            n=len(images),
             steps=steps,
             horizon=steps,
             schedule="constant",
@@ -221,11 +242,14 @@ def grid_search(
 ) -> FineTuned:
     """Sweep the lr x w grid on train (scored on val), retrain the best point on train+val."""
     config = ctx.config
-    targets = as_targets(y_train, ctx.task)
+    targets = as_targets(y_train, ctx.task, config.loss)
     table: list[dict[str, Any]] = []
     best = None
+    # "last": ssl-transfer trains every point all steps and scores its last weights.
+    blind = {"select_best": False, "patience": None} if config.grid_score == "last" else {}
     for index, (lr, w, wd) in enumerate(config.grid()):
-        summary = ctx.finished_run(ctx.spec(f"grid{index:02d}", lr, wd), train.images, targets)
+        spec = ctx.spec(f"grid{index:02d}", lr, wd, n=len(train), **blind)
+        summary = ctx.finished_run(spec, train.images, targets)
         if ctx.training is not None:
             ctx.training.discard(f"grid{index:02d}")
         row = {
@@ -248,12 +272,13 @@ def grid_search(
         raise FloatingPointError("fine-tune grid search: no grid point gave a finite val score")
     chosen = table[best]
     images = np.concatenate([train.images, val.images])
-    targets_fit = as_targets(np.concatenate([y_train, y_val]), ctx.task)
+    targets_fit = as_targets(np.concatenate([y_train, y_val]), ctx.task, config.loss)
     steps = max(1, int(chosen["best_step"]))
     spec = ctx.spec(
         "retrain",
         chosen["lr"],
         chosen["weight_decay"],
+        n=len(images),
         steps=steps,
         horizon=config.steps,
         patience=None,
@@ -273,6 +298,7 @@ def grid_search(
     }
     details = {
         "mode": "grid_search",
+        "grid_score": config.grid_score,
         "fit_split": "train+val",
         "grid": table,
         "chosen_index": best,
@@ -307,11 +333,18 @@ def _outcome_details(outcome: RunOutcome) -> dict[str, Any]:
         "train_seconds": outcome.train_seconds,
         "seconds_per_step": outcome.train_seconds / max(1, outcome.steps_done),
         "lr_scales": outcome.lr_scales,
+        "final_lrs": outcome.lrs,
+        "scored_val_score": outcome.val_score,
     }
 
 
-def as_targets(labels: np.ndarray, task: TaskInfo) -> np.ndarray:
-    """Training targets: float32 label rows (multilabel) or int64 class ids."""
+def as_targets(labels: np.ndarray, task: TaskInfo, loss: str = "auto") -> np.ndarray:
+    """Training targets: int64 class ids, or float32 rows under BCE (multilabel label
+    rows; one-hot rows; a binary task's single column)."""
     if task.task == "multilabel":
         return labels.astype(np.float32)
-    return labels.astype(np.int64)
+    if not uses_bce(task.task, loss):
+        return labels.astype(np.int64)
+    if task.task == "binary":
+        return labels.astype(np.float32).reshape(-1, 1)
+    return np.eye(task.num_classes, dtype=np.float32)[labels.astype(np.int64)]

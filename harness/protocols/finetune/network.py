@@ -12,6 +12,7 @@ from torch import nn
 from harness.precision import compute_precision
 from harness.protocols.finetune.data import EvalSet
 from harness.protocols.finetune.runtime import Runtime
+from harness.protocols.finetune.tencrop import TenCropSet
 
 
 class Classifier(nn.Module):
@@ -108,13 +109,26 @@ def param_groups(
     return out
 
 
-def make_criterion(task: str, class_weights: np.ndarray | None, device: torch.device) -> nn.Module:
-    """The training loss: cross-entropy, or sigmoid + BCE for multilabel tasks.
+def uses_bce(task: str, loss: str = "auto") -> bool:
+    """Whether the model is trained with sigmoid + BCE (multilabel, or ``loss="bce"``)."""
+    return task == "multilabel" or loss == "bce"
+
+
+def num_outputs(task: str, num_classes: int, loss: str = "auto") -> int:
+    """Head outputs: one per class, or a single logit for a binary task under BCE."""
+    return 1 if task == "binary" and loss == "bce" else num_classes
+
+
+def make_criterion(
+    task: str, class_weights: np.ndarray | None, device: torch.device, loss: str = "auto"
+) -> nn.Module:
+    """The training loss: cross-entropy, or sigmoid + BCE (multilabel tasks, ``loss="bce"``).
 
     Args:
         task: Task type.
         class_weights: CE class weights, BCE ``pos_weight``, or None.
         device: Where the weights live.
+        loss: "auto" or "bce".
 
     Returns:
         A loss module taking float32 logits and targets.
@@ -122,26 +136,34 @@ def make_criterion(task: str, class_weights: np.ndarray | None, device: torch.de
     weight = None
     if class_weights is not None:
         weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
-    if task == "multilabel":
+    if uses_bce(task, loss):
         return nn.BCEWithLogitsLoss(pos_weight=weight)
     return nn.CrossEntropyLoss(weight=weight)
 
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, data: EvalSet, task: str, runtime: Runtime, batch_size: int
+    model: nn.Module,
+    data: EvalSet | TenCropSet,
+    task: str,
+    runtime: Runtime,
+    batch_size: int,
+    loss: str = "auto",
 ) -> np.ndarray:
-    """Predicted probabilities of a split: softmax, or per-label sigmoid for multilabel.
+    """Predicted probabilities of a split: softmax, or per-output sigmoid under BCE.
 
     Always in float32 (no autocast, no TF32), whatever precision training used: bf16
-    logits tie many test scores and move ROC AUC.
+    logits tie many test scores and move ROC AUC. A binary model with a single sigmoid
+    output gives ``[1 - p, p]``. TenCrop batches (B, 10, 3, S, S) give the mean of the
+    ten crops' probabilities.
 
     Args:
         model: The classifier (left in the training mode it had).
-        data: The split, with the eval transform.
+        data: The split, with the eval transform (or TenCrop).
         task: Task type.
         runtime: Device and memory format (its training precision is not used).
         batch_size: Images per forward pass.
+        loss: The training loss kind ("auto" or "bce").
 
     Returns:
         float64 (N, C).
@@ -151,11 +173,44 @@ def predict(
     chunks = []
     try:
         for x in data.batches(batch_size):
+            crops = x.shape[1] if x.dim() == 5 else 1
             with compute_precision(runtime.device, "fp32"):
-                logits = model(runtime.inputs(x))
+                logits = model(runtime.inputs(x.flatten(0, 1) if crops > 1 else x))
             logits = logits.float()
-            probs = torch.sigmoid(logits) if task == "multilabel" else logits.softmax(dim=1)
+            probs = torch.sigmoid(logits) if uses_bce(task, loss) else logits.softmax(dim=1)
+            probs = probs.view(-1, crops, probs.shape[1]).mean(dim=1)
+            if probs.shape[1] == 1:
+                probs = torch.cat([1 - probs, probs], dim=1)
             chunks.append(probs.cpu())
     finally:
         model.train(was_training)
     return torch.cat(chunks).double().numpy()
+
+
+def validation_loss(task: str, loss: str, labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean validation loss, computed from predicted probabilities (unweighted).
+
+    BCE as torch's ``BCELoss`` on sigmoid outputs (BenchmarkTransferLearning's
+    ``nn.Sigmoid`` head + ``BCELoss``); cross-entropy as the mean negative log-probability
+    of the true class.
+
+    Args:
+        task: Task type.
+        loss: "auto" or "bce".
+        labels: (N,) class ids or (N, C) 0/1 rows.
+        probabilities: (N, C) from :func:`predict`.
+
+    Returns:
+        The mean loss over samples (and outputs, under BCE).
+    """
+    p = torch.as_tensor(probabilities, dtype=torch.float32)
+    if uses_bce(task, loss):
+        if task == "multilabel":
+            y = torch.as_tensor(labels, dtype=torch.float32)
+        elif task == "binary":
+            p, y = p[:, 1], torch.as_tensor(labels, dtype=torch.float32)
+        else:
+            y = nn.functional.one_hot(torch.as_tensor(labels), p.shape[1]).float()
+        return float(nn.functional.binary_cross_entropy(p, y))
+    log_p = torch.log(p.clamp_min(1e-30))
+    return float(nn.functional.nll_loss(log_p, torch.as_tensor(labels, dtype=torch.int64)))

@@ -19,17 +19,30 @@ class RunSpec:
     Attributes:
         name: Name of the run (progress bar, checkpoint file, records).
         lr: Base learning rate (the head's; backbone groups scale it under layer decay).
-        weight_decay: SGD weight decay, applied to every parameter.
+        weight_decay: Weight decay, applied to every parameter.
         steps: Steps to train (fewer when early stopping triggers).
         horizon: Length of the cosine schedule (>= steps; a retrain that stops at the
             selected step keeps the selected run's learning-rate trajectory).
-        schedule: "cosine" (to 0 at ``horizon``) or "constant".
+        schedule: "cosine" (to 0 at ``horizon``), "constant" or "plateau"
+            (ReduceLROnPlateau stepped at every validation).
         batch_size: Samples per step.
         val_every: Steps between validations (and checkpoints).
-        patience: Validations without strict improvement before stopping; None trains
-            all ``steps``.
-        select_best: Validate and restore the best weights; False trains blind and keeps
+        patience: Validations without improvement before stopping; None trains all
+            ``steps``.
+        select_best: Validate (early stopping, best weights); False trains blind and keeps
             the last weights (checkpoints are still written every ``val_every`` steps).
+        restore_best: With ``select_best``, return the best validation weights; False
+            returns the last ones (validation still drives early stopping).
+        tie_improves: A validation score equal to the best is an improvement.
+        select_on: "metric" (the validation score is a metric) or "loss" (it is the
+            negated validation loss); ReduceLROnPlateau watches the metric in mode max,
+            the loss in mode min.
+        optimizer: "sgd" or "adam".
+        plateau_factor: ReduceLROnPlateau's factor.
+        plateau_patience: ReduceLROnPlateau's patience.
+        plateau_threshold: ReduceLROnPlateau's relative threshold.
+        sampling: "stream" (full batches) or "epochs" (partial last batch per epoch).
+        rotation: RandomRotation degrees of the training augmentation (0: none).
         freeze_steps: Leading steps that train only the head (backbone frozen, eval mode).
         momentum: SGD momentum.
         nesterov: Nesterov momentum.
@@ -50,6 +63,15 @@ class RunSpec:
     val_every: int = 200
     patience: int | None = 3
     select_best: bool = True
+    restore_best: bool = True
+    tie_improves: bool = False
+    select_on: str = "metric"
+    optimizer: str = "sgd"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    plateau_threshold: float = 1e-4
+    sampling: str = "stream"
+    rotation: float = 0.0
     freeze_steps: int = 0
     momentum: float = 0.9
     nesterov: bool = True
@@ -62,12 +84,12 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.horizon < self.steps:
             raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
-        if self.schedule not in ("cosine", "constant"):
+        if self.schedule not in ("cosine", "constant", "plateau"):
             raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate after ``step`` optimizer steps."""
-        if self.schedule == "constant":
+        if self.schedule != "cosine":  # plateau: ReduceLROnPlateau changes the lr itself
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.horizon) / self.horizon))
 
@@ -100,6 +122,9 @@ class RunOutcome:
         best_state: The deep copy of the best weights (CPU), or None.
         train_seconds: Wall time spent training, summed over resumed sessions.
         lr_scales: Learning-rate scale of each optimizer group (layer decay), in order.
+        val_score: Validation score of the returned weights (the best score when they are
+            the best copy; the last validation when it scored them; else NaN).
+        lrs: Learning rate of each optimizer group after the last step.
     """
 
     model: Classifier
@@ -115,6 +140,8 @@ class RunOutcome:
     best_state: dict[str, torch.Tensor] | None
     train_seconds: float
     lr_scales: list[float] = field(default_factory=list)
+    val_score: float = math.nan
+    lrs: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Plain-value summary (no weights) for records and done-markers."""
@@ -129,4 +156,5 @@ class RunOutcome:
             "loss_curve": self.loss_curve,
             "resumed_from_step": self.resumed_from_step,
             "train_seconds": self.train_seconds,
+            "scored_val_score": self.val_score,
         }

@@ -41,6 +41,12 @@ instead of recording a trivial cosine of 1.
 
 Luminance uses the ITU-R 601-2 weights (0.299, 0.587, 0.114), as PIL and torchvision.
 At the identity magnitude every transform returns an exact copy of its input.
+
+Backends: the kernels above are the ``medxfer`` backend. The ``torchvision-pil`` backend
+(:mod:`.pil`) runs the peers' kernels, ``torchvision.transforms.functional`` on PIL images
+with torchvision's defaults (nearest-neighbour rotation, PIL colour enhancement), for the
+transforms the peers' presets use; :func:`get_transform` and :func:`apply_transform` take
+the backend's name.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from harness.protocols.image_transforms import pil
 from harness.protocols.image_transforms.geometric import (
     hflip,
     rotation,
@@ -130,21 +137,37 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
-def get_transform(name: str) -> Transform:
+#: Transform kernels by backend: medxfer's own, and the peers' torchvision-on-PIL calls.
+BACKENDS: dict[str, dict[str, Transform]] = {
+    "medxfer": TRANSFORMS,
+    "torchvision-pil": pil.TRANSFORMS,
+}
+
+
+def get_transform(name: str, backend: str = "medxfer") -> Transform:
     """Look a transform up by name.
 
     Args:
         name: A key of :data:`TRANSFORMS`.
+        backend: A key of :data:`BACKENDS`.
 
     Returns:
         The transform function ``(image, magnitude) -> image``.
 
     Raises:
-        KeyError: On an unknown name, listing the known ones.
+        KeyError: On an unknown name or backend, or a transform the backend lacks,
+            listing the known ones.
     """
     if name not in TRANSFORMS:
         raise KeyError(f"unknown image transform {name!r}; known: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[name]
+    if backend not in BACKENDS:
+        raise KeyError(f"unknown transform backend {backend!r}; known: {', '.join(BACKENDS)}")
+    kernels = BACKENDS[backend]
+    if name not in kernels:
+        raise KeyError(
+            f"transform backend {backend!r} has no {name!r}; it has: {', '.join(kernels)}"
+        )
+    return kernels[name]
 
 
 def transform_tag(name: str, magnitude: float) -> str:
@@ -191,13 +214,16 @@ def applicable(name: str, image: np.ndarray) -> str | None:
     return None
 
 
-def apply_transform(name: str, images: np.ndarray, magnitude: float) -> np.ndarray:
+def apply_transform(
+    name: str, images: np.ndarray, magnitude: float, backend: str = "medxfer"
+) -> np.ndarray:
     """Apply one named transform to a batch of images.
 
     Args:
         name: Transform name.
         images: uint8 (N, H, W) or (N, H, W, 3).
         magnitude: The transform's magnitude.
+        backend: Whose kernels (a key of :data:`BACKENDS`).
 
     Returns:
         uint8 array of the same shape.
@@ -206,7 +232,7 @@ def apply_transform(name: str, images: np.ndarray, magnitude: float) -> np.ndarr
         KeyError: On an unknown name.
         ValueError: On malformed images or an invalid magnitude.
     """
-    fn = get_transform(name)
+    fn = get_transform(name, backend)
     images = np.asarray(images)
     if images.ndim not in (3, 4):
         raise ValueError(f"expected a batch (N, H, W) or (N, H, W, 3), got {images.shape}")

@@ -1,0 +1,102 @@
+"""Test-time TenCrop, as BenchmarkTransferLearning scores every test image.
+
+MR-HosseinzadehTaher/BenchmarkTransferLearning@5656fec:Version1/dataloader.py builds the
+test transform ``Resize((256, 256))`` -> ``TenCrop(224)`` -> per-crop ``ToTensor`` and
+normalise, and Version1/trainer.py:test_classification averages the model's outputs over
+the ten crops. Its head ends in ``nn.Sigmoid``, so what is averaged are probabilities, not
+logits; :func:`harness.protocols.finetune.network.predict` averages probabilities too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from harness.config.cards import Preprocessing
+from harness.data.transforms import histogram_normalize, to_pil_rgb
+
+CROPS = 10
+# Crops are transformed once and kept in memory below this size (bytes).
+_CACHE_LIMIT = 256 * 2**20
+
+
+def tencrop_size(pre: Preprocessing) -> int:
+    """Side of the square the image is resized to before cropping (timm's scale size).
+
+    Args:
+        pre: The preprocessing (``input_size`` and ``crop_pct``).
+
+    Returns:
+        ``floor(input_size / crop_pct)``: 256 for 224 px at crop_pct 0.875.
+    """
+    return math.floor(pre.input_size / pre.crop_pct)
+
+
+def tencrop_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
+    """The TenCrop evaluation transform.
+
+    Args:
+        pre: The preprocessing (input size, crop_pct, interpolation, mean/std).
+
+    Returns:
+        A function from a uint8 image array to a float tensor (10, 3, S, S): the four
+        corner crops and the centre crop, then the same five of the mirrored image
+        (torchvision's ``TenCrop`` order).
+    """
+    side = tencrop_size(pre)
+    interpolation = InterpolationMode(pre.interpolation)
+
+    def apply(image: np.ndarray) -> torch.Tensor:
+        resized = F.resize(to_pil_rgb(image), [side, side], interpolation, antialias=True)
+        crops = []
+        for crop in F.ten_crop(resized, [pre.input_size, pre.input_size]):
+            x = F.to_tensor(crop)
+            if pre.histogram_normalize:
+                x = histogram_normalize(x)
+            crops.append(F.normalize(x, list(pre.mean), list(pre.std)))
+        return torch.stack(crops)
+
+    return apply
+
+
+class TenCropSet:
+    """A split prepared for TenCrop evaluation; batches are (B, 10, 3, S, S)."""
+
+    def __init__(self, images: np.ndarray, pre: Preprocessing) -> None:
+        """Create the evaluation set.
+
+        Args:
+            images: uint8 images.
+            pre: The preprocessing.
+        """
+        self.images = images
+        self.transform = tencrop_transform(pre)
+        per_image = CROPS * 3 * pre.input_size * pre.input_size * 4
+        self._cache: torch.Tensor | None = None
+        self._cacheable = per_image * len(images) <= _CACHE_LIMIT
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Yield the ten crops of the images in order.
+
+        Args:
+            batch_size: Images per batch (``10 * batch_size`` crops per forward pass).
+
+        Yields:
+            float tensors (B, 10, 3, S, S).
+        """
+        if self._cacheable and self._cache is None:
+            self._cache = torch.stack([self.transform(image) for image in self.images])
+        for begin in range(0, len(self.images), batch_size):
+            if self._cache is not None:
+                yield self._cache[begin : begin + batch_size]
+            else:
+                chunk = self.images[begin : begin + batch_size]
+                yield torch.stack([self.transform(image) for image in chunk])

@@ -1,0 +1,123 @@
+"""Peer-faithful presets of the synthetic invariance protocol.
+
+``ssl-medicalimaging`` reproduces jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py
+(run by its ``runner_script.sh``), itself a modification of
+linusericsson/ssl-invariances@62d5085:eval_synthetic_invariance.py. What the peer computes,
+read from its code:
+
+* The images are ``ConcatDataset([train, test])``: the whole dataset (its ``train`` holds
+  what medxfer splits into train and val). Mean, covariance and evaluated images all come
+  from this pool: ``pool_splits = (train, val, test)``.
+* ``np.random.seed(0)``; the covariance comes from every image when the pool has fewer
+  than 1000, else from ``np.random.choice(N, max(1000, int(0.1 N)))`` rows (with
+  replacement); ``np.cov`` (ddof 1) plus ``1e-6 I``. The covariance is cached per model and
+  dataset, so every run after the first draws its evaluated images straight after
+  ``np.random.seed(0)``: ``np.random.choice(N, 100)``, with replacement. The preset
+  reproduces those runs (on a pool of at least 1000 images, the one run per model and
+  dataset that computed the covariance drew its images after the covariance draw instead).
+* Per image ``i`` and magnitude ``j`` of a sweep of ``k`` magnitudes that includes the
+  identity, ``S[i, j]`` is the cosine of ``(mu - f) chol((Sigma + eps I)^-1)`` for the
+  clean and transformed features; the reported number is ``nanmean(S, axis=0).mean()``:
+  ``aggregate = name``. The Cholesky factor is float32 in the peer; any factor gives the
+  same cosine, so only rounding differs.
+* Sweeps (``ManualTransform``): ``h_flip`` ``[False, True]``; ``rotation``
+  ``linspace(0, 360, k + 1)[:k]`` degrees; ``hue`` ``linspace(-0.5, 0.5, k)``, float32.
+  Runner k: hue 5; rotation 20 on EyePACS (``diabetic_retinopathy``), else the default
+  256; h_flip 2.
+* Kernels: ``torchvision.transforms.functional`` on the native-resolution PIL image
+  (rotation nearest-neighbour, corners black), then ``Resize(256)`` (bilinear) and
+  ``CenterCrop(224)``: the ``torchvision-pil`` backend and the preprocessing below.
+
+Left out: translation. The peer's translation sweep is a 2-D grid of pixel shifts
+(``a * 256`` native pixels) with a 1 degree x-shear in every entry (its ``shear`` values
+are ``torch.ones``), which one magnitude per entry cannot express, and with the runner's
+EyePACS ``k=20`` the grid has 16 entries, so the peer's loop fails with an IndexError.
+SSL_medicalimaging reports no translation results. Colour transforms stay skipped on
+grayscale images (the peer's PIL ``adjust_hue`` returns an ``L`` image unchanged: a
+cosine of exactly 1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.protocols.invariance import InvarianceConfig
+from harness.protocols.registry import register_preset
+
+if TYPE_CHECKING:
+    from harness.protocols.case import CaseRun
+
+#: The peer's evaluation transform: Resize(256) bilinear on the shorter side, CenterCrop(224).
+PEER_PREPROCESSING: dict[str, Any] = {
+    "input_size": 224,
+    "interpolation": "bilinear",
+    "crop_pct": 224 / 256,
+    "crop_mode": "center",
+}
+
+#: SSL_medicalimaging's runner: rotation with ``--k 20`` on these datasets (card names).
+ROTATION_K20 = frozenset({"eyepacs"})
+
+
+def rotation_sweep(k: int) -> tuple[float, ...]:
+    """ssl-invariances' rotation angles: ``linspace(0, 360, k + 1)[:k]`` in float32."""
+    return tuple(torch.linspace(0, 360, k + 1)[:k].to(torch.float32).tolist())
+
+
+def hue_sweep(k: int) -> tuple[float, ...]:
+    """ssl-invariances' hue shifts: ``linspace(-0.5, 0.5, k)`` in float32."""
+    return tuple(torch.linspace(-0.5, 0.5, k).to(torch.float32).tolist())
+
+
+def ssl_medical_transforms(dataset: str) -> tuple[tuple[str, float], ...]:
+    """The (name, magnitude) entries SSL_medicalimaging's runner evaluates on a dataset.
+
+    Args:
+        dataset: The dataset card's name.
+
+    Returns:
+        h-flip's two values, the rotation sweep (k 20 on EyePACS, else 256) and the hue
+        sweep (k 5), identities included.
+    """
+    rotation_k = 20 if dataset in ROTATION_K20 else 256
+    return (
+        *(("hflip", value) for value in (0.0, 1.0)),
+        *(("rotation", angle) for angle in rotation_sweep(rotation_k)),
+        *(("hue", shift) for shift in hue_sweep(5)),
+    )
+
+
+@register_preset(
+    "invariance",
+    "ssl-medicalimaging",
+    version=1,
+    preprocessing=PEER_PREPROCESSING,
+    source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py",
+    summary=(
+        "SSL_medicalimaging's synthetic invariance: train+test pooled, legacy NumPy draws "
+        "with replacement, sweeps with the identity averaged per transform, PIL kernels"
+    ),
+)
+def ssl_medical_invariance(case: CaseRun) -> InvarianceConfig:
+    """The config reproducing SSL_medicalimaging's invariance numbers on a case's dataset.
+
+    Args:
+        case: The case (its dataset card's name picks the runner's rotation k).
+
+    Returns:
+        The protocol config (see the module docstring for each setting's source).
+    """
+    return InvarianceConfig(
+        transforms=ssl_medical_transforms(case.case.dataset.name),
+        num_images=100,
+        cov_images=1000,
+        cov_fraction=0.1,
+        epsilon=1e-6,
+        seed=0,
+        pool_splits=("train", "val", "test"),
+        sampling="numpy-legacy",
+        aggregate="name",
+        transform_backend="torchvision-pil",
+    )

@@ -1,0 +1,147 @@
+"""Fitting the linear probe's logistic regressions (helpers of :mod:`harness.protocols.linear`).
+
+A :class:`Fitter` serves one run of the probe. By default every fit is a fresh lbfgs
+estimator. With ``warm_start`` it reproduces linusericsson/ssl-transfer@416913f:linear.py,
+whose single ``LogisticRegression(warm_start=True)`` is refitted for every C of the sweep,
+in sweep order, and then once more for the train+val refit: each fit starts from the
+coefficients of the fit before it (the refit from the last C of the sweep, not from the
+best one).
+
+With ``binary_multinomial`` a binary task is fitted as the peers' two-class softmax
+(``multi_class='multinomial'``; scikit-learn 1.8 removed the option). Its L2 penalty
+``(||w0||^2 + ||w1||^2) / 2`` over the two class vectors is smallest, for a given
+difference ``v = w1 - w0`` (all that the likelihood sees), at ``w1 = -w0 = v / 2``, where
+it equals ``||v||^2 / 4``; the unpenalised intercepts enter only through their difference.
+So the softmax fit at ``C`` is the binary logistic fit of ``v`` at ``2 C``, with the same
+probabilities and predictions (old scikit-learn stored ``coef_ = v / 2`` and predicted
+``softmax([-d, d])`` for ``d = x . v / 2``: the same ``sigmoid(x . v)``). A warm start
+carries ``v`` in both forms, so the binary fit at ``2 C`` starts where the peers' did.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from harness.protocols.linear import LinearConfig
+
+Model = LogisticRegression | list[LogisticRegression]
+
+
+class Fitter:
+    """Fits the probe's models for one run, fresh or carrying coefficients between fits.
+
+    Args:
+        task: Task type of the run ("binary", "multiclass", "ordinal", "multilabel").
+        config: The probe's settings (solver limits, ``warm_start``, ``binary_multinomial``).
+
+    Raises:
+        ValueError: When ``warm_start`` is asked for a multilabel task (the peers carry
+            coefficients across labels too, which medxfer does not reproduce).
+    """
+
+    def __init__(self, task: str, config: LinearConfig) -> None:
+        if config.warm_start and task == "multilabel":
+            raise ValueError(
+                "linear probe: warm_start is not implemented for multilabel tasks "
+                "(ssl-transfer carries one estimator across labels and scores VOC mAP)"
+            )
+        self.task = task
+        self.config = config
+        self._carried: LogisticRegression | None = None
+
+    def fit_c(self, c: float) -> float:
+        """The C handed to scikit-learn for the probe's C (``2 C`` for a peer binary fit).
+
+        Args:
+            c: The probe's inverse regularisation strength.
+
+        Returns:
+            The estimator's C.
+        """
+        return 2.0 * c if self.config.binary_multinomial and self.task == "binary" else c
+
+    def fit(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[Model, int, bool]:
+        """Fit one model (one per label for multilabel tasks).
+
+        Args:
+            x: Features (N, D), float64.
+            y: Labels (N,) or (N, C) for multilabel.
+            c: The probe's C.
+
+        Returns:
+            (model or list of per-label models, largest iteration count, converged).
+        """
+        if self.task != "multilabel":
+            model, n_iter, converged = self._fit_one(x, y, self.fit_c(c), self._carried)
+            if self.config.warm_start:
+                self._carried = model
+            return model, n_iter, converged
+        models: list[LogisticRegression] = []
+        n_iter, converged = 0, True
+        for j in range(y.shape[1]):
+            model, label_iter, label_converged = self._fit_one(x, y[:, j], c, None)
+            models.append(model)
+            n_iter = max(n_iter, label_iter)
+            converged = converged and label_converged
+        return models, n_iter, converged
+
+    def _fit_one(
+        self, x: np.ndarray, y: np.ndarray, c: float, start: LogisticRegression | None
+    ) -> tuple[LogisticRegression, int, bool]:
+        config = self.config
+        max_iter = config.max_iter
+        while True:
+            if start is None:
+                # L2 is the default penalty in every supported sklearn (``penalty`` is
+                # deprecated in 1.8+); lbfgs fits a multinomial model for > 2 classes.
+                model = LogisticRegression(
+                    C=c,
+                    solver="lbfgs",
+                    max_iter=max_iter,
+                    tol=config.tol,
+                    random_state=config.seed,
+                    warm_start=config.warm_start,
+                )
+            else:
+                # A copy, so that a retry starts from the same coefficients again.
+                model = copy.deepcopy(start)
+                model.set_params(C=c, max_iter=max_iter)
+            with warnings.catch_warnings(record=True) as caught:
+                # "always" beats an outer "error" filter: non-convergence is seen, not raised.
+                warnings.simplefilter("always", ConvergenceWarning)
+                model.fit(x, y)
+            converged = True
+            for record in caught:
+                if issubclass(record.category, ConvergenceWarning):
+                    converged = False
+                else:
+                    warnings.warn_explicit(
+                        record.message, record.category, record.filename, record.lineno
+                    )
+            n_iter = int(np.max(model.n_iter_))
+            if converged or max_iter >= config.max_iter_cap:
+                return model, n_iter, converged
+            max_iter = min(max_iter * 4, config.max_iter_cap)
+
+
+def predict_proba(model: Model, x: np.ndarray) -> np.ndarray:
+    """Probabilities (N, C) of a model, or of per-label models (column j: P(label j))."""
+    if isinstance(model, list):
+        return np.column_stack([m.predict_proba(x)[:, 1] for m in model])
+    return model.predict_proba(x)
+
+
+def make_scaler(x: np.ndarray, standardize: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """A ``StandardScaler`` fitted on ``x`` (the identity when ``standardize`` is off)."""
+    if not standardize:
+        return lambda z: z
+    return StandardScaler().fit(x).transform
