@@ -224,11 +224,13 @@ def test_peer_grid_is_torch_logspace_in_sweep_order() -> None:
 def test_preset_registration_and_configuration(name: str) -> None:
     preset = get_preset("linear", name)
     assert preset is not None and preset.version == 1
+    no_norm = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # SSL_medicalimaging's --no-norm
     assert dict(preset.preprocessing) == {
         "input_size": 224,
         "interpolation": "bicubic",
         "crop_pct": 1.0,
         "crop_mode": "center",
+        **(no_norm if name == "ssl-medicalimaging" else {}),
     }
     assert preset.source.endswith(":linear.py")
     eyepacs = TaskInfo("ordinal", 5, "mean_per_class_accuracy", ("accuracy",))

@@ -9,6 +9,7 @@ names, versions and parameters enter :meth:`DatasetCard.fingerprint`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -32,9 +33,10 @@ DEFAULT_SPLIT = {"rule": "predefined"}
 CARD_FIELDS = {
     "name", "version", "modality", "task", "classes", "reader", "builder", "split",
     "label_policy", "primary_metric", "metrics", "fewshot", "pairing", "semi_synthetic",
-    "description", "obtain", "citation", "license", "resolutions",
+    "description", "obtain", "citation", "license", "resolutions", "data_folder",
 }  # fmt: skip
 RESOLUTION_FIELDS = {"file", "md5", "sha256"}
+DATA_FOLDER = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class DatasetCard:
         label_policy: the label policy (None: ``identity``).
         split: the split rule (default ``predefined``).
         builder: the builder of a locally built dataset, or None.
+        resolutions: released sizes -> ``{file, md5 | sha256}`` (MedMNIST+), see
+            :meth:`at_resolution`.
+        resolution: the size of a card made by :meth:`at_resolution`.
+        data_name: the data folder under ``<MEDXFER_HOME>/data`` when it is not the card's
+            name: twins of one source (the YAML field ``data_folder``, e.g. chexpert_uzeros
+            reads the ``chexpert`` folder) and the sizes of a release.
     """
 
     name: str
@@ -76,6 +84,11 @@ class DatasetCard:
 
     def __post_init__(self) -> None:
         where = self.source_file or self.name
+        if self.data_name and not DATA_FOLDER.fullmatch(self.data_name):
+            raise CardError(
+                f"{where}: field 'data_folder' must be a plain folder name (lowercase letters, "
+                f"digits, '_', '-'), got {self.data_name!r}"
+            )
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "reader", _spec(READERS, self.reader, where))
         split = DEFAULT_SPLIT if self.split is None else self.split
@@ -246,5 +259,6 @@ def load_dataset_card_file(path: Path) -> DatasetCard:
         citation=fields.get("citation", str, ""),
         license=fields.get("license", str, ""),
         resolutions=fields.get("resolutions", dict, {}),
+        data_name=fields.get("data_folder", str, ""),
         source_file=str(path),
     )

@@ -105,7 +105,7 @@ def check_layout(card: DatasetCard) -> LayoutReport:
         if path.exists():
             continue
         # with image_dirs the reader cannot know which folder should hold a missing file
-        folder = UNLOCATED if image_dirs else _top_folder(path, root)
+        folder = UNLOCATED if image_dirs else _top_folder(path.resolve(), root)
         report.missing_images[folder] += 1
         examples = report.examples.setdefault(folder, [])
         if len(examples) < MISSING_EXAMPLES:
@@ -136,12 +136,16 @@ def prepare_dataset(
     """
     from harness.data.prepare import how_to_prepare, index_file, load_splits
 
+    link = data_dir() / (card.data_name or card.name)
+    previous = link.readlink() if link.is_symlink() else None
     if root is not None:
         link_root(card, root)
     if fetch:
         download(card)
     report = check_layout(card)
     if not report.complete:
+        if root is not None:  # leave no link to an incomplete copy behind
+            _restore_link(link, previous)
         return False, [*report.lines(), how_to_prepare(card)]
     splits = load_splits(card)
     sizes = ", ".join(f"{name} {len(split.labels)}" for name, split in splits.items())
@@ -265,6 +269,12 @@ def _stream(url: str, destination: Path, label: str) -> dict[str, str]:
                 sha256.update(chunk)
                 bar.update(len(chunk))
     return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+
+
+def _restore_link(link: Path, target: Path | None) -> None:
+    link.unlink(missing_ok=True)
+    if target is not None:
+        link.symlink_to(target, target_is_directory=True)
 
 
 def _is_glob(pattern: str) -> bool:

@@ -142,7 +142,8 @@ def ssl_transfer_linear(case: CaseRun) -> LinearConfig:
     "linear",
     "ssl-medicalimaging",
     version=1,
-    preprocessing=PREPROCESSING,
+    # every linear.py call of its runner_script.sh passes --no-norm
+    preprocessing={**PREPROCESSING, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
     source="jonahanton/SSL_medicalimaging@77fceef:linear.py",
     summary=(
         "SSL_medicalimaging's linear.py (ssl-transfer's, --wd-values 45): accuracy for "
@@ -152,8 +153,10 @@ def ssl_transfer_linear(case: CaseRun) -> LinearConfig:
 def ssl_medicalimaging_linear(case: CaseRun) -> LinearConfig:
     """SSL_medicalimaging's linear probe for the case's dataset (see the module docstring).
 
-    Their runner passes ``--no-norm`` (mean 0, std 1 instead of ImageNet's), which is a
-    normalisation the preprocessing overrides cannot state yet.
+    Every linear run of its runner (jonahanton/SSL_medicalimaging@77fceef:runner_script.sh)
+    passes ``--no-norm``: inputs keep [0, 1] (mean 0, std 1 instead of ImageNet's), stated
+    in the preset's preprocessing; histogram normalisation of the MIMIC-CheXpert models
+    stays the model card's.
 
     Args:
         case: The case; its ``task`` is read.

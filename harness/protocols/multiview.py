@@ -8,6 +8,14 @@ different groups shows what chance gives. Pairs are a seeded draw without replac
 The dataset card's ``pairing.rule`` picks which images pair (:mod:`harness.protocols.pairing`):
 ``same_group``, ``frontal_lateral`` (a study's frontal and lateral chest X-ray) or
 ``left_right_equal_grade`` (a patient's two eyes with one grade).
+
+Two settings, inert at their defaults, let a preset follow a peer
+(:mod:`harness.protocols.multiview_presets`): ``pool_splits`` forms the pairs and estimates
+the mean and covariance on the named splits concatenated (the peers'
+``ConcatDataset([train, test])``) instead of ``split`` and ``cov_split``, and
+``sampling="legacy"`` draws as SSL_medicalimaging does: covariance rows with NumPy's legacy
+generator (with replacement) and ``num_pairs`` pairs with replacement through torch's
+``DataLoader(shuffle=True)`` (:func:`harness.protocols.pairing.legacy_draws`).
 """
 
 from __future__ import annotations
@@ -25,13 +33,19 @@ from harness.protocols.pairing import (
     VIEW_RULES,
     PairingUnavailable,
     draw_pairs,
+    legacy_draws,
+    pairs_across_groups,
+    pairs_from_groups,
+    pooled_split,
 )
 from harness.protocols.registry import CaseNotApplicable, register_protocol
 from harness.protocols.whitening import (
     as_features,
+    cached_feature_stats,
     centred_cosine,
     check_cov_settings,
     check_epsilon,
+    cov_indices,
     covariance_stats,
     nanmean,
     nanstd,
@@ -45,6 +59,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 PRIMARY = "mean_cosine"
+SAMPLINGS = ("medxfer", "legacy")
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,11 @@ class MultiviewConfig:
         seed: Seed of the pair, baseline and covariance draws.
         pairing_rule: How pairs are formed: ``same_group``, ``frontal_lateral`` or
             ``left_right_equal_grade`` (see :mod:`harness.protocols.pairing`).
+        pool_splits: When not empty, pairs, mean and covariance all come from these
+            splits concatenated in this order (``split`` and ``cov_split`` are then unused).
+        sampling: ``medxfer`` (pairs and covariance images drawn without replacement) or
+            ``legacy`` (SSL_medicalimaging's draws with replacement, NumPy's legacy
+            generator for the covariance and torch's ``DataLoader`` shuffle for the pairs).
     """
 
     num_pairs: int = 100
@@ -72,6 +92,8 @@ class MultiviewConfig:
     cov_split: str = "train"
     seed: int = 0
     pairing_rule: str = "same_group"
+    pool_splits: tuple[str, ...] = ()
+    sampling: str = "medxfer"
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
@@ -83,6 +105,15 @@ class MultiviewConfig:
                 f"MultiviewConfig.pairing_rule {self.pairing_rule!r} is not supported; "
                 f"known: {', '.join(PAIRING_RULES)}"
             )
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(
+                f"MultiviewConfig.sampling {self.sampling!r} is not supported; "
+                f"known: {', '.join(SAMPLINGS)}"
+            )
+        pool = tuple(str(name) for name in self.pool_splits)
+        if len(set(pool)) != len(pool):
+            raise ValueError(f"MultiviewConfig.pool_splits has duplicates: {pool}")
+        object.__setattr__(self, "pool_splits", pool)
 
     @classmethod
     def for_profile(cls, profile: str, pairing_rule: str = "same_group") -> MultiviewConfig:
@@ -107,98 +138,9 @@ class MultiviewConfig:
         Returns:
             Field name -> value.
         """
-        return asdict(self)
-
-
-def pairs_from_groups(groups: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
-    """Pairs of different images that share a group id, seeded.
-
-    Every unordered pair ``(i, j)``, ``i < j``, with ``groups[i] == groups[j]`` is a
-    candidate. All candidates are returned when there are at most ``max_pairs`` of them,
-    otherwise ``max_pairs`` distinct ones drawn uniformly without replacement (without
-    listing all candidates, so large groups stay cheap).
-
-    Args:
-        groups: (N,) group ids (any sortable dtype).
-        max_pairs: Most pairs returned, >= 1.
-        seed: Seed of the draw.
-
-    Returns:
-        int64 array (P, 2) of image indices, ``pairs[:, 0] < pairs[:, 1]``, ordered by
-        group then position.
-
-    Raises:
-        ValueError: When no two images share a group, or on malformed input.
-    """
-    groups = np.asarray(groups)
-    if groups.ndim != 1:
-        raise ValueError(f"groups must be 1-D (N,), got shape {groups.shape}")
-    if max_pairs < 1:
-        raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
-    if len(groups) == 0:
-        raise ValueError("groups is empty: no image pairs can be formed")
-    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    per_group = (counts.astype(np.int64) * (counts - 1)) // 2
-    total = int(per_group.sum())
-    if total == 0:
-        raise ValueError(
-            f"no two of the {len(groups)} images share a group id ({len(counts)} groups): "
-            "multi-view pairs need groups with at least 2 images"
-        )
-    if total <= max_pairs:
-        flat = np.arange(total, dtype=np.int64)
-    else:
-        rng = np.random.default_rng(seed)
-        flat = np.sort(rng.choice(total, size=max_pairs, replace=False)).astype(np.int64)
-    ends = np.cumsum(per_group)
-    group = np.searchsorted(ends, flat, side="right")
-    local = flat - (ends[group] - per_group[group])
-    # Pair number k within a group -> (a, b), a < b, numbered by b: k = b(b-1)/2 + a.
-    b = np.floor((1 + np.sqrt(1 + 8 * local.astype(np.float64))) / 2).astype(np.int64)
-    b -= (b * (b - 1)) // 2 > local
-    b += ((b + 1) * b) // 2 <= local
-    a = local - (b * (b - 1)) // 2
-    first = order[starts[group] + a]
-    second = order[starts[group] + b]
-    # The stable sort keeps positions ascending within a group, so first < second.
-    return np.stack([first, second], axis=1).astype(np.int64)
-
-
-def pairs_across_groups(groups: np.ndarray, n_pairs: int, seed: int) -> np.ndarray:
-    """Random pairs of images from different groups (the chance baseline), seeded.
-
-    Each ordered pair of images with different group ids is equally likely; pairs are
-    drawn with replacement.
-
-    Args:
-        groups: (N,) group ids.
-        n_pairs: Number of pairs.
-        seed: Seed of the draw.
-
-    Returns:
-        int64 array (n_pairs, 2); empty (0, 2) when all images share one group.
-    """
-    groups = np.asarray(groups)
-    if groups.ndim != 1:
-        raise ValueError(f"groups must be 1-D (N,), got shape {groups.shape}")
-    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    n = len(groups)
-    if len(counts) < 2 or n_pairs < 1:
-        return np.zeros((0, 2), dtype=np.int64)
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    others = n - counts[inverse]  # images outside each image's group
-    rng = np.random.default_rng([seed, 1])
-    # First image weighted by how many partners it has, second uniform among them.
-    first = rng.choice(n, size=n_pairs, p=others / others.sum())
-    g = inverse[first]
-    r = (rng.random(n_pairs) * others[first]).astype(np.int64)
-    # Position r in the group-sorted list with the first image's group cut out.
-    position = np.where(r < starts[g], r, r + counts[g])
-    second = order[position]
-    return np.stack([first, second], axis=1).astype(np.int64)
+        out = asdict(self)
+        out["pool_splits"] = list(self.pool_splits)
+        return out
 
 
 def pairing_rule(pairing: Mapping[str, Any], source: str) -> str:
@@ -328,6 +270,8 @@ def run_case(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
         CaseNotApplicable: When the dataset lacks what the rule needs (groups, views) or
             no pair can be formed.
     """
+    if config.pool_splits or config.sampling != "medxfer":
+        return _run_pooled(case, config)
     data = case.splits()[config.split]
     pairs = split_pairs(data, config)
     groups = data.groups if data.groups is not None else data.studies
@@ -336,6 +280,72 @@ def run_case(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
     result = run_multiview(features[config.split].features, pairs, stats, config, groups=groups)
     result.details["stats_cache"] = "hit" if stats_hit else "miss"
     return result
+
+
+def _run_pooled(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
+    """A case under a peer's pooling and draws (``pool_splits`` / ``sampling="legacy"``)."""
+    names = config.pool_splits or (config.split,)
+    cov_names = config.pool_splits or (config.cov_split,)
+    try:
+        data = pooled_split(case.splits(), names)
+    except PairingUnavailable as exc:
+        raise CaseNotApplicable(str(exc)) from exc
+    per_split = case.features(tuple(dict.fromkeys((*names, *cov_names))))
+    features = np.concatenate([per_split[name].features for name in names])
+    cov_features = np.concatenate([per_split[name].features for name in cov_names])
+    if config.sampling == "legacy":
+        candidates = candidate_pairs(data, config)
+        cov_rows, picks = legacy_draws(
+            len(cov_features),
+            len(candidates),
+            config.num_pairs,
+            config.cov_images,
+            config.cov_fraction,
+            config.seed,
+        )
+        pairs = candidates[picks]
+    else:
+        pairs = split_pairs(data, config)
+        cov_rows = cov_indices(len(cov_features), config)
+    rule = {
+        "split": "+".join(cov_names),
+        "cov_rule": [config.sampling, config.cov_images, config.cov_fraction, config.seed],
+    }
+    stats, stats_hit = cached_feature_stats(
+        cov_features[cov_rows], config.epsilon, rule, case.cached_arrays
+    )
+    groups = data.groups if data.groups is not None else data.studies
+    result = run_multiview(features, pairs, stats, config, groups=groups)
+    result.details["stats_cache"] = "hit" if stats_hit else "miss"
+    result.details["pool_splits"] = list(names)
+    result.details["sampling"] = config.sampling
+    result.details["n_distinct_pairs"] = len(np.unique(pairs, axis=0))
+    return result
+
+
+def candidate_pairs(data: SplitData, config: MultiviewConfig) -> np.ndarray:
+    """Every pair of a split that ``config.pairing_rule`` forms (no draw).
+
+    Raises:
+        CaseNotApplicable: When the split lacks what the rule needs or gives no pair.
+    """
+    try:
+        if config.pairing_rule == "same_group":
+            if data.groups is None:
+                raise PairingUnavailable("dataset has no pairing groups")
+            groups = np.asarray(data.groups)
+            total = int(sum(c * (c - 1) // 2 for c in np.unique(groups, return_counts=True)[1]))
+            return pairs_from_groups(groups, max(total, 1), 0)
+        candidates = VIEW_RULES[config.pairing_rule](data)
+    except PairingUnavailable as exc:
+        raise CaseNotApplicable(str(exc)) from exc
+    except ValueError as exc:
+        raise CaseNotApplicable(f"pairing rule {config.pairing_rule!r}: {exc}") from exc
+    if not len(candidates):
+        raise CaseNotApplicable(
+            f"pairing rule {config.pairing_rule!r}: no image pairs can be formed"
+        )
+    return candidates
 
 
 def split_pairs(data: SplitData, config: MultiviewConfig) -> np.ndarray:

@@ -1,0 +1,441 @@
+"""What each peer preset changes, and by how much: measured difference by difference.
+
+For every protocol with peer presets (``harness.protocols.registry.presets_of``) the
+script lists the config fields and preprocessing values where a preset differs from the
+medxfer default, and measures them on the demo datasets with the embedded models (their
+cached frozen features, through ``CaseRun.features``; a first run extracts them):
+
+A. the default's primary value and each preset's, case by case;
+B. an ablation: the default config with ONE of the preset's differing fields applied
+   (one ``dataclasses.replace`` per field; fields whose constraints tie them are also
+   applied together), and the default config on the features of a ``CaseRun`` whose case
+   names the preset (its preprocessing), with a comparison of the two feature sets.
+
+It prints one markdown table per protocol: difference | default setting | preset setting
+| mean change of the primary value over the cases (largest single change). Everything is
+seeded, so two runs print the same numbers. ``linear`` and ``fewshot`` are measured;
+``invariance`` (the peer's sweep is 263 transform entries of 224 px images: ~20,000
+forward passes per case) and ``finetune`` (full-network training) get their difference
+tables without measured effects.
+
+    .venv/bin/python tests/perf/preset_effects.py                       # smoke profile
+    .venv/bin/python tests/perf/preset_effects.py --profile demo --out preset_effects.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+DATASETS = ("demo_modality", "demo_cxr_lesion", "demo_fundus_lesion")
+MODELS = (
+    "tf_efficientnet_lite0.in1k_pip",
+    "tf_efficientnet_lite0.random",
+    "mobilenet_v2.tv_in1k_pip",
+    "mobilenet_v2.random",
+)
+MEASURED = ("linear", "fewshot")
+LISTED = ("invariance", "finetune")
+NOT_MEASURED = {
+    "invariance": "not measured: the preset's 263 transform entries at 224 px are ~20,000 "
+    "forward passes per case, hours on a 2-core CPU",
+    "finetune": "not measured: full-network training is too costly on a 2-core CPU",
+}
+# A set sweep replaces the range: these fields of the default are not differences then.
+SUPERSEDED = {"c_values": ("c_min", "c_max", "n_c")}
+# Fields whose constraints tie them (max_iter <= max_iter_cap): also applied together.
+COUPLED = (("max_iter", "max_iter_cap"),)
+PREPROCESSING = "preprocessing"
+
+
+@dataclasses.dataclass
+class Row:
+    """One difference of one preset: its settings per case and the changes it makes."""
+
+    preset: str
+    difference: str
+    default: list[str] = dataclasses.field(default_factory=list)
+    setting: list[str] = dataclasses.field(default_factory=list)
+    changes: dict[str, float] = dataclasses.field(default_factory=dict)
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _show(value: Any) -> str:
+    """A setting as a short table cell (long sweeps by their size, ends and order)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) for v in value):
+        names: dict[str, int] = {}
+        for name, _ in value:
+            names[name] = names.get(name, 0) + 1
+        return ", ".join(f"{name} x{n}" for name, n in names.items())
+    if isinstance(value, tuple) and len(value) > 6:
+        return f"{len(value)} values, {value[0]:.3g} ... {value[-1]:.3g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    return str(value)
+
+
+def _cell(values: list[str]) -> str:
+    distinct = list(dict.fromkeys(values))
+    return " / ".join(distinct).replace("|", "\\|") if distinct else "-"
+
+
+def config_differences(default: Any, preset: Any) -> list[str]:
+    """The config fields where ``preset`` differs from ``default``, in field order.
+
+    Args:
+        default: The medxfer default's config for a case.
+        preset: The preset's config for the same case.
+
+    Returns:
+        Field names (those a set ``c_values`` supersedes left out).
+    """
+    names = [
+        f.name
+        for f in dataclasses.fields(default)
+        if getattr(default, f.name) != getattr(preset, f.name)
+    ]
+    for field, superseded in SUPERSEDED.items():
+        if field in names and getattr(preset, field) is not None:
+            names = [n for n in names if n not in superseded]
+    return names
+
+
+def preprocessing_differences(default: Any, preset: Any) -> tuple[str, str]:
+    """The preprocessing values that differ, as (default, preset) cells ('' when none)."""
+    keys = [
+        f.name
+        for f in dataclasses.fields(default)
+        if getattr(default, f.name) != getattr(preset, f.name)
+    ]
+    if not keys:
+        return "", ""
+
+    def show(pre: Any) -> str:
+        return ", ".join(f"{key} {_show(getattr(pre, key))}" for key in keys)
+
+    return show(default), show(preset)
+
+
+def _primary(spec: Any, case_run: Any, config: Any) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = spec.run_case(case_run, config)
+    primary = spec.primary_metric or case_run.case.dataset.primary_metric
+    return float(result.metrics[primary])
+
+
+def _attempt(fn: Callable[[], float]) -> tuple[float | None, str]:
+    """Run one measurement; a case the setting cannot run on gives its reason."""
+    from harness.protocols.registry import CaseNotApplicable
+
+    try:
+        return fn(), ""
+    except (CaseNotApplicable, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+def _replaced(spec: Any, case_run: Any, config: Any, changes: dict[str, Any]) -> float:
+    """The primary value under ``config`` with ``changes`` applied."""
+    return _primary(spec, case_run, dataclasses.replace(config, **changes))
+
+
+def _ablate(
+    rows: dict[str, Row],
+    preset: str,
+    key: str,
+    shown: tuple[str, str],
+    fn: Callable[[], float],
+    base: float | None,
+    case_id: str,
+) -> None:
+    """Measure one difference on one case and add it to its row."""
+    row = rows.setdefault(key, Row(preset, key))
+    row.default.append(shown[0])
+    row.setting.append(shown[1])
+    if base is None:
+        row.failures[case_id] = "the default failed"
+        return
+    changed, reason = _attempt(fn)
+    if changed is None:
+        row.failures[case_id] = reason
+    else:
+        row.changes[case_id] = changed - base
+
+
+def feature_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Mean cosine between a case's features under two preprocessings (same images)."""
+    values = []
+    for name in a:
+        x, y = a[name].features.astype(np.float64), b[name].features.astype(np.float64)
+        norm = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        values.append(np.sum(x * y, axis=1) / np.where(norm > 0, norm, 1.0))
+    return float(np.mean(np.concatenate(values)))
+
+
+def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str], None]) -> dict:
+    """Default, preset and one-difference-at-a-time values of every case of a protocol.
+
+    Args:
+        protocol: A protocol with presets.
+        cases: Its cases (medxfer default; the presets are set here).
+        results: Scratch folder for records (none is written: ``run_case`` only).
+        log: Progress lines (stderr).
+
+    Returns:
+        ``values`` (case id -> {"medxfer" | preset: value or None}), ``rows`` (preset ->
+        list of :class:`Row`), ``features`` (preset -> case id -> mean cosine) and
+        ``failures`` (case id -> preset -> reason).
+    """
+    from harness.protocols.case import CaseRun
+    from harness.protocols.registry import get_protocol, presets_of
+
+    spec = get_protocol(protocol)
+    presets = presets_of(protocol)
+    values: dict[str, dict[str, float | None]] = {}
+    rows: dict[str, dict[str, Row]] = {name: {} for name in presets}
+    agreement: dict[str, dict[str, float]] = {name: {} for name in presets}
+    failures: dict[str, dict[str, str]] = {}
+    for case in cases:
+        started = time.perf_counter()
+        run0 = CaseRun(case, results, device="cpu")
+        config0 = spec.make_config(run0)
+        base, why = _attempt(partial(_primary, spec, run0, config0))
+        values[case.case_id] = {"medxfer": base}
+        if why:
+            failures.setdefault(case.case_id, {})["medxfer"] = why
+        for name in presets:
+            run_p = CaseRun(dataclasses.replace(case, preset=name), results, device="cpu")
+            try:
+                config_p = spec.make_config(run_p)
+            except Exception as exc:  # CaseNotApplicable: the preset has no such case
+                failures.setdefault(case.case_id, {})[name] = f"{type(exc).__name__}: {exc}"
+                values[case.case_id][name] = None
+                continue
+            value, why = _attempt(partial(_primary, spec, run_p, config_p))
+            values[case.case_id][name] = value
+            if why:
+                failures.setdefault(case.case_id, {})[name] = why
+
+            def add(key: str, shown: tuple[str, str], fn: Callable[[], float]) -> None:
+                _ablate(rows[name], name, key, shown, fn, base, case.case_id)  # noqa: B023
+
+            differing = config_differences(config0, config_p)
+            for field in differing:
+                shown = (_show(getattr(config0, field)), _show(getattr(config_p, field)))
+                changed = {field: getattr(config_p, field)}
+                add(field, shown, partial(_replaced, spec, run0, config0, changed))
+            for group in COUPLED:
+                if all(field in differing for field in group):
+                    joint = {f: getattr(config_p, f) for f in group}
+                    shown = (
+                        ", ".join(_show(getattr(config0, f)) for f in group),
+                        ", ".join(_show(v) for v in joint.values()),
+                    )
+                    add(
+                        " + ".join(group) + " (together)",
+                        shown,
+                        partial(_replaced, spec, run0, config0, joint),
+                    )
+            shown = preprocessing_differences(run0.preprocessing(), run_p.preprocessing())
+            if shown[0]:
+                add(PREPROCESSING, shown, partial(_primary, spec, run_p, config0))
+                if base is not None:
+                    agreement[name][case.case_id] = feature_agreement(
+                        run0.features(), run_p.features()
+                    )
+        log(f"{case.case_id}: {values[case.case_id]} ({time.perf_counter() - started:.0f} s)")
+    return {"values": values, "rows": rows, "features": agreement, "failures": failures}
+
+
+def _change_cell(changes: dict[str, float]) -> str:
+    finite = {k: v for k, v in changes.items() if not math.isnan(v)}
+    if not finite:
+        return "-"
+    mean = float(np.mean(list(finite.values())))
+    worst = max(finite, key=lambda k: abs(finite[k]))
+    model = worst.split("/")[2].replace("tf_efficientnet_lite0", "effnet-lite0")
+    where = f"{worst.split('/')[1].removeprefix('demo_')}, {model}"
+    return f"{mean:+.4f} ({finite[worst]:+.4f}: {where})"
+
+
+def measured_tables(protocol: str, outcome: dict, primary: str) -> list[str]:
+    """Markdown of one measured protocol: values per preset, then the difference table."""
+    from harness.protocols.registry import presets_of
+
+    presets = presets_of(protocol)
+    values = outcome["values"]
+    lines = [f"### `{protocol}` (primary value: {primary}, {len(values)} cases)", ""]
+    lines += ["| setting | mean value | mean change vs medxfer (largest) | cases run |"]
+    lines += ["|---|---:|---|---:|"]
+    for name in ["medxfer", *presets]:
+        ran = {k: v[name] for k, v in values.items() if v.get(name) is not None}
+        mean = f"{np.mean(list(ran.values())):.4f}" if ran else "-"
+        changes = {
+            k: v - values[k]["medxfer"] for k, v in ran.items() if values[k]["medxfer"] is not None
+        }
+        change = "-" if name == "medxfer" else _change_cell(changes)
+        lines.append(f"| {name} | {mean} | {change} | {len(ran)}/{len(values)} |")
+    lines.append("")
+    lines += [
+        "| preset | difference | default setting | preset setting | "
+        "mean change of the primary value (largest) |",
+        "|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[str]] = {}  # presets whose rows are identical share them
+    for name, rows in outcome["rows"].items():
+        change = {
+            k: v[name] - v["medxfer"]
+            for k, v in values.items()
+            if v.get(name) is not None and v["medxfer"] is not None
+        }
+        cells = []
+        for row in rows.values():
+            cell = _change_cell(row.changes)
+            if row.failures:
+                reasons = _cell(list(row.failures.values()))
+                cell += f"; failed on {len(row.failures)} case(s): {reasons}"
+            cells.append((row.difference, _cell(row.default), _cell(row.setting), cell))
+        cells.append(("**all (the preset)**", "", "", _change_cell(change)))
+        groups.setdefault(tuple(cells), []).append(name)
+    for cells, names in groups.items():
+        for cell in cells:
+            lines.append(f"| {', '.join(names)} | " + " | ".join(cell) + " |")
+    lines.append("")
+    for name, per_case in outcome["features"].items():
+        if per_case:
+            cosines = list(per_case.values())
+            lines.append(
+                f"Features under `{name}`'s preprocessing against the default's (same images): "
+                f"mean cosine {np.mean(cosines):.4f} (lowest case {min(cosines):.4f})."
+            )
+    failed = {k: v for k, v in outcome["failures"].items() if v}
+    for case_id, reasons in failed.items():
+        for name, reason in reasons.items():
+            lines.append(f"- `{case_id}` under `{name}`: {reason}")
+    lines.append("")
+    lines += ["Per case:", "", "| case | " + " | ".join(["medxfer", *presets]) + " |"]
+    lines.append("|---|" + "---:|" * (len(presets) + 1))
+    for case_id, row in values.items():
+        cells = ["-" if row.get(n) is None else f"{row[n]:.4f}" for n in ["medxfer", *presets]]
+        lines.append(f"| {case_id} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def listed_table(protocol: str, case: Any, results: Path) -> list[str]:
+    """Markdown of a protocol's differences without measured effects (one case's configs).
+
+    Fine-tune's preprocessing is what its ``run_case`` uses: the preset's overrides of the
+    card's, at the config's input size (else the profile's).
+    """
+    from harness.protocols.case import CaseRun
+    from harness.protocols.finetune.presets import with_overrides
+    from harness.protocols.registry import get_protocol, presets_of
+
+    spec = get_protocol(protocol)
+    run0 = CaseRun(case, results, device="cpu")
+    config0 = spec.make_config(run0)
+    lines = [
+        f"### `{protocol}` ({case.profile.name} profile, {case.dataset.name}; "
+        f"{NOT_MEASURED[protocol]})",
+        "",
+        "| preset | difference | default setting | preset setting |",
+        "|---|---|---|---|",
+    ]
+    for name in presets_of(protocol):
+        run_p = CaseRun(dataclasses.replace(case, preset=name), results, device="cpu")
+        config_p = spec.make_config(run_p)
+        for field in config_differences(config0, config_p):
+            lines.append(
+                f"| {name} | {field} | {_show(getattr(config0, field))} | "
+                f"{_show(getattr(config_p, field))} |"
+            )
+        if protocol == "finetune":
+            card = case.model.preprocessing
+            size0 = config0.input_size or case.profile.input_size
+            size_p = config_p.input_size or case.profile.input_size
+            pre0 = card.with_input_size(size0)
+            pre_p = with_overrides(card, run_p.preset.overrides(run_p)).with_input_size(size_p)
+        else:
+            pre0, pre_p = run0.preprocessing(), run_p.preprocessing()
+        shown0, shown1 = preprocessing_differences(pre0, pre_p)
+        if shown0:
+            lines.append(f"| {name} | {PREPROCESSING} | {shown0} | {shown1} |")
+    return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure every preset difference and print markdown tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=("smoke", "demo"), default="smoke")
+    parser.add_argument("--out", default=None, help="also write the tables to this file")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--protocols", nargs="+", choices=MEASURED, default=list(MEASURED))
+    args = parser.parse_args(argv)
+
+    from harness.config import paths
+    from harness.config.suites import load_suite
+    from harness.protocols.registry import get_protocol
+
+    started = time.perf_counter()
+    suite = load_suite(args.profile)  # the smoke / demo suite runs under its own profile
+    cases = [
+        case
+        for case in suite.cases()
+        if case.dataset.name in args.datasets and case.model.name in args.models
+    ]
+    results = Path(tempfile.mkdtemp(prefix="medxfer-preset-effects-"))
+    out = [
+        f"## Preset effects: {args.profile} profile, {len(args.datasets)} datasets x "
+        f"{len(args.models)} models",
+        "",
+        f"Features from `{paths.home()}`. Change = value of the changed setting minus the "
+        "medxfer default's value, per case; mean over the cases, and the largest single "
+        "change with its case. Ablation rows apply ONE difference to the default config "
+        "(`preprocessing`: the default config on the features of the preset's "
+        "preprocessing); `all` is the preset itself.",
+        "",
+    ]
+    for protocol in args.protocols:
+        chosen = [case for case in cases if case.protocol == protocol]
+        outcome = measure(protocol, chosen, results, lambda line: print(line, file=sys.stderr))
+        primary = get_protocol(protocol).primary_metric or "the dataset card's primary metric"
+        out += measured_tables(protocol, outcome, primary)
+    for protocol in LISTED:
+        # paper: the peers' own invocation; fine-tune's smoke/demo scale it to the profile
+        profiles = ("paper", args.profile) if protocol == "finetune" else ("paper",)
+        for profile in profiles:
+            chosen = [c for c in suite.cases(profile) if c.protocol == protocol]
+            if chosen:
+                out += listed_table(protocol, chosen[0], results)
+    seconds = time.perf_counter() - started
+    cpu = platform.processor() or platform.machine()
+    out.append(
+        f"Run time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores ({cpu}), "
+        f"Python {platform.python_version()}."
+    )
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
