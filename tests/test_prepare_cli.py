@@ -98,9 +98,14 @@ def test_k_chexpert_runs_the_chexpert_cases_and_nothing_else(home: Path, tmp_pat
     assert main(["prepare", "chexpert", "--root", str(source)]) == 0
     env = dict(os.environ, MEDXFER_HOME=str(home), MEDXFER_RESULTS=str(tmp_path / "results"))
     env.pop("MEDXFER_RUN_ID", None)
-    process = subprocess.run(
+    options = [
         # the smoke profile (96 px) keeps it quick; selection does not depend on the profile
-        [*PYTEST, "benchmarks", "-k", "chexpert", "-n", "2", "-rA", "--medxfer-profile", "smoke"],
+        *("--medxfer-profile", "smoke"),
+        # obtained entries of cases without expected values go beside this file, not the repo's
+        *("--medxfer-expected", str(tmp_path / "expected" / "real-data.yaml")),
+    ]
+    process = subprocess.run(
+        [*PYTEST, "benchmarks", "-k", "chexpert", "-n", "2", "-rA", *options],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -122,3 +127,5 @@ def test_k_chexpert_runs_the_chexpert_cases_and_nothing_else(home: Path, tmp_pat
     assert skipped, output
     assert all("few-shot (ProtoNet) needs one class per image" in why for _, why in skipped)
     assert re.search(r"\b16 passed, 8 skipped\b", process.stdout), output
+    assert "16 cases have none yet" in process.stdout  # optional expected values, said once
+    assert len(list((tmp_path / "expected").glob("*.obtained/*.yaml"))) == 16
