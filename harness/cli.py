@@ -87,13 +87,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else results_dir()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / f"{args.suite or 'all'}.md"
     title = args.title or f"medxfer report: {args.suite or 'all suites'}"
-    baselines = None
+    baselines, parts = None, ()
     if args.suite:
         from harness.baselines.check import Baselines
         from harness.config.suites import load_suite
 
-        baselines = Baselines(load_suite(args.suite).name)
-    path = write_report(results, out, args.suite, title, baselines)
+        suite = load_suite(args.suite)
+        if suite.include:  # records carry the included suites' names
+            parts = suite.suite_names()
+        else:
+            baselines = Baselines(suite.name)
+    path = write_report(results, out, args.suite, title, baselines, parts)
     print(f"report written to {path}")
     return 0
 

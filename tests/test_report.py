@@ -349,3 +349,14 @@ def test_detail_tables_come_from_the_protocols_declaration(tmp_path: Path) -> No
     ]
     assert "| `alpha.in1k`   |  0.500 |   0.700 | 0.600 |" in section
     assert "mahal_blur_1" not in report and "cos_blur_1" not in report
+
+
+def test_a_suite_made_of_includes_reports_the_records_of_its_parts(
+    results: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.md"
+    path = write_report(results, out, "default", "composite", parts=("demo", "real-data"))
+    text = path.read_text()
+    assert "## Leaderboards" in text and "suite: demo" in text
+    with pytest.raises(ReportError, match="for suite default"):
+        write_report(results, out, "default", "composite", parts=("real-data",))

@@ -66,6 +66,7 @@ def write_report(
     suite: str | None,
     title: str,
     baselines: Baselines | None = None,
+    parts: tuple[str, ...] = (),
 ) -> Path:
     """Load the newest record of every case, render the report and write it atomically.
 
@@ -75,6 +76,7 @@ def write_report(
         suite: report only this suite; None reports every suite.
         title: the report's title.
         baselines: the suite's expected values (adds the reproducibility section).
+        parts: for a suite made of ``include``s, the suites its records carry.
 
     Returns:
         ``out``.
@@ -84,7 +86,7 @@ def write_report(
     """
     frame = load_records(Path(results_dir), latest_only=True)
     if suite is not None:
-        frame = frame[frame["suite"] == suite]
+        frame = frame[frame["suite"].isin(parts or (suite,))]
     if frame.empty:
         if suite is None:
             raise ReportError(f"no result records under {results_dir}: run pytest benchmarks first")
@@ -92,6 +94,6 @@ def write_report(
             f"no result records under {results_dir} for suite {suite}: "
             f"run pytest benchmarks --suite {suite} first"
         )
-    text = render_report(frame, title, suite, baselines)
+    text = render_report(frame, title, None if parts else suite, baselines)
     atomic.write_text(Path(out), text)
     return Path(out)
