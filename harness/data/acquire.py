@@ -16,14 +16,13 @@ What ``medxfer prepare NAME [--root PATH] [--download]`` does before the data is
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cache.atomic import atomic_path
+from harness.cache.download import file_digests, stream
 from harness.config.dataset_cards import DatasetCard
 from harness.config.paths import data_dir
 from harness.data import DatasetError
@@ -31,7 +30,7 @@ from harness.data.pipeline import data_root, read_raw, reads_as_is, required_pat
 from harness.data.table import FileImages
 
 OFFLINE_ENV = "MEDXFER_OFFLINE"
-CHUNK_BYTES = 1 << 20
+DIGESTS = ("md5", "sha256")
 TIMEOUT_S = 60
 MISSING_EXAMPLES = 3
 UNLOCATED = "*"  # the key of images a reader with image_dirs found in none of its folders
@@ -220,14 +219,14 @@ def download(card: DatasetCard) -> Path:
     target = data_root(card) / card.reader.params.file
     expected = {k: str(card.obtain[k]).lower() for k in ("md5", "sha256") if card.obtain.get(k)}
     if target.is_file():
-        _verify(card, target, _file_digests(target), expected)
+        _verify(card, target, file_digests(target, DIGESTS), expected)
         return target
     if os.environ.get(OFFLINE_ENV):
         raise DatasetError(f"dataset {card.name!r}: {OFFLINE_ENV} is set; not downloading {url}")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(target) as temporary:
-            got = _stream(url, temporary, f"{card.name}")
+            got = stream(url, temporary, card.name, TIMEOUT_S, DIGESTS)
             _verify(card, target, got, expected)
     except OSError as exc:  # URLError, timeouts, refused connections, a full disk
         raise DatasetError(f"dataset {card.name!r}: download of {url} failed: {exc}") from exc
@@ -241,34 +240,6 @@ def _verify(card: DatasetCard, path: Path, got: dict[str, str], expected: dict[s
                 f"dataset {card.name!r}: {path} has {kind} {got[kind]}, the card "
                 f"({card.source_file}) expects {value}; nothing was kept"
             )
-
-
-def _file_digests(path: Path) -> dict[str, str]:
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
-
-
-def _stream(url: str, destination: Path, label: str) -> dict[str, str]:
-    """Copy ``url`` to ``destination`` with a progress bar; return its md5 and sha256."""
-    from tqdm.auto import tqdm
-
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with (
-            open(destination, "wb") as out,
-            tqdm(total=total, desc=label, unit="B", unit_scale=True, disable=None) as bar,
-        ):
-            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                out.write(chunk)
-                md5.update(chunk)
-                sha256.update(chunk)
-                bar.update(len(chunk))
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
 
 
 def _restore_link(link: Path, target: Path | None) -> None:

@@ -22,7 +22,6 @@ then on. Until it exists, :class:`ConversionNeeded` says what to download and ru
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import urllib.parse
@@ -31,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from harness.cache.atomic import atomic_path
+from harness.cache.download import stream
 from harness.cache.keys import file_sha256
 from harness.config.cards import CHECKPOINT_SOURCES, ModelCard
 from harness.config.paths import weights_dir
 from harness.zoo.errors import CheckpointError, WeightsUnavailable
 
 OFFLINE_ENV = "MEDXFER_OFFLINE"
-CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 # Downloads that failed in this process, by URL: later cases skip at once instead of
@@ -275,18 +274,5 @@ def _download(card: ModelCard) -> Path:
 
 
 def _stream(url: str, destination: Path, label: str) -> str:
-    """Copy ``url`` to ``destination`` in chunks with a progress bar; return its sha256."""
-    from tqdm.auto import tqdm
-
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with (
-            open(destination, "wb") as out,
-            tqdm(total=total, desc=label, unit="B", unit_scale=True, disable=None) as bar,
-        ):
-            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    return digest.hexdigest()
+    """Copy ``url`` to ``destination`` with a progress bar; return its sha256."""
+    return stream(url, destination, label, TIMEOUT_S, ("sha256",))["sha256"]

@@ -256,16 +256,25 @@ def train_loader(
 class EvalSet:
     """A split prepared for evaluation with the model's eval transform, in fixed order."""
 
-    def __init__(self, images: np.ndarray, pre: Preprocessing) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        pre: Preprocessing,
+        transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+        views: int = 1,
+    ) -> None:
         """Create the evaluation set.
 
         Args:
             images: uint8 images.
             pre: The model's preprocessing.
+            transform: Replaces the model's eval transform (e.g. TenCrop's).
+            views: Tensors the transform makes of one image (TenCrop: 10), for the
+                size of the in-memory cache.
         """
         self.images = images
-        self.transform = eval_transform(pre)
-        per_image = 3 * pre.input_size * pre.input_size * 4
+        self.transform = transform or eval_transform(pre)
+        per_image = views * 3 * pre.input_size * pre.input_size * 4
         self._cache: torch.Tensor | None = None
         self._cacheable = per_image * len(images) <= _EVAL_CACHE_LIMIT
 

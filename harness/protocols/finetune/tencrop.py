@@ -10,7 +10,7 @@ logits; :func:`harness.protocols.finetune.network.predict` averages probabilitie
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,10 +19,9 @@ from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
 from harness.data.transforms import histogram_normalize, to_pil_rgb
+from harness.protocols.finetune.data import EvalSet
 
 CROPS = 10
-# Crops are transformed once and kept in memory below this size (bytes).
-_CACHE_LIMIT = 256 * 2**20
 
 
 def tencrop_size(pre: Preprocessing) -> int:
@@ -64,7 +63,7 @@ def tencrop_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor
     return apply
 
 
-class TenCropSet:
+class TenCropSet(EvalSet):
     """A split prepared for TenCrop evaluation; batches are (B, 10, 3, S, S)."""
 
     def __init__(self, images: np.ndarray, pre: Preprocessing) -> None:
@@ -74,29 +73,4 @@ class TenCropSet:
             images: uint8 images.
             pre: The preprocessing.
         """
-        self.images = images
-        self.transform = tencrop_transform(pre)
-        per_image = CROPS * 3 * pre.input_size * pre.input_size * 4
-        self._cache: torch.Tensor | None = None
-        self._cacheable = per_image * len(images) <= _CACHE_LIMIT
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """Yield the ten crops of the images in order.
-
-        Args:
-            batch_size: Images per batch (``10 * batch_size`` crops per forward pass).
-
-        Yields:
-            float tensors (B, 10, 3, S, S).
-        """
-        if self._cacheable and self._cache is None:
-            self._cache = torch.stack([self.transform(image) for image in self.images])
-        for begin in range(0, len(self.images), batch_size):
-            if self._cache is not None:
-                yield self._cache[begin : begin + batch_size]
-            else:
-                chunk = self.images[begin : begin + batch_size]
-                yield torch.stack([self.transform(image) for image in chunk])
+        super().__init__(images, pre, tencrop_transform(pre), views=CROPS)
