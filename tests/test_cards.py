@@ -504,7 +504,7 @@ DATASET_MALFORMED = {
     ),
     "policy_choice": (
         put({"name": "uncertain", "columns": ["Edema"], "uncertain": "maybe"}, "label_policy"),
-        "field 'label_policy.uncertain' must be one of 'ones', 'zeros', 'drop', got 'maybe'",
+        "field 'label_policy.uncertain' must be one of 'ones', 'zeros', 'drop', 'lsr_ones', 'lsr_zeros', got 'maybe'",
     ),
     "policy_target_not_a_class": (
         put({"name": "class_map", "map": {"a": "tumour"}}, "label_policy"),

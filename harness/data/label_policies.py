@@ -17,7 +17,9 @@ import numpy as np
 
 from harness.data import DatasetError
 from harness.data.registry import register_label_policy
-from harness.data.table import DatasetContext, Labels, RawDataset
+from harness.data.table import DatasetContext, Labels, RawDataset, SoftTargets
+
+LSR_DEFAULT_RANGES = {"lsr_ones": (0.55, 0.85), "lsr_zeros": (0.0, 0.3)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,14 +87,38 @@ class UncertainParams:
     Attributes:
         columns: the label columns, one per class for a multilabel task (default: the
             card's class names) or exactly one for a binary task.
-        uncertain: ``ones`` (U-Ones), ``zeros`` (U-Zeros) or ``drop`` (U-Ignore: drop the
-            image).
+        uncertain: ``ones`` (U-Ones), ``zeros`` (U-Zeros), ``drop`` (U-Ignore: drop the
+            image), or the label-smoothed ``lsr_ones`` / ``lsr_zeros`` (LSR-Ones / LSR-Zeros:
+            training targets drawn from ``lsr_range``; evaluated as 1 / 0).
         blank: ``zeros`` (not mentioned = negative) or ``drop``.
+        lsr_range: the uniform range of an uncertain entry's training target; by default
+            (0.55, 0.85) for ``lsr_ones`` and (0.0, 0.3) for ``lsr_zeros``, as
+            MR-HosseinzadehTaher/BenchmarkTransferLearning@5656fec:Version1/dataloader.py
+            draws them.
     """
 
     columns: tuple[str, ...] | None = None
-    uncertain: Literal["ones", "zeros", "drop"] = "ones"
+    uncertain: Literal["ones", "zeros", "drop", "lsr_ones", "lsr_zeros"] = "ones"
     blank: Literal["zeros", "drop"] = "zeros"
+    lsr_range: tuple[float, float] | None = None
+
+    def soft_range(self) -> tuple[float, float] | None:
+        """The uniform range uncertain training targets are drawn from (None: hard targets)."""
+        if not self.uncertain.startswith("lsr_"):
+            return None
+        if self.lsr_range is not None:
+            return self.lsr_range
+        return LSR_DEFAULT_RANGES[self.uncertain]
+
+    def validate(self) -> None:
+        """An ``lsr_range`` is an ordered pair inside [0, 1], given only with an LSR option."""
+        if self.lsr_range is None:
+            return
+        if not self.uncertain.startswith("lsr_"):
+            raise ValueError("'lsr_range' applies only to uncertain: lsr_ones or lsr_zeros")
+        low, high = self.lsr_range
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"'lsr_range' must satisfy 0 <= low <= high <= 1, got {low}, {high}")
 
     def validate_for(self, classes: tuple[str, ...], task: str) -> None:
         """One column for a binary task; one per class for a multilabel task."""
@@ -110,7 +136,12 @@ class UncertainParams:
 
 @register_label_policy("uncertain", version=1, params=UncertainParams)
 def uncertain(params: UncertainParams, raw: RawDataset, ctx: DatasetContext) -> Labels:
-    """CheXpert-style 1 / 0 / -1 (uncertain) / blank columns to 0/1 labels."""
+    """CheXpert-style 1 / 0 / -1 (uncertain) / blank columns to 0/1 labels.
+
+    With ``lsr_ones`` / ``lsr_zeros`` the labels are the hard 1 / 0 every metric uses, and
+    :class:`SoftTargets` marks the uncertain entries whose training targets are drawn from
+    ``lsr_range`` (see :mod:`harness.data.soft_targets`).
+    """
     columns = params.columns or ctx.classes
     codes = np.stack(
         [_ternary(raw.column(c, ctx, "label_policy.columns"), c, ctx) for c in columns], axis=1
@@ -121,10 +152,15 @@ def uncertain(params: UncertainParams, raw: RawDataset, ctx: DatasetContext) -> 
         hit = codes == code
         if rule == "drop":
             keep &= ~hit.any(axis=1)
-        out[hit] = 1 if rule == "ones" else 0
+        out[hit] = 1 if rule in ("ones", "lsr_ones") else 0
     out = out.astype(np.int64)
     values = out[:, 0] if ctx.task == "binary" else out
-    return Labels(values, None if keep.all() else keep)
+    soft = None
+    soft_range = params.soft_range()
+    if soft_range is not None:
+        mask = codes == -1
+        soft = SoftTargets(mask[:, 0] if ctx.task == "binary" else mask, *soft_range)
+    return Labels(values, None if keep.all() else keep, soft)
 
 
 @dataclass(frozen=True, kw_only=True)

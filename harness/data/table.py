@@ -203,16 +203,34 @@ class RawDataset:
 
 
 @dataclass(frozen=True, eq=False)
+class SoftTargets:
+    """Entries whose training target is a uniform draw instead of the hard label.
+
+    Attributes:
+        mask: bool, the shape of the labels: entries with a soft training target.
+        low: the lower end of the uniform range.
+        high: the upper end of the uniform range.
+    """
+
+    mask: np.ndarray
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, eq=False)
 class Labels:
     """What a label policy returns.
 
     Attributes:
-        values: int64 ``(N,)`` class indices, or ``(N, C)`` 0/1 for multilabel tasks.
+        values: int64 ``(N,)`` class indices, or ``(N, C)`` 0/1 for multilabel tasks; the
+            labels every metric scores against.
         keep: bool ``(N,)``: rows to keep (None keeps all). Dropped rows' values are ignored.
+        soft: entries whose training target is label-smoothed (CheXpert LSR), or None.
     """
 
     values: np.ndarray
     keep: np.ndarray | None = None
+    soft: SoftTargets | None = None
 
 
 @dataclass(frozen=True, eq=False)
