@@ -178,3 +178,38 @@ def test_a_faithful_reproduction_fails_at_the_documented_rate() -> None:
     old_rate = float(np.mean(np.abs(rep - pub) > pub_ci))
     expected_old = two_sided_rate(1.96 / math.sqrt(2))
     assert abs(old_rate - expected_old) <= 4 * math.sqrt(expected_old * (1 - expected_old) / draws)
+
+
+def test_a_published_value_checks_a_gpu_run_without_a_cross_device_spread(tmp_path: Path) -> None:
+    """Published numbers came from the peer's hardware: every device class checks them alike."""
+    cpu_file = _file(tmp_path, {"kind": "ci95", "value": 0.0072})
+    empty = ex.load_expected(_empty(tmp_path / "s.cuda.yaml"), "s")
+    near = check.check_record(
+        _record(0.7086 + 0.0150, "cuda", accuracy_ci95=0.0072), empty, cpu_file
+    )
+    assert near.status == "pass" and "checked on cuda as on any device class" in near.message
+    far = check.check_record(
+        _record(0.7086 + 0.0160, "cuda", accuracy_ci95=0.0072), empty, cpu_file
+    )
+    assert far.status == "fail"
+    # a calibrated (not published) CPU value still refuses a GPU run without a spread
+    calibrated = yaml.safe_load((tmp_path / "s.yaml").read_text())
+    calibrated["cases"][CASE]["source"] = {
+        "kind": "regenerated",
+        "date": "2026-11-22",
+        "hardware": "cpu",
+        "versions": {},
+        "commit": "c",
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(calibrated))
+    outcome = check.check_record(
+        _record(0.7086, "cuda"), empty, ex.load_expected(tmp_path / "s.yaml", "s")
+    )
+    assert outcome.status == "device"
+
+
+def _empty(path: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump({"schema_version": 2, "suite": "s", "device": "cuda", "cases": {}})
+    )
+    return path
