@@ -82,7 +82,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness.config.paths import results_dir
-    from harness.report.build import write_report
+    from harness.report.build import write_report_files
 
     results = Path(args.results) if args.results else results_dir()
     out = Path(args.out) if args.out else PROJECT_ROOT / "reports" / f"{args.suite or 'all'}.md"
@@ -97,8 +97,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
             parts = suite.suite_names()
         else:
             baselines = Baselines(suite.name)
-    path = write_report(results, out, args.suite, title, baselines, parts)
-    print(f"report written to {path}")
+    filters = {
+        "keyword": args.keyword,
+        "protocols": [p for value in args.protocol for p in value.split(",") if p],
+        "models": args.models,
+        "datasets": args.datasets,
+    }
+    written = write_report_files(
+        results,
+        out,
+        args.suite,
+        title,
+        baselines,
+        parts,
+        runs=args.runs,
+        filters=filters,
+        figures=not args.no_figures,
+        html=not args.no_html,
+        auto_baselines=not args.suite,
+    )
+    for path in (written.markdown, written.csv, written.html):
+        if path is not None:
+            print(f"report written to {path}")
+    if written.figures:
+        print(f"{len(written.figures)} figure(s) written to {written.figures[0].parent}")
     return 0
 
 
@@ -119,8 +141,21 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             )
         print(f"{len(entries)} feature files, {total / 1e6:.1f} MB in {feature_dir()}")
         return 0
+    from harness.config.cards import model_card_set
+    from harness.config.names import did_you_mean
+    from harness.config.safe_paths import inside
+
     root = feature_dir()
-    targets = [root / args.model] if args.model else [p for p in root.iterdir()]
+    targets = [inside(root, args.model)] if args.model else [p for p in root.iterdir()]
+    if args.model and not targets[0].is_dir():
+        cards = model_card_set().cards
+        cached = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if args.model not in cards:  # a typo must not look like "nothing to remove"
+            raise ValueError(
+                f"unknown model {args.model!r}{did_you_mean(args.model, [*cards, *cached])}: "
+                f"no model card has that name and {root} holds no features for it "
+                f"(cached models: {', '.join(cached) or 'none'})"
+            )
     removed = 0
     for target in targets:
         if target.is_dir():
@@ -163,6 +198,44 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for message in broken:
         print(f"FAIL {message}", file=sys.stderr)
     return 1 if broken else 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from harness.config.paths import results_dir
+    from harness.submit import parse_slurm_params, submit_suite, summarise
+
+    extra = [*args.pytest_args]
+    if args.shard_by != "group":
+        extra += ["--medxfer-shard-by", args.shard_by]
+    slurm_extra = parse_slurm_params(args.slurm_param)
+    submission = submit_suite(
+        args.suite,
+        args.shards,
+        Path(args.results) if args.results else results_dir(),
+        executor=args.executor,
+        folder=Path(args.folder) if args.folder else None,
+        tests=Path(args.tests) if args.tests else None,
+        extra=extra,
+        timeout_min=args.timeout_min,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        slurm_partition=args.slurm_partition,
+        slurm_array_parallelism=args.slurm_array_parallelism,
+        slurm_additional_parameters=slurm_extra,
+    )
+    print(
+        f"submitted {args.shards} shard(s) of {args.suite} as job(s) "
+        f"{', '.join(submission.job_ids())} (run {submission.run_id}; logs in {submission.folder})"
+    )
+    if args.no_wait:
+        results = submission.results
+        print(f"records go to {results}; report: medxfer report --results {results}")
+        return 0
+    lines, ok = summarise(submission, submission.wait())
+    for line in lines:
+        print(line, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,11 +303,37 @@ def build_parser() -> argparse.ArgumentParser:
     p_conv.add_argument("--force", action="store_true", help="overwrite an earlier conversion")
     p_conv.set_defaults(func=_cmd_convert)
 
-    p_report = sub.add_parser("report", help="render result records as a markdown report")
+    p_report = sub.add_parser(
+        "report",
+        help="render result records as a markdown report (+ CSV, figures, HTML)",
+        description="Leaderboards, ranks, models x datasets, gains over random init, "
+        "tolerance tables and figures from the result records (see docs/reports.md).",
+    )
     p_report.add_argument("--suite", default=None, help="only this suite's records")
     p_report.add_argument("--results", default=None, help="records folder (default ./results)")
     p_report.add_argument("--out", default=None, help="output file (default reports/<suite>.md)")
     p_report.add_argument("--title", default=None)
+    p_report.add_argument(
+        "-k", dest="keyword", default=None, metavar="EXPRESSION",
+        help="only cases matching this pytest -k expression (case id, suite, profile, preset)",
+    )  # fmt: skip
+    p_report.add_argument(
+        "--protocol", action="append", default=[],
+        help="only this protocol (repeat, or comma-separate, for several)",
+    )  # fmt: skip
+    p_report.add_argument(
+        "--models", default=None, metavar="REGEX", help="only models whose name matches"
+    )
+    p_report.add_argument(
+        "--datasets", default=None, metavar="REGEX", help="only datasets whose name matches"
+    )
+    p_report.add_argument(
+        "--runs", choices=("latest", "best", "mean"), default="latest",
+        help="a case run several times: its newest run (default), its best run, or the "
+        "mean over its runs with their standard deviation",
+    )  # fmt: skip
+    p_report.add_argument("--no-figures", action="store_true", help="do not draw PNG figures")
+    p_report.add_argument("--no-html", action="store_true", help="do not write the HTML report")
     p_report.set_defaults(func=_cmd_report)
 
     p_cal = sub.add_parser(
@@ -290,6 +389,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="also fail when a case of B fails its expected-value check (the check pytest runs)",
     )
     p_cmp.set_defaults(func=_cmd_compare)
+
+    p_sub = sub.add_parser(
+        "submit",
+        help="run a suite as N sharded pytest sessions through submitit (SLURM, or local "
+        "processes) sharing the cache and one results folder; pytest arguments go after --",
+        description="One job per shard runs pytest --medxfer-shard i/N with this MEDXFER_HOME "
+        "(on a shared filesystem: see docs/cluster.md) and one results folder.",
+    )
+    p_sub.add_argument("suite", help="suite name or path")
+    p_sub.add_argument("--shards", type=int, required=True, help="number of jobs")
+    p_sub.add_argument("--executor", choices=("slurm", "local"), default="slurm")
+    p_sub.add_argument(
+        "--folder", default=None, help="submitit logs (default $MEDXFER_HOME/submitit/<run id>)"
+    )
+    p_sub.add_argument("--results", default=None, help="records folder (default ./results)")
+    p_sub.add_argument("--tests", default=None, help="benchmark folder (default benchmarks/)")
+    p_sub.add_argument(
+        "--shard-by", choices=("group", "case"), default="group",
+        help="group: each (model, dataset) feature group in one shard (default); case: "
+        "cases placed alone, sharing features through the cache",
+    )  # fmt: skip
+    p_sub.add_argument("--timeout-min", type=int, default=240, help="per job (default 240)")
+    p_sub.add_argument("--gpus-per-node", type=int, default=None)
+    p_sub.add_argument("--cpus-per-task", type=int, default=None)
+    p_sub.add_argument("--mem-gb", type=float, default=None)
+    p_sub.add_argument("--slurm-partition", default=None)
+    p_sub.add_argument(
+        "--slurm-array-parallelism", type=int, default=None, help="shards running at once"
+    )
+    p_sub.add_argument(
+        "--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+        help="extra sbatch parameter, e.g. account=proj or constraint=a100; repeatable",
+    )  # fmt: skip
+    p_sub.add_argument(
+        "--no-wait", action="store_true", help="print the job ids and return at once"
+    )
+    p_sub.set_defaults(func=_cmd_submit)
 
     p_cache = sub.add_parser("cache", help="inspect or clear the feature cache")
     p_cache.add_argument("action", choices=("ls", "clear"))

@@ -4,10 +4,11 @@ The cache key hashes everything that decides the features: model name, weights
 identity, dataset name/version, split, the images' content, the transform, the
 layer, the batch size, the requested precision and this module's FEATURE_VERSION.
 Features live in the ``features`` namespace of :mod:`harness.cache.store`: one ``.npz``
-file per key (the features and a JSON meta string that holds the key, checked on
-load), written atomically under the key's file lock, so concurrent pytest-xdist
-workers wait for one extraction instead of repeating it. Every hit and extraction is
-appended to ``events.jsonl`` in the cache folder.
+file per key (the features and a JSON meta string that holds the key's full text and
+the features' sha256, both checked on load: a file is trusted by its content, never by
+its name or row count), written atomically under the key's file lock, so concurrent
+pytest-xdist workers wait for one extraction instead of repeating it. Every hit and
+extraction is appended to ``events.jsonl`` in the cache folder.
 
 Every forward pass has exactly ``batch_size`` rows: the last batch is padded by
 repeating its last image and the padded rows are dropped. oneDNN chooses another
@@ -33,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.cache.atomic import is_temporary
+from harness.cache.codecs import check_content
 from harness.cache.keys import array_digest, stable_hash
 from harness.cache.store import STORE, CacheStore, Entry, KeyMismatch, Namespace
 from harness.cache.store import read_events as store_events
@@ -324,27 +326,38 @@ def cached_features(
 
 
 class FeatureFile:
-    """The feature cache's file: ``features`` (N, D) float32 and ``meta`` (JSON with the key)."""
+    """The feature cache's file: ``features`` (N, D) float32 and ``meta`` (JSON).
+
+    The meta holds the key (``key``), the key payload's full text (``key_text``) and the
+    features' sha256 (``features_sha256``, :func:`~harness.cache.keys.array_digest`).
+    """
 
     def write(
         self, handle: IO[bytes], value: tuple[np.ndarray, dict[str, Any]], entry: Entry
     ) -> None:
-        """Write the features and their meta, whose ``key`` is the entry's key."""
+        """Write the features and their meta, with the entry's key, key text and checksum."""
         features, meta = value
-        meta = {**meta, "key": entry.key}
+        meta = {
+            **meta,
+            "key": entry.key,
+            "key_text": entry.text,
+            "features_sha256": array_digest(features),
+        }
         np.savez(handle, features=features, meta=np.array(json.dumps(meta)))
 
     def read(self, path: Path, entry: Entry) -> tuple[np.ndarray, dict[str, Any]]:
         """Read the features of ``entry``.
 
         Raises:
-            KeyMismatch: When the file's meta names another key.
+            KeyMismatch: When the file's meta names another key (or key text).
+            Damaged: When the features do not match the checksum in the meta.
         """
         with np.load(path, allow_pickle=False) as payload:
             features = payload["features"]
             meta = json.loads(str(payload["meta"]))
-        if meta.get("key") != entry.key:
+        if meta.get("key") != entry.key or meta.get("key_text") != entry.text:
             raise KeyMismatch(f"it holds key {meta.get('key')!r}")
+        check_content(meta.get("features_sha256"), array_digest(features))
         return features, meta
 
     def summary(self, value: tuple[np.ndarray, dict[str, Any]]) -> dict[str, Any]:

@@ -100,11 +100,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="fine-tuning: train again even when a finished run with the same key is stored",
     )
     add(
+        "--medxfer-rerun",
+        action="store_true",
+        help="run every case again even when a finished result with the same key is stored "
+        "(by default a finished case reuses its record, still checked against its expected value)",
+    )
+    add(
         "--medxfer-cards",
         action="append",
         default=[],
         metavar="DIR",
         help=f"extra card folder (models/, datasets/, suites/ inside); repeatable; also ${CARDS_ENV}",
+    )
+    add(
+        "--medxfer-mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log each case as an MLflow run (params, metrics, the record as an artifact) to URI, "
+        "or without one to sqlite:///<results>/mlflow/mlflow.db (needs the 'mlflow' extra)",
     )
     parser.addini("medxfer_suite", "default suite for benchmark cases", default="default")
 
@@ -181,8 +196,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             f"{metafunc.module.__file__}: a benchmark test names a registered protocol "
             f"(benchmark_test(name) or PROTOCOL = name): {exc}"
         ) from exc
+    try:
+        cases = session.cases()
+    except pytest.UsageError:
+        # the suite itself is unreadable: said once, after collection, not once per module
+        metafunc.parametrize("bench", [], indirect=True)
+        return
     params = []
-    for case in session.cases():
+    for case in cases:
         if case.protocol != spec.name:
             continue
         # cases sharing frozen features share a worker; the others spread freely
@@ -200,16 +221,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     """The case being run; skips when its model's weights are absent and cannot be fetched
     now, or its dataset is not prepared, saying what to download and where to put it."""
+    from harness.config.suites import UnusableCase
     from harness.data.prepare import DatasetNotPrepared, how_to_prepare
     from harness.protocols.case import CaseRun
     from harness.zoo.errors import WeightsUnavailable
 
     session = medxfer_session(request.config)
+    case: Case | UnusableCase = request.param
+    if isinstance(case, UnusableCase):
+        session.fail_unusable(request.node, case)
     session.share_cores()
-    case: Case = request.param
     run = CaseRun(case, session.results_dir, session.option("device"), session.option("precision"))
     run.seed = session.option("seed")
     run.retrain = session.option("retrain")
+    run.rerun = session.option("rerun")
     if not session.option("record-only"):
         run.on_record = lambda record: session.check(request.node, record, case.expected_required)
     try:
@@ -221,10 +246,23 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     except DatasetNotPrepared:
         pytest.skip(f"dataset {case.dataset.name} is not prepared: {how_to_prepare(case.dataset)}")
     yield run
+    if run.outcome is not None:
+        request.node.user_properties.append(("medxfer_case_result", run.outcome))
     for split, outcome in run.feature_cache.items():
         request.node.user_properties.append(("medxfer_feature_cache", f"{split}:{outcome}"))
-    if run.record_path is not None:
+    if run.record_path is not None and run.record_written:
         request.node.user_properties.append(("medxfer_record", str(run.record_path)))
+        if session.option("mlflow") is not None:
+            session.track(run.record_path)
+    if run.record_path is not None:
+        request.node.user_properties.append(("medxfer_record_file", str(run.record_path)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop with one clear error when the selected suite cannot be read."""
+    error = medxfer_session(session.config).usage_error
+    if error is not None:
+        raise pytest.UsageError(f"medxfer: {error}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -244,29 +282,48 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Summarise feature-cache hits/extractions and records written (xdist-safe)."""
-    hits = misses = records = unchecked = 0
+    hits = misses = records = unchecked = reused = 0
+    card_errors: dict[str, int] = {}
+    record_files: list[str] = []
     for reports in terminalreporter.stats.values():
         for report in reports:
-            if getattr(report, "when", None) != "teardown":
+            if getattr(report, "when", None) not in ("setup", "teardown"):
                 continue
             for key, value in getattr(report, "user_properties", []):
-                if key == "medxfer_feature_cache":
+                if report.when == "setup":  # a failed setup has no teardown report
+                    if key == "medxfer_card_error":
+                        card_errors[value] = card_errors.get(value, 0) + 1
+                    continue
+                if key == "medxfer_case_result":
+                    reused += value == "reused"
+                elif key == "medxfer_feature_cache":
                     hits += value.endswith(":hit")
                     misses += value.endswith(":miss")
                 elif key == "medxfer_record":
                     records += 1
+                elif key == "medxfer_record_file":
+                    record_files.append(value)
                 elif key == "medxfer_unchecked":
                     unchecked += 1
-    if not (hits or misses or records):
+    if not (hits or misses or records or reused or card_errors):
         return
     from harness.baselines.expected import ExpectedFileError
 
     state = medxfer_session(terminalreporter.config)
     terminalreporter.write_sep("-", "medxfer")
+    for error, count in sorted(card_errors.items()):
+        terminalreporter.write_line(f"unusable card ({count} cases failed): {error}", red=True)
     terminalreporter.write_line(
         f"feature cache: {hits} hits, {misses} extractions; {records} result records written "
         f"to {state.results_dir}"
     )
+    if reused:
+        terminalreporter.write_line(
+            f"finished cases: {reused} reused their stored result (run them again with "
+            "--medxfer-rerun)"
+        )
+    for line in state.leaderboard_lines(record_files):
+        terminalreporter.write_line(line)
     if unchecked:
         terminalreporter.write_line(
             f"expected values: {unchecked} cases have none yet (their suite makes them "

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 if TYPE_CHECKING:
     from harness.baselines.check import Baselines
     from harness.baselines.expected import ExpectedFile, ExpectedFileError
-    from harness.config.suites import Case, Suite
+    from harness.config.suites import Case, Suite, UnusableCase
     from harness.records.results import ResultRecord
 
 THREADS_ENV = "MEDXFER_TORCH_THREADS"
 CASE_MARKER = ("medxfer_case", "a (model, dataset, protocol) benchmark case")
 
 
-def with_presets(cases: list[Case], options: list[str]) -> list[Case]:
+def with_presets(cases: list[Case | UnusableCase], options: list[str]) -> list[Case | UnusableCase]:
     """Apply ``--medxfer-preset PROTOCOL=PRESET`` options to the suite's cases.
 
     Raises:
@@ -57,7 +57,8 @@ class MedxferSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self._suite: Suite | None = None
-        self._cases: list[Case] | None = None
+        self._cases: list[Case | UnusableCase] | None = None
+        self._usage_error: str | None = None
         self._baselines: dict[str, Baselines] = {}
         self._markers_registered = False
         self.threads_shared = False
@@ -82,21 +83,45 @@ class MedxferSession:
             try:
                 self._suite = load_suite(name)
             except SuiteError as exc:
+                self._usage_error = str(exc)
                 raise pytest.UsageError(str(exc)) from exc
         return self._suite
 
-    def cases(self) -> list[Case]:
-        """The suite's cases under the selected profile."""
+    def cases(self) -> list[Case | UnusableCase]:
+        """The suite's cases under the selected profile.
+
+        A case whose model or dataset card is malformed or unknown is an
+        :class:`~harness.config.suites.UnusableCase`: it fails alone when run.
+
+        Raises:
+            pytest.UsageError: When the suite itself cannot be read (named once: the
+                error is kept and raised again on every call).
+        """
+        if self._usage_error is not None:
+            raise pytest.UsageError(self._usage_error)
         if self._cases is None:
             from harness.config.suites import SuiteError
             from harness.protocols.registry import ProtocolError
 
+            unusable: list[UnusableCase] = []
             try:
-                cases = self.suite.cases(self.option("profile"))
-                self._cases = with_presets(cases, self.option("preset"))
+                cases = self.suite.cases(self.option("profile"), unusable)
+                self._cases = with_presets([*cases, *unusable], self.option("preset"))
             except (SuiteError, ProtocolError, KeyError) as exc:
-                raise pytest.UsageError(str(exc)) from exc
+                self._usage_error = str(exc.args[0] if isinstance(exc, KeyError) else exc)
+                raise pytest.UsageError(self._usage_error) from exc
         return self._cases
+
+    @property
+    def usage_error(self) -> str | None:
+        """Why the selected suite could not be expanded into cases (None: it could, or it
+        was not asked for)."""
+        return self._usage_error
+
+    def fail_unusable(self, node: pytest.Item, case: UnusableCase) -> NoReturn:
+        """Fail a case whose card cannot be used, with the card's error on one line."""
+        node.user_properties.append(("medxfer_card_error", case.error))
+        pytest.fail(f"unusable card: {case.error}", pytrace=False)
 
     def register_markers(self) -> None:
         """Declare one marker per registered protocol (imports the protocols)."""
@@ -172,7 +197,36 @@ class MedxferSession:
         elif workerinput is not None:
             workers = int(workerinput.get("workercount", 1))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        if workerinput is not None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            # one GPU per xdist worker (gw0 -> cuda:0, gw1 -> cuda:1, ...), round robin
+            worker = int(str(workerinput.get("workerid", "gw0")).removeprefix("gw") or 0)
+            torch.cuda.set_device(worker % torch.cuda.device_count())
         self.threads_shared = True
+
+    def track(self, record_path: Path) -> None:
+        """Log a written record to MLflow (``--medxfer-mlflow``); a failure warns, never fails."""
+        import warnings
+
+        from harness.tracking.mlflow import TrackingError, log_record
+
+        uri = self.option("mlflow") or None
+        try:
+            log_record(record_path, results_dir=self.results_dir, tracking_uri=uri)
+        except TrackingError as exc:
+            warnings.warn(f"medxfer: --medxfer-mlflow: {exc}", stacklevel=1)
+
+    def leaderboard_lines(self, record_files: list[str]) -> list[str]:
+        """A compact leaderboard of the records of the cases just run (empty without any)."""
+        from harness.records.results import RecordError, load_record
+        from harness.report.terminal import summary_lines
+
+        records = []
+        for path in dict.fromkeys(record_files):
+            try:
+                records.append(load_record(Path(path)))
+            except (OSError, RecordError):
+                continue  # a record that cannot be read was reported when it was written
+        return summary_lines(records) if records else []
 
     def check(self, node: pytest.Item, record: ResultRecord, required: bool = True) -> None:
         """Check a stored record against its suite's expected values; fail the test on a mismatch.

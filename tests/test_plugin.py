@@ -115,8 +115,17 @@ def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_pat
     twins = {r["model"]["name"]: r["model"]["weights_sha256"] for r in records}
     assert len(set(twins.values())) == 4  # a twin's identity includes its statistics
 
+    # finished cases are reused by default (tests/test_case_resume.py); --medxfer-rerun
+    # runs them again, from the feature cache
     second = run_benchmarks(
-        home, tmp_path, "--suite", "smoke", "-k", "linear and cxr_lesion", "--medxfer-record-only"
+        home,
+        tmp_path,
+        "--suite",
+        "smoke",
+        "-k",
+        "linear and cxr_lesion",
+        "--medxfer-record-only",
+        "--medxfer-rerun",
     )
     assert second.returncode == 0, second.stdout + second.stderr
     assert len([e for e in _events(home) if e["event"] == "extract"]) == 12  # nothing new

@@ -108,23 +108,25 @@ def test_leaderboards_rank_by_primary_metric(results: Path) -> None:
         "model",
         "category",
         "**roc_auc**",
+        "runs",
         "accuracy",
         "mean_per_class_accuracy",
         "hyperparameters",
         "Δ vs random twin",
     ]
+    row = ["0.800", "0.500", "C=1.2e-02"]
     assert lesions[1:] == [
-        ["1", "`alpha.in1k`", "supervised", "0.900", "0.800", "0.500", "C=1.2e-02", "+0.300"],
-        ["2", "`beta.ssl`", "self-supervised", "0.800", "0.700", "0.500", "C=1.2e-02", ""],
-        ["3", "`alpha.random`", "random-init", "0.600", "0.500", "0.500", "C=1.2e-02", ""],
+        ["1", "`alpha.in1k`", "supervised", "**0.900**", "1", *row, "+0.300"],
+        ["2", "`beta.ssl`", "self-supervised", "0.800", "1", "0.700", *row[1:], ""],
+        ["3", "`alpha.random`", "random-init", "0.600", "1", "0.500", *row[1:], ""],
     ]
 
     modality = found["`modality` · `linear`"]
     assert modality[0][3] == "**accuracy**"
     assert "accuracy" not in modality[0][4:]
-    assert [row[:4] for row in modality[1:]] == [
-        ["1.5", "`alpha.in1k`", "supervised", "0.800"],
-        ["1.5", "`beta.ssl`", "self-supervised", "0.800"],
+    assert [row[:4] for row in modality[1:]] == [  # tied best values are both bold
+        ["1.5", "`alpha.in1k`", "supervised", "**0.800**"],
+        ["1.5", "`beta.ssl`", "self-supervised", "**0.800**"],
         ["3", "`alpha.random`", "random-init", "0.550"],
     ]
     assert [row[-1] for row in modality[1:]] == ["+0.250", "", ""]
@@ -154,6 +156,7 @@ def test_pretrained_vs_random_summary(results: Path) -> None:
             "0.900",
             "0.600",
             "+0.300",
+            "+50.0%",
             "yes",
         ],
         [
@@ -165,6 +168,7 @@ def test_pretrained_vs_random_summary(results: Path) -> None:
             "0.800",
             "0.550",
             "+0.250",
+            "+45.5%",
             "yes",
         ],
     ]
@@ -190,12 +194,18 @@ def test_header_legend_and_provenance(results: Path) -> None:
     assert "- Hardware: Linux-test, 4 CPUs, no GPU (6 records)" in report
     assert f"- Git commit: `{COMMIT}` (6 records)" in report
     assert "feature extraction 12.0 s, protocols 3.0 s; feature cache: 6 hits, 6 misses" in report
-    assert "2026-01-01" not in report  # no timestamps anywhere
+    # the only time is the records' own range, in the footer: regenerating changes nothing
+    assert "- Runs shown: the newest run of each case; 6 runs of 6 cases made from " in report
+    assert "2026-01-01 00:00:00 to 2026-01-01 00:00:05 UTC" in report
+    assert report.count("2026-01-01") == 2
+    assert "- Suite: demo; profile: demo" in report
+    assert "- Presets: linear=medxfer" in report
     assert report.endswith("\n") and not report.endswith("\n\n")
     sections = [line for line in lines if line.startswith("## ")]
     assert sections == [
         "## Leaderboards",
         "## Mean rank across datasets",
+        "## Models × datasets",
         "## Pretrained vs random initialisation",
         "## Provenance",
     ]
@@ -208,7 +218,17 @@ def test_render_is_deterministic(results: Path) -> None:
     # row order of the input and superseded runs do not change the output
     shuffled = latest.sample(frac=1, random_state=3)
     assert render_report(shuffled, "Demo report") == first
-    assert render_report(load_records(results, latest_only=False), "Demo report") == first
+    # every run loaded: the same numbers, and the case run twice says so
+    every = render_report(load_records(results, latest_only=False), "Demo report")
+    assert every == render_report(
+        load_records(results, latest_only=False).iloc[::-1], "Demo report"
+    )
+    assert "| `beta.ssl`     | self-supervised |       0.800 |    2 |" in every
+    assert "Generated from 7 result records (" in every
+    same = every.replace("0.800 |    2 |", "0.800 |    1 |").replace(
+        "7 result records", "6 result records"
+    )
+    assert same.split("## Provenance")[0] == first.split("## Provenance")[0]
 
 
 def test_nan_primary_ranks_last_without_rank(tmp_path: Path) -> None:
@@ -218,7 +238,7 @@ def test_nan_primary_ranks_last_without_rank(tmp_path: Path) -> None:
     report = render_report(load_records(tmp_path), "T")
     rows = tables(report)["`lesions`† · `linear`"][1:]
     assert [(row[0], row[1], row[3], row[-1]) for row in rows] == [
-        ("1", "`alpha.random`", "0.750", ""),
+        ("1", "`alpha.random`", "**0.750**", ""),
         ("2", "`alpha.in1k`", "0.700", "-0.050"),
         ("—", "`beta.ssl`", "—", ""),
     ]
@@ -243,7 +263,10 @@ def test_suite_filter_and_errors(results: Path, tmp_path_factory: pytest.TempPat
 def test_write_report(results: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     out = tmp_path_factory.mktemp("reports") / "demo.md"
     assert write_report(results, out, "demo", "Demo report") == out
-    assert out.read_text(encoding="utf-8") == render_report(load_records(results), "Demo report")
+    every = load_records(results, latest_only=False)
+    assert out.read_text(encoding="utf-8") == render_report(every, "Demo report")
+    assert out.with_suffix(".csv").is_file()
+    assert not out.with_suffix(".html").exists() and not (out.parent / "figures").exists()
 
 
 def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Path) -> None:
@@ -252,10 +275,12 @@ def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Pa
 
     source = {"kind": "published", "repository": "r", "commit": "c", "file": "f", "row": "x"}
 
-    def entry(case: str, value: float, others: dict | None = None) -> ex.Expectation:
+    def entry(
+        case: str, value: float, others: dict | None = None, kind: dict = source
+    ) -> ex.Expectation:
         _, dataset, _ = case.split("/")
         return ex.Expectation(
-            case, "demo", 1, 2, DATASETS[dataset][0], value, 0.01, others or {}, source
+            case, "demo", 1, 2, DATASETS[dataset][0], value, 0.01, others or {}, kind
         )
 
     good = "linear/lesions/alpha.in1k"  # passes on every metric
@@ -268,7 +293,9 @@ def test_reproducibility_table_says_what_pytest_says(results: Path, tmp_path: Pa
         {
             good: entry(good, 0.9, {"mean_per_class_accuracy": mpc}),
             secondary: entry(secondary, 0.8, {"accuracy": ex.MetricExpectation(0.9, 0.01)}),
-            device: entry(device, 0.8),
+            # calibrated on CPU without a cross-device spread: says nothing about cuda
+            # (a published value would apply to every device class)
+            device: entry(device, 0.8, kind={"kind": "calibration", "seeds": 3, "std": 0.0}),
         },
     )
     store(

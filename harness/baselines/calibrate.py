@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,10 +58,11 @@ from harness.baselines.obtained import (
     resolution_of,
 )
 from harness.baselines.tolerance import TOLERANCE_RULE
+from harness.cache.atomic import is_temporary, write_json
 from harness.config.paths import PROJECT_ROOT
 from harness.config.suites import load_suite
 from harness.config.vocabulary import is_interval_name
-from harness.records.results import load_record
+from harness.records.results import RecordError, load_record
 
 
 @dataclass(frozen=True)
@@ -152,19 +154,25 @@ def finished_earlier(run: CalibrationRun, suite: str, pytest_args: Sequence[str]
 
 def mark_finished(run: CalibrationRun, suite: str, pytest_args: Sequence[str], code: int) -> None:
     """Write ``run``'s done marker atomically."""
-    marker = done_marker(run)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    temporary = marker.with_name(marker.name + ".tmp")
     payload = {"session": _session_identity(run, suite, pytest_args), "exit_code": code}
-    temporary.write_text(json.dumps(payload, indent=2))
-    temporary.replace(marker)
+    write_json(done_marker(run), payload)
 
 
 def records_by_case(results: Path) -> dict[str, dict[str, Any]]:
-    """Return the newest record per case id under a results folder, as dicts."""
+    """Return the newest record per case id under a results folder, as dicts.
+
+    Temporaries of writes (in progress or interrupted) are ignored; a corrupt or invalid
+    record is skipped with a warning naming the file (its run's other records count).
+    """
     newest: dict[str, dict[str, Any]] = {}
     for path in sorted(results.rglob("*.json")):
-        record = load_record(path).to_dict()
+        if is_temporary(path):
+            continue
+        try:
+            record = load_record(path).to_dict()
+        except RecordError as exc:
+            warnings.warn(f"calibrate: skipping result record: {exc}", stacklevel=2)
+            continue
         current = newest.get(record["case_id"])
         if current is None or record["timestamp"] > current["timestamp"]:
             newest[record["case_id"]] = record

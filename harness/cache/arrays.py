@@ -1,8 +1,9 @@
 """The statistics cache: NumPy arrays derived from features (e.g. means and covariances).
 
 A thin namespace of the cache service (:mod:`harness.cache.store`): one ``.npz`` file
-per key under ``<MEDXFER_HOME>/arrays/<namespace>/<key>.npz``, the key payload stored
-inside and checked on load.
+per key under ``<MEDXFER_HOME>/arrays/<namespace>/<key>.npz``, the key payload's text
+and the arrays' sha256 stored inside and checked on load
+(:class:`~harness.cache.codecs.NpzArrays`).
 """
 
 from __future__ import annotations

@@ -12,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+_FILE_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """Return the sha256 of a file's bytes, memoised per (path, size, mtime).
+    """Return the sha256 of a file's bytes, memoised per (path, size, mtime, inode, ctime).
 
     Args:
         path: The file.
@@ -31,7 +32,8 @@ def file_sha256(path: Path) -> str:
         64 hex digits.
     """
     stat = Path(path).stat()
-    memo = (str(path), stat.st_size, stat.st_mtime_ns)
+    # inode and ctime too: a file replaced by one of the same size and mtime is hashed again
+    memo = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
     if memo not in _FILE_DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
@@ -74,6 +76,36 @@ def array_digest(array: np.ndarray) -> str:
     digest = hashlib.sha256(f"{array.shape}|{array.dtype}".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """Return the sha256 of named arrays: each name with its :func:`array_digest`, by name.
+
+    The content checksum that cache files of arrays store and check on load.
+
+    Args:
+        arrays: Name -> array.
+
+    Returns:
+        64 hex digits.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(f"{name}={array_digest(np.asarray(arrays[name]))};".encode())
+    return digest.hexdigest()
+
+
+def json_digest(value: Any) -> str:
+    """Return the sha256 of a JSON value's canonical text (sorted keys, no spaces).
+
+    Args:
+        value: A value as ``json.loads`` returns it.
+
+    Returns:
+        64 hex digits.
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _json_default(value: Any) -> Any:

@@ -5,20 +5,33 @@ Every cache of medxfer (frozen features, derived statistics, fine-tuning runs) i
 carries its key (:func:`harness.cache.keys.stable_hash` of the key payload) and whose
 content carries the key again; :meth:`CacheStore.get_or_compute` does, for every one:
 
-1. load the file if it is there: a file that cannot be read, or that holds another
-   key's value, is never trusted (a warning and a ``corrupt`` / ``mismatch`` event) and
-   is computed again;
-2. otherwise take the key's file lock (``<file>.lock``): concurrent pytest-xdist
-   workers, or processes sharing a cache folder, wait for one computation instead of
-   repeating it; load again under the lock (another process may have written it);
+1. load the file if it is there. Files are trusted by content, never by name: each
+   carries its key's full text and a sha256 of its content, both checked on load
+   (:mod:`harness.cache.codecs`). A file that cannot be read or whose content does not
+   match its checksum (``corrupt``), or that holds another key's value (``mismatch``),
+   is never a hit: a warning and an event, and it is computed again;
+2. otherwise take the key's file lock (``<file>.lock``, :mod:`harness.cache.locks`:
+   holder recorded, a timeout, dead holders broken): concurrent pytest-xdist workers, or
+   processes sharing a cache folder, wait for one computation instead of repeating it;
+   load again under the lock (another process may have written it);
 3. remove temporaries left beside the file by a killed writer (``stale`` events);
 4. compute, and write the file atomically (:mod:`harness.cache.atomic`): readers see
    the old file or the new one, never half of one. A computation that raises writes
    nothing.
 
+The first time a process uses a folder, temporaries older than
+:data:`~harness.cache.atomic.STALE_AFTER_S` whose writer is not alive are deleted there
+(and in the namespace's folder, two levels down).
+
 Each namespace appends its events (``hit``, the namespace's store event, ``corrupt``,
-``mismatch``, ``stale``) to ``<root>/<namespace>/events.jsonl``, one short ``O_APPEND``
-write per event, and the store counts them per process (:meth:`CacheStore.counts`).
+``mismatch``, ``stale``, ``unstored``) to ``<root>/<namespace>/events.jsonl``, one short
+``O_APPEND`` write per event, and the store counts them per process
+(:meth:`CacheStore.counts`).
+
+A root that cannot be written (:func:`harness.config.paths.home_writable`, e.g.
+``MEDXFER_CACHE_READONLY=1``) is used read-only: hits are read as usual, a miss is
+computed but not stored (an ``unstored`` event), no lock or temporary is made there, and
+events go to ``<results>/cache-events/<namespace>/events.jsonl`` instead.
 """
 
 from __future__ import annotations
@@ -35,14 +48,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Generic, Protocol, TypeVar
 
-from filelock import FileLock
-
-from harness.cache.atomic import TMP_INFIX, write_with
+from harness.cache.atomic import TMP_INFIX, remove_stale_temporaries, write_with
+from harness.cache.events import EVENTS_FILE, append_event, events_folder_read_only
+from harness.cache.events import read_events as read_events  # part of the store's interface
 from harness.cache.keys import key_text, stable_hash
-from harness.config.paths import home
+from harness.cache.locks import hold
+from harness.config.paths import home, home_writable
 
 LOG = logging.getLogger("medxfer.cache")
-EVENTS_FILE = "events.jsonl"
 _NOT_IN_NAMES = re.compile(r"[/\\\x00]")
 
 T = TypeVar("T")
@@ -50,6 +63,10 @@ T = TypeVar("T")
 
 class KeyMismatch(Exception):
     """Raised by a codec when a readable file holds another key's value."""
+
+
+class Damaged(Exception):
+    """Raised by a codec when a file's content does not match the checksum stored in it."""
 
 
 class Codec(Protocol[T]):
@@ -64,6 +81,7 @@ class Codec(Protocol[T]):
 
         Raises:
             KeyMismatch: When the file holds another key's value.
+            Damaged: When its content does not match its stored checksum.
             Exception: Any other error means the file is unreadable.
         """
         ...
@@ -143,6 +161,7 @@ class CacheStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root
         self._counts: dict[str, Counter[str]] = {}
+        self._swept: set[Path] = set()
 
     def folder(self, namespace: Namespace[Any] | str) -> Path:
         """The folder of a namespace (not created)."""
@@ -210,6 +229,9 @@ class CacheStore:
         """
         started = time.perf_counter()
         facts = dict(describe or {})
+        if not self.writable():
+            return self._read_only(namespace, entry, compute, validate, refresh, facts, started)
+        self._sweep(entry)
         value = _MISSING if refresh else self._load(namespace, entry, validate, facts, False)
         if value is _MISSING:
             entry.path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +255,33 @@ class CacheStore:
         self._event("hit", entry, facts)
         return Lookup(value, True, entry, time.perf_counter() - started)
 
+    def _read_only(
+        self,
+        namespace: Namespace[T],
+        entry: Entry,
+        compute: Callable[[], T],
+        validate: Callable[[T], str | None] | None,
+        refresh: bool,
+        facts: dict[str, Any],
+        started: float,
+    ) -> Lookup[T]:
+        """:meth:`get_or_compute` on a root that cannot be written: nothing is written there."""
+        value = _MISSING if refresh else self._load(namespace, entry, validate, facts, True)
+        if value is not _MISSING:
+            self._event("hit", entry, facts)
+            return Lookup(value, True, entry, time.perf_counter() - started)
+        self._count(entry.namespace, "miss")
+        value = compute()
+        seconds = time.perf_counter() - started
+        self.report(
+            "unstored",
+            entry,
+            f"cache {entry.namespace}: {entry.path} is not cached and the cache home is "
+            "read-only; computed without storing it",
+            {**facts, "seconds": round(seconds, 3)},
+        )
+        return Lookup(value, False, entry, seconds)
+
     def load(
         self,
         namespace: Namespace[T],
@@ -243,11 +292,20 @@ class CacheStore:
         value = self._load(namespace, entry, validate, {}, True)
         return None if value is _MISSING else value
 
+    def writable(self) -> bool:
+        """Whether the root can be written (see :func:`harness.config.paths.home_writable`)."""
+        return home_writable(self.root)
+
     @contextlib.contextmanager
     def lock(self, entry: Entry) -> Iterator[None]:
-        """Hold the file lock of ``entry`` (``<file>.lock``) for the block."""
+        """Hold the file lock of ``entry`` (``<file>.lock``) for the block.
+
+        Raises:
+            harness.cache.locks.LockTimeout: When another holder keeps it past the
+                timeout (``MEDXFER_LOCK_TIMEOUT``), naming the lock file and the holder.
+        """
         entry.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(entry.path) + ".lock"):
+        with hold(Path(str(entry.path) + ".lock")):
             yield
 
     def counts(self, namespace: Namespace[Any] | str) -> dict[str, int]:
@@ -276,12 +334,22 @@ class CacheStore:
             problem = validate(value) if validate is not None else None
         except KeyMismatch as exc:
             problem = str(exc) or "it holds another key's value"
+        except Damaged as exc:
+            if report:
+                self.report(
+                    "corrupt",
+                    entry,
+                    f"cache file {entry.path} is damaged ({exc}); computing again",
+                    facts,
+                )
+            return _MISSING
         except Exception as exc:  # a corrupt file is computed again, never trusted
             if report:
                 self.report(
                     "corrupt",
                     entry,
-                    f"cache file {entry.path} is unreadable ({exc}); computing again",
+                    f"cache file {entry.path} is unreadable ({type(exc).__name__}: {exc}); "
+                    "computing again",
                     facts,
                 )
             return _MISSING
@@ -296,6 +364,15 @@ class CacheStore:
                 )
             return _MISSING
         return value
+
+    def _sweep(self, entry: Entry) -> None:
+        """Delete stale temporaries the first time this process uses a folder."""
+        for folder, depth in ((self.folder(entry.namespace), 2), (entry.path.parent, 0)):
+            if folder in self._swept:
+                continue
+            self._swept.add(folder)
+            for stale in remove_stale_temporaries(folder, depth=depth):
+                self.report("stale", entry, f"removed stale temporary {stale}", {})
 
     def _remove_stale_temporaries(self, entry: Entry, facts: Mapping[str, Any]) -> None:
         # Only the lock holder writes this key, so a temporary beside it was left by a
@@ -323,27 +400,13 @@ class CacheStore:
             default=str,
         )
         folder = self.folder(entry.namespace)
-        folder.mkdir(parents=True, exist_ok=True)
-        # One short O_APPEND write per event: lines from concurrent workers do not interleave.
-        with open(folder / EVENTS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-
-
-def read_events(folder: Path) -> list[dict[str, Any]]:
-    """Return a namespace's event log (``folder/events.jsonl``), oldest first.
-
-    A line cut short by a kill mid-write is skipped.
-    """
-    path = Path(folder) / EVENTS_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
+        if self.writable():
+            try:
+                append_event(folder / EVENTS_FILE, line)
+                return
+            except OSError as exc:  # e.g. a home mounted read-only since the probe
+                LOG.warning("cannot append to %s (%s); logging to the results folder", folder, exc)
+        append_event(events_folder_read_only(entry.namespace) / EVENTS_FILE, line)
 
 
 def _check_plain(what: str, name: str) -> None:

@@ -14,9 +14,10 @@ and its weights download only when the user runs online.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from harness.cache.keys import stable_hash
 from harness.config.card_fields import CardError, Fields, read_yaml
@@ -35,9 +36,11 @@ from harness.config.model_cards import (
     ModelCard,
     Preprocessing,
     WeightsSpec,
+    load_model_card_entries,
     load_model_card_file,
     timm_model_card,
 )
+from harness.config.names import did_you_mean
 from harness.config.paths import PROJECT_ROOT, user_card_folders
 
 CardT = TypeVar("CardT", ModelCard, DatasetCard)
@@ -59,6 +62,7 @@ __all__ = [
     "UNPUBLISHED",
     "WEIGHT_SOURCES",
     "CardError",
+    "CardSet",
     "DatasetCard",
     "Fields",
     "ModelCard",
@@ -66,11 +70,13 @@ __all__ = [
     "WeightsSpec",
     "all_dataset_cards",
     "all_model_cards",
+    "dataset_card_set",
     "dataset_cards",
     "get_dataset_card",
     "get_model_card",
     "load_dataset_card_file",
     "load_model_card_file",
+    "model_card_set",
     "model_cards",
     "read_yaml",
     "stable_hash",
@@ -78,46 +84,102 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class CardSet(Generic[CardT]):
+    """The cards of some folders, and what is wrong with the malformed ones.
+
+    Attributes:
+        cards: Valid cards by name.
+        problems: Name -> error of every card that cannot be used (a malformed file or
+            entry, a name defined twice, a twin of an unknown model). A file that cannot
+            be read at all is listed under its stem and the name it gives.
+    """
+
+    cards: dict[str, CardT] = field(default_factory=dict)
+    problems: dict[str, CardError] = field(default_factory=dict)
+    duplicates: set[str] = field(default_factory=set)
+
+    def strict(self) -> dict[str, CardT]:
+        """The cards, or the first problem raised."""
+        if self.problems:
+            raise next(iter(self.problems.values()))
+        return self.cards
+
+
 def model_cards(directory: Path | None = None) -> dict[str, ModelCard]:
     """Return every model card in ``directory`` (default ``models/``) by name.
 
     Duplicate names are an error. Results are cached per folder.
+
+    Raises:
+        CardError: On the first malformed card or duplicate name.
     """
-    return _model_cards(Path(directory or MODEL_CARD_DIR))
+    return _model_cards(Path(directory or MODEL_CARD_DIR)).strict()
 
 
 @cache
-def _model_cards(directory: Path) -> dict[str, ModelCard]:
-    return _cards_in(directory, "model", load_model_card_file)
+def _model_cards(directory: Path) -> CardSet[ModelCard]:
+    return _cards_in(directory, "model", load_model_card_entries)
 
 
 def dataset_cards(directory: Path | None = None) -> dict[str, DatasetCard]:
     """Return every dataset card in ``directory`` (default ``datasets/``) by name.
 
     Duplicate names are an error. Results are cached per folder.
+
+    Raises:
+        CardError: On the first malformed card or duplicate name.
     """
-    return _dataset_cards(Path(directory or DATASET_CARD_DIR))
+    return _dataset_cards(Path(directory or DATASET_CARD_DIR)).strict()
 
 
 @cache
-def _dataset_cards(directory: Path) -> dict[str, DatasetCard]:
-    return _cards_in(directory, "dataset", lambda path: [load_dataset_card_file(path)])
+def _dataset_cards(directory: Path) -> CardSet[DatasetCard]:
+    return _cards_in(directory, "dataset", _dataset_card_entries)
+
+
+def _dataset_card_entries(path: Path) -> tuple[list[DatasetCard], dict[str, CardError]]:
+    try:
+        return [load_dataset_card_file(path)], {}
+    except CardError as exc:
+        try:
+            raw = read_yaml(path)
+        except CardError:
+            raw = None
+        given = raw.get("name") if isinstance(raw, dict) else None
+        names = [path.stem, *([given] if isinstance(given, str) else [])]
+        return [], dict.fromkeys(names, exc)
 
 
 def _cards_in(
-    directory: Path, kind: str, load_file: Callable[[Path], list[CardT]]
-) -> dict[str, CardT]:
-    """Every card of the ``*.yaml`` files in a folder by name; a name defined twice is an error."""
-    cards: dict[str, CardT] = {}
+    directory: Path,
+    kind: str,
+    load_file: Callable[[Path], tuple[list[CardT], dict[str, CardError]]],
+) -> CardSet[CardT]:
+    """Every card of the ``*.yaml`` files in a folder; malformed ones and names defined
+    twice become problems of their names, never errors of the whole folder."""
+    found: CardSet[CardT] = CardSet()
     for path in sorted(Path(directory).glob("*.yaml")):
-        for card in load_file(path):
-            if card.name in cards:
-                raise CardError(
-                    f"{path}: {kind} {card.name!r} is already defined in "
-                    f"{cards[card.name].source_file}"
-                )
-            cards[card.name] = card
-    return cards
+        cards, problems = load_file(path)
+        for name, problem in problems.items():
+            found.problems.setdefault(name, problem)
+        for card in cards:
+            _add(found, card, kind)
+    return found
+
+
+def _add(into: CardSet[Any], card: Any, kind: str, note: str = "") -> None:
+    """Add a valid card; a name defined twice becomes a problem (neither card is used)."""
+    known = into.cards.pop(card.name, None)
+    if known is None and card.name not in into.duplicates:
+        into.cards[card.name] = card
+        return
+    if known is not None:
+        into.duplicates.add(card.name)
+        into.problems[card.name] = CardError(
+            f"{card.source_file}: {kind} {card.name!r} is already defined in "
+            f"{known.source_file}{note}"
+        )
 
 
 def _card_dirs(builtin: Path, kind: str) -> list[Path]:
@@ -129,76 +191,97 @@ def all_model_cards() -> dict[str, ModelCard]:
     """Every model card: ``models/`` and the user's card folders (``$MEDXFER_CARDS``).
 
     Raises:
-        CardError: When two folders define one name, or a twin names an unknown model.
+        CardError: On a malformed card, a name two folders define, or a twin of an
+            unknown model (:func:`model_card_set` keeps them apart instead).
     """
-    cards: dict[str, ModelCard] = {}
+    return model_card_set().strict()
+
+
+def model_card_set() -> CardSet[ModelCard]:
+    """Every model card and every problem: one malformed card does not hide the others."""
+    found: CardSet[ModelCard] = CardSet()
     for directory in _card_dirs(MODEL_CARD_DIR, "models"):
         if directory.is_dir():
-            _merge(cards, model_cards(directory), "model")
-    for card in cards.values():
-        if card.random_twin_of and card.random_twin_of not in cards:
-            raise CardError(
+            _merge(found, _model_cards(directory), "model")
+    for card in list(found.cards.values()):
+        if card.random_twin_of and card.random_twin_of not in found.cards:
+            hint = did_you_mean(card.random_twin_of, found.cards)
+            found.problems[card.name] = CardError(
                 f"{card.source_file}: models[{card.name}].random_twin_of names unknown model "
-                f"{card.random_twin_of!r}"
+                f"{card.random_twin_of!r}{hint}"
             )
-    return cards
+            del found.cards[card.name]
+    return found
 
 
 def all_dataset_cards() -> dict[str, DatasetCard]:
     """Every dataset card: ``datasets/`` and the user's card folders (``$MEDXFER_CARDS``).
 
     Raises:
-        CardError: When two folders define one name.
+        CardError: On a malformed card or a name two folders define.
     """
-    cards: dict[str, DatasetCard] = {}
+    return dataset_card_set().strict()
+
+
+def dataset_card_set() -> CardSet[DatasetCard]:
+    """Every dataset card and every problem: one malformed card does not hide the others."""
+    found: CardSet[DatasetCard] = CardSet()
     for directory in _card_dirs(DATASET_CARD_DIR, "datasets"):
         if directory.is_dir():
-            _merge(cards, dataset_cards(directory), "dataset")
-    return cards
+            _merge(found, _dataset_cards(directory), "dataset")
+    return found
 
 
-def _merge(into: dict[str, Any], found: dict[str, Any], kind: str) -> None:
-    for name, card in found.items():
-        if name in into:
-            raise CardError(
-                f"{card.source_file}: {kind} {name!r} is already defined in "
-                f"{into[name].source_file} (a card folder cannot redefine a card)"
-            )
-        into[name] = card
+def _merge(into: CardSet[Any], folder: CardSet[Any], kind: str) -> None:
+    for name, problem in folder.problems.items():
+        into.problems.setdefault(name, problem)
+    into.duplicates.update(folder.duplicates)
+    for card in folder.cards.values():
+        _add(into, card, kind, " (a card folder cannot redefine a card)")
 
 
 def get_model_card(name: str) -> ModelCard:
     """Return the card for ``name``; ``timm:<name>`` builds a card from timm's pretrained config.
 
     Raises:
-        CardError: when no card has that name.
+        CardError: When no card has that name (with the closest names), or the card of
+            that name is malformed (naming its file and what is wrong).
     """
     if name.startswith(TIMM_PREFIX):
         return timm_model_card(name[len(TIMM_PREFIX) :])
-    cards = all_model_cards()  # read at call time, so the folders can be redirected
-    if name not in cards:
+    found = model_card_set()  # read at call time, so the folders can be redirected
+    if name not in found.cards and name in found.problems:
+        raise found.problems[name]
+    if name not in found.cards:
         where = ", ".join(str(d) for d in _card_dirs(MODEL_CARD_DIR, "models"))
         raise CardError(
-            f"unknown model {name!r}: no card in {where} has that name "
-            f"(known: {', '.join(sorted(cards))}); any timm model works as 'timm:<name>'"
+            f"unknown model {name!r}{did_you_mean(name, found.cards)}: no card in {where} "
+            f"has that name (known: {', '.join(sorted(found.cards))}); any timm model works "
+            "as 'timm:<name>'"
         )
-    return cards[name]
+    return found.cards[name]
 
 
 def get_dataset_card(name: str) -> DatasetCard:
     """Return the dataset card for ``name``; ``<name>_<size>`` is a card's release at that size.
 
     Raises:
-        CardError: when no card has that name.
+        CardError: When no card has that name (with the closest names), or the card of
+            that name is malformed (naming its file and what is wrong).
     """
-    cards = all_dataset_cards()  # read at call time, so the folders can be redirected
+    found = dataset_card_set()  # read at call time, so the folders can be redirected
+    cards = found.cards
     base, _, size = name.rpartition("_")
+    if name not in cards and name in found.problems:
+        raise found.problems[name]
     if name not in cards and base in cards and size.isdigit() and cards[base].resolutions:
         return cards[base].at_resolution(int(size))
+    if name not in cards and base in found.problems and size.isdigit():
+        raise found.problems[base]
     if name not in cards:
         where = ", ".join(str(d) for d in _card_dirs(DATASET_CARD_DIR, "datasets"))
         raise CardError(
-            f"unknown dataset {name!r}: no card in {where} has that name "
-            f"(known: {', '.join(sorted(cards))})"
+            f"unknown dataset {name!r}{did_you_mean(name, cards)}: no card in {where} has "
+            f"that name (known: {', '.join(sorted(cards))})"
         )
     return cards[name]

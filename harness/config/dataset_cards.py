@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.config.card_fields import CardError, Fields, read_yaml
+from harness.config.names import unsafe_name_problem
 from harness.config.vocabulary import METRICS, TASKS
 from harness.data.registry import (
     BUILDERS,
@@ -36,6 +37,7 @@ CARD_FIELDS = {
     "description", "obtain", "citation", "license", "resolutions", "data_folder",
 }  # fmt: skip
 RESOLUTION_FIELDS = {"file", "md5", "sha256"}
+FEWSHOT_FIELDS = {"n_way"}
 DATA_FOLDER = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
@@ -83,7 +85,10 @@ class DatasetCard:
     data_name: str = ""
 
     def __post_init__(self) -> None:
-        where = self.source_file or self.name
+        where = self.source_file or str(self.name)
+        problem = unsafe_name_problem(self.name)
+        if problem is not None:  # the name becomes folders under MEDXFER_HOME
+            raise CardError(f"{where}: field 'name' {problem}")
         if self.data_name and not DATA_FOLDER.fullmatch(self.data_name):
             raise CardError(
                 f"{where}: field 'data_folder' must be a plain folder name (lowercase letters, "
@@ -101,6 +106,10 @@ class DatasetCard:
                     f"'reader.format' must be npz, not {self.reader.name!r}"
                 )
         _check_resolutions(self, where)
+        _check_fewshot(self, where)
+        built_file = getattr(self.reader.params, "file", None)
+        if self.builder is not None and isinstance(built_file, str):
+            _check_plain_file(built_file, where, "reader.file")
         if self.label_policy is not None:
             policy = _spec(LABEL_POLICIES, self.label_policy, where)
             object.__setattr__(self, "label_policy", policy)
@@ -197,11 +206,37 @@ def _check_resolutions(card: DatasetCard, where: str) -> None:
             raise CardError(
                 f"{where}: field 'resolutions.{size}': unknown field(s) {', '.join(sorted(extra))}"
             )
-        file = PurePosixPath(release["file"])
-        if file.is_absolute() or ".." in file.parts or len(file.parts) != 1:
-            raise CardError(
-                f"{where}: field 'resolutions.{size}.file' must be a plain file name, got {release['file']!r}"
-            )
+        _check_plain_file(release["file"], where, f"resolutions.{size}.file")
+
+
+def _check_plain_file(name: str, where: str, field_name: str) -> None:
+    """A file the harness writes or names under its own folders is one plain file name."""
+    file = PurePosixPath(name)
+    if file.is_absolute() or ".." in file.parts or len(file.parts) != 1 or "\\" in name:
+        raise CardError(f"{where}: field '{field_name}' must be a plain file name, got {name!r}")
+
+
+def _check_fewshot(card: DatasetCard, where: str) -> None:
+    """``fewshot.n_way``: an integer number of ways between 2 and the number of classes."""
+    extra = sorted(set(card.fewshot) - FEWSHOT_FIELDS)
+    if extra:
+        raise CardError(
+            f"{where}: field 'fewshot' has unknown field(s) {', '.join(map(str, extra))} "
+            f"(known: {', '.join(sorted(FEWSHOT_FIELDS))})"
+        )
+    n_way = card.fewshot.get("n_way")
+    if n_way is None:
+        return
+    if not isinstance(n_way, int) or isinstance(n_way, bool):
+        raise CardError(
+            f"{where}: field 'fewshot.n_way' must be an integer number of classes per "
+            f"episode, got {type(n_way).__name__} ({n_way!r})"
+        )
+    if not 2 <= n_way <= card.num_classes:
+        raise CardError(
+            f"{where}: field 'fewshot.n_way' must lie in [2, {card.num_classes}] (the card "
+            f"lists {card.num_classes} classes), got {n_way}"
+        )
 
 
 def _spec(registry: Any, value: Any, where: str) -> EntrySpec:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.card_fields import CardError, Fields, read_yaml
+from harness.config.names import unsafe_name_problem
 from harness.zoo.converters import converter_names
 
 WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random")
@@ -240,7 +241,7 @@ def _parse_model(fields: Fields) -> ModelCard:
         | {"paper", "license", "random_twin_of", "feature_layer"}
     )
     name = fields.get("name", str)
-    if not MODEL_NAME.fullmatch(name):
+    if not MODEL_NAME.fullmatch(name) or unsafe_name_problem(name) is not None:
         raise CardError(
             f"{fields.where}: model name {name!r} must be 'arch.tag' (letters, digits, _ - . only)"
         )
@@ -280,15 +281,56 @@ def load_model_card_file(path: Path) -> list[ModelCard]:
     Raises:
         CardError: naming the file, entry and field at fault.
     """
-    top = Fields(read_yaml(path), str(path))
-    top.unknown({"models"})
-    entries = top.get("models", list)
-    cards = []
+    cards, problems = load_model_card_entries(path)
+    if problems:
+        raise next(iter(problems.values()))
+    return cards
+
+
+def load_model_card_entries(path: Path) -> tuple[list[ModelCard], dict[str, CardError]]:
+    """Load every model entry of one file, keeping each malformed entry's error apart.
+
+    One bad entry does not take its family down: the other entries load, and the bad
+    one's error is kept under the name it gives (or ``<file stem>[<index>]``), so only
+    the cases that use it fail.
+
+    Args:
+        path: a YAML file with a top-level ``models:`` list.
+
+    Returns:
+        The valid cards in file order, and name -> error of the malformed entries (a
+        file that cannot be read at all is one error under its stem and the names it
+        lists, as far as they can be read).
+    """
+    try:
+        top = Fields(read_yaml(path), str(path))
+        top.unknown({"models"})
+        entries = top.get("models", list)
+    except CardError as exc:
+        return [], dict.fromkeys([path.stem, *_listed_names(path)], exc)
+    cards: list[ModelCard] = []
+    problems: dict[str, CardError] = {}
     for index, raw in enumerate(entries):
         label = raw.get("name", index) if isinstance(raw, dict) else index
-        card = _parse_model(Fields(raw, f"{path}: models[{label}]"))
+        try:
+            card = _parse_model(Fields(raw, f"{path}: models[{label}]"))
+        except CardError as exc:
+            problems[label if isinstance(label, str) else f"{path.stem}[{index}]"] = exc
+            continue
         cards.append(_replace_source(card, str(path)))
-    return cards
+    return cards, problems
+
+
+def _listed_names(path: Path) -> list[str]:
+    """The entry names a broken model file lists, where its YAML can be read at all."""
+    try:
+        raw = read_yaml(path)
+    except CardError:
+        return []
+    entries = raw.get("models") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
 
 
 def _replace_source(card: ModelCard, source_file: str) -> ModelCard:

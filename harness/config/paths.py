@@ -6,15 +6,24 @@ Everything heavy lives under one home folder (``MEDXFER_HOME``, default
 Result records go to ``MEDXFER_RESULTS`` (default ``./results``). Cards a user keeps
 outside the checkout live in the folders named by ``MEDXFER_CARDS`` (or pytest's
 ``--medxfer-cards``), each with ``models/``, ``datasets/``, ``suites/`` and ``expected/``.
+
+A home that cannot be written (a shared, read-only copy; or ``MEDXFER_CACHE_READONLY=1``)
+is used read-only: cached values are read, nothing is written there
+(:func:`home_writable`).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CARDS_ENV = "MEDXFER_CARDS"
+READONLY_ENV = "MEDXFER_CACHE_READONLY"
+_PROBE_TTL_S = 30.0
+_PROBED: dict[str, tuple[bool, float]] = {}
 
 
 def user_card_folders() -> list[Path]:
@@ -28,6 +37,37 @@ def home() -> Path:
     root = Path(os.environ.get("MEDXFER_HOME", Path.home() / ".cache" / "medxfer"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def home_writable(root: Path | None = None) -> bool:
+    """Return False when the cache home is to be used read-only.
+
+    ``MEDXFER_CACHE_READONLY=1`` (or ``true``/``yes``) says so; otherwise the home is
+    probed by creating (and removing) a file in it, since permission bits do not tell
+    (root writes anyway; a read-only mount denies everyone). The probe's answer is kept
+    for a few seconds.
+
+    Args:
+        root: The home folder; None: :func:`home`.
+    """
+    if os.environ.get(READONLY_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    folder = Path(root) if root is not None else home()
+    now = time.monotonic()
+    known = _PROBED.get(str(folder))
+    if known is not None and now - known[1] < _PROBE_TTL_S:
+        return known[0]
+    writable = _probe_writable(folder)
+    _PROBED[str(folder)] = (writable, now)
+    return writable
+
+
+def _probe_writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".medxfer-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def data_dir() -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from harness.config.names import did_you_mean
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -44,11 +46,16 @@ def get_profile(name: str) -> Profile:
         KeyError: naming the known profiles.
     """
     if name not in PROFILES:
-        raise KeyError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+        raise KeyError(
+            f"unknown profile {name!r}{did_you_mean(name, PROFILES)}; known: {', '.join(PROFILES)}"
+        )
     return PROFILES[name]
 
 
 def check_profile(profile: str) -> None:
     """Raise ``ValueError`` unless ``profile`` names a known profile (for protocol configs)."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {tuple(PROFILES)}")
+        raise ValueError(
+            f"unknown profile {profile!r}{did_you_mean(profile, PROFILES)}; expected one of "
+            f"{tuple(PROFILES)}"
+        )

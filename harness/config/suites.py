@@ -29,12 +29,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from harness.config.cards import CardError, DatasetCard, ModelCard, get_dataset_card, get_model_card
+from harness.config.cards import CardError, DatasetCard, get_dataset_card, get_model_card
+from harness.config.cases import Case, UnusableCase
+from harness.config.names import did_you_mean, unsafe_name_problem
 from harness.config.paths import PROJECT_ROOT, user_card_folders
-from harness.config.profiles import PROFILES, Profile, get_profile
+from harness.config.profiles import PROFILES, get_profile
 from harness.protocols.registry import DEFAULT_PRESET, ProtocolError, get_preset, protocol_names
 
 SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"
@@ -46,35 +49,6 @@ SUITE_FIELDS = {
 
 class SuiteError(ValueError):
     """A suite file is missing or malformed, or names an unknown card."""
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark case: a (model, dataset, protocol) triple run under a profile."""
-
-    model: ModelCard
-    dataset: DatasetCard
-    protocol: str
-    suite: str
-    profile: Profile
-    suite_version: int = 1
-    expected_required: bool = True
-    preset: str = DEFAULT_PRESET
-
-    @property
-    def case_id(self) -> str:
-        """Stable identifier used in records and expected-value files."""
-        return f"{self.protocol}/{self.dataset.name}/{self.model.name}"
-
-    @property
-    def param_id(self) -> str:
-        """The pytest parameter id: dataset and model (the test name carries the protocol)."""
-        return f"{self.dataset.name}-{self.model.name}"
-
-    @property
-    def group(self) -> str:
-        """xdist group: cases sharing model and dataset run on one worker to reuse features."""
-        return f"{self.model.name}@{self.dataset.name}"
 
 
 @dataclass(frozen=True)
@@ -96,21 +70,27 @@ class Suite:
     include: tuple[str, ...] = ()
     presets: dict[str, str] = field(default_factory=dict)
 
-    def cases(self, profile: str | None = None) -> list[Case]:
+    def cases(
+        self, profile: str | None = None, unusable: list[UnusableCase] | None = None
+    ) -> list[Case]:
         """Expand the suite into cases: its own, in protocol, dataset, model order, then those
         of the suites it includes.
 
         Args:
             profile: overrides the suite's (and the included suites') profile.
+            unusable: when given, the cases whose model or dataset card is malformed or
+                unknown are appended here (each with its error) instead of raising.
 
         Raises:
-            SuiteError: naming the suite file and the unknown card, or a case id produced twice.
+            SuiteError: naming the suite file and the unknown or malformed card (unless
+                ``unusable`` is given), or a case id produced twice.
         """
-        cases = self._own_cases(profile) if self.protocols else []
-        origin = {case.case_id: self.name for case in cases}
+        cases = self._own_cases(profile, unusable) if self.protocols else []
+        origin = {case.case_id: self.name for case in [*cases, *(unusable or [])]}
         with _expanding(self):
             for name in self.include:
-                for case in _load_included(name, self.path).cases(profile):
+                included: list[UnusableCase] | None = None if unusable is None else []
+                for case in _load_included(name, self.path).cases(profile, included):
                     if case.case_id in origin:
                         raise SuiteError(
                             f"{self.path}: case {case.case_id} comes from both suite "
@@ -118,6 +98,8 @@ class Suite:
                         )
                     origin[case.case_id] = case.suite
                     cases.append(case)
+                if unusable is not None and included:
+                    unusable.extend(included)
         return cases
 
     def suite_names(self) -> tuple[str, ...]:
@@ -129,22 +111,21 @@ class Suite:
                 names += [n for n in included if n not in names]
         return tuple(names)
 
-    def _own_cases(self, profile: str | None) -> list[Case]:
+    def _own_cases(
+        self, profile: str | None, unusable: list[UnusableCase] | None = None
+    ) -> list[Case]:
         try:
             chosen = get_profile(profile or self.profile)
         except KeyError as exc:
             raise SuiteError(f"{self.path}: {exc.args[0]}") from exc
-        try:
-            models = [(name, get_model_card(name)) for name in self.models]
-            datasets = [(name, get_dataset_card(name)) for name in self.datasets]
-            if self.resolutions:
-                datasets = [
-                    (f"{name}_{size}", card.at_resolution(size))
-                    for name, card in datasets
-                    for size in self.resolutions
-                ]
-        except CardError as exc:
-            raise SuiteError(f"{self.path}: {exc}") from exc
+        broken: dict[str, str] = {}  # name as the suite lists it -> what is wrong
+        models = self._resolve("model", self.models, get_model_card, broken)
+        datasets = self._resolve("dataset", self.datasets, get_dataset_card, broken)
+        dataset_labels = list(self.datasets)
+        if self.resolutions:
+            datasets, dataset_labels = self._sized(dict(datasets), broken)
+        if broken and unusable is None:
+            raise SuiteError(next(iter(broken.values())))
         for kind, resolved in (("model", models), ("dataset", datasets)):
             names = [card.name for _, card in resolved]
             repeated = sorted({n for n in names if names.count(n) > 1})
@@ -152,8 +133,10 @@ class Suite:
                 raise SuiteError(f"{self.path}: {kind}(s) {', '.join(repeated)} listed twice")
         # an exclude entry names a model / dataset as the suite lists it (``timm:resnet50``)
         # or by its card name (``resnet50.a1_in1k``); one that matches nothing is a typo
-        model_names = {n for name, card in models for n in (name, card.name)}
-        dataset_names = {n for name, card in datasets for n in (name, card.name)}
+        model_cards = dict(models)
+        dataset_cards = dict(datasets)
+        model_names = {n for name, card in models for n in (name, card.name)} | set(broken)
+        dataset_names = {n for name, card in datasets for n in (name, card.name)} | set(broken)
         for model_name, dataset_name, protocol in self.exclude:
             for kind, given, known in (
                 ("model", model_name, model_names),
@@ -163,29 +146,87 @@ class Suite:
                     raise SuiteError(
                         f"{self.path}: 'exclude' entry ({model_name}, {dataset_name}, "
                         f"{protocol}) names {kind} {given!r}, which the suite does not list"
+                        f"{did_you_mean(given, known)}"
                     )
-        return [
-            Case(
-                model,
-                dataset,
-                protocol,
-                self.name,
-                chosen,
-                self.version,
-                self.expected_required,
-                self.presets.get(protocol, DEFAULT_PRESET),
-            )
-            for protocol in self.protocols
-            for dataset_name, dataset in datasets
-            for model_name, model in models
-            if not any(
-                (m, d, protocol) in self.exclude
-                for m in (model_name, model.name)
-                for d in (dataset_name, dataset.name)
-            )
-            and self._allowed(protocol, "models", model_name)
-            and self._allowed(protocol, "datasets", dataset_name)
-        ]
+        cases = []
+        for protocol in self.protocols:
+            preset = self.presets.get(protocol, DEFAULT_PRESET)
+            for dataset_name in dataset_labels:
+                for model_name in self.models:
+                    model, dataset = model_cards.get(model_name), dataset_cards.get(dataset_name)
+                    excluded = any(
+                        (m, d, protocol) in self.exclude
+                        for m in {model_name, getattr(model, "name", model_name)}
+                        for d in {dataset_name, getattr(dataset, "name", dataset_name)}
+                    )
+                    if (
+                        excluded
+                        or not self._allowed(protocol, "models", model_name)
+                        or not self._allowed(protocol, "datasets", dataset_name)
+                    ):
+                        continue
+                    if model is not None and dataset is not None:
+                        cases.append(
+                            Case(
+                                model,
+                                dataset,
+                                protocol,
+                                self.name,
+                                chosen,
+                                self.version,
+                                self.expected_required,
+                                preset,
+                            )
+                        )
+                    elif unusable is not None:
+                        error = broken.get(model_name) or broken[dataset_name]
+                        unusable.append(
+                            UnusableCase(
+                                model=getattr(model, "name", model_name),
+                                dataset=getattr(dataset, "name", dataset_name),
+                                protocol=protocol,
+                                suite=self.name,
+                                error=error,
+                                profile=chosen,
+                                expected_required=self.expected_required,
+                                preset=preset,
+                            )
+                        )
+        return cases
+
+    def _resolve(
+        self, kind: str, names: tuple[str, ...], get: Any, broken: dict[str, str]
+    ) -> list[tuple[str, Any]]:
+        """The cards the suite lists, by the name it lists them under; a malformed or
+        unknown one goes to ``broken`` with its error (a malformed card's error names its
+        file; an unknown name's names the suite file and the closest names)."""
+        found = []
+        for name in names:
+            try:
+                found.append((name, get(name)))
+            except CardError as exc:
+                text = str(exc)
+                broken[name] = text if text.startswith(("/", ".")) else f"{self.path}: {text}"
+        return found
+
+    def _sized(
+        self, cards: dict[str, DatasetCard], broken: dict[str, str]
+    ) -> tuple[list[tuple[str, DatasetCard]], list[str]]:
+        """Every dataset at each of the suite's resolutions, named ``<name>_<size>``."""
+        sized, labels = [], []
+        for name in self.datasets:
+            for size in self.resolutions:
+                label = f"{name}_{size}"
+                labels.append(label)
+                if name in broken:
+                    broken[label] = broken[name]
+                    continue
+                try:
+                    sized.append((label, cards[name].at_resolution(size)))
+                except CardError as exc:
+                    broken[label] = str(exc)
+            broken.pop(name, None)
+        return sized, labels
 
     def _allowed(self, protocol: str, kind: str, name: str) -> bool:
         subset = self.only.get(protocol, {}).get(kind)
@@ -248,8 +289,10 @@ def load_suite(name_or_path: str) -> Suite:
     """
     path = suite_path(name_or_path)
     if not path.is_file():
+        known = available_suites()
         raise SuiteError(
-            f"suite {name_or_path!r} not found ({path}); known suites: {', '.join(available_suites())}"
+            f"suite {name_or_path!r} not found ({path}){did_you_mean(name_or_path, known)}; "
+            f"known suites: {', '.join(known)}"
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -277,16 +320,18 @@ def load_suite(name_or_path: str) -> Suite:
         repeated = sorted({v for v in raw[key] if raw[key].count(v) > 1})
         if repeated:
             raise SuiteError(f"{path}: field '{key}' lists {', '.join(repeated)} more than once")
-    if not isinstance(raw["name"], str):
-        raise SuiteError(f"{path}: field 'name' must be a string")
+    problem = unsafe_name_problem(raw["name"])
+    if problem is not None:  # the name becomes folders of the results and expected files
+        raise SuiteError(f"{path}: field 'name' {problem}")
     version = raw.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise SuiteError(f"{path}: field 'version' must be an integer, got {version!r}")
     known_protocols = protocol_names()
     unknown = [p for p in raw["protocols"] if p not in known_protocols]
     if unknown:
+        hints = "".join(did_you_mean(p, known_protocols) for p in unknown)
         raise SuiteError(
-            f"{path}: unknown protocol(s) {unknown}; known: {', '.join(known_protocols)}"
+            f"{path}: unknown protocol(s) {unknown}{hints}; known: {', '.join(known_protocols)}"
         )
     resolutions = raw.get("resolutions") or []
     if not isinstance(resolutions, list) or not all(
@@ -301,7 +346,8 @@ def load_suite(name_or_path: str) -> Suite:
         )
     profile = raw.get("profile", "demo")
     if not isinstance(profile, str) or profile not in PROFILES:
-        raise SuiteError(f"{path}: unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+        hint = did_you_mean(profile, PROFILES) if isinstance(profile, str) else ""
+        raise SuiteError(f"{path}: unknown profile {profile!r}{hint}; known: {', '.join(PROFILES)}")
     exclude = []
     for item in raw.get("exclude", []) or []:
         if not isinstance(item, dict) or set(item) != {"model", "dataset", "protocol"}:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ from harness.data import DatasetError
 
 SPLITS = ("train", "val", "test")
 META_KEY = "meta_json"
+#: What reading a damaged ``.npz`` raises (zlib: a corrupt compressed member; EOFError:
+#: a member cut short); readers turn these into a :class:`DatasetError` naming the file.
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +102,7 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
         raise DatasetError(f"{path}: not an .npz archive (not a zip file)")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except NPZ_ERRORS as exc:
         raise DatasetError(f"{path}: cannot open as .npz: {exc}") from exc
     with archive:
         keys = set(archive.files)
@@ -155,6 +159,23 @@ def save_npz(
     Raises:
         DatasetError: when a split is missing or unexpected.
     """
+    arrays = npz_arrays(splits, where)
+    if meta is not None:
+        arrays[META_KEY] = meta_array(meta)
+    np.savez_compressed(handle, **arrays)
+
+
+def meta_array(meta: Mapping[str, Any]) -> np.ndarray:
+    """The ``meta_json`` entry of an archive: ``meta`` as sorted JSON text."""
+    return np.asarray(json.dumps(dict(meta), sort_keys=True, default=str))
+
+
+def npz_arrays(splits: dict[str, SplitData], where: str = "<npz>") -> dict[str, np.ndarray]:
+    """The arrays :func:`save_npz` writes for ``splits`` (without ``meta_json``).
+
+    Raises:
+        DatasetError: when a split is missing or unexpected.
+    """
     if set(splits) != set(SPLITS):
         raise DatasetError(
             f"{where}: write_npz needs splits {', '.join(SPLITS)}, got {', '.join(sorted(splits))}"
@@ -171,9 +192,7 @@ def save_npz(
             arrays[f"{split}_views"] = np.asarray(data.views).astype(str)
         if data.studies is not None:
             arrays[f"{split}_studies"] = np.asarray(data.studies, dtype=np.int64)
-    if meta is not None:
-        arrays[META_KEY] = np.asarray(json.dumps(dict(meta), sort_keys=True, default=str))
-    np.savez_compressed(handle, **arrays)
+    return arrays
 
 
 def read_npz_meta(path: Path) -> dict[str, Any] | None:
@@ -183,7 +202,7 @@ def read_npz_meta(path: Path) -> dict[str, Any] | None:
             if META_KEY not in archive.files:
                 return None
             value = json.loads(str(archive[META_KEY]))
-    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
+    except (*NPZ_ERRORS, KeyError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -196,8 +215,10 @@ def _array(archive: np.lib.npyio.NpzFile, keys: set[str], path: Path, key: str) 
         raise DatasetError(f"{path}: missing key '{key}' (keys present: {', '.join(sorted(keys))})")
     try:
         return archive[key]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{path}: key '{key}' cannot be read: {exc}") from exc
+    except NPZ_ERRORS as exc:
+        raise DatasetError(
+            f"{path}: key '{key}' cannot be read ({type(exc).__name__}: {exc}); the file is damaged"
+        ) from exc
 
 
 def _check_images(images: np.ndarray, path: Path, key: str) -> None:

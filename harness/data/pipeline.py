@@ -10,12 +10,15 @@ The entries are looked up in :mod:`harness.data.registry` by the names the card 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from harness.config.dataset_cards import DatasetCard
 from harness.config.paths import data_dir
+from harness.config.safe_paths import inside
 from harness.data import DatasetError
 from harness.data.npz import SPLITS, SplitData
 from harness.data.registry import LABEL_POLICIES, READERS, SPLIT_RULES, LabelPolicySpec
@@ -45,8 +48,47 @@ def data_root(card: DatasetCard) -> Path:
     if root:
         path = Path(root).expanduser()
         return path if path.is_absolute() else card_folder(card) / path
-    base = data_dir() / (card.data_name or card.name)
+    base = inside(data_dir(), card.data_name or card.name)
     return base / f"v{card.version}" if getattr(params, "ROOT_PER_VERSION", False) else base
+
+
+class ConstantImagesWarning(UserWarning):
+    """Every image of a dataset split is one constant value: every protocol scores chance."""
+
+
+_WARNED_CONSTANT: set[tuple[str, str]] = set()
+
+
+def warn_constant_images(dataset: str, splits: Mapping[str, SplitData]) -> list[str]:
+    """Warn once per dataset split (per process) whose images are all one constant value.
+
+    Such images (all zero, say, from a reader that decoded nothing) carry no signal: every
+    protocol then scores exactly chance, which looks like a result rather than a fault.
+
+    Args:
+        dataset: The dataset's name, for the message.
+        splits: Split name -> its data.
+
+    Returns:
+        The names of the constant splits (warned now or before).
+    """
+    constant = []
+    for name, split in splits.items():
+        images = np.asarray(split.images)
+        if images.size == 0 or images.min() != images.max():
+            continue
+        constant.append(name)
+        if (dataset, name) in _WARNED_CONSTANT:
+            continue
+        _WARNED_CONSTANT.add((dataset, name))
+        warnings.warn(
+            f"dataset {dataset!r}, split {name!r}: all {len(images)} images are constant "
+            f"(every pixel is {images.flat[0]!r}); every protocol will score chance on them. "
+            "Check the data files and the card's reader.",
+            ConstantImagesWarning,
+            stacklevel=2,
+        )
+    return constant
 
 
 def context(card: DatasetCard) -> DatasetContext:

@@ -2,8 +2,9 @@
 
 Built and decoded datasets go through the cache service (:mod:`harness.cache.store`):
 prepared under the key's file lock (so that pytest-xdist workers never prepare the same
-dataset twice at once), written atomically, with the key stored inside the archive and
-checked before the file is used (never trusted by its name alone). Three kinds of card:
+dataset twice at once), written atomically, with the key's full text and the sha256 of
+every array stored inside the archive and checked before the file is used (never trusted
+by its name alone): an archive that was damaged or replaced is built or decoded again. Three kinds of card:
 
 - **built** (``builder:``): built locally and deterministically the first time it is
   needed, into ``<MEDXFER_HOME>/data/<name>/v<version>/<reader.file>``; the key holds the
@@ -34,12 +35,22 @@ from typing import IO, Any
 import numpy as np
 
 from harness.cache.atomic import write_with
-from harness.cache.keys import stable_hash
+from harness.cache.codecs import check_content
+from harness.cache.keys import arrays_digest, stable_hash
 from harness.cache.store import STORE, Entry, KeyMismatch, Namespace
 from harness.config.dataset_cards import DatasetCard
 from harness.config.paths import data_dir, prepared_dir
 from harness.data import DatasetError, DatasetNotPrepared
-from harness.data.npz import SPLITS, SplitData, read_npz, read_npz_meta, save_npz
+from harness.data.npz import (
+    META_KEY,
+    NPZ_ERRORS,
+    SPLITS,
+    SplitData,
+    meta_array,
+    npz_arrays,
+    read_npz,
+    read_npz_meta,
+)
 from harness.data.pipeline import (
     context,
     data_root,
@@ -58,21 +69,26 @@ INDEX_KEY = b"medxfer_key"  # the parquet metadata entry holding the archive's k
 
 
 class SplitArchive:
-    """Codec of built and decoded datasets: one MedMNIST-layout ``.npz``, key in its meta.
+    """Codec of built and decoded datasets: one MedMNIST-layout ``.npz``.
 
-    Reading only checks the stored key (the arrays are loaded later, by
-    :func:`load_splits`), so a current archive costs one small read.
+    Its ``meta_json`` holds the key text (``key``) and the sha256 of its arrays
+    (``content_sha256``, :func:`~harness.cache.keys.arrays_digest`). Reading checks both;
+    the arrays are decompressed for the checksum once per process and file version
+    (path, size, times, inode), then loaded by :func:`load_splits`.
     """
 
     def write(self, handle: IO[bytes], value: dict[str, SplitData], entry: Entry) -> None:
-        """Write the splits with the key text."""
-        save_npz(handle, value, {"key": entry.text}, where=str(entry.path))
+        """Write the splits with the key text and their checksum."""
+        arrays = npz_arrays(value, str(entry.path))
+        meta = {"key": entry.text, "content_sha256": arrays_digest(arrays)}
+        np.savez_compressed(handle, **arrays, **{META_KEY: meta_array(meta)})
 
     def read(self, path: Path, entry: Entry) -> Path:
-        """Return ``path`` when it holds ``entry``'s key.
+        """Return ``path`` when it holds ``entry``'s key and its arrays match their checksum.
 
         Raises:
             KeyMismatch: when the archive holds another key (or none).
+            Damaged: when its arrays do not match the stored checksum.
             ValueError: when it is not a readable ``.npz``.
         """
         meta = read_npz_meta(path)
@@ -80,6 +96,7 @@ class SplitArchive:
             raise ValueError("not a readable .npz with a stored key")
         if meta.get("key") != entry.text:
             raise KeyMismatch("the stored key differs")
+        check_content(meta.get("content_sha256"), _archive_digest(path))
         return path
 
     def summary(self, value: dict[str, SplitData]) -> dict[str, Any]:
@@ -147,7 +164,9 @@ def prepare(card: DatasetCard) -> Path:
     path = dataset_file(card)
     facts = {"dataset": card.name, "version": card.version}
     if card.builder is not None:
-        STORE.get_or_compute(BUILT, _built_entry(card), lambda: _build(card), describe=facts)
+        entry = _built_entry(card)
+        _check_storable(card, BUILT, entry)
+        STORE.get_or_compute(BUILT, entry, lambda: _build(card), describe=facts)
         return path
     missing = [p for p in required_paths(card) if not p.exists()]
     if missing:
@@ -161,6 +180,7 @@ def prepare(card: DatasetCard) -> Path:
     entry = STORE.entry(
         DECODED, _prepared_key(card, raw.digest), folder=path.parent, name=path.name
     )
+    _check_storable(card, DECODED, entry)
     STORE.get_or_compute(DECODED, entry, lambda: make_splits(card, raw), describe=facts)
     _ensure_index(card, raw, entry)
     return path
@@ -216,6 +236,21 @@ def how_to_prepare(card: DatasetCard) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
+def _check_storable(card: DatasetCard, namespace: Namespace[Any], entry: Entry) -> None:
+    """Refuse early to build a dataset that a read-only cache home could not store.
+
+    Raises:
+        DatasetNotPrepared: when the home is read-only and holds no usable archive.
+    """
+    if STORE.writable() or STORE.load(namespace, entry) is not None:
+        return
+    raise DatasetNotPrepared(
+        f"dataset {card.name!r} is not prepared: {entry.path} is missing or not current, and "
+        "the cache home is read-only (MEDXFER_CACHE_READONLY=1, or not writable); prepare it "
+        "in a writable MEDXFER_HOME first"
+    )
+
+
 def _built_entry(card: DatasetCard) -> Entry:
     assert card.builder is not None
     path = dataset_file(card)
@@ -250,6 +285,20 @@ def _prepared_key(card: DatasetCard, digest: str) -> dict[str, Any]:
         },
         "index_sha256": digest,
     }
+
+
+def _archive_digest(path: Path) -> str:
+    """:func:`~harness.cache.keys.arrays_digest` of an archive's arrays (meta left out)."""
+    stat = path.stat()
+    return _archive_digest_of(
+        str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _archive_digest_of(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> str:
+    with np.load(path, allow_pickle=False) as archive:
+        return arrays_digest({name: archive[name] for name in archive.files if name != META_KEY})
 
 
 @functools.lru_cache(maxsize=8)
@@ -306,25 +355,24 @@ def _index_table(card: DatasetCard, raw: RawDataset, entry: Entry) -> Any:
     out: dict[str, list[Any]] = {
         name: [] for name in ("path", "label", "patient", "split", "view", "study", "row")
     }
-    with np.load(entry.path, allow_pickle=False) as archive:
-        for split in SPLITS:
-            index = np.asarray(assignment[split], dtype=np.int64)
-            stored = archive[f"{split}_labels"]
-            stored = stored.reshape(len(stored), -1)
-            labels = values[index].reshape(len(index), -1)
-            if labels.shape != stored.shape or not np.array_equal(labels, stored):
-                raise DatasetError(
-                    f"{card.source_file or card.name}: the index of {entry.path} does not match "
-                    f"its '{split}' split (the split rule is not deterministic?)"
-                )
-            source = rows[index]
-            out["row"] += source.tolist()
-            out["split"] += [split] * len(source)
-            out["label"] += [",".join(str(v) for v in label) for label in labels.tolist()]
-            out["path"] += [None if paths is None else _shown(paths[r], root) for r in source]
-            for name, column in (("patient", raw.groups), ("view", views), ("study", raw.studies)):
-                found = None if column is None else np.asarray(column)[source].astype(str)
-                out[name] += [None] * len(source) if found is None else found.tolist()
+    for split in SPLITS:
+        index = np.asarray(assignment[split], dtype=np.int64)
+        stored = _stored_labels(entry.path, split)
+        stored = stored.reshape(len(stored), -1)
+        labels = values[index].reshape(len(index), -1)
+        if labels.shape != stored.shape or not np.array_equal(labels, stored):
+            raise DatasetError(
+                f"{card.source_file or card.name}: the index of {entry.path} does not match "
+                f"its '{split}' split (the split rule is not deterministic?)"
+            )
+        source = rows[index]
+        out["row"] += source.tolist()
+        out["split"] += [split] * len(source)
+        out["label"] += [",".join(str(v) for v in label) for label in labels.tolist()]
+        out["path"] += [None if paths is None else _shown(paths[r], root) for r in source]
+        for name, column in (("patient", raw.groups), ("view", views), ("study", raw.studies)):
+            found = None if column is None else np.asarray(column)[source].astype(str)
+            out[name] += [None] * len(source) if found is None else found.tolist()
     schema_metadata = {
         INDEX_KEY: entry.text.encode("utf-8"),
         b"medxfer_dataset": card.name.encode(),
@@ -334,6 +382,19 @@ def _index_table(card: DatasetCard, raw: RawDataset, entry: Entry) -> Any:
         name: pa.array(column, type=types.get(name, pa.string())) for name, column in out.items()
     }
     return pa.table(arrays).replace_schema_metadata(schema_metadata)
+
+
+def _stored_labels(path: Path, split: str) -> np.ndarray:
+    """The labels of one split as stored in an archive.
+
+    Raises:
+        DatasetError: naming the archive when it cannot be read.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[f"{split}_labels"]
+    except (*NPZ_ERRORS, KeyError) as exc:
+        raise DatasetError(f"{path}: cannot read '{split}_labels': {exc}") from exc
 
 
 def _assignment(

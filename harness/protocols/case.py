@@ -12,6 +12,10 @@ depends on. :meth:`CaseRun.run` drives one case::
     config = spec.make_config(case_run)          # the profile's settings (+ seed override)
     result = spec.run_case(case_run, config)     # the protocol
     case_run.record(result, spec.version, config.to_dict(), spec.primary_metric)
+
+A finished case (same full key) reuses its stored record instead
+(:mod:`harness.protocols.case_resume`); the record itself is built by
+:mod:`harness.protocols.case_record`.
 """
 
 from __future__ import annotations
@@ -29,20 +33,23 @@ from harness.cache.keys import array_digest, safe_name, stable_hash
 from harness.cache.runs import RunStore
 from harness.config import paths
 from harness.config.cards import Preprocessing
+from harness.config.names import unsafe_name_problem
 from harness.config.profiles import Profile
+from harness.config.safe_paths import inside
 from harness.config.suites import Case
 from harness.data.npz import SplitData
+from harness.data.pipeline import warn_constant_images
 from harness.data.prepare import load_splits
 from harness.data.subset import stratified_indices
-from harness.features import cached_features, device_class
+from harness.features import cached_features
 from harness.precision import DEFAULT_PRECISION
 from harness.protocols.backbone import Backbone, make_backbone
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
-from harness.protocols.registry import DEFAULT_PRESET, Preset, get_preset, get_protocol
-from harness.records.results import DatasetInfo, ModelInfo, ProtocolInfo, ResultRecord, store
-from harness.records.runid import session_run_id
+from harness.protocols.case_record import build_record
+from harness.protocols.registry import Preset, get_preset, get_protocol
+from harness.records.results import ResultRecord, store
 from harness.zoo.build import model_preprocessing
-from harness.zoo.sources import ensure_weights, weights_file_sha256
+from harness.zoo.sources import ensure_weights
 
 SPLITS = ("train", "val", "test")
 ConfigT = TypeVar("ConfigT")
@@ -87,11 +94,17 @@ class CaseRun:
         self._splits: dict[str, SplitData] | None = None
         self._split_features: dict[str, SplitFeatures] = {}
         self._backbone: Backbone | None = None
-        self._started = time.perf_counter()
+        self.started = time.perf_counter()  # the total time in the record counts from here
         # Called with every stored record; the plugin checks it against the expected values.
         self.on_record: Callable[[ResultRecord], None] | None = None
         self.seed: int | None = None
         self.retrain = False
+        # Run again even when a finished case with the same key is stored.
+        self.rerun = False
+        # "computed" or "reused" once the case has a record; whether this run wrote it.
+        self.outcome: str | None = None
+        self.record_written = False
+        self._digests: dict[str, dict[str, str]] | None = None
 
     @property
     def profile(self) -> Profile:
@@ -120,7 +133,21 @@ class CaseRun:
             started = time.perf_counter()
             self._splits = subset_splits(load_splits(self.case.dataset), self.profile)
             self.timings["data_s"] = time.perf_counter() - started
+            warn_constant_images(self.case.dataset.name, self._splits)
         return self._splits
+
+    def data_digests(self) -> dict[str, dict[str, str]]:
+        """The sha256 of each split's images and labels after the profile's subset (memoised).
+
+        They enter the case key and the feature keys, so data replaced on disk without a
+        version bump is never mistaken for the data a stored result was computed on.
+        """
+        if self._digests is None:
+            self._digests = {
+                name: {"images": array_digest(split.images), "labels": array_digest(split.labels)}
+                for name, split in self.splits().items()
+            }
+        return self._digests
 
     def ensure_weights(self) -> None:
         """Make sure the model's weights are here, downloading them if the card allows.
@@ -188,7 +215,7 @@ class CaseRun:
         out = {}
         for name in splits:
             if name not in self._split_features:
-                digest = array_digest(data[name].images)
+                digest = self.data_digests()[name]["images"]
                 features = self._features(name, data[name].images, digest)
                 self.feature_scale[name] = feature_scale(features)
                 self._split_features[name] = SplitFeatures(
@@ -207,7 +234,15 @@ class CaseRun:
             split: the split the images come from.
             tag: names the derivation (transform name and parameters); part of the cache key.
             images: the derived uint8 images.
+
+        Raises:
+            ValueError: When ``split`` or ``tag`` is not a plain name (they become part of
+                a cache file name).
         """
+        for what, name in (("split", split), ("tag", tag)):
+            problem = unsafe_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"derived features of case {self.case.case_id}: {what} {problem}")
         started = time.perf_counter()
         features = self._features(f"{split}:{tag}", images)
         self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
@@ -267,7 +302,7 @@ class CaseRun:
 
     def checkpoint_dir(self) -> Path:
         """The folder for this case's training checkpoints and finished runs."""
-        return paths.home() / "checkpoints" / safe_name(self.case.case_id)
+        return inside(paths.home(), "checkpoints", safe_name(self.case.case_id))
 
     def run_store(self) -> RunStore:
         """This case's training store: resumable checkpoints and finished results, keyed by
@@ -275,7 +310,8 @@ class CaseRun:
         return RunStore(self.checkpoint_dir(), {"case_id": self.case.case_id})
 
     def run(self) -> Path:
-        """Run the case's registered protocol under its profile and write the record.
+        """Run the case's registered protocol under its profile and write the record, or
+        reuse the record of the same finished case (:mod:`harness.protocols.case_resume`).
 
         Returns:
             The path of the record.
@@ -283,15 +319,11 @@ class CaseRun:
         Raises:
             CaseNotApplicable: When the protocol cannot run on this dataset.
         """
+        from harness.protocols.case_resume import run_or_reuse
+
         spec = get_protocol(self.case.protocol)
         config = self.configure(spec.make_config(self))
-        started = time.perf_counter()
-        before = self.timings.get("extraction_s", 0.0) + self.timings.get("data_s", 0.0)
-        result = spec.run_case(self, config)
-        elapsed = time.perf_counter() - started
-        after = self.timings.get("extraction_s", 0.0) + self.timings.get("data_s", 0.0)
-        self.timings["protocol_s"] = elapsed - (after - before)
-        return self.record(result, spec.version, config.to_dict(), spec.primary_metric)
+        return run_or_reuse(self, spec, config)
 
     def record(
         self,
@@ -300,7 +332,7 @@ class CaseRun:
         config: dict[str, Any],
         primary_metric: str | None = None,
     ) -> Path:
-        """Write the case's result record atomically and return its path.
+        """Write the case's result record atomically, check it, and return its path.
 
         Args:
             result: What the protocol returned.
@@ -308,60 +340,27 @@ class CaseRun:
             config: The protocol's settings, as recorded.
             primary_metric: The protocol's own measure; ``None`` takes the dataset's metric.
         """
-        case = self.case
-        model = ModelInfo.from_card(case.model)
-        model.weights_sha256 = self.backbone().weights_id
-        model.weights_file_sha256 = weights_file_sha256(case.model)
-        sizes = {name: len(split.labels) for name, split in self.splits().items()}
-        timings = {key: round(value, 4) for key, value in self.timings.items()}
-        timings["total_s"] = round(time.perf_counter() - self._started, 4)
-        primary = primary_metric or case.dataset.primary_metric
-        record = ResultRecord(
-            case_id=case.case_id,
-            suite=case.suite,
-            suite_version=case.suite_version,
-            profile=case.profile.name,
-            model=model,
-            dataset=DatasetInfo.from_card(case.dataset, sizes),
-            protocol=ProtocolInfo(
-                case.protocol,
-                version,
-                config,
-                self.preset.identity() if self.preset else {"name": DEFAULT_PRESET},
-            ),
-            metrics=result.metrics,
-            primary_metric=primary,
-            primary_value=result.metrics[primary],
-            hyperparameters=result.hyperparameters,
-            details={
-                **result.details,
-                "profile": case.profile.to_dict(),
-                **self._numerics(),
-            },
-            seeds={"protocol": int(config.get("seed", 0)), "subset": case.profile.seed},
-            feature_cache=dict(self.feature_cache),
-            timings=timings,
-            run_id=session_run_id(),
-        )
-        self.record_path = store(record, self.results_dir)
+        record = self.build_record(result, version, config, primary_metric)
+        path = self.store_record(record)
         if self.on_record is not None:
             self.on_record(record)
+        return path
+
+    def store_record(self, record: ResultRecord) -> Path:
+        """Write ``record`` atomically to the results folder and remember its path."""
+        self.record_path = store(record, self.results_dir)
+        self.record_written = True
         return self.record_path
 
-    def _numerics(self) -> dict[str, Any]:
-        """How the case computed: device class, precision, batch-norm rule, feature scale."""
-        out: dict[str, Any] = {"device_class": device_class(self.device)}
-        if self.feature_precision:
-            effective = sorted({p.get("effective", "?") for p in self.feature_precision.values()})
-            out["precision"] = {
-                "requested": self.precision,
-                "effective": effective[0] if len(effective) == 1 else effective,
-                "per_split": self.feature_precision,
-            }
-            out["batchnorm_stats"] = self.backbone().batchnorm
-        if self.feature_scale:
-            out["feature_scale"] = self.feature_scale
-        return out
+    def build_record(
+        self,
+        result: ProtocolResult,
+        version: int,
+        config: dict[str, Any],
+        primary_metric: str | None = None,
+    ) -> ResultRecord:
+        """The case's result record, not written (:func:`~harness.protocols.case_record.build_record`)."""
+        return build_record(self, result, version, config, primary_metric)
 
 
 def feature_scale(features: np.ndarray) -> dict[str, Any]:

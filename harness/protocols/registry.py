@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from harness.config.names import did_you_mean
+
 if TYPE_CHECKING:
     from harness.protocols.base import ProtocolResult
 
@@ -313,8 +315,11 @@ def get_preset(protocol: str, name: str) -> Preset | None:
         return None
     known = presets_of(protocol)
     if name not in known:
-        names = ", ".join([DEFAULT_PRESET, *known])
-        raise ProtocolError(f"protocol {protocol} has no preset {name!r}; known: {names}")
+        names = [DEFAULT_PRESET, *known]
+        raise ProtocolError(
+            f"protocol {protocol} has no preset {name!r}; known: {', '.join(names)}"
+            f"{did_you_mean(name, names)}"
+        )
     return known[name]
 
 
@@ -351,5 +356,8 @@ def get_protocol(name: str) -> ProtocolSpec:
     """
     registry = discover()
     if name not in registry:
-        raise ProtocolError(f"unknown protocol {name!r}; known: {', '.join(sorted(registry))}")
+        raise ProtocolError(
+            f"unknown protocol {name!r}{did_you_mean(name, registry)}; known: "
+            f"{', '.join(sorted(registry))}"
+        )
     return registry[name]

@@ -142,10 +142,18 @@ def git_state(root: Path) -> dict[str, Any]:
 
 
 def _git(root: Path, *args: str) -> str | None:
+    """Run a read-only git command in ``root``; its output, or None when it fails.
+
+    ``git status`` refreshes the index and, to do so, takes ``.git/index.lock``: a run
+    killed meanwhile would leave the lock behind and the user's next ``git add`` would
+    fail. ``--no-optional-locks`` (and ``GIT_OPTIONAL_LOCKS=0`` for any git it spawns)
+    makes git touch nothing in the user's repository.
+    """
     try:
         done = subprocess.run(
-            ["git", *args],
+            ["git", "--no-optional-locks", *args],
             cwd=root,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
             capture_output=True,
             text=True,
             timeout=_GIT_TIMEOUT_S,

@@ -4,7 +4,9 @@ Every benchmark case run writes one JSON record to
 ``<results_dir>/<suite>/<case_id with '/' -> '__'>/<timestamp>-<run_id>.json``. A
 record is never overwritten: re-running a case adds a file, and readers pick the
 newest one (:mod:`harness.records.table` loads them into pandas). Files are written to a temporary name and renamed
-(:mod:`harness.cache.atomic`), so a crash leaves either the whole record or nothing.
+(:mod:`harness.cache.atomic`), so a crash leaves either the whole record or nothing;
+the first store into a results folder in a process deletes the stale temporaries that
+killed writers left there (:func:`harness.cache.atomic.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _REQUIRED = (
     "run_id",
 )
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
+_SWEPT: set[Path] = set()
 
 
 class RecordError(ValueError):
@@ -374,6 +377,10 @@ def store(record: ResultRecord, results_dir: Path) -> Path:
     folder = record_dir(results_dir, record.suite, record.case_id)
     stamp = parse_timestamp(record.timestamp).strftime("%Y%m%dT%H%M%S%fZ")
     stem = f"{stamp}-{_safe_component(record.run_id, 'run_id')}"
+    root = Path(results_dir).absolute()
+    if root not in _SWEPT:
+        _SWEPT.add(root)
+        atomic.remove_stale_temporaries(root, depth=2)  # <suite>/<case>/<record>
     target = folder / f"{stem}.json"
     counter = 1
     while target.exists():

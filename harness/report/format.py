@@ -65,6 +65,16 @@ def fmt_delta(value: Any) -> str:
     return f"{value:+.3f}"
 
 
+def fmt_gain(value: Any) -> str:
+    """A relative gain as a signed percentage with one decimal (``+52.3%``)."""
+    if is_missing(value):
+        return MISSING
+    value = float(value) * 100
+    if round(value, 1) == 0:
+        value = 0.0
+    return f"{value:+.1f}%"
+
+
 def fmt_rank(value: Any) -> str:
     if is_missing(value):
         return MISSING

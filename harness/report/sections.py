@@ -13,6 +13,7 @@ from harness.report.format import (
     count_text,
     fmt,
     fmt_delta,
+    fmt_gain,
     fmt_hparams,
     fmt_rank,
     fmt_with_interval,
@@ -25,17 +26,35 @@ from harness.report.format import (
 from harness.report.frame import (
     SEMI_SYNTHETIC_MARK,
     dataset_label,
-    descriptive_protocols,
     is_detail_metric,
     protocol_label,
+    protocols_with,
     random_twins,
+    report_sections,
     semi_synthetic,
 )
 
 DELTA_HEADER = "Δ vs random twin"
+SPREAD_HEADER = "sd over runs"
 
 
-def header(frame: pd.DataFrame, title: str) -> str:
+def relative_gain(pretrained: float, random: float) -> float:
+    """``(pretrained - random) / random``; NaN when ``random`` is not positive or missing."""
+    if math.isnan(pretrained) or math.isnan(random) or random <= 0:
+        return float("nan")
+    return (pretrained - random) / random
+
+
+RUNS_TEXT = {
+    "latest": "the newest run is shown",
+    "best": "the run with the highest primary value is shown",
+    "mean": f"every metric is the mean over the runs; {SPREAD_HEADER} = the sample standard "
+    "deviation of the primary value over them",
+}
+
+
+def header(frame: pd.DataFrame, title: str, runs: str = "latest") -> str:
+    """The title, what the records are, the semi-synthetic note and the legend."""
     newest = frame.sort_values("_when", kind="stable").iloc[-1]
     commit = text_or_none(newest["git_commit"])
     dirty = "git_dirty" in frame.columns and truthy(newest["git_dirty"])
@@ -52,7 +71,7 @@ def header(frame: pd.DataFrame, title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Generated from {count_text(len(frame), 'result record')} "
+        f"Generated from {count_text(int(frame['_runs'].sum()), 'result record')} "
         f"({count_text(frame['run_id'].nunique(), 'run')}, {count_text(len(commits), 'git commit')}; "
         f"suite: {suites}; profile: {profiles}); the newest record was made at {commit_text}.",
     ]
@@ -67,9 +86,12 @@ def header(frame: pd.DataFrame, title: str) -> str:
         ]
     lines += [
         "",
-        "Legend: the **bold** column is the dataset's primary metric, by which models are "
-        "ranked (higher is better; a missing value ranks last and gets no rank). Tied models "
-        "share the average of their ranks. "
+        "Legend: the column with the **bold** header is the dataset's primary metric, by "
+        "which models are ranked (higher is better; a missing value ranks last and gets no "
+        "rank); the best value in it is **bold**. Tied models share the average of their "
+        "ranks. ± = the half-width of the protocol's 95% interval, where it reports one. "
+        "runs = the number of runs of the case the row was taken from "
+        f"({RUNS_TEXT[runs]}). "
         f"{DELTA_HEADER} = a pretrained model's primary metric minus that of its "
         "random-initialisation twin (same architecture, random weights). "
         f"{SEMI_SYNTHETIC_MARK} = semi-synthetic dataset. {MISSING} = not available. "
@@ -85,12 +107,17 @@ def _suite_text(name: str, group: pd.DataFrame) -> str:
 
 
 def leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
+    """One table per (setting, protocol, dataset) of the protocols with a leaderboard."""
     semi = semi_synthetic(frame)
     metric_columns = [column for column in frame.columns if column.startswith("metric_")]
+    show_spread = bool(frame["_spread"].notna().any()) if "_spread" in frame else False
     parts = ["## Leaderboards"]
-    for (setting, protocol, dataset), group in frame.groupby(
+    shown = frame[frame["protocol"].isin(protocols_with(frame, "leaderboard"))]
+    for (setting, protocol, dataset), group in shown.groupby(
         ["_setting", "protocol", "dataset"], sort=True
     ):
+        sections = report_sections(protocol)
+        ranked_protocol = "ranking" in sections
         primaries = sorted(set(group["primary_metric"]))
         primary_name = "/".join(primaries)
         others = ordered_metrics(
@@ -100,25 +127,33 @@ def leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
             and column[len("metric_") :] not in primaries
             and not is_detail_metric(column[len("metric_") :])
         )
-        twins = random_twins(group)
-        headers = ["rank", "model", "category", f"**{primary_name}**", *others, "hyperparameters"]
+        twins = random_twins(group) if "twin_gain" in sections else {}
+        headers = ["rank"] if ranked_protocol else []
+        headers += ["model", "category", f"**{primary_name}**", "runs"]
+        headers += [SPREAD_HEADER] if show_spread else []
+        headers += [*others, "hyperparameters"]
         if twins:
             headers.append(DELTA_HEADER)
+        best = group["primary_value"].max()
         rows = []
-        ranked = group.sort_values(
-            ["primary_value", "model"], ascending=[False, True], na_position="last"
+        ranked = (
+            group.sort_values(
+                ["primary_value", "model"], ascending=[False, True], na_position="last"
+            )
+            if ranked_protocol
+            else group.sort_values("model")
         )
         for _, row in ranked.iterrows():
-            cells = [
-                fmt_rank(row["_rank"]),
-                f"`{row['model']}`",
-                str(row["model_category"]),
-                fmt_with_interval(
-                    row["primary_value"], row.get("metric_" + interval_name(row["primary_metric"]))
-                ),
-                *(fmt(row.get(f"metric_{name}")) for name in others),
-                fmt_hparams(row.get("hyperparameters")),
-            ]
+            value = fmt_with_interval(
+                row["primary_value"], row.get("metric_" + interval_name(row["primary_metric"]))
+            )
+            if ranked_protocol and row["primary_value"] == best:
+                value = f"**{value}**"
+            cells = [fmt_rank(row["_rank"])] if ranked_protocol else []
+            cells += [f"`{row['model']}`", str(row["model_category"]), value, str(row["_runs"])]
+            cells += [fmt(row["_spread"])] if show_spread else []
+            cells += [fmt(row.get(f"metric_{name}")) for name in others]
+            cells.append(fmt_hparams(row.get("hyperparameters")))
             if twins:
                 twin = twins.get(row["model"])
                 cells.append(
@@ -129,11 +164,14 @@ def leaderboards(frame: pd.DataFrame, multi_profile: bool) -> str:
             f"### {dataset_label(dataset, semi)} · "
             f"{protocol_label(protocol, setting, multi_profile)}"
         )
+        order = f"ranked by {primary_name}" if ranked_protocol else f"{primary_name} (not ranked)"
         versions = (
             f"Dataset version {versions_text(group['dataset_version'])}, protocol version "
-            f"{versions_text(group['protocol_version'])}; ranked by {primary_name}."
+            f"{versions_text(group['protocol_version'])}; {order}."
         )
-        right = {0, 3, *range(4, 4 + len(others))} | ({len(headers) - 1} if twins else set())
+        first_number = headers.index(f"**{primary_name}**")
+        right = set(range(first_number, first_number + 2 + show_spread + len(others)))
+        right |= ({0} if ranked_protocol else set()) | ({len(headers) - 1} if twins else set())
         parts += [heading, versions, markdown_table(headers, rows, right)]
     return "\n\n".join(parts)
 
@@ -144,6 +182,8 @@ def detail_tables(frame: pd.DataFrame) -> str:
     parts = []
     for name, spec in sorted(discover().items()):
         protocol_frame = frame[frame["protocol"] == name]
+        if "details" not in report_sections(name):
+            continue
         for table in spec.detail_tables if not protocol_frame.empty else ():
             prefix = f"metric_{table.prefix}"
             parts += [f"## {table.title}", *([table.caption] if table.caption else [])]
@@ -174,7 +214,8 @@ def mean_ranks(frame: pd.DataFrame, multi_profile: bool) -> str:
         "Rank of each model on each dataset's primary metric; the mean is over the datasets "
         "where the model has a ranked result. Lower is better.",
     ]
-    for (setting, protocol), group in frame.groupby(["_setting", "protocol"], sort=True):
+    ranked = frame[frame["protocol"].isin(protocols_with(frame, "ranking"))]
+    for (setting, protocol), group in ranked.groupby(["_setting", "protocol"], sort=True):
         datasets = sorted(set(group["dataset"]))
         ranks = group.pivot(index="model", columns="dataset", values="_rank").reindex(
             columns=datasets
@@ -203,8 +244,8 @@ def twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
     semi = semi_synthetic(frame)
     rows = []
     wins = compared = 0
-    # Invariance measures are descriptive: "more invariant" is not "transfers better".
-    accuracy_like = frame[~frame["protocol"].isin(descriptive_protocols())]
+    # Descriptive measures (invariance) are left out: "more invariant" is not "transfers better".
+    accuracy_like = frame[frame["protocol"].isin(protocols_with(frame, "twin_gain"))]
     for (setting, protocol, dataset), group in accuracy_like.groupby(
         ["_setting", "protocol", "dataset"], sort=True
     ):
@@ -230,6 +271,7 @@ def twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
                     fmt(row["primary_value"]),
                     fmt(twin["primary_value"]),
                     fmt_delta(delta),
+                    fmt_gain(relative_gain(row["primary_value"], twin["primary_value"])),
                     verdict,
                 ]
             )
@@ -246,11 +288,14 @@ def twin_summary(frame: pd.DataFrame, multi_profile: bool) -> str:
         "pretrained value",
         "random value",
         "Δ",
+        "relative gain",
         "pretrained wins",
     ]
     parts += [
         f"Pretrained weights beat their random-initialisation twin in {wins} of "
-        f"{count_text(compared, 'comparison')}.",
-        markdown_table(headers, rows, {5, 6, 7}),
+        f"{count_text(compared, 'comparison')}. The twin is the random-init model whose card "
+        "names the pretrained one, else the random-init model of the same architecture; "
+        "relative gain = Δ / random value (— when the random value is not positive).",
+        markdown_table(headers, rows, {5, 6, 7, 8}),
     ]
     return "\n\n".join(parts)

@@ -124,10 +124,33 @@ def run(
             "test": [test.images, test.labels],
             "libraries": [torch.__version__, timm.__version__, np.__version__],
         }
-        result, reused = runs.result(training, scoring, train_and_score, reuse=reuse_completed)
+        result, reused = runs.result(
+            training, scoring, train_and_score, reuse=reuse_completed, validate=check_result
+        )
         if reused:
             result = {**result, "details": {**result["details"], "reused_completed_run": True}}
     return ProtocolResult(result["metrics"], result["hyperparameters"], result["details"])
+
+
+def check_result(value: Mapping[str, Any]) -> str | None:
+    """Why a stored fine-tune result cannot be used, or None when it can.
+
+    A stored result must hold ``metrics`` (name -> number), ``hyperparameters`` and
+    ``details`` mappings; anything else (a truncated or hand-edited file) is a miss.
+
+    Args:
+        value: The stored result.
+
+    Returns:
+        The reason, or None.
+    """
+    for part in ("metrics", "hyperparameters", "details"):
+        if not isinstance(value.get(part), Mapping):
+            return f"its {part!r} is missing or not a mapping"
+    for name, number in value["metrics"].items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            return f"its metric {name!r} is {number!r}, not a number"
+    return None
 
 
 def training_depends_on(

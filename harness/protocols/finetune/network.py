@@ -27,11 +27,35 @@ class Classifier(nn.Module):
             num_outputs: Logits of the head (classes, or labels for multilabel tasks).
         """
         super().__init__()
-        self.backbone = backbone
+        self.backbone = trainable(backbone)
         self.head = nn.Linear(feature_dim, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+def trainable(backbone: nn.Module) -> nn.Module:
+    """The module a classifier trains for ``backbone``: the module itself, or the inner
+    network of the zoo's torchvision wrapper.
+
+    The wrapper (``harness.zoo.build._TorchvisionBackbone``) overrides ``state_dict`` and
+    ``load_state_dict`` to drop its ``model.`` prefix. Nested in a classifier, saving goes
+    through the override (``backbone.features...``) but loading recurses through
+    ``_load_from_state_dict`` and expects ``backbone.model.features...``, so a classifier
+    around the wrapper could not restore its own best weights or checkpoints. The inner
+    network computes the same function (the wrapper's forward is its forward) and its
+    state-dict keys are the wrapper's public ones, so it is trained in the wrapper's place.
+
+    Args:
+        backbone: The pretrained feature extractor.
+
+    Returns:
+        A module whose saved and loaded state-dict keys agree when nested.
+    """
+    from harness.zoo import build
+
+    wrapper = getattr(build, "_TorchvisionBackbone", None)
+    return backbone.model if wrapper is not None and isinstance(backbone, wrapper) else backbone
 
 
 def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:

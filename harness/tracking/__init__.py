@@ -1,0 +1,1 @@
+"""Optional experiment tracking of result records (MLflow)."""
