@@ -1,4 +1,4 @@
-"""The ``medxfer`` command: list | info | prepare | convert | report | calibrate | compare | cache."""
+"""The ``medxfer`` command: list | info | prepare | convert | report | calibrate | compare | cache | submit."""
 
 from __future__ import annotations
 

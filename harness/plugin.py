@@ -26,6 +26,9 @@ from harness.config.paths import CARDS_ENV
 from harness.records.runid import session_run_id
 from harness.session import CASE_MARKER, MedxferSession
 
+# --medxfer-shard I/N: one pytest session per shard of a suite (medxfer submit)
+pytest_plugins = ["harness.plugin_shard"]
+
 if TYPE_CHECKING:
     from harness.config.suites import Case
     from harness.protocols.case import CaseRun

@@ -118,3 +118,36 @@ def test_draws_stay_in_range_change_per_call_and_reproduce_under_a_seed() -> Non
     again = draw_targets(labels, mask, soft, torch.Generator().manual_seed(3))
     torch.testing.assert_close(again, first)
     torch.testing.assert_close(draw_targets(labels, mask, None), labels.float())
+
+
+def test_lsr_marks_survive_prepare_and_reload_on_a_chexpert_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real CheXpert CSV layout, prepared and loaded back: hard labels, marked entries."""
+    import csv
+
+    from test_data_sources import _chexpert_card, _write_chexpert
+
+    from harness.data.prepare import load_splits
+
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+    _write_chexpert(tmp_path / "chexpert")
+    splits = load_splits(_chexpert_card(tmp_path, "lsr_ones", "chexpert_lsr"))
+    with open(tmp_path / "chexpert" / "CheXpert-v1.0-small" / "train.csv") as handle:
+        codes = [(r["Edema"], r["Pleural Effusion"]) for r in csv.DictReader(handle)]
+    hard = {"1.0": 1, "0.0": 0, "-1.0": 1, "": 0}
+    seen = 0
+    for split in ("train", "val"):
+        data = splits[split]
+        assert data.soft is not None and (data.soft.low, data.soft.high) == (0.55, 0.85)
+        for image, label, mask in zip(data.images, data.labels, data.soft.mask, strict=True):
+            row = codes[int(image[0, 0]) // 10]  # each image is 10 x its row in train.csv
+            assert label.tolist() == [hard[c] for c in row]
+            assert mask.tolist() == [c == "-1.0" for c in row]
+            seen += 1
+    assert seen == len(codes) and any("-1.0" in pair for pair in codes)
+    # a second load reads the prepared archive: the marks come back from it
+    again = load_splits(_chexpert_card(tmp_path, "lsr_ones", "chexpert_lsr"))
+    np.testing.assert_array_equal(again["train"].soft.mask, splits["train"].soft.mask)
+    subset = again["train"].take(np.array([1, 0]))
+    np.testing.assert_array_equal(subset.soft.mask, again["train"].soft.mask[[1, 0]])

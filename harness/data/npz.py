@@ -10,6 +10,9 @@ One archive holds three splits. For each split ``s`` in ``train``, ``val``, ``te
 - ``{s}_views`` (optional): unicode strings ``(N,)``, each image's view (``frontal``,
   ``lateral``, ``left``, ``right``) for multi-view pairing.
 - ``{s}_studies`` (optional): int64 ``(N,)``, the acquisition (study) whose views pair.
+- ``{s}_soft`` and ``{s}_soft_range`` (optional): bool, the labels' shape, marking labels
+  whose training target is label-smoothed (CheXpert LSR), and float64 ``(2,)``, the
+  uniform range those targets are drawn from (:mod:`harness.data.soft_targets`).
 
 Real MedMNIST files (``pneumoniamnist.npz`` ...) are read by the same reader.
 """
@@ -28,6 +31,7 @@ import numpy as np
 
 from harness.cache.atomic import write_with
 from harness.data import DatasetError
+from harness.data.table import SoftTargets, take_soft
 
 SPLITS = ("train", "val", "test")
 META_KEY = "meta_json"
@@ -46,6 +50,8 @@ class SplitData:
         groups: int64 ``(N,)`` group ids (source image, patient), or None.
         views: str ``(N,)`` lowercase view names (``frontal``, ``left``...), or None.
         studies: int64 ``(N,)`` ids of the study whose views pair, or None.
+        soft: labels whose training target is label-smoothed (the labels stay the hard
+            ones every metric scores), or None.
     """
 
     images: np.ndarray
@@ -53,6 +59,7 @@ class SplitData:
     groups: np.ndarray | None = None
     views: np.ndarray | None = None
     studies: np.ndarray | None = None
+    soft: SoftTargets | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -62,6 +69,11 @@ class SplitData:
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"SplitData: {n} images but {len(value)} {name}")
+        if self.soft is not None and np.shape(self.soft.mask) != np.shape(self.labels):
+            raise ValueError(
+                f"SplitData: soft-target marks of shape {np.shape(self.soft.mask)} for labels "
+                f"of shape {np.shape(self.labels)}"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -76,6 +88,7 @@ class SplitData:
                 name: None if getattr(self, name) is None else getattr(self, name)[index]
                 for name in ("groups", "views", "studies")
             },
+            soft=take_soft(self.soft, index),
         )
 
 
@@ -124,7 +137,10 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
             labels = _check_labels(labels, len(images), task, num_classes, path, split)
             if groups is not None:
                 groups = _check_groups(groups, len(images), path, groups_key)
-            splits[split] = SplitData(images, labels, groups, views=views, studies=studies)
+            soft = _optional_soft(archive, keys, path, split, labels.shape)
+            splits[split] = SplitData(
+                images, labels, groups, views=views, studies=studies, soft=soft
+            )
     return splits
 
 
@@ -192,6 +208,12 @@ def npz_arrays(splits: dict[str, SplitData], where: str = "<npz>") -> dict[str, 
             arrays[f"{split}_views"] = np.asarray(data.views).astype(str)
         if data.studies is not None:
             arrays[f"{split}_studies"] = np.asarray(data.studies, dtype=np.int64)
+        if data.soft is not None:
+            mask = np.asarray(data.soft.mask, dtype=bool)
+            arrays[f"{split}_soft"] = mask.reshape(-1, 1) if mask.ndim == 1 else mask
+            arrays[f"{split}_soft_range"] = np.asarray(
+                [data.soft.low, data.soft.high], dtype=np.float64
+            )
     return arrays
 
 
@@ -288,3 +310,21 @@ def _optional_ids(
     if key in keys:
         studies = _check_groups(_array(archive, keys, path, key), n, path, key)
     return views, studies
+
+
+def _optional_soft(
+    archive: np.lib.npyio.NpzFile, keys: set[str], path: Path, split: str, shape: tuple[int, ...]
+) -> SoftTargets | None:
+    key, range_key = f"{split}_soft", f"{split}_soft_range"
+    if key not in keys:
+        return None
+    mask = _array(archive, keys, path, key)
+    bounds = _array(archive, keys, path, range_key)
+    if mask.dtype != np.bool_ or mask.size != int(np.prod(shape)):
+        raise DatasetError(
+            f"{path}: key '{key}' must hold booleans of the labels' shape {shape}, got "
+            f"{mask.dtype} {mask.shape}"
+        )
+    if bounds.shape != (2,) or not 0.0 <= bounds[0] <= bounds[1] <= 1.0:
+        raise DatasetError(f"{path}: key '{range_key}' must hold 0 <= low <= high <= 1")
+    return SoftTargets(mask.reshape(shape), float(bounds[0]), float(bounds[1]))

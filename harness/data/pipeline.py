@@ -22,7 +22,7 @@ from harness.config.safe_paths import inside
 from harness.data import DatasetError
 from harness.data.npz import SPLITS, SplitData
 from harness.data.registry import LABEL_POLICIES, READERS, SPLIT_RULES, LabelPolicySpec
-from harness.data.table import ArrayImages, DatasetContext, RawDataset, SplitInput
+from harness.data.table import ArrayImages, DatasetContext, RawDataset, SplitInput, take_soft
 
 
 def card_folder(card: DatasetCard) -> Path:
@@ -162,6 +162,7 @@ def make_splits(card: DatasetCard, raw: RawDataset) -> dict[str, SplitData]:
     if not len(rows):
         raise DatasetError(f"{ctx.card}: label policy {policy.name!r} kept no image")
     values = _check_labels(values[rows], card, policy)
+    soft = take_soft(labels.soft, rows)
     groups = None if raw.groups is None else np.asarray(raw.groups)[rows]
     split = None if raw.split is None else np.asarray(raw.split)[rows]
     data = SplitInput(
@@ -186,6 +187,7 @@ def make_splits(card: DatasetCard, raw: RawDataset) -> dict[str, SplitData]:
             groups=None if codes is None else codes[index],
             views=None if views is None else views[index],
             studies=None if studies is None else studies[index],
+            soft=take_soft(soft, index),
         )
     return out
 

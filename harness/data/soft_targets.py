@@ -17,14 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.data.table import SoftTargets
+from harness.data.table import SoftTargets, take_soft
 
-
-def take_soft(soft: SoftTargets | None, rows: np.ndarray) -> SoftTargets | None:
-    """The soft-target marks of some rows (None stays None)."""
-    if soft is None:
-        return None
-    return SoftTargets(np.asarray(soft.mask)[rows], soft.low, soft.high)
+__all__ = ["draw_targets", "expected_targets", "take_soft"]
 
 
 def expected_targets(labels: np.ndarray, soft: SoftTargets | None) -> np.ndarray:

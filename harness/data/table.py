@@ -217,6 +217,13 @@ class SoftTargets:
     high: float
 
 
+def take_soft(soft: SoftTargets | None, rows: np.ndarray) -> SoftTargets | None:
+    """The soft-target marks of some rows (None stays None)."""
+    if soft is None:
+        return None
+    return SoftTargets(np.asarray(soft.mask)[rows], soft.low, soft.high)
+
+
 @dataclass(frozen=True, eq=False)
 class Labels:
     """What a label policy returns.
