@@ -46,7 +46,6 @@ from harness.precision import (
     PrecisionDecision,
     check_lower_precision,
     check_precision_name,
-    compute_precision,
     degenerate_rows,
 )
 
@@ -161,31 +160,53 @@ def extract(
     batch_size: int = 64,
     desc: str = "features",
     precision: str = DEFAULT_PRECISION,
+    resized: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run ``module`` over ``images`` in fixed-shape batches and return float32 features (N, D).
 
-    Uses ``torch.inference_mode`` and ``channels_last``. ``precision`` is applied as
-    given (see :func:`extract_checked` for the checked policy); float32 on CUDA
-    switches TF32 off.
+    The eval transform runs in two parts (:mod:`harness.data.decoded`): resize and crop
+    to uint8, then normalisation batched on ``device``; the result equals the per-image
+    transform's bit for bit. With ``resized`` (the decoded-image cache's copy, see
+    :func:`harness.features_stream.resized_images`) the first part is skipped. Uses
+    ``torch.inference_mode`` and ``channels_last``; ``precision`` is applied as given
+    (see :func:`extract_checked` for the checked policy); float32 on CUDA switches TF32 off.
     """
-    transform = eval_transform(pre)
-    module = module.to(device).to(memory_format=torch.channels_last).eval()
-    chunks: list[np.ndarray] = []
-    with (
-        torch.inference_mode(),
-        compute_precision(device, precision),
-        tqdm(total=len(images), desc=desc, unit="img", leave=False, disable=None) as bar,
-    ):
-        for batch, rows in _padded_batches(images, transform, batch_size):
-            batch = batch.to(device, non_blocking=True).to(memory_format=torch.channels_last)
-            out = module(batch)
-            if out.ndim != 2:
-                out = torch.flatten(out, 1)
-            chunks.append(out[:rows].float().cpu().numpy())
-            bar.update(rows)
-    if not chunks:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    from harness.data.decoded import resize_crop_batches
+    from harness.features_stream import extract_resized
+
+    if resized is None:
+        resized = np.empty((len(images), pre.input_size, pre.input_size, 3), dtype=np.uint8)
+        at = 0
+        for batch in resize_crop_batches(images, pre, batch_size):
+            resized[at : at + len(batch)] = batch
+            at += len(batch)
+    with tqdm(total=len(images), desc=desc, unit="img", leave=False, disable=None):
+        return extract_resized(module, resized, pre, device, batch_size, precision)
+
+
+DECODE_WORKERS_ENV = "MEDXFER_DECODE_WORKERS"
+
+
+def decoded_copy(images: np.ndarray, images_sha: str, pre: Preprocessing) -> np.ndarray | None:
+    """The decoded-image cache's resized copy of ``images`` for ``pre``'s geometry.
+
+    Made on a miss (resizing in ``$MEDXFER_DECODE_WORKERS`` loader processes, default 0)
+    and shared by every model with the same input size, interpolation and crop. On a
+    read-only home only an existing copy is used; None means resize on the fly.
+    """
+    import os
+
+    from harness.config.paths import home, home_writable
+    from harness.data.decoded import geometry_key
+    from harness.features_stream import open_resized, resized_images
+
+    folder = home() / "decoded"
+    if not home_writable():
+        key = geometry_key(images_sha, pre)
+        found = open_resized(folder / f"{key}.npy", key)
+        return found if found is not None and len(found) == len(images) else None
+    workers = int(os.environ.get(DECODE_WORKERS_ENV, "0") or 0)
+    return resized_images(images, images_sha, pre, folder, workers=workers)
 
 
 def extract_checked(
@@ -196,6 +217,7 @@ def extract_checked(
     batch_size: int = 64,
     desc: str = "features",
     precision: str = DEFAULT_PRECISION,
+    resized: np.ndarray | None = None,
 ) -> tuple[np.ndarray, PrecisionDecision]:
     """Extract features in ``precision`` where a check allows it, else in float32.
 
@@ -213,7 +235,7 @@ def extract_checked(
         probe, _ = next(_padded_batches(images, eval_transform(pre), batch_size))
         probe = probe.to(device).to(memory_format=torch.channels_last)
         decision = check_lower_precision(module, probe, device, precision)
-    features = extract(module, images, pre, device, batch_size, desc, decision.effective)
+    features = extract(module, images, pre, device, batch_size, desc, decision.effective, resized)
     zero, nonfinite = degenerate_rows(features)
     if decision.effective != "fp32" and (zero or nonfinite):
         reason = (
@@ -222,7 +244,7 @@ def extract_checked(
         )
         LOG.warning("%s: %s; extracting again in fp32", desc, reason)
         decision = dataclasses.replace(decision, effective="fp32", reason=reason)
-        features = extract(module, images, pre, device, batch_size, desc, "fp32")
+        features = extract(module, images, pre, device, batch_size, desc, "fp32", resized)
     return features, decision
 
 
@@ -290,6 +312,7 @@ def cached_features(
             batch_size,
             desc=f"{model.name} {dataset.name}/{split}",
             precision=precision,
+            resized=decoded_copy(images, payload["images_sha256"], pre),
         )
         meta = {
             "key": entry.key,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from harness.protocols.base import SplitFeatures, TaskInfo
 from harness.protocols.knn import KnnConfig, knn_scores, run
+from harness.protocols.registry import presets_of
 
 MULTICLASS = TaskInfo(
     "multiclass", 3, "accuracy", ("accuracy", "mean_per_class_accuracy", "roc_auc")
@@ -146,9 +149,75 @@ def test_config_and_input_errors() -> None:
         "primary_k": 20,
         "normalize": True,
         "batch_size": 1024,
+        "bank": "train+val",
+        "softmax_scores": False,
+        "round_metrics": None,
     }
     good = _split([[1, 0], [0, 1]], [0, 1])
     with pytest.raises(ValueError, match="test split: features have dimension 3"):
         run(good, good, _split([[1, 0, 0]], [0]), BINARY, KnnConfig())
     with pytest.raises(ValueError, match=r"val split: labels must lie in \[0, 2\)"):
         run(good, _split([[1, 0]], [2]), good, BINARY, KnnConfig())
+
+
+def test_a_class_missing_from_the_bank_is_an_error_naming_dataset_and_class() -> None:
+    # before: every test image was voted class 0, and the case recorded accuracy 0.5
+    train = _split([[1, 0], [0.9, 0.1]], [0, 0])
+    val = _split([[0.8, 0.2]], [0])
+    test = _split([[1, 0], [0, 1]], [0, 1])
+    config = KnnConfig(ks=(2,), primary_k=2)
+    with pytest.raises(ValueError, match=r"dataset 'demo_x'.*class\(es\) \[1\].*train\+val"):
+        run(train, val, test, BINARY, config, dataset="demo_x")
+    # class 1 only in val: fine with the train+val bank, an error with a train-only bank
+    ok = run(train, _split([[0, 1]], [1]), test, BINARY, config)
+    assert ok.metrics["accuracy"] == 1.0
+    with pytest.raises(ValueError, match=r"\[1\] have no image in the train memory bank"):
+        run(
+            train,
+            _split([[0, 1]], [1]),
+            test,
+            BINARY,
+            KnnConfig(ks=(2,), primary_k=2, bank="train"),
+        )
+
+
+def _feature_reuse_knn(bank, bank_labels, queries, k, t, classes):
+    """ChrisMats/feature-reuse's knn_predict (single-label branch), written out."""
+    feature = torch.nn.functional.normalize(torch.as_tensor(queries), dim=1)
+    feature_bank = torch.nn.functional.normalize(torch.as_tensor(bank), dim=1).t()
+    labels = torch.as_tensor(bank_labels)
+    sim_matrix = torch.mm(feature, feature_bank)
+    sim_weight, sim_indices = sim_matrix.topk(k=k, dim=-1)
+    sim_labels = torch.gather(labels.expand(feature.size(0), -1), dim=-1, index=sim_indices)
+    sim_weight = (sim_weight / t).exp()
+    one_hot = torch.zeros(feature.size(0) * k, classes, dtype=sim_weight.dtype)
+    one_hot = one_hot.scatter(dim=-1, index=sim_labels.view(-1, 1), value=1.0)
+    scores = torch.sum(one_hot.view(feature.size(0), -1, classes) * sim_weight.unsqueeze(-1), 1)
+    return scores / scores.sum(1).unsqueeze(1)
+
+
+def test_feature_reuse_knn_preset_matches_the_peer() -> None:
+    preset = presets_of("knn")["feature-reuse"]
+    case = SimpleNamespace(profile=SimpleNamespace(name="smoke"))
+    config = preset.configure(case)
+    assert (config.ks, config.temperature, config.bank) == ((200,), 0.1, "train")
+    assert dict(preset.preprocessing)["crop_mode"] == "squash"
+    rng = np.random.default_rng(4)
+    means = 1.5 * np.eye(3, 8)
+    train, val, test = _blobs(rng, 240, means), _blobs(rng, 60, means), _blobs(rng, 45, means)
+    result = run(train, val, test, MULTICLASS, config)
+    scores = _feature_reuse_knn(
+        train.features.astype(np.float64), train.labels, test.features.astype(np.float64),
+        200, 0.1, 3,
+    )  # fmt: skip
+    probs = torch.softmax(scores, dim=1).numpy()  # the metric class's Softmax(dim=1)
+    from sklearn.metrics import roc_auc_score
+
+    expected_auc = round(roc_auc_score(test.labels, probs, multi_class="ovr"), 3)
+    expected_acc = round(float(np.mean(probs.argmax(1) == test.labels)), 3)
+    assert result.metrics["roc_auc"] == pytest.approx(expected_auc, abs=1e-9)
+    assert result.metrics["accuracy"] == pytest.approx(expected_acc, abs=1e-9)
+    assert result.details["n_bank"] == 240 and result.hyperparameters["k"] == 200
+    # the softmax moves multiclass AUC relative to the plain probabilities
+    plain = roc_auc_score(test.labels, scores.numpy(), multi_class="ovr")
+    assert plain != pytest.approx(roc_auc_score(test.labels, probs, multi_class="ovr"), abs=1e-9)

@@ -22,7 +22,14 @@ from harness.config.safe_paths import inside
 from harness.data import DatasetError
 from harness.data.npz import SPLITS, SplitData
 from harness.data.registry import LABEL_POLICIES, READERS, SPLIT_RULES, LabelPolicySpec
-from harness.data.table import ArrayImages, DatasetContext, RawDataset, SplitInput, take_soft
+from harness.data.table import (
+    ArrayImages,
+    DatasetContext,
+    RawDataset,
+    SplitInput,
+    kept_paths,
+    take_soft,
+)
 
 
 def card_folder(card: DatasetCard) -> Path:
@@ -172,6 +179,7 @@ def make_splits(card: DatasetCard, raw: RawDataset) -> dict[str, SplitData]:
         lambda index: raw.images.take(rows[index]),
         source_rows=rows,
         n_source=len(raw),
+        paths=kept_paths(raw.images, rows, ctx.root),
     )
     assignment = SPLIT_RULES.run(card.split, data, ctx)
     _check_assignment(assignment, len(rows), card)

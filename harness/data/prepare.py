@@ -29,6 +29,7 @@ Until a user-supplied source is in place, :func:`prepare` raises
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,7 +62,7 @@ from harness.data.pipeline import (
     required_paths,
 )
 from harness.data.registry import BUILDERS, LABEL_POLICIES, SPLIT_RULES
-from harness.data.table import FileImages, RawDataset, SplitInput
+from harness.data.table import FileImages, RawDataset, SplitInput, kept_paths
 
 PREPARED_LAYOUT = 1
 INDEX_NAME = "index.parquet"
@@ -284,7 +285,27 @@ def _prepared_key(card: DatasetCard, digest: str) -> dict[str, Any]:
             if spec is not None
         },
         "index_sha256": digest,
+        **_split_files_digest(card),
     }
+
+
+def _split_files_digest(card: DatasetCard) -> dict[str, str]:
+    """The sha256 of the files a split rule reads (``fold_files``), so an edit rebuilds.
+
+    Empty for rules that read no file, so the keys of their prepared data do not change.
+    """
+    listed = getattr(card.split.params, "paths", None) if card.split is not None else None
+    if listed is None:
+        return {}
+    digest = hashlib.sha256()
+    for path in listed(context(card).root):
+        try:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        except OSError as exc:
+            raise DatasetError(
+                f"{card.source_file or card.name}: split file {path}: {exc}"
+            ) from exc
+    return {"split_files_sha256": digest.hexdigest()}
 
 
 def _archive_digest(path: Path) -> str:
@@ -417,6 +438,7 @@ def _assignment(
         lambda index: raw.images.take(rows[index]),
         source_rows=rows,
         n_source=len(raw),
+        paths=kept_paths(raw.images, rows, ctx.root),
     )
     return rows, values, SPLIT_RULES.run(card.split, data, ctx)
 

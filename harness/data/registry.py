@@ -47,6 +47,7 @@ BUILTIN_MODULES = (
     "harness.data.readers",
     "harness.data.label_policies",
     "harness.data.split_rules",
+    "harness.data.split_folds",
     "harness.data.builders",
 )
 F = TypeVar("F", bound=Callable[..., Any])

@@ -253,6 +253,9 @@ class SplitInput:
             policy dropped any), ascending; None means the kept rows are all the rows.
         n_source: how many rows the reader gave (None: as many as kept). Rules that
             shuffle the source's whole index before filtering (SSL_medicalimaging) need both.
+        paths: each kept row's image file relative to the dataset folder (posix text),
+            for rules that read split files listing images (``fold_files``); None when
+            the reader's images are not files.
     """
 
     labels: np.ndarray
@@ -261,6 +264,7 @@ class SplitInput:
     take_images: Callable[[np.ndarray], np.ndarray]
     source_rows: np.ndarray | None = None
     n_source: int | None = None
+    paths: np.ndarray | None = None
 
     def positions(self) -> tuple[np.ndarray, int]:
         """Each kept row's position among the reader's rows, and the reader's row count."""
@@ -272,3 +276,18 @@ class SplitInput:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def kept_paths(images: object, rows: np.ndarray, root: Path) -> np.ndarray | None:
+    """The image files of the kept rows relative to ``root`` (None: not file images)."""
+    paths = getattr(images, "paths", None)
+    if paths is None:
+        return None
+    out = []
+    for row in rows:
+        path = Path(paths[int(row)])
+        try:
+            out.append(path.relative_to(root).as_posix())
+        except ValueError:
+            out.append(path.as_posix())
+    return np.asarray(out, dtype=object)

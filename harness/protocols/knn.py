@@ -17,7 +17,14 @@ the weighted mean of the neighbours' 0/1 values (the same formula with one-hot l
 gives the class probabilities of single-label tasks).
 
 A ``k`` larger than the memory bank is clamped to its size; the clamp is recorded in
-``details["effective_k"]`` and ``details["clamped_k"]``.
+``details["effective_k"]`` and ``details["clamped_k"]``. A single-label class with no image
+in the memory bank is an error naming the dataset, the bank's splits and the class: no
+neighbour could ever vote for it, and its metrics would be silently meaningless (a binary
+task scored 0.5).
+
+Peer settings (``KnnConfig``, presets in :mod:`harness.protocols.knn_presets`): ``bank``
+"train" keeps val out of the memory bank; ``softmax_scores`` passes the normalised class
+scores through a softmax before the metrics; ``round_metrics`` rounds the reported values.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
 
 VERSION = 1
+_BANKS = ("train+val", "train")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,11 @@ class KnnConfig:
         normalize: L2-normalise bank and query features (cosine similarity). False uses
             raw dot products.
         batch_size: Queries per block of the similarity matrix (memory: batch x bank).
+        bank: The memory bank's splits: "train+val" or "train".
+        softmax_scores: Apply a softmax to each query's normalised class scores before the
+            metrics (feature-reuse's metric class applies ``Softmax(dim=1)`` to them; it
+            moves multiclass ROC AUC, not the argmax).
+        round_metrics: Round the reported metrics to this many decimals, or None.
     """
 
     ks: tuple[int, ...] = (20, 200)
@@ -63,6 +76,9 @@ class KnnConfig:
     primary_k: int = 20
     normalize: bool = True
     batch_size: int = 1024
+    bank: str = "train+val"
+    softmax_scores: bool = False
+    round_metrics: int | None = None
 
     def __post_init__(self) -> None:
         ks = tuple(int(k) for k in self.ks)
@@ -75,6 +91,10 @@ class KnnConfig:
             raise ValueError(f"KnnConfig.temperature must be > 0, got {self.temperature}")
         if self.batch_size < 1:
             raise ValueError(f"KnnConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.bank not in _BANKS:
+            raise ValueError(f"KnnConfig.bank must be one of {_BANKS}, got {self.bank!r}")
+        if self.round_metrics is not None and self.round_metrics < 0:
+            raise ValueError(f"KnnConfig.round_metrics must be >= 0, got {self.round_metrics}")
 
     @classmethod
     def for_profile(cls, profile: str) -> KnnConfig:
@@ -112,6 +132,7 @@ def run(
     test: SplitFeatures,
     task: TaskInfo,
     config: KnnConfig,
+    dataset: str = "",
 ) -> ProtocolResult:
     """Classify the test split by weighted votes of its nearest train+val neighbours.
 
@@ -121,6 +142,7 @@ def run(
         test: Query features and labels, scored with all ``task.metrics``.
         task: Task type, number of classes and metrics.
         config: Neighbour counts, temperature and batching.
+        dataset: The dataset's name, for error messages.
 
     Returns:
         ``metrics``: test metrics at ``primary_k``. ``hyperparameters``: ``k`` (effective
@@ -129,14 +151,19 @@ def run(
         ``clamped_k``, ``n_bank``, ``n_test``, ``normalize`` and timings.
 
     Raises:
-        ValueError: On malformed inputs; the message names the split at fault.
+        ValueError: On malformed inputs; the message names the split at fault. Also when
+            a class has no image in the memory bank (naming the dataset and the class).
     """
     check_metric_names(task.task, (task.primary_metric, *task.metrics))
     x_train, y_train = check_split("train split", train, task)
     x_val, y_val = check_split("val split", val, task, x_train.shape[1])
     x_test, y_test = check_split("test split", test, task, x_train.shape[1])
-    bank = np.concatenate([x_train, x_val])
-    bank_labels = np.concatenate([y_train, y_val])
+    if config.bank == "train":
+        bank, bank_labels = x_train, y_train
+    else:
+        bank = np.concatenate([x_train, x_val])
+        bank_labels = np.concatenate([y_train, y_val])
+    check_bank_classes(bank_labels, task, config.bank, dataset)
 
     started = time.perf_counter()
     effective = {k: min(k, len(bank)) for k in config.ks}
@@ -146,7 +173,12 @@ def run(
     metrics_per_k: dict[str, dict[str, float]] = {}
     notes_per_k: dict[str, dict[str, Any]] = {}
     for k in config.ks:
-        metrics, notes = compute_metrics_with_notes(task.task, y_test, scores[k], task.metrics)
+        probs = scores[k]
+        if config.softmax_scores:
+            probs = torch.softmax(torch.as_tensor(probs), dim=1).numpy()
+        metrics, notes = compute_metrics_with_notes(task.task, y_test, probs, task.metrics)
+        if config.round_metrics is not None:
+            metrics = {m: round(v, config.round_metrics) for m, v in metrics.items()}
         metrics_per_k[str(k)] = metrics
         notes_per_k[str(k)] = notes
     return ProtocolResult(
@@ -161,10 +193,37 @@ def run(
             "n_bank": len(bank),
             "n_test": len(x_test),
             "normalize": config.normalize,
+            "bank": config.bank,
+            "softmax_scores": config.softmax_scores,
             "similarity": "cosine" if config.normalize else "dot product",
             "knn_seconds": knn_seconds,
         },
     )
+
+
+def check_bank_classes(labels: np.ndarray, task: TaskInfo, bank: str, dataset: str) -> None:
+    """Raise when a single-label class has no image in the memory bank.
+
+    Args:
+        labels: The bank's class ids.
+        task: Task facts.
+        bank: The bank's splits (for the message).
+        dataset: The dataset's name (for the message).
+
+    Raises:
+        ValueError: Naming the dataset, the bank's splits and the missing classes.
+    """
+    if task.task == "multilabel":
+        return
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=task.num_classes)
+    missing = np.flatnonzero(counts == 0).tolist()
+    if missing:
+        where = f"dataset {dataset!r}" if dataset else "the dataset"
+        raise ValueError(
+            f"k-NN on {where}: class(es) {missing} have no image in the {bank} memory bank "
+            f"(class counts {counts.tolist()}); no neighbour can vote for them, so the "
+            "metrics would be meaningless. Use a split with every class in train."
+        )
 
 
 def knn_scores(
@@ -219,6 +278,13 @@ def knn_scores(
     config=KnnConfig,
 )
 def run_case(case: CaseRun, config: KnnConfig) -> ProtocolResult:
-    """One k-NN case: k chosen on val, train+val as the memory bank, scored on test."""
+    """One k-NN case: the memory bank (train+val, or train) votes for the test split."""
     features = case.features()
-    return run(features["train"], features["val"], features["test"], case.task, config)
+    return run(
+        features["train"],
+        features["val"],
+        features["test"],
+        case.task,
+        config,
+        dataset=case.case.dataset.name,
+    )

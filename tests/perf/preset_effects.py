@@ -13,7 +13,7 @@ B. an ablation: the default config with ONE of the preset's differing fields app
 
 It prints one markdown table per protocol: difference | default setting | preset setting
 | mean change of the primary value over the cases (largest single change). Everything is
-seeded, so two runs print the same numbers. ``linear`` and ``fewshot`` are measured;
+seeded, so two runs print the same numbers. ``linear``, ``fewshot`` and ``knn`` are measured;
 ``invariance`` (the peer's sweep is 263 transform entries of 224 px images: ~20,000
 forward passes per case) and ``finetune`` (full-network training) get their difference
 tables without measured effects.
@@ -49,7 +49,7 @@ MODELS = (
     "mobilenet_v2.tv_in1k_pip",
     "mobilenet_v2.random",
 )
-MEASURED = ("linear", "fewshot")
+MEASURED = ("linear", "fewshot", "knn")
 LISTED = ("invariance", "finetune")
 NOT_MEASURED = {
     "invariance": "not measured: the preset's 263 transform entries at 224 px are ~20,000 "
@@ -59,7 +59,7 @@ NOT_MEASURED = {
 # A set sweep replaces the range: these fields of the default are not differences then.
 SUPERSEDED = {"c_values": ("c_min", "c_max", "n_c")}
 # Fields whose constraints tie them (max_iter <= max_iter_cap): also applied together.
-COUPLED = (("max_iter", "max_iter_cap"),)
+COUPLED = (("max_iter", "max_iter_cap"), ("ks", "primary_k"))
 PREPROCESSING = "preprocessing"
 
 

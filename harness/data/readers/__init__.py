@@ -10,7 +10,11 @@
 - ``cifar_binary``, ``stl10_binary``: raw binary image records, CIFAR and STL-10
   (:mod:`.binary_records`);
 - ``volume_slices``: one axial slice of each CT volume listed by a CSV, STOIC
-  (:mod:`.volumes`).
+  (:mod:`.volumes`);
+- ``ddti_xml``: DDTI thyroid ultrasound images with their XML reports (:mod:`.ddti`);
+- ``mrnet_slices``: sagittal slices of MRNet's ``.npy`` knee volumes (:mod:`.mrnet`);
+- ``pcam_png_names``: PatchCamelyon HDF5 rows under the PNG names revisiting-transfer's
+  converter wrote (:mod:`.pcam_png`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from harness.data.readers import (
     binary_records,
     cbis_ddsm,
     csv_index,
+    ddti,
     hdf5,
     image_folder,
+    mrnet,
     npz_file,
+    pcam_png,
     volumes,
 )
 
@@ -29,8 +36,11 @@ __all__ = [
     "binary_records",
     "cbis_ddsm",
     "csv_index",
+    "ddti",
     "hdf5",
     "image_folder",
+    "mrnet",
     "npz_file",
+    "pcam_png",
     "volumes",
 ]

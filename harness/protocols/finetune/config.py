@@ -12,17 +12,21 @@ from harness.config.profiles import check_profile
 
 VERSION = 2
 
-_CLASS_WEIGHTING = ("none", "inverse_frequency")
+_CLASS_WEIGHTING = ("none", "inverse_frequency", "balanced")
 _AMP = ("auto", "none", "bf16", "fp16")
 _CHOICES = {
-    "optimizer": ("sgd", "adam"),
-    "schedule": ("cosine", "constant", "plateau"),
-    "sampling": ("stream", "epochs"),
+    "optimizer": ("sgd", "adam", "keras-adam"),
+    "schedule": ("cosine", "constant", "plateau", "warmup-plateau"),
+    "sampling": ("stream", "epochs", "drop_last"),
     "val_unit": ("steps", "epochs"),
     "select_on": ("metric", "loss"),
     "grid_score": ("best", "last"),
     "loss": ("auto", "bce"),
+    "augmentation": ("crop-flip", "feature-reuse", "keras"),
+    "lr_finder_select": ("val", "loss", "val_loss"),
+    "auc_average": ("macro", "weighted"),
 }
+_EPOCH_SAMPLING = ("epochs", "drop_last")
 
 
 @dataclass(frozen=True)
@@ -36,19 +40,28 @@ class FinetuneConfig:
         weight_decay: Weight decay (L2 added to the gradient, SGD's and Adam's).
         momentum: SGD momentum.
         nesterov: Nesterov momentum.
-        optimizer: "sgd" (with ``momentum`` and ``nesterov``) or "adam" (torch's
-            defaults: betas (0.9, 0.999), eps 1e-8).
-        schedule: "cosine" (to 0 at ``steps``), "constant", or "plateau" (torch's
-            ReduceLROnPlateau, stepped at every validation on the validation quantity).
+        optimizer: "sgd" (with ``momentum`` and ``nesterov``), "adam" (torch's
+            defaults: betas (0.9, 0.999), eps 1e-8) or "keras-adam" (Keras' Adam: eps 1e-7
+            added to the uncorrected ``sqrt(v)``, :mod:`.keras`).
+        schedule: "cosine" (to 0 at ``steps``), "constant", "plateau" (torch's
+            ReduceLROnPlateau, stepped at every validation on the validation quantity) or
+            "warmup-plateau" (feature-reuse's LinearWarmup stepped every iteration, then
+            ReduceLROnPlateau stepped once an epoch, :mod:`.warmup`).
+        warmup_iters: LinearWarmup's iterations ("warmup-plateau").
+        warmup_start: LinearWarmup's starting lr (its ``eta_min``).
         plateau_factor: ReduceLROnPlateau's factor.
         plateau_patience: ReduceLROnPlateau's patience (validations).
         plateau_threshold: ReduceLROnPlateau's relative threshold.
-        sampling: "stream" (an endless seeded stream: every batch is full) or "epochs"
+        sampling: "stream" (an endless seeded stream: every batch is full), "epochs"
             (reshuffled epochs whose last batch is partial, as a DataLoader without
-            ``drop_last``).
-        epochs: Run length in epochs (``sampling="epochs"``); None: ``steps`` steps.
+            ``drop_last``) or "drop_last" (reshuffled epochs of ``n // batch_size`` full
+            batches, the rest of each epoch's permutation left out).
+        epochs: Run length in epochs (epoch sampling); None: ``steps`` steps.
         val_unit: "steps" or "epochs": the unit of ``val_every``.
-        val_every: Steps (or epochs) between validations (and checkpoints).
+        val_every: Steps (or epochs) between validations (and checkpoints); in epochs it
+            may be a fraction (feature-reuse's 0.5: every ``int(0.5 * epoch)`` steps).
+        val_round: Round validation scores to this many decimals before selection and
+            the plateau schedule use them (feature-reuse's metrics are rounded to 3).
         patience: Validations without an improvement before stopping early; None trains
             all steps (the best validation weights are still kept).
         select_on: Validation quantity: "metric" (the primary metric, higher is better)
@@ -58,8 +71,18 @@ class FinetuneConfig:
         restore_best: Score the best validation weights; False scores the last ones.
         input_size: Training and evaluation image size; None uses the profile's, then the
             model card's.
-        crop_scale: RandomResizedCrop area range (torchvision's default (0.08, 1)).
-        rotation: RandomRotation degrees after the crop and flip (0: none).
+        crop_scale: RandomResizedCrop area range (torchvision's default (0.08, 1));
+            feature-reuse's (0.8, 1.2) goes above 1.
+        rotation: RandomRotation degrees after the crop and flip (0: none); Keras'
+            ``rotation_range`` under ``augmentation="keras"``.
+        augmentation: Training augmentation: "crop-flip" (RandomResizedCrop + flip),
+            "feature-reuse" (square resize, RandomResizedCrop, both flips, colour jitter,
+            grayscale) or "keras" (Keras ``ImageDataGenerator``'s random affine, :mod:`.keras`).
+        hflip: Random horizontal flips under ``augmentation="keras"``.
+        shift: Keras ``width_shift_range`` / ``height_shift_range`` (fractions).
+        shear: Keras ``shear_range`` (degrees).
+        zoom: Keras ``zoom_range`` (zoom in [1 - zoom, 1 + zoom] per axis).
+        head_dropout: Dropout before the linear head (the Keras peers' 0.5).
         grid_search: Run ssl-transfer's lr x w grid, then retrain on train+val.
         grid_score: "best": every grid point validates with early stopping and scores its
             best validation, the retrain runs to that point's best step; "last": every
@@ -73,10 +96,26 @@ class FinetuneConfig:
         lr_finder_max: Largest lr tried.
         lr_finder_points: Number of log-spaced lrs.
         lr_finder_steps: Steps of each short run.
-        lr_finder_select: "val" (validation metric) or "loss" (training loss).
+        lr_finder_epochs: Epochs of each short run instead of steps (feature-reuse: 5).
+        lr_finder_select: "val" (validation metric), "loss" (training loss) or
+            "val_loss" (feature-reuse: the lowest validation loss, the mean of per-batch
+            mean losses over batches of ``eval_batch_size``).
+        freeze_stage: revisiting-transfer's ``--freeze``: a separate first stage trains
+            the head on the frozen backbone (fresh optimizer, ``freeze_lr``, early stop on
+            validation accuracy with ``freeze_patience``, last weights kept), then the
+            main run trains everything with a fresh optimizer from those weights.
+        freeze_lr: Learning rate of the freeze stage.
+        freeze_patience: Validations without a strictly better accuracy before the freeze
+            stage stops.
+        folds: Stratified k-fold cross-validation over the pooled splits (cats-scans):
+            one fine-tune per fold, each scored on its held-out fold; 0: off.
+        fold_seed: ``random_state`` of the shuffled ``StratifiedKFold``.
+        auc_average: Multiclass ROC AUC of the k-fold score: "macro" or "weighted" OvR.
         layer_decay: Layer-wise lr decay factor (timm models), or None.
         grad_clip: Max gradient norm, or None (no clipping).
-        class_weighting: "none" or "inverse_frequency" (weighted CE / BCE pos_weight).
+        class_weighting: "none", "inverse_frequency" (weighted CE / BCE pos_weight) or
+            "balanced" (Keras ``class_weight`` from sklearn's "balanced" weights: each
+            sample's loss times its class weight, averaged over the batch; k-fold only).
         loss: "auto" (cross-entropy; sigmoid + BCE for multilabel) or "bce" (sigmoid + BCE
             for every task: one-hot targets, one output for a binary task).
         test_tencrop: Score test on TenCrop (resize to ``input_size / crop_pct`` square,
@@ -109,7 +148,8 @@ class FinetuneConfig:
     sampling: str = "stream"
     epochs: int | None = None
     val_unit: str = "steps"
-    val_every: int = 200
+    val_every: int | float = 200
+    val_round: int | None = None
     patience: int | None = 3
     select_on: str = "metric"
     tie_improves: bool = False
@@ -117,6 +157,14 @@ class FinetuneConfig:
     input_size: int | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
     rotation: float = 0.0
+    augmentation: str = "crop-flip"
+    hflip: bool = True
+    shift: float = 0.0
+    shear: float = 0.0
+    zoom: float = 0.0
+    head_dropout: float = 0.0
+    warmup_iters: int = 1000
+    warmup_start: float = 1e-8
     grid_search: bool = False
     grid_score: str = "best"
     grid_lrs: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
@@ -127,7 +175,14 @@ class FinetuneConfig:
     lr_finder_max: float = 1e-2
     lr_finder_points: int = 25
     lr_finder_steps: int = 100
+    lr_finder_epochs: int | None = None
     lr_finder_select: str = "val"
+    freeze_stage: bool = False
+    freeze_lr: float = 1e-3
+    freeze_patience: int = 10
+    folds: int = 0
+    fold_seed: int = 2
+    auc_average: str = "macro"
     layer_decay: float | None = None
     grad_clip: float | None = None
     class_weighting: str = "none"
@@ -148,8 +203,16 @@ class FinetuneConfig:
         if self.eval_labels is not None:
             object.__setattr__(self, "eval_labels", tuple(int(v) for v in self.eval_labels))
         problems = []
-        if self.steps < 1 or self.batch_size < 1 or self.val_every < 1:
-            problems.append("steps, batch_size and val_every must be >= 1")
+        if self.steps < 1 or self.batch_size < 1:
+            problems.append("steps and batch_size must be >= 1")
+        whole = float(self.val_every).is_integer() and self.val_every >= 1
+        if not (whole or (self.val_unit == "epochs" and self.val_every > 0)):
+            problems.append(
+                f"val_every must be an integer >= 1 (a positive fraction of an epoch under "
+                f"val_unit='epochs'), got {self.val_every}"
+            )
+        if self.val_round is not None and self.val_round < 0:
+            problems.append(f"val_round must be >= 0 or None, got {self.val_round}")
         if self.patience is not None and self.patience < 1:
             problems.append(f"patience must be >= 1 or None, got {self.patience}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
@@ -157,25 +220,46 @@ class FinetuneConfig:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.sampling != "epochs" and (self.epochs is not None or self.val_unit == "epochs"):
-            problems.append("epochs and val_unit='epochs' need sampling='epochs'")
+        if self.sampling not in _EPOCH_SAMPLING and (
+            self.epochs is not None or self.val_unit == "epochs"
+        ):
+            problems.append("epochs and val_unit='epochs' need sampling 'epochs' or 'drop_last'")
         if self.epochs is not None and self.epochs < 1:
             problems.append(f"epochs must be >= 1 or None, got {self.epochs}")
-        if self.epochs is not None and (self.grid_search or self.lr_finder):
-            problems.append("epochs is not supported with grid_search or lr_finder: use steps")
-        if self.schedule == "plateau" and (self.grid_search or self.lr_finder):
-            problems.append(
-                "schedule='plateau' steps on validations: not with grid_search/lr_finder"
-            )
+        if self.epochs is not None and self.grid_search:
+            problems.append("epochs is not supported with grid_search: use steps")
+        if self.schedule in ("plateau", "warmup-plateau") and self.grid_search:
+            problems.append("plateau schedules step on validations: not with grid_search")
         if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
             problems.append("plateau_factor must lie in (0, 1) and plateau_patience be >= 0")
         if self.plateau_threshold < 0 or not 0 <= self.rotation <= 180:
             problems.append("plateau_threshold must be >= 0 and rotation lie in [0, 180]")
-        if self.loss == "bce" and self.class_weighting != "none":
-            problems.append("loss='bce' supports class_weighting='none' only")
+        if self.loss == "bce" and self.class_weighting == "inverse_frequency":
+            problems.append("loss='bce' does not support class_weighting='inverse_frequency'")
+        if self.class_weighting == "balanced" and not self.folds:
+            problems.append("class_weighting='balanced' (Keras class_weight) needs folds")
+        if self.schedule == "warmup-plateau" and self.sampling not in _EPOCH_SAMPLING:
+            problems.append("schedule='warmup-plateau' steps once an epoch: needs epoch sampling")
+        if self.warmup_iters < 1 or not 0 <= self.warmup_start < self.lr:
+            problems.append("warmup_iters must be >= 1 and 0 <= warmup_start < lr")
+        if not 0 <= self.head_dropout < 1 or min(self.shift, self.shear, self.zoom) < 0:
+            problems.append("head_dropout must lie in [0, 1); shift, shear, zoom be >= 0")
+        if self.freeze_stage and (self.grid_search or self.lr_finder or self.freeze_steps):
+            problems.append("freeze_stage excludes grid_search, lr_finder and freeze_steps")
+        if self.freeze_lr <= 0 or self.freeze_patience < 1:
+            problems.append("freeze_lr must be > 0 and freeze_patience >= 1")
+        if self.folds == 1 or self.folds < 0 or (self.folds and self.grid_search):
+            problems.append(f"folds must be 0 (off) or >= 2, without grid_search: {self.folds}")
+        if self.lr_finder_epochs is not None and (
+            self.lr_finder_epochs < 1 or self.sampling not in _EPOCH_SAMPLING
+        ):
+            problems.append("lr_finder_epochs must be >= 1 and needs epoch sampling")
         low, high = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
-        if not 0 < low <= high <= 1:
-            problems.append(f"crop_scale must be (a, b) with 0 < a <= b <= 1: {self.crop_scale}")
+        if not 0 < low <= high or (high > 1 and self.augmentation != "feature-reuse"):
+            problems.append(
+                f"crop_scale must be (a, b) with 0 < a <= b <= 1 (b > 1 only with "
+                f"augmentation='feature-reuse'): {self.crop_scale}"
+            )
         if self.input_size is not None and self.input_size < 8:
             problems.append(f"input_size must be >= 8, got {self.input_size}")
         if not 0 <= self.freeze_steps < self.steps:
@@ -190,8 +274,6 @@ class FinetuneConfig:
             problems.append("the LR finder needs 0 < lr_finder_min < lr_finder_max, >= 2 points")
         if self.lr_finder_steps < 1:
             problems.append("lr_finder_steps must be >= 1")
-        if self.lr_finder_select not in ("val", "loss"):
-            problems.append(f"lr_finder_select must be 'val' or 'loss': {self.lr_finder_select}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             problems.append(f"layer_decay must lie in (0, 1], got {self.layer_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:

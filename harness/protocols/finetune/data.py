@@ -9,7 +9,8 @@ number of DataLoader workers.
 
 The peers' loaders instead iterate epochs of a shuffling DataLoader without
 ``drop_last``, so every epoch ends with a partial batch (:class:`EpochBatchSampler`, same
-permutations and seeds, batch ``b`` of epoch ``e`` at step ``e * ceil(n / B) + b``).
+permutations and seeds, batch ``b`` of epoch ``e`` at step ``e * ceil(n / B) + b``);
+feature-reuse's loader drops it (``drop_last=True``: ``n // B`` batches an epoch).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from harness.config.cards import Preprocessing
 from harness.data.transforms import eval_transform, histogram_normalize, to_pil_rgb
+from harness.protocols.finetune.augment import feature_reuse_transform, keras_transform
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -32,7 +34,11 @@ _EVAL_CACHE_LIMIT = 256 * 2**20
 
 
 def train_transform(
-    pre: Preprocessing, scale: tuple[float, float], rotation: float = 0.0
+    pre: Preprocessing,
+    scale: tuple[float, float],
+    rotation: float = 0.0,
+    augmentation: str = "crop-flip",
+    keras: tuple[bool, float, float, float] = (True, 0.0, 0.0, 0.0),
 ) -> Transform:
     """The training augmentation: RandomResizedCrop + horizontal flip, then normalise.
 
@@ -43,12 +49,19 @@ def train_transform(
     Args:
         pre: The model's preprocessing (input size possibly overridden by the profile).
         scale: RandomResizedCrop's area range (torchvision's default is ``(0.08, 1.0)``).
-        rotation: RandomRotation degrees (0: none).
+        rotation: RandomRotation degrees (0: none); Keras' ``rotation_range``.
+        augmentation: "crop-flip", "feature-reuse" (:func:`feature_reuse_transform`) or
+            "keras" (:func:`keras_transform`).
+        keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
 
     Returns:
         A function from a uint8 image array (H, W) or (H, W, 3) to a float tensor (3, S, S).
         It draws from torch's global RNG; :class:`ImageDataset` seeds it per sample.
     """
+    if augmentation == "feature-reuse":
+        return feature_reuse_transform(pre, scale)
+    if augmentation == "keras":
+        return keras_transform(pre, rotation, *keras)
     transform = v2.Compose(
         [
             v2.RandomResizedCrop(
@@ -134,7 +147,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     :class:`InfiniteSampler`'s, so a run resumes at any step exactly.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start_step: int = 0, drop_last: bool = False
+    ) -> None:
         """Create the sampler.
 
         Args:
@@ -142,14 +157,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             batch_size: Samples per full batch.
             seed: Seed of the permutations and augmentation seeds.
             start_step: Step (batch) of the stream to start at.
+            drop_last: Epochs of ``n // batch_size`` full batches (the rest of each
+                permutation is not used that epoch).
         """
-        if n < 1:
-            raise ValueError("cannot sample from an empty dataset")
+        if n < 1 or (drop_last and n < batch_size):
+            raise ValueError(f"cannot sample batches of {batch_size} from {n} images")
         self.n = n
         self.batch_size = batch_size
         self.seed = seed
         self.start_step = start_step
-        self.batches_per_epoch = -(-n // batch_size)
+        self.batches_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         step = self.start_step
@@ -210,6 +227,8 @@ def train_loader(
     pin_memory: bool = False,
     sampling: str = "stream",
     rotation: float = 0.0,
+    augmentation: str = "crop-flip",
+    keras: tuple[bool, float, float, float] = (True, 0.0, 0.0, 0.0),
 ) -> DataLoader:
     """An endless loader of augmented training batches starting at sample ``start``.
 
@@ -224,20 +243,27 @@ def train_loader(
             starts at step ``start // batch_size``).
         num_workers: DataLoader workers (0 on small CPU machines).
         pin_memory: Pin host memory (CUDA).
-        sampling: "stream" (full batches) or "epochs" (partial last batch per epoch).
+        sampling: "stream" (full batches), "epochs" (partial last batch per epoch) or
+            "drop_last" (full batches, ``n // batch_size`` per epoch).
         rotation: RandomRotation degrees of the augmentation (0: none).
+        augmentation: The augmentation's name (:func:`train_transform`).
+        keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
 
     Returns:
         A DataLoader whose iterator never ends.
     """
-    dataset = ImageDataset(images, labels, train_transform(pre, scale, rotation))
+    transform = train_transform(pre, scale, rotation, augmentation, keras)
+    dataset = ImageDataset(images, labels, transform)
     # DataLoader draws a base seed for workers at every iter(); from its own generator,
     # not from the global RNG, so starting a loader does not shift the dropout stream.
     generator = torch.Generator().manual_seed(seed)
-    if sampling == "epochs":
+    if sampling in ("epochs", "drop_last"):
+        batches = EpochBatchSampler(
+            len(dataset), batch_size, seed, start // batch_size, drop_last=sampling == "drop_last"
+        )
         return DataLoader(
             dataset,
-            batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, start // batch_size),
+            batch_sampler=batches,
             num_workers=num_workers,
             pin_memory=pin_memory,
             generator=generator,

@@ -85,6 +85,21 @@ def run(
     for name in ("train", "val", "test"):
         if name not in splits:
             raise ValueError(f"fine-tune needs a {name!r} split; got {sorted(splits)}")
+    if config.folds:  # cats-scans: one fine-tune per fold of the pooled splits
+        from harness.protocols.finetune.kfold import run_kfold
+
+        return run_kfold(
+            model,
+            splits,
+            task,
+            config,
+            preprocessing,
+            runs=runs,
+            device=device,
+            progress=progress,
+            callback=callback,
+            reuse_completed=reuse_completed,
+        )
 
     def train_and_score(training: Training | None) -> dict[str, Any]:
         fitted = fine_tune(
@@ -289,7 +304,7 @@ def fine_tune(
         if config.grid_search:
             fitted = grid_search(ctx, train, val, y_train, y_val)
         else:
-            fitted = select_on_val(ctx, train, y_train)
+            fitted = select_on_val(ctx, train, y_train, val)
         weights_sha256 = module_sha256(fitted.model)
     fitted.details.update(
         {

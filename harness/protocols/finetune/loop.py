@@ -14,8 +14,11 @@ Conventions (the peers differ on these; ``docs/protocols.md``):
   SSL_medicalimaging kept ``model.state_dict()`` itself, which aliases the live tensors,
   so "restoring the best state" restored the last one (``RunSpec.restore_best=False``
   reproduces it: early stopping still acts, the last weights are returned).
-* Optimizer SGD or Adam; schedule cosine, constant, or ReduceLROnPlateau stepped at every
-  validation (BenchmarkTransferLearning steps it once an epoch on the validation loss).
+* Optimizer SGD, Adam or Keras' Adam; schedule cosine, constant, ReduceLROnPlateau stepped
+  at every validation (BenchmarkTransferLearning steps it once an epoch on the validation
+  loss), or feature-reuse's per-iteration warmup + once-an-epoch plateau (:mod:`.warmup`).
+* A run may start from given weights (``init_state``: revisiting-transfer's second stage
+  continues from its freeze stage) and put dropout before the head (``head_dropout``).
 * Validations during a freeze phase do not count towards ``patience`` (a frozen backbone
   must get the chance to be unfrozen), but they can still set the best weights.
 """
@@ -37,9 +40,11 @@ from tqdm import tqdm
 
 from harness.config.cards import Preprocessing
 from harness.protocols.finetune.data import train_loader
+from harness.protocols.finetune.keras import KerasAdam
 from harness.protocols.finetune.network import Classifier, clone_state, param_groups
 from harness.protocols.finetune.runtime import Runtime, capture_rng, restore_rng
 from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
+from harness.protocols.finetune.warmup import WarmupPlateau
 
 if TYPE_CHECKING:
     from harness.cache.runs import Checkpoint
@@ -74,6 +79,7 @@ def train_run(
     checkpoint: Checkpoint | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     progress: bool = True,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> RunOutcome:
     """Train one run: a copy of ``backbone`` plus a new head, resuming from ``checkpoint``.
 
@@ -97,6 +103,8 @@ def train_run(
             written at every validation; one saved for another run is ignored. None: none.
         callback: Called after every step (tests use it to interrupt or inspect).
         progress: Show a tqdm bar (on a terminal).
+        init_state: Weights (of a classifier with the same head) to start from instead of
+            the backbone and a fresh head.
 
     Returns:
         The outcome; its model holds the best weights when ``spec.select_best``. A run
@@ -107,6 +115,10 @@ def train_run(
         raise ValueError(f"run {spec.name}: select_best needs a validate function")
     torch.manual_seed(spec.seed)
     model = Classifier(copy.deepcopy(backbone), feature_dim, num_outputs)
+    if spec.head_dropout:
+        model.head = nn.Sequential(nn.Dropout(spec.head_dropout), model.head)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     model.requires_grad_(True)
     model.to(runtime.device)
     if runtime.channels_last:
@@ -167,6 +179,10 @@ def train_run(
 
 def _optimizer(spec: RunSpec, model: Classifier) -> torch.optim.Optimizer:
     groups = param_groups(model, spec.lr, spec.weight_decay, spec.layer_decay)
+    if spec.optimizer == "keras-adam":
+        if spec.weight_decay:
+            raise ValueError(f"run {spec.name}: Keras' Adam has no weight decay")
+        return KerasAdam(groups, lr=spec.lr)
     if spec.optimizer == "adam":
         return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     return torch.optim.SGD(
@@ -178,9 +194,26 @@ def _optimizer(spec: RunSpec, model: Classifier) -> torch.optim.Optimizer:
     )
 
 
-def _scheduler(
-    spec: RunSpec, optimizer: torch.optim.Optimizer
-) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+Scheduler = (
+    torch.optim.lr_scheduler.LRScheduler
+    | torch.optim.lr_scheduler.ReduceLROnPlateau
+    | WarmupPlateau
+)
+
+
+def _scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer) -> Scheduler:
+    if spec.schedule == "warmup-plateau":
+        return WarmupPlateau(
+            optimizer,
+            max_lr=spec.lr,
+            warmup_iters=spec.warmup_iters,
+            warmup_start=spec.warmup_start,
+            steps_per_epoch=spec.steps_per_epoch,
+            mode="max" if spec.select_on == "metric" else "min",
+            factor=spec.plateau_factor,
+            patience=spec.plateau_patience,
+            threshold=spec.plateau_threshold,
+        )
     if spec.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
@@ -205,7 +238,7 @@ def _loop(
     spec: RunSpec,
     model: Classifier,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scheduler: Scheduler,
     scaler: torch.amp.GradScaler,
     state: _State,
     images: np.ndarray,
@@ -230,6 +263,8 @@ def _loop(
         pin_memory=runtime.device.type == "cuda",
         sampling=spec.sampling,
         rotation=spec.rotation,
+        augmentation=spec.augmentation,
+        keras=(spec.hflip, spec.shift, spec.shear, spec.zoom),
     )
     batches = iter(loader)
     window: list[float] = []
@@ -245,7 +280,7 @@ def _loop(
     started = time.perf_counter()
     try:
         while state.step < spec.steps:
-            frozen = state.step < spec.freeze_steps
+            frozen = spec.head_only or state.step < spec.freeze_steps
             _set_phase(model, frozen)
             x, y = next(batches)
             x = runtime.inputs(x)
@@ -275,7 +310,9 @@ def _loop(
                 if spec.select_best and not state.diverged:
                     assert validate is not None
                     last_val = _validate(spec, model, validate, state, frozen)
-                    if spec.schedule == "plateau":
+                    if isinstance(scheduler, WarmupPlateau):
+                        scheduler.observe(last_val if spec.select_on == "metric" else -last_val)
+                    elif spec.schedule == "plateau":
                         # the metric in mode max, the loss (the negated score) in mode min
                         scheduler.step(last_val if spec.select_on == "metric" else -last_val)
                 state.finished = state.diverged or state.stopped_early or state.step >= spec.steps
@@ -319,6 +356,8 @@ def _validate(
             score = float(validate(model))
     finally:
         model.train(was_training)
+    if spec.val_round is not None:
+        score = round(score, spec.val_round)
     state.val_curve.append([state.step, score])
     # Strictly better only (a tie too under tie_improves); NaN never is.
     better = score >= state.best_score if spec.tie_improves else score > state.best_score
@@ -328,7 +367,7 @@ def _validate(
         if spec.restore_best:
             state.best_state = clone_state(model)
         state.bad_evals = 0
-    elif not frozen:
+    elif not frozen or spec.head_only:
         state.bad_evals += 1
         if spec.patience is not None and state.bad_evals >= spec.patience:
             state.stopped_early = True
@@ -340,7 +379,7 @@ def _save_checkpoint(
     spec: RunSpec,
     model: Classifier,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
+    scheduler: Scheduler,
     scaler: torch.amp.GradScaler,
     state: _State,
     runtime: Runtime,

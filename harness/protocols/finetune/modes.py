@@ -1,4 +1,8 @@
-"""How a fine-tuning case selects its model: train and select on val, LR finder, grid search."""
+"""How a fine-tuning case selects its model: train and select on val, LR finder, grid search.
+
+revisiting-transfer's separate freeze stage is :mod:`.stages`; cats-scans' k-fold is
+:mod:`.kfold`.
+"""
 
 from __future__ import annotations
 
@@ -75,14 +79,22 @@ class Context:
         """A run with the config's settings, ``lr`` and ``weight_decay``, and ``overrides``.
 
         ``n`` (the number of training images) turns the config's epochs into steps:
-        ``ceil(n / batch_size)`` steps an epoch under ``sampling="epochs"``.
+        ``ceil(n / batch_size)`` steps an epoch under ``sampling="epochs"``, ``n //
+        batch_size`` under ``"drop_last"``; validations every ``int(val_every * epoch)``
+        steps under ``val_unit="epochs"`` (feature-reuse's rule for a fractional epoch).
         """
         c = self.config
-        per_epoch = -(-n // c.batch_size) if c.sampling == "epochs" else 0
+        per_epoch = steps_per_epoch(n, c.batch_size, c.sampling)
         if (c.epochs is not None or c.val_unit == "epochs") and per_epoch < 1:
-            raise ValueError("fine-tune: epoch-based settings need the training set size")
+            raise ValueError(
+                f"fine-tune: epoch-based settings need at least one batch of "
+                f"{c.batch_size} training images, got {n}"
+            )
         steps = c.epochs * per_epoch if c.epochs is not None else c.steps
-        val_every = c.val_every * per_epoch if c.val_unit == "epochs" else c.val_every
+        if c.val_unit == "epochs":
+            val_every = max(1, int(c.val_every * per_epoch))
+        else:
+            val_every = int(c.val_every)
         base = RunSpec(
             name=name,
             lr=lr,
@@ -103,6 +115,16 @@ class Context:
             plateau_threshold=c.plateau_threshold,
             sampling=c.sampling,
             rotation=c.rotation,
+            augmentation=c.augmentation,
+            hflip=c.hflip,
+            shift=c.shift,
+            shear=c.shear,
+            zoom=c.zoom,
+            head_dropout=c.head_dropout,
+            val_round=c.val_round,
+            warmup_iters=c.warmup_iters,
+            warmup_start=c.warmup_start,
+            steps_per_epoch=max(per_epoch, 1),
             freeze_steps=c.freeze_steps,
             momentum=c.momentum,
             nesterov=c.nesterov,
@@ -115,9 +137,19 @@ class Context:
         return replace(base, **overrides)
 
     def train(
-        self, spec: RunSpec, images: np.ndarray, targets: np.ndarray, checkpoint: bool = True
+        self,
+        spec: RunSpec,
+        images: np.ndarray,
+        targets: np.ndarray,
+        checkpoint: bool = True,
+        validate: Callable[[torch.nn.Module], float] | None = None,
+        init_state: dict[str, torch.Tensor] | None = None,
     ) -> RunOutcome:
-        """Train ``spec`` on the images, resuming from its checkpoint when ``checkpoint``."""
+        """Train ``spec`` on the images, resuming from its checkpoint when ``checkpoint``.
+
+        ``validate`` replaces the case's validation score; ``init_state`` is the weights
+        the run starts from (default: the backbone and a fresh head).
+        """
         resume = None
         if self.training is not None and checkpoint:
             resume = self.training.checkpoint(spec.name, asdict(spec))
@@ -131,24 +163,30 @@ class Context:
             self.pre,
             self.criterion,
             self.runtime,
-            validate=self.validate if spec.select_best else None,
+            validate=(validate or self.validate) if spec.select_best else None,
             checkpoint=resume,
             callback=self.callback,
             progress=self.progress,
+            init_state=init_state,
         )
 
     def finished_run(
-        self, spec: RunSpec, images: np.ndarray, targets: np.ndarray, checkpoint: bool = True
+        self,
+        spec: RunSpec,
+        images: np.ndarray,
+        targets: np.ndarray,
+        checkpoint: bool = True,
+        score: Callable[[torch.nn.Module], float] | None = None,
     ) -> dict[str, Any]:
-        """Summary of a sweep run, from its done-marker or by training it."""
+        """Summary of a sweep run, from its done-marker or by training it (a run without
+        selection is scored once at its end, by ``score`` or the validation score)."""
 
         def compute() -> dict[str, Any]:
             outcome = self.train(spec, images, targets, checkpoint)
             summary = outcome.summary()
             if not spec.select_best:  # LR finder: score once at the end of the short run
-                summary["val_score"] = (
-                    self.validate(outcome.model) if not outcome.diverged else math.nan
-                )
+                scorer = score or self.validate
+                summary["val_score"] = scorer(outcome.model) if not outcome.diverged else math.nan
             else:
                 summary["val_score"] = outcome.best_score
             return summary
@@ -158,15 +196,40 @@ class Context:
         return self.training.finished(spec.name, compute)
 
 
-def select_on_val(ctx: Context, train: SplitData, y_train: np.ndarray) -> FineTuned:
-    """Train on train (after the LR finder, if configured), keep the best validation weights."""
+def steps_per_epoch(n: int, batch_size: int, sampling: str) -> int:
+    """Steps of one epoch: ``ceil(n / B)`` ("epochs"), ``n // B`` ("drop_last"), else 0."""
+    if sampling == "epochs":
+        return -(-n // batch_size)
+    return n // batch_size if sampling == "drop_last" else 0
+
+
+def select_on_val(
+    ctx: Context, train: SplitData, y_train: np.ndarray, val: SplitData | None = None
+) -> FineTuned:
+    """Train on train (after the LR finder, if configured), keep the best validation weights.
+
+    ``val`` is needed by the scores the case's validation function does not give (the LR
+    finder's "val_loss", the freeze stage's accuracy).
+    """
     config = ctx.config
+    if config.folds:
+        raise ValueError(
+            f"fine-tune: folds={config.folds} is cross-validation over the pooled splits; "
+            "it runs through harness.protocols.finetune.kfold.run_kfold (the case driver "
+            "dispatches on config.folds), not a train/val selection"
+        )
+    if config.freeze_stage:
+        from harness.protocols.finetune.stages import freeze_then_train
+
+        return freeze_then_train(ctx, train, y_train, val)
     targets = as_targets(y_train, ctx.task, config.loss)
     lr = config.lr
     hyper: dict[str, Any] = {}
     details: dict[str, Any] = {"mode": "train_select_on_val", "fit_split": "train"}
     if config.lr_finder:
-        lr, finder = _lr_finder(ctx, train.images, targets)
+        from harness.protocols.finetune.lr_finder import lr_finder
+
+        lr, finder = lr_finder(ctx, train.images, targets, val)
         hyper["lr_finder_lr"] = lr
         details["mode"] = "lr_finder"
         details["lr_finder"] = finder
@@ -188,49 +251,6 @@ def select_on_val(ctx: Context, train: SplitData, y_train: np.ndarray) -> FineTu
     details["freeze_steps"] = config.freeze_steps
     details["layer_decay"] = config.layer_decay
     return FineTuned(outcome.model, ctx.runtime, hyper, details)
-
-
-def _lr_finder(
-    ctx: Context, images: np.ndarray, targets: np.ndarray
-) -> tuple[float, dict[str, Any]]:
-    config = ctx.config
-    steps = config.lr_finder_steps
-    lrs = config.finder_lrs()
-    scores: list[float] = []
-    losses: list[float] = []
-    for index, lr in enumerate(lrs):
-        spec = ctx.spec(
-            f"lrfind{index:02d}",
-            lr,
-            config.weight_decay,
-            n=len(images),
-            steps=steps,
-            horizon=steps,
-            schedule="constant",
-            val_every=max(1, steps // 4),  # loss windows = quarters of the run
-            patience=None,
-            select_best=False,
-            freeze_steps=min(config.freeze_steps, steps - 1),
-        )
-        summary = ctx.finished_run(spec, images, targets, checkpoint=False)
-        last_loss = summary["loss_curve"][-1][1] if summary["loss_curve"] else math.nan
-        losses.append(math.nan if summary["diverged"] else last_loss)
-        scores.append(summary["val_score"])
-    keyed = scores if config.lr_finder_select == "val" else [-v for v in losses]
-    best = None
-    for index, value in enumerate(keyed):  # ascending lr, strict >: ties keep the smaller lr
-        if not math.isnan(value) and (best is None or value > keyed[best]):
-            best = index
-    if best is None:
-        raise FloatingPointError("fine-tune LR finder: no lr gave a finite score")
-    return lrs[best], {
-        "select": config.lr_finder_select,
-        "steps": steps,
-        "lrs": lrs,
-        "val_scores": scores,
-        "final_losses": losses,
-        "chosen_index": best,
-    }
 
 
 def grid_search(

@@ -23,8 +23,9 @@ class RunSpec:
         steps: Steps to train (fewer when early stopping triggers).
         horizon: Length of the cosine schedule (>= steps; a retrain that stops at the
             selected step keeps the selected run's learning-rate trajectory).
-        schedule: "cosine" (to 0 at ``horizon``), "constant" or "plateau"
-            (ReduceLROnPlateau stepped at every validation).
+        schedule: "cosine" (to 0 at ``horizon``), "constant", "plateau"
+            (ReduceLROnPlateau stepped at every validation) or "warmup-plateau"
+            (feature-reuse's LinearWarmup + once-an-epoch ReduceLROnPlateau).
         batch_size: Samples per step.
         val_every: Steps between validations (and checkpoints).
         patience: Validations without improvement before stopping; None trains all
@@ -37,12 +38,26 @@ class RunSpec:
         select_on: "metric" (the validation score is a metric) or "loss" (it is the
             negated validation loss); ReduceLROnPlateau watches the metric in mode max,
             the loss in mode min.
-        optimizer: "sgd" or "adam".
+        optimizer: "sgd", "adam" or "keras-adam".
         plateau_factor: ReduceLROnPlateau's factor.
         plateau_patience: ReduceLROnPlateau's patience.
         plateau_threshold: ReduceLROnPlateau's relative threshold.
-        sampling: "stream" (full batches) or "epochs" (partial last batch per epoch).
+        sampling: "stream" (full batches), "epochs" (partial last batch per epoch) or
+            "drop_last" (``n // batch_size`` full batches per epoch).
         rotation: RandomRotation degrees of the training augmentation (0: none).
+        augmentation: "crop-flip", "feature-reuse" or "keras" (:mod:`.augment`).
+        hflip: Keras horizontal flips.
+        shift: Keras shift range (fraction).
+        shear: Keras shear range (degrees).
+        zoom: Keras zoom range.
+        head_dropout: Dropout probability before the head.
+        head_only: Train the head alone for the whole run (backbone frozen, in eval mode);
+            unlike ``freeze_steps`` its validations count towards ``patience``.
+        val_round: Decimals validation scores are rounded to, or None.
+        warmup_iters: LinearWarmup iterations ("warmup-plateau").
+        warmup_start: LinearWarmup's starting lr.
+        steps_per_epoch: Steps of an epoch (the once-an-epoch plateau step of
+            "warmup-plateau"); 0 when the run is not epoch-based.
         freeze_steps: Leading steps that train only the head (backbone frozen, eval mode).
         momentum: SGD momentum.
         nesterov: Nesterov momentum.
@@ -72,6 +87,17 @@ class RunSpec:
     plateau_threshold: float = 1e-4
     sampling: str = "stream"
     rotation: float = 0.0
+    augmentation: str = "crop-flip"
+    hflip: bool = True
+    shift: float = 0.0
+    shear: float = 0.0
+    zoom: float = 0.0
+    head_dropout: float = 0.0
+    head_only: bool = False
+    val_round: int | None = None
+    warmup_iters: int = 1000
+    warmup_start: float = 1e-8
+    steps_per_epoch: int = 0
     freeze_steps: int = 0
     momentum: float = 0.9
     nesterov: bool = True
@@ -84,12 +110,14 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.horizon < self.steps:
             raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
-        if self.schedule not in ("cosine", "constant", "plateau"):
+        if self.schedule not in ("cosine", "constant", "plateau", "warmup-plateau"):
             raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
+        if self.schedule == "warmup-plateau" and self.steps_per_epoch < 1:
+            raise ValueError(f"run {self.name}: 'warmup-plateau' needs steps_per_epoch >= 1")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate after ``step`` optimizer steps."""
-        if self.schedule != "cosine":  # plateau: ReduceLROnPlateau changes the lr itself
+        if self.schedule != "cosine":  # plateau schedules change the lr themselves
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.horizon) / self.horizon))
 

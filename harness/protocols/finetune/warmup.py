@@ -1,0 +1,95 @@
+"""feature-reuse's learning-rate schedule: LinearWarmup per iteration, then ReduceLROnPlateau.
+
+ChrisMats/feature-reuse@736d31b:utils/_utils.py (``LinearWarmup``, ``MixedLRScheduler``)
+with params.json's ``["LinearWarmup", "ReduceLROnPlateau"]``, as its trainer
+(defaults/trainer.py: ``global_step``) steps it after every optimizer step:
+
+* ``LinearWarmup`` sets every group's lr to ``eta_min`` (1e-8) and, being a torch
+  ``_LRScheduler``, steps once on construction; each step while its counter is at most
+  ``warmup_iters`` *adds* ``(max_lr - eta_min) / warmup_iters`` to the group's current lr.
+  The first iteration therefore trains at ``eta_min + delta`` and the lr after the warmup
+  is ``max_lr + delta``, one increment above ``max_lr`` (kept: it changes the number).
+* ``ReduceLROnPlateau`` (mode max on the validation metric; factor 0.1, patience 3) is
+  stepped at iteration ``i`` when ``(i + 1) % steps_per_epoch == 0``: once an epoch, one
+  iteration before the epoch ends, with the last validation score computed so far (the
+  trainer's ``val_target``, 0 before the first validation). Its reductions multiply the
+  group's lr, on which a still-running warmup keeps adding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class WarmupPlateau:
+    """The two schedulers of feature-reuse's ``MixedLRScheduler``, stepped as it steps them."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_lr: float,
+        warmup_iters: int,
+        warmup_start: float,
+        steps_per_epoch: int,
+        mode: str = "max",
+        factor: float = 0.1,
+        patience: int = 3,
+        threshold: float = 1e-4,
+        initial_value: float = 0.0,
+    ) -> None:
+        """Set the groups' lr to the warmup's first value (``warmup_start + delta``).
+
+        Args:
+            optimizer: The optimizer whose groups are scheduled.
+            max_lr: The lr the warmup climbs to (the base lr).
+            warmup_iters: Iterations of the warmup.
+            warmup_start: The warmup's ``eta_min``.
+            steps_per_epoch: Training iterations of an epoch.
+            mode: ReduceLROnPlateau's mode ("max": metric, "min": loss).
+            factor: ReduceLROnPlateau's factor.
+            patience: ReduceLROnPlateau's patience (epochs).
+            threshold: ReduceLROnPlateau's relative threshold.
+            initial_value: The value the plateau sees before any validation.
+        """
+        if warmup_iters < 1 or steps_per_epoch < 1:
+            raise ValueError("WarmupPlateau needs warmup_iters >= 1 and steps_per_epoch >= 1")
+        self.optimizer = optimizer
+        self.delta = (max_lr - warmup_start) / warmup_iters
+        self.warmup_iters = warmup_iters
+        self.steps_per_epoch = steps_per_epoch
+        self.iteration = 0
+        self.value = float(initial_value)
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_start + self.delta  # eta_min, then the constructor's step
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold
+        )
+
+    def step(self) -> None:
+        """One training iteration: warm up, and step the plateau once an epoch."""
+        self.iteration += 1
+        if self.iteration <= self.warmup_iters:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] + self.delta
+        if (self.iteration + 1) % self.steps_per_epoch == 0:
+            self.plateau.step(self.value)
+
+    def observe(self, value: float) -> None:
+        """Record a validation's value (in the plateau's mode: the metric, or the loss)."""
+        self.value = float(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State for checkpoints."""
+        return {
+            "iteration": self.iteration,
+            "value": self.value,
+            "plateau": self.plateau.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state (the groups' lrs come with the optimizer)."""
+        self.iteration = int(state["iteration"])
+        self.value = float(state["value"])
+        self.plateau.load_state_dict(state["plateau"])
