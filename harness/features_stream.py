@@ -25,7 +25,14 @@ import numpy as np
 import torch
 
 from harness.config.cards import Preprocessing
-from harness.data.decoded import geometry, geometry_key, normalise_batch, resize_crop_batches
+from harness.data.decoded import (
+    RELEASE_EVERY,
+    geometry,
+    geometry_key,
+    normalise_batch,
+    release_pages,
+    resize_crop_batches,
+)
 from harness.precision import compute_precision
 
 
@@ -93,9 +100,11 @@ def resized_images(
             temporary, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3)
         )
         at = 0
-        for batch in resize_crop_batches(images, pre, workers=workers):
+        for number, batch in enumerate(resize_crop_batches(images, pre, workers=workers)):
             out[at : at + len(batch)] = batch
             at += len(batch)
+            if number % RELEASE_EVERY == RELEASE_EVERY - 1:
+                release_pages(out)
         out.flush()
         del out
         os.replace(temporary, path)
@@ -115,9 +124,11 @@ def _prefetched(resized: np.ndarray, batch_size: int, pin: bool) -> Iterator[tor
     queue: Queue[torch.Tensor | None] = Queue(maxsize=2)
 
     def read() -> None:
-        for start in range(0, len(resized), batch_size):
+        for number, start in enumerate(range(0, len(resized), batch_size)):
             batch = torch.from_numpy(np.array(resized[start : start + batch_size]))
             queue.put(batch.pin_memory() if pin else batch)
+            if number % RELEASE_EVERY == RELEASE_EVERY - 1:
+                release_pages(resized)
         queue.put(None)
 
     thread = threading.Thread(target=read, daemon=True)
@@ -167,6 +178,8 @@ def extract_resized(
                 out = np.empty((len(resized), chunk.shape[1]), dtype=np.float32)
             out[at : at + rows] = chunk
             at += rows
+            if (at // rows) % RELEASE_EVERY == 0:
+                release_pages(out)
     if out is None:
         return np.zeros((0, 0), dtype=np.float32)
     return out

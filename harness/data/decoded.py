@@ -14,8 +14,10 @@ models with the same geometry share one resized copy and features do not change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import mmap
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -71,6 +73,27 @@ def geometric_transform(pre: Preprocessing) -> Callable[[Image.Image], Image.Ima
     return apply
 
 
+RELEASE_EVERY = 8
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the resident pages of a shared memory map from this process (not from disk).
+
+    Reading or writing a memory map makes its pages count towards the process's RSS
+    until the map is closed; dropping them as a stream moves on keeps peak memory flat
+    however many rows there are. Written pages are flushed first; a copy-on-write map
+    (mode ``c``) is left alone, since dropping its pages would lose the changes.
+    """
+    handle = getattr(array, "_mmap", None)
+    if handle is None or getattr(array, "mode", "c") == "c":
+        return
+    if getattr(array, "mode", "r") != "r":
+        array.flush()
+    # without madvise (another platform) the pages simply stay resident
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        handle.madvise(mmap.MADV_DONTNEED)
+
+
 def resize_crop_one(
     image: np.ndarray, transform: Callable[[Image.Image], Image.Image]
 ) -> np.ndarray:
@@ -108,9 +131,11 @@ def resize_crop_batches(
     """
     if workers <= 0:
         transform = geometric_transform(pre)
-        for start in range(0, len(images), batch_size):
+        for number, start in enumerate(range(0, len(images), batch_size)):
             rows = images[start : start + batch_size]
             yield np.stack([resize_crop_one(image, transform) for image in rows])
+            if number % RELEASE_EVERY == RELEASE_EVERY - 1:
+                release_pages(images)
         return
     loader = torch.utils.data.DataLoader(
         ResizeDataset(images, pre), batch_size=batch_size, num_workers=workers, shuffle=False

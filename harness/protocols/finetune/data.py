@@ -53,6 +53,7 @@ def train_transform(
         augmentation: "crop-flip", "feature-reuse" (:func:`feature_reuse_transform`) or
             "keras" (:func:`keras_transform`).
         keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
+        soft_range: The draw range of label-smoothed (NaN) targets, or None.
 
     Returns:
         A function from a uint8 image array (H, W) or (H, W, 3) to a float tensor (3, S, S).
@@ -180,6 +181,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             step += 1
 
 
+def index_seed(index: int) -> int:
+    """The seed of an item loaded by plain index (evaluation order, no sampler seed)."""
+    return int(index)
+
+
 class ImageDataset(Dataset):
     """uint8 images in memory with labels; items are ``(image tensor, label tensor)``.
 
@@ -188,17 +194,29 @@ class ImageDataset(Dataset):
     ``seed`` inside a forked RNG (the global torch RNG is left untouched).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: Transform,
+        soft_range: tuple[float, float] | None = None,
+    ) -> None:
         """Create the dataset.
 
         Args:
             images: uint8 (N, H, W) or (N, H, W, 3).
-            labels: int64 (N,) class ids or float32 (N, C) multilabel targets.
+            labels: int64 (N,) class ids or float32 (N, C) multilabel targets; NaN
+                entries are label-smoothed (CheXpert LSR).
             transform: Image array -> float tensor (3, S, S).
+            soft_range: The uniform range a NaN entry's target is drawn from each time
+                its image is loaded (seeded by the item's seed), or None.
         """
         self.images = images
         self.labels = torch.as_tensor(labels)
         self.transform = transform
+        self.soft_range = soft_range
+        if soft_range is None and self.labels.is_floating_point() and self.labels.isnan().any():
+            raise ValueError("label-smoothed (NaN) targets need their soft_range")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -210,9 +228,15 @@ class ImageDataset(Dataset):
                 torch.manual_seed(seed)
                 image = self.transform(self.images[index])
         else:
-            index = item
+            index, seed = item, index_seed(item)
             image = self.transform(self.images[index])
-        return image, self.labels[index]
+        label = self.labels[index]
+        if self.soft_range is not None and label.isnan().any():
+            low, high = self.soft_range
+            draws = np.random.default_rng([seed, 0x150F7]).random(label.shape)
+            label = torch.where(label.isnan(), torch.as_tensor(low + (high - low) * draws), label)
+            label = label.to(self.labels.dtype)
+        return image, label
 
 
 def train_loader(
@@ -229,6 +253,7 @@ def train_loader(
     rotation: float = 0.0,
     augmentation: str = "crop-flip",
     keras: tuple[bool, float, float, float] = (True, 0.0, 0.0, 0.0),
+    soft_range: tuple[float, float] | None = None,
 ) -> DataLoader:
     """An endless loader of augmented training batches starting at sample ``start``.
 
@@ -253,7 +278,7 @@ def train_loader(
         A DataLoader whose iterator never ends.
     """
     transform = train_transform(pre, scale, rotation, augmentation, keras)
-    dataset = ImageDataset(images, labels, transform)
+    dataset = ImageDataset(images, labels, transform, soft_range)
     # DataLoader draws a base seed for workers at every iter(); from its own generator,
     # not from the global RNG, so starting a loader does not shift the dropout stream.
     generator = torch.Generator().manual_seed(seed)

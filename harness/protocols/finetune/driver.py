@@ -18,6 +18,7 @@ import torch
 from harness.cache.keys import module_sha256
 from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
+from harness.data.table import SoftTargets
 from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
 from harness.protocols.finetune.data import EvalSet, inverse_frequency_weights
@@ -283,6 +284,9 @@ def fine_tune(
     weights = None
     if config.class_weighting == "inverse_frequency":
         weights = inverse_frequency_weights(y_train, task.num_classes, task.task)
+    soft_range = None
+    if train.soft is not None and np.asarray(train.soft.mask).any():
+        y_train, soft_range = _soft_coded(y_train, train.soft, task, config)
     criterion = make_criterion(task.task, weights, runtime.device, config.loss)
     val_set = EvalSet(val.images, pre)
 
@@ -294,7 +298,17 @@ def fine_tune(
         return compute_metrics(task.task, y, p, (task.primary_metric,))[task.primary_metric]
 
     ctx = Context(
-        model, task, config, pre, runtime, criterion, validate, training, callback, progress
+        model,
+        task,
+        config,
+        pre,
+        runtime,
+        criterion,
+        validate,
+        training,
+        callback,
+        progress,
+        soft_range,
     )
     with (
         runtime.threads(),
@@ -313,6 +327,9 @@ def fine_tune(
             "class_weights": None if weights is None else weights.tolist(),
             "loss": "bce" if task.task == "multilabel" or config.loss == "bce" else "cross_entropy",
             "eval_labels": columns or None,
+            "label_smoothing": None
+            if soft_range is None
+            else {"range": list(soft_range), "entries": int(np.isnan(y_train).sum())},
             "input_size": pre.input_size,
             "interpolation": pre.interpolation,
             **runtime.describe(),
@@ -354,3 +371,23 @@ def _eval_columns(task: TaskInfo, config: FinetuneConfig) -> list[int]:
             f"FinetuneConfig.eval_labels {bad} out of range for {task.num_classes} labels"
         )
     return list(config.eval_labels)
+
+
+def _soft_coded(
+    labels: np.ndarray, soft: SoftTargets, task: TaskInfo, config: FinetuneConfig
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Training labels with label-smoothed entries coded NaN, and their draw range.
+
+    The loader draws each NaN entry from the range every time its image is loaded
+    (:class:`~harness.protocols.finetune.data.ImageDataset`), as
+    MR-HosseinzadehTaher/BenchmarkTransferLearning@5656fec:Version1/dataloader.py does;
+    only a sigmoid (BCE) loss can train on such targets.
+    """
+    if task.task != "multilabel" and not (task.task == "binary" and config.loss == "bce"):
+        raise ValueError(
+            f"fine-tune: label-smoothed targets (CheXpert LSR) need a BCE loss; the "
+            f"{task.task} task trains with {config.loss} (set loss: bce)"
+        )
+    coded = labels.astype(np.float64)
+    coded[np.asarray(soft.mask, dtype=bool)] = np.nan
+    return coded, (soft.low, soft.high)

@@ -265,6 +265,7 @@ def _loop(
         rotation=spec.rotation,
         augmentation=spec.augmentation,
         keras=(spec.hflip, spec.shift, spec.shear, spec.zoom),
+        soft_range=spec.soft_range,
     )
     batches = iter(loader)
     window: list[float] = []

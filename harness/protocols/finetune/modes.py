@@ -60,6 +60,8 @@ class Context:
         training: The case's training folder (checkpoints, done-markers), or None.
         callback: Called after every training step.
         progress: Show tqdm bars.
+        soft_range: The range label-smoothed training targets are drawn from (CheXpert
+            LSR), or None.
     """
 
     model: LoadedModel
@@ -72,6 +74,7 @@ class Context:
     training: Training | None
     callback: Callable[[StepInfo], None] | None
     progress: bool
+    soft_range: tuple[float, float] | None = None
 
     def spec(
         self, name: str, lr: float, weight_decay: float, n: int = 0, **overrides: Any
@@ -133,6 +136,7 @@ class Context:
             crop_scale=c.crop_scale,
             seed=c.seed,
             num_workers=c.num_workers,
+            soft_range=self.soft_range,
         )
         return replace(base, **overrides)
 

@@ -66,6 +66,8 @@ class RunSpec:
         crop_scale: RandomResizedCrop area range.
         seed: Seed of the head initialisation, sample order and augmentation.
         num_workers: DataLoader workers.
+        soft_range: The uniform range of label-smoothed training targets (entries coded
+            NaN in the targets are drawn from it each time their image is loaded), or None.
     """
 
     name: str
@@ -106,6 +108,7 @@ class RunSpec:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     seed: int = 0
     num_workers: int = 0
+    soft_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.horizon < self.steps:
