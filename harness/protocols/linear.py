@@ -6,22 +6,25 @@ for ``wd = logspace(-6, 5, 45)``), the best C chosen on the validation split, a 
 train+val, and the test split scored once. By default (the ``medxfer`` preset) it fixes
 the peers' pitfalls:
 
-* No warm start. Every C gets a fresh estimator, so the result does not depend on the
-  order of the sweep. ssl-transfer carried coefficients across the sweep and into the
-  refit (``warm_start=True``).
+* One converged fit per C, independent of the sweep order. The default solver
+  (:mod:`harness.protocols.linear_path`) minimises scikit-learn's lbfgs objective exactly,
+  preconditioned in the principal axes of the training features, on one path warm-started
+  in ascending C: the sorted grid, whatever order the sweep was given in. ssl-transfer
+  carried one estimator's coefficients across the sweep in its order, 100 iterations each,
+  and into the refit (``warm_start=True``, ``solver="sklearn"``).
 * The best C has the highest validation score of the task's primary metric; ties (scores
   within ``TIE_TOLERANCE``) go to the smallest C, the most regularised model. ssl-transfer
   kept the first C in sweep order that beat the best so far with a strict ``>``, which
   depends on the order (``selection="first-strict"``). NaN scores never win.
-* Convergence is checked, not silenced: a fit that raises ``ConvergenceWarning`` is retried
-  with 4x the iterations up to ``max_iter_cap``. Cs that still fail are listed in
-  ``details["not_converged_C"]`` and reported with a ``RuntimeWarning``.
-* Features are standardised with a ``StandardScaler`` fitted on the training fold only
-  (train for the sweep, train+val for the refit). Pretrained features have very different
-  scales per dimension; standardising conditions the problem so lbfgs converges in tens of
-  iterations instead of hitting ``max_iter`` (ssl-transfer kept ``max_iter=100`` and
-  silenced the warning). Set ``standardize=False`` for ssl-transfer's raw features; the
-  setting is recorded in ``details``.
+* Convergence is checked, not silenced: a fit that has not met the gradient tolerance
+  after ``max_iter_cap`` iterations (the path solver; the sklearn solver retries with 4x
+  the iterations from ``max_iter``) is listed in ``details["not_converged_C"]`` and
+  reported with a ``RuntimeWarning``.
+* Raw features by default, as the peers. Standardising (``standardize=True``, a
+  ``StandardScaler`` fitted on the training fold) changes the model, not just the
+  conditioning: the same L2 penalty then weighs low-variance (often noise) dimensions as
+  much as informative ones; docs/performance.md has the measured effect (version 1
+  standardised, to help lbfgs converge, which the preconditioning now does).
 * ROC AUC comes from probabilities (``harness.protocols.metrics``), never from argmax
   predictions.
 
@@ -50,7 +53,7 @@ from harness.config.profiles import check_profile
 from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.inputs import check_split
-from harness.protocols.linear_fit import Fitter, make_scaler, predict_proba
+from harness.protocols.linear_fit import make_fitter, make_scaler, predict_proba
 from harness.protocols.linear_select import (
     PER_CLASS_CLASSES,
     SELECTIONS,
@@ -66,7 +69,8 @@ from harness.protocols.registry import register_protocol
 if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
 
-VERSION = 1
+VERSION = 2
+SOLVERS = ("path", "sklearn")
 
 # Kept under their former private names (tests and notebooks use them).
 _TIE_TOLERANCE = TIE_TOLERANCE
@@ -82,7 +86,8 @@ class LinearConfig:
         c_max: Largest C of the sweep.
         n_c: Number of C values, log-spaced from ``c_min`` to ``c_max``.
         c_values: An explicit sweep (in sweep order) that replaces ``c_min``/``c_max``/``n_c``.
-        standardize: Fit a ``StandardScaler`` on the training fold before each fit.
+        standardize: Fit a ``StandardScaler`` on the training fold before each fit (off by
+            default: raw features, as the peers).
         max_iter: lbfgs iteration limit of the first attempt of every fit.
         max_iter_cap: Largest iteration limit a non-converged fit is retried with (4x steps);
             equal to ``max_iter``, a fit is never retried.
@@ -102,13 +107,17 @@ class LinearConfig:
             to the test metric.
         warn_unconverged: Raise a ``RuntimeWarning`` for fits that did not converge (they
             are listed in ``details`` either way).
+        solver: ``path`` (default: every C on one preconditioned L-BFGS path in ascending
+            C, :mod:`harness.protocols.linear_path`; ``max_iter_cap`` iterations per C,
+            ``tol`` on the preconditioned gradient) or ``sklearn`` (one scikit-learn lbfgs
+            estimator per C, the peers' solver; needed for ``warm_start``).
     """
 
     c_min: float = 1e-5
     c_max: float = 1e6
     n_c: int = 45
     c_values: tuple[float, ...] | None = None
-    standardize: bool = True
+    standardize: bool = False
     max_iter: int = 10_000
     max_iter_cap: int = 40_000
     tol: float = 1e-4
@@ -119,6 +128,7 @@ class LinearConfig:
     binary_multinomial: bool = False
     per_class_classes: str = "labels"
     warn_unconverged: bool = True
+    solver: str = "path"
 
     def __post_init__(self) -> None:
         if self.c_values is not None:
@@ -144,6 +154,10 @@ class LinearConfig:
             )
         if not self.tol > 0:
             raise ValueError(f"LinearConfig.tol must be > 0, got {self.tol}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"LinearConfig.solver must be one of {SOLVERS}")
+        if self.warm_start and self.solver != "sklearn":
+            raise ValueError("LinearConfig.warm_start needs solver='sklearn'")
         if self.selection not in SELECTIONS:
             raise ValueError(f"LinearConfig.selection must be one of {SELECTIONS}")
         if self.per_class_classes not in PER_CLASS_CLASSES:
@@ -251,7 +265,7 @@ def _run(
     selection_metric: str,
 ) -> ProtocolResult:
     sweep = [float(c) for c in config.grid()]
-    fitter = Fitter(task.task, config)
+    fitter = make_fitter(task.task, config)
 
     start = time.perf_counter()
     train_scaler = make_scaler(x_train, config.standardize)
@@ -259,8 +273,7 @@ def _run(
     scores: dict[float, float] = {}
     iterations: dict[float, int] = {}
     not_converged: list[float] = []
-    for c in sweep:
-        model, n_iter, converged = fitter.fit(xs_train, y_train, c)
+    for c, (model, n_iter, converged) in fitter.sweep(xs_train, y_train, sweep).items():
         probabilities = predict_proba(model, xs_val)
         scores[c] = score(
             task.task, y_val, probabilities, selection_metric, config.per_class_classes
@@ -286,7 +299,7 @@ def _run(
     y_fit = np.concatenate([y_train, y_val])
     fit_scaler = make_scaler(x_fit, config.standardize)
     # With warm_start the refit starts from the last fit of the sweep, as ssl-transfer's did.
-    model, n_iter, converged = fitter.fit(fit_scaler(x_fit), y_fit, best_c)
+    model, n_iter, converged = fitter.refit(fit_scaler(x_fit), y_fit, best_c)
     probabilities = predict_proba(model, fit_scaler(x_test))
     names = task.metrics
     if config.selection_metric is not None:
@@ -321,6 +334,7 @@ def _run(
             "standardize": config.standardize,
             "selection_metric": selection_metric,
             "warm_start": config.warm_start,
+            "solver": config.solver,
             "estimator_C": fitter.fit_c(best_c),
             "n_iter": n_iter,
             "final_converged": converged,

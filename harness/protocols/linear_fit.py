@@ -1,11 +1,13 @@
 """Fitting the linear probe's logistic regressions (helpers of :mod:`harness.protocols.linear`).
 
-A :class:`Fitter` serves one run of the probe. By default every fit is a fresh lbfgs
-estimator. With ``warm_start`` it reproduces linusericsson/ssl-transfer@416913f:linear.py,
-whose single ``LogisticRegression(warm_start=True)`` is refitted for every C of the sweep,
-in sweep order, and then once more for the train+val refit: each fit starts from the
-coefficients of the fit before it (the refit from the last C of the sweep, not from the
-best one).
+A fitter serves one run of the probe. The default (``solver='path'``) is a
+:class:`PathFitter`: every C on one preconditioned, warm-started path in ascending C
+(:mod:`harness.protocols.linear_path`). With ``solver='sklearn'`` a :class:`Fitter` makes
+every fit a fresh scikit-learn lbfgs estimator. With ``warm_start`` it reproduces
+linusericsson/ssl-transfer@416913f:linear.py, whose single
+``LogisticRegression(warm_start=True)`` is refitted for every C of the sweep, in sweep
+order, and then once more for the train+val refit: each fit starts from the coefficients
+of the fit before it (the refit from the last C of the sweep, not from the best one).
 
 With ``binary_multinomial`` a binary task is fitted as the peers' two-class softmax
 (``multi_class='multinomial'``; scikit-learn 1.8 removed the option). Its L2 penalty
@@ -30,10 +32,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from harness.protocols.linear_path import Basis, PathFit, principal_basis, solve_path
+
 if TYPE_CHECKING:
     from harness.protocols.linear import LinearConfig
 
-Model = LogisticRegression | list[LogisticRegression]
+Model = LogisticRegression | list[LogisticRegression] | PathFit | list[PathFit]
+Fitted = tuple[Model, int, bool]
 
 
 class Fitter:
@@ -68,6 +73,32 @@ class Fitter:
             The estimator's C.
         """
         return 2.0 * c if self.config.binary_multinomial and self.task == "binary" else c
+
+    def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
+        """Fit every C of the sweep, in sweep order (warm starts carry in that order).
+
+        Args:
+            x: Features (N, D), float64.
+            y: Labels (N,) or (N, C) for multilabel.
+            sweep: The probe's C values in sweep order.
+
+        Returns:
+            C -> (model, iterations, converged).
+        """
+        return {c: self.fit(x, y, c) for c in sweep}
+
+    def refit(self, x: np.ndarray, y: np.ndarray, c: float) -> Fitted:
+        """The train+val refit at the chosen C (with ``warm_start``: from the sweep's last fit).
+
+        Args:
+            x: Features (N, D), float64.
+            y: Labels.
+            c: The chosen C.
+
+        Returns:
+            (model, iterations, converged).
+        """
+        return self.fit(x, y, c)
 
     def fit(self, x: np.ndarray, y: np.ndarray, c: float) -> tuple[Model, int, bool]:
         """Fit one model (one per label for multilabel tasks).
@@ -131,6 +162,78 @@ class Fitter:
             if converged or max_iter >= config.max_iter_cap:
                 return model, n_iter, converged
             max_iter = min(max_iter * 4, config.max_iter_cap)
+
+
+class PathFitter(Fitter):
+    """The default solver: every C of the sweep on one warm-started path (``linear_path``).
+
+    The path runs in ascending C whatever the sweep order, so the fits do not depend on
+    it. The preconditioning basis of the training features is computed once and reused
+    for the refit when it spans the whole feature space; the refit starts from the
+    sweep's fit at the chosen C. Multilabel tasks solve one binary path per label with
+    the shared basis.
+
+    Args:
+        task: Task type of the run.
+        config: The probe's settings (``tol``, ``max_iter_cap``, ``binary_multinomial``).
+
+    Raises:
+        ValueError: When ``warm_start`` is set (the peers' carried estimator needs
+            ``solver='sklearn'``).
+    """
+
+    def __init__(self, task: str, config: LinearConfig) -> None:
+        if config.warm_start:
+            raise ValueError("linear probe: warm_start needs solver='sklearn'")
+        super().__init__(task, config)
+        self._basis: Basis | None = None
+        self._fits: dict[float, PathFit | list[PathFit]] = {}
+
+    def _path(
+        self, x: np.ndarray, y: np.ndarray, cs: list[float], basis: Basis, start: dict[int, PathFit]
+    ) -> list[dict[float, PathFit]]:
+        config = self.config
+        columns = [y[:, j] for j in range(y.shape[1])] if self.task == "multilabel" else [y]
+        k = 2 if self.task in ("binary", "multilabel") else int(y.max()) + 1
+        return [
+            solve_path(x, col, k, cs, config.tol, config.max_iter_cap, basis, start.get(j))
+            for j, col in enumerate(columns)
+        ]
+
+    def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
+        """Fit every C on one path in ascending C (see the class docstring)."""
+        self._basis = principal_basis(x)
+        by_fit_c = {self.fit_c(c): c for c in sweep}
+        paths = self._path(x, y, sorted(by_fit_c), self._basis, {})
+        out: dict[float, Fitted] = {}
+        for fit_c, c in by_fit_c.items():
+            fits = [path[fit_c] for path in paths]
+            self._fits[c] = fits if self.task == "multilabel" else fits[0]
+            out[c] = (
+                self._fits[c],
+                max(f.n_iter for f in fits),
+                all(f.converged for f in fits),
+            )
+        return out
+
+    def refit(self, x: np.ndarray, y: np.ndarray, c: float) -> Fitted:
+        """The train+val fit at ``c``, started from the sweep's fit at ``c``."""
+        basis = self._basis
+        if basis is None or not basis.full or basis.axes.shape[0] != x.shape[1]:
+            basis = principal_basis(x)
+        else:
+            basis = Basis(x.mean(axis=0), basis.axes, basis.variance, True)
+        previous = self._fits.get(c)
+        start = dict(enumerate(previous)) if isinstance(previous, list) else {0: previous}
+        start = {j: f for j, f in start.items() if f is not None}
+        fits = [path[self.fit_c(c)] for path in self._path(x, y, [self.fit_c(c)], basis, start)]
+        model = fits if self.task == "multilabel" else fits[0]
+        return model, max(f.n_iter for f in fits), all(f.converged for f in fits)
+
+
+def make_fitter(task: str, config: LinearConfig) -> Fitter:
+    """The fitter of ``config.solver`` ("path": :class:`PathFitter`, "sklearn": :class:`Fitter`)."""
+    return PathFitter(task, config) if config.solver == "path" else Fitter(task, config)
 
 
 def predict_proba(model: Model, x: np.ndarray) -> np.ndarray:

@@ -110,6 +110,7 @@ def peer_linear_config(task: str, primary_metric: str, preset: str) -> LinearCon
         binary_multinomial=True,
         per_class_classes="labels-and-predictions",
         warn_unconverged=False,
+        solver="sklearn",
     )
 
 
