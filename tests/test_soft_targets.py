@@ -151,3 +151,43 @@ def test_lsr_marks_survive_prepare_and_reload_on_a_chexpert_layout(
     np.testing.assert_array_equal(again["train"].soft.mask, splits["train"].soft.mask)
     subset = again["train"].take(np.array([1, 0]))
     np.testing.assert_array_equal(subset.soft.mask, again["train"].soft.mask[[1, 0]])
+
+
+def test_linear_probe_fits_label_smoothed_entries_at_their_midpoint() -> None:
+    """A full-batch fit on LSR targets equals the fit on the midpoint targets; scores use
+    the hard labels."""
+    from harness.protocols.base import SplitFeatures, TaskInfo
+    from harness.protocols.linear import LinearConfig, run
+
+    rng = np.random.default_rng(0)
+    task = TaskInfo("multilabel", 2, "roc_auc", ("roc_auc",))
+
+    def split(n: int) -> SplitFeatures:
+        y = rng.integers(0, 2, (n, 2))
+        x = rng.normal(size=(n, 5)) + y @ np.array([[1.5, 0, 0, 0, 0], [0, 1.5, 0, 0, 0]])
+        return SplitFeatures(x.astype(np.float32), y)
+
+    train, val, test = split(80), split(40), split(60)
+    mask = np.zeros((80, 2), dtype=bool)
+    mask[::4, 0] = True
+    config = LinearConfig(c_values=(0.01, 0.1, 1.0))
+    smoothed = run(SplitFeatures(train.features, train.labels, None, SoftTargets(mask, 0.55, 0.85)),
+                   val, test, task, config)  # fmt: skip
+    assert smoothed.details["label_smoothed_entries"] == 20
+    # the same fit, by hand: the path solver on float targets at the midpoint 0.7
+    from harness.protocols.linear import _run
+
+    targets = train.labels.astype(np.float64)
+    targets[mask] = 0.7
+    by_hand = _run(
+        train.features.astype(np.float64), train.labels, val.features.astype(np.float64),
+        val.labels, test.features.astype(np.float64), test.labels, task, config, "roc_auc",
+        (targets, val.labels),
+    )  # fmt: skip
+    assert smoothed.metrics == by_hand.metrics
+    hard = run(train, val, test, task, config)
+    assert hard.details["label_smoothed_entries"] == 0
+    assert smoothed.metrics["roc_auc"] != hard.metrics["roc_auc"]
+    with pytest.raises(ValueError, match="need solver 'path'"):
+        run(SplitFeatures(train.features, train.labels, None, SoftTargets(mask, 0.55, 0.85)),
+            val, test, task, LinearConfig(c_values=(0.1,), solver="sklearn"))  # fmt: skip

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.data.table import SoftTargets
+
 
 @dataclass(frozen=True)
 class SplitFeatures:
@@ -16,11 +18,13 @@ class SplitFeatures:
         features: float32 array (N, D).
         labels: int64 array (N,) for binary/multiclass/ordinal, or (N, C) 0/1 for multilabel.
         groups: optional (N,) array of group ids (patient, source image) for pairing/splits.
+        soft: labels whose training target is label-smoothed (CheXpert LSR), or None.
     """
 
     features: np.ndarray
     labels: np.ndarray
     groups: np.ndarray | None = None
+    soft: SoftTargets | None = None
 
     def __len__(self) -> int:
         return int(self.features.shape[0])

@@ -219,7 +219,7 @@ class CaseRun:
                 features = self._features(name, data[name].images, digest)
                 self.feature_scale[name] = feature_scale(features)
                 self._split_features[name] = SplitFeatures(
-                    features, data[name].labels, data[name].groups
+                    features, data[name].labels, data[name].groups, data[name].soft
                 )
             out[name] = self._split_features[name]
         self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (

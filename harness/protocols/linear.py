@@ -51,6 +51,7 @@ from threadpoolctl import threadpool_limits
 
 from harness.config.profiles import check_profile
 from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER
+from harness.data.soft_targets import expected_targets
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
 from harness.protocols.inputs import check_split
 from harness.protocols.linear_fit import make_fitter, make_scaler, predict_proba
@@ -249,8 +250,35 @@ def run(
     # One BLAS/OpenMP thread: these problems are too small to gain from threads, pytest-xdist
     # already runs one case per core (oversubscription made the sweep ~15x slower on a
     # loaded 2-core machine), and single-threaded BLAS sums in a fixed order.
+    fit_targets = _fit_targets(train, val, y_train, y_val, config)
     with threadpool_limits(limits=1):
-        return _run(x_train, y_train, x_val, y_val, x_test, y_test, task, config, selection_metric)
+        return _run(
+            x_train, y_train, x_val, y_val, x_test, y_test, task, config, selection_metric,
+            fit_targets,
+        )  # fmt: skip
+
+
+def _fit_targets(
+    train: SplitFeatures,
+    val: SplitFeatures,
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    config: LinearConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The targets the fits see: hard labels, or label-smoothed entries at their midpoint.
+
+    Binary cross-entropy is linear in its target, so a full-batch fit at the midpoint of
+    an LSR range minimises the expected loss over the draws
+    (:mod:`harness.data.soft_targets`); every score still uses the hard labels.
+    """
+    if train.soft is None and val.soft is None:
+        return y_train, y_val
+    if config.solver != "path":
+        raise ValueError(
+            "linear probe: label-smoothed targets (CheXpert LSR) need solver 'path'; "
+            f"solver {config.solver!r} fits hard class labels only"
+        )
+    return expected_targets(y_train, train.soft), expected_targets(y_val, val.soft)
 
 
 def _run(
@@ -263,7 +291,9 @@ def _run(
     task: TaskInfo,
     config: LinearConfig,
     selection_metric: str,
+    fit_targets: tuple[np.ndarray, np.ndarray],
 ) -> ProtocolResult:
+    t_train, t_val = fit_targets
     sweep = [float(c) for c in config.grid()]
     fitter = make_fitter(task.task, config)
 
@@ -273,7 +303,7 @@ def _run(
     scores: dict[float, float] = {}
     iterations: dict[float, int] = {}
     not_converged: list[float] = []
-    for c, (model, n_iter, converged) in fitter.sweep(xs_train, y_train, sweep).items():
+    for c, (model, n_iter, converged) in fitter.sweep(xs_train, t_train, sweep).items():
         probabilities = predict_proba(model, xs_val)
         scores[c] = score(
             task.task, y_val, probabilities, selection_metric, config.per_class_classes
@@ -296,7 +326,7 @@ def _run(
 
     start = time.perf_counter()
     x_fit = np.concatenate([x_train, x_val])
-    y_fit = np.concatenate([y_train, y_val])
+    y_fit = np.concatenate([t_train, t_val])
     fit_scaler = make_scaler(x_fit, config.standardize)
     # With warm_start the refit starts from the last fit of the sweep, as ssl-transfer's did.
     model, n_iter, converged = fitter.refit(fit_scaler(x_fit), y_fit, best_c)
@@ -329,6 +359,8 @@ def _run(
             "val_curve": [[c, scores[c]] for c in ascending],
             "val_n_iter": [iterations[c] for c in ascending],
             "n_train": len(y_train),
+            "label_smoothed_entries": int(np.count_nonzero(t_train != y_train))
+            + int(np.count_nonzero(t_val != y_val)),
             "n_val": len(y_val),
             "n_test": len(y_test),
             "standardize": config.standardize,
