@@ -220,6 +220,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("bench", params, indirect=True)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the placeholder of a protocol the suite has no case of; costly cases first.
+
+    A benchmark module whose protocol has no case in the suite would otherwise show as a
+    skipped ``[NOTSET]`` test. Fine-tuning cases move to the front (a stable sort), so
+    xdist starts the longest work first instead of ending on it.
+    """
+    empty = [item for item in items if _empty_parameter_set(item)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        kept = [item for item in items if not _empty_parameter_set(item)]
+    else:
+        kept = list(items)
+    kept.sort(key=lambda item: item.get_closest_marker("finetune") is None)
+    items[:] = kept
+
+
+def _empty_parameter_set(item: pytest.Item) -> bool:
+    if "bench" not in getattr(item, "fixturenames", ()):
+        return False
+    skip = item.get_closest_marker("skip")
+    return skip is not None and "empty parameter set" in str(skip.kwargs.get("reason", ""))
+
+
 @pytest.fixture
 def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     """The case being run; skips when its model's weights are absent and cannot be fetched
