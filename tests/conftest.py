@@ -8,6 +8,14 @@ from typing import Any
 
 import pytest
 
+# the fault-injection suite's summary line (tests/test_faults.py), also on an xdist controller
+from fault_report import (  # noqa: F401
+    pytest_configure,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
