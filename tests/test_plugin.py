@@ -22,6 +22,7 @@ import yaml
 from harness.cache.atomic import TMP_INFIX
 from harness.config.paths import PROJECT_ROOT
 from harness.features import read_events
+from harness.protocols.registry import get_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -248,7 +249,8 @@ def test_expected_values_check_regenerate_and_diff(home: Path, tmp_path: Path) -
     document["cases"][case]["protocol_version"] = 99
     expected.write_text(yaml.safe_dump(document))
     stale = run()
-    assert "is stale: calibrated for linear v99, running v1" in stale.stdout
+    running = get_protocol("linear").version
+    assert f"is stale: calibrated for linear v99, running v{running}" in stale.stdout
 
     expected.write_text("cases: [unclosed")
     broken = run()

