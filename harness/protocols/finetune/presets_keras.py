@@ -38,6 +38,18 @@ NO_FLIP_DATASETS = ("pediatric_pneumonia",)
 _SMALL_EPOCHS = {"smoke": 2, "demo": 6}
 
 
+#: What both Keras peers' fine-tuning shares: Keras' Adam at 1e-5 with no weight decay and
+#: no schedule, batch 128, 112 px inputs.
+KERAS_PEER_RUN: dict[str, object] = {
+    "batch_size": 128,
+    "input_size": 112,
+    "optimizer": "keras-adam",
+    "lr": 1e-5,
+    "weight_decay": 0.0,
+    "schedule": "constant",
+}
+
+
 def _dataset_name(case: Any) -> str:
     return str(getattr(getattr(getattr(case, "case", None), "dataset", None), "name", ""))
 
@@ -103,12 +115,7 @@ def revisiting_transfer_freeze(case: CaseRun) -> FinetuneConfig:
 def _revisiting(case: CaseRun, freeze: bool) -> FinetuneConfig:
     config = _scaled(
         case,
-        batch_size=128,
-        input_size=112,
-        optimizer="keras-adam",
-        lr=1e-5,
-        weight_decay=0.0,
-        schedule="constant",
+        **KERAS_PEER_RUN,
         sampling="epochs",
         patience=30,
         select_on="loss",
@@ -156,12 +163,7 @@ def cats_scans(case: CaseRun) -> FinetuneConfig:
     binary = getattr(task, "task", "binary") == "binary"
     config = _scaled(
         case,
-        batch_size=128,
-        input_size=112,
-        optimizer="keras-adam",
-        lr=1e-5,
-        weight_decay=0.0,
-        schedule="constant",
+        **KERAS_PEER_RUN,
         sampling="drop_last",
         patience=None,
         folds=5,
