@@ -19,11 +19,10 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
+from test_finetune_presets import BINARY, CPU, PRE, SIZE, TinyNet, _backbone
 from torch import nn
 
-from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
-from harness.protocols.base import TaskInfo
 from harness.protocols.finetune import FinetuneConfig
 from harness.protocols.finetune import stages as stages_module
 from harness.protocols.finetune.data import EpochBatchSampler
@@ -37,35 +36,10 @@ from harness.protocols.finetune.keras import (
 from harness.protocols.finetune.kfold import run_kfold
 from harness.protocols.finetune.modes import Context, FineTuned, select_on_val
 from harness.protocols.finetune.network import Classifier, clone_state, make_criterion, predict
-from harness.protocols.finetune.runtime import Runtime
 from harness.protocols.finetune.spec import StepInfo
 from harness.protocols.finetune.warmup import WarmupPlateau
 from harness.protocols.metrics import compute_metrics
 from harness.protocols.registry import presets_of
-from harness.zoo import LoadedModel
-
-SIZE = 16
-PRE = Preprocessing(SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", crop_pct=1.0)
-BINARY = TaskInfo("binary", 2, "roc_auc", ("accuracy", "roc_auc"))
-CPU = Runtime(torch.device("cpu"))
-
-
-class TinyNet(nn.Module):
-    """Conv-BN-ReLU and global average pooling: 4 pooled features."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
-
-
-def _backbone() -> LoadedModel:
-    torch.manual_seed(0)
-    card: Any = None
-    return LoadedModel(card=card, module=TinyNet().eval(), feature_dim=4, weights_id="tiny")
 
 
 def _split(n: int, seed: int, classes: int = 2) -> SplitData:
