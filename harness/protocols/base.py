@@ -42,8 +42,11 @@ class TaskInfo:
 
 @dataclass
 class ProtocolResult:
-    """What a protocol returns: metrics on test, the chosen hyperparameters, and extras."""
+    """What a protocol returns: metrics on test, the chosen hyperparameters, and extras;
+    ``primary_metric`` names the case's own primary metric (a preset's), None: the
+    protocol's or the dataset's."""
 
     metrics: dict[str, float]
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    primary_metric: str | None = None

@@ -39,7 +39,7 @@ def build_record(
     sizes = {name: len(split.labels) for name, split in run.splits().items()}
     timings = {key: round(value, 4) for key, value in run.timings.items()}
     timings["total_s"] = round(time.perf_counter() - run.started, 4)
-    primary = primary_metric or case.dataset.primary_metric
+    primary = result.primary_metric or primary_metric or case.dataset.primary_metric
     return ResultRecord(
         case_id=case.case_id,
         suite=case.suite,

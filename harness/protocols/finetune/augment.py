@@ -2,7 +2,9 @@
 
 :func:`feature_reuse_transform` (feature-reuse's torchvision pipeline) and
 :func:`keras_transform` (the Keras peers' ``ImageDataGenerator``), selected by
-``FinetuneConfig.augmentation`` through :func:`harness.protocols.finetune.data.train_transform`.
+``FinetuneConfig.augmentation`` through :func:`harness.protocols.finetune.data.train_transform`;
+:func:`tf_resize_transform`, VTAB's one transform for training and evaluation (the
+preprocessing interpolation :data:`TF_BILINEAR`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from harness.data.transforms import histogram_normalize, to_pil_rgb
 from harness.protocols.finetune.keras import keras_augment
 
 Transform = Callable[[np.ndarray], torch.Tensor]
+
+#: The preprocessing ``interpolation`` of TF1's ``tf.image.resize`` (bilinear without
+#: half-pixel centres or antialiasing) to a square ``input_size``, no crop.
+TF_BILINEAR = "tf-bilinear"
 
 
 def _normalized(pre: Preprocessing, x: torch.Tensor) -> torch.Tensor:
@@ -93,5 +99,60 @@ def keras_transform(
         resized = F.resize(to_pil_rgb(image), size, InterpolationMode.NEAREST)
         x = keras_augment(F.to_tensor(resized), rotation, shift, shear, zoom, hflip)
         return _normalized(pre, x)
+
+    return apply
+
+
+def tf_bilinear_resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """TF1's ``resize_bilinear`` (``align_corners=False, half_pixel_centers=False``).
+
+    Output pixel ``i`` samples input coordinate ``i * in / out`` (no half-pixel offset),
+    between pixels ``floor`` and ``min(ceil, in - 1)``, without antialiasing; the rows are
+    interpolated first, then the columns, in float32.
+
+    Args:
+        image: float32 (C, H, W).
+        size: Output height and width.
+
+    Returns:
+        float32 (C, size, size).
+    """
+
+    def axis(n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        where = torch.arange(size, dtype=torch.float32) * (n_in / size)
+        low = where.floor()
+        high = torch.minimum(where.ceil(), torch.tensor(n_in - 1.0))
+        return low.long(), high.long(), where - low
+
+    y0, y1, dy = axis(image.shape[1])
+    x0, x1, dx = axis(image.shape[2])
+    top, bottom = image[:, y0], image[:, y1]
+    top = top[:, :, x0] + (top[:, :, x1] - top[:, :, x0]) * dx
+    bottom = bottom[:, :, x0] + (bottom[:, :, x1] - bottom[:, :, x0]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+
+def tf_resize_transform(pre: Preprocessing) -> Transform:
+    """VTAB's preprocessing: TF1 bilinear resize to a square, ``/ 255``, then normalise.
+
+    google-research/task_adaptation@d7630d3:task_adaptation/data_loader.py
+    (``preprocess_fn``): ``tf.image.resize(image, [224, 224])`` on the uint8 image (the
+    ``tensorflow.compat.v1`` resize: :func:`tf_bilinear_resize`), cast to float, divided
+    by 255 (``input_range`` [0, 1], the TF-Hub image-module convention) and, here, the
+    model card's mean and std, the torch model's own input convention. No crop, no flip,
+    no other augmentation; the same for training and evaluation.
+
+    Args:
+        pre: The preprocessing (input size, mean/std, histogram normalisation).
+
+    Returns:
+        Image array (H, W) or (H, W, 3) uint8 -> float tensor (3, S, S).
+    """
+
+    def apply(image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        x = x.permute(2, 0, 1) if x.ndim == 3 else x.unsqueeze(0)
+        x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
+        return _normalized(pre, tf_bilinear_resize(x, pre.input_size) / 255.0)
 
     return apply

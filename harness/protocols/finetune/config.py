@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,13 +17,14 @@ _CLASS_WEIGHTING = ("none", "inverse_frequency", "balanced")
 _AMP = ("auto", "none", "bf16", "fp16")
 _CHOICES = {
     "optimizer": ("sgd", "adam", "keras-adam"),
-    "schedule": ("cosine", "constant", "plateau", "warmup-plateau"),
+    "schedule": ("cosine", "constant", "plateau", "warmup-plateau", "step"),
     "sampling": ("stream", "epochs", "drop_last"),
     "val_unit": ("steps", "epochs"),
     "select_on": ("metric", "loss"),
     "grid_score": ("best", "last"),
     "loss": ("auto", "bce"),
-    "augmentation": ("crop-flip", "feature-reuse", "keras"),
+    "augmentation": ("crop-flip", "feature-reuse", "keras", "none"),
+    "head_init": ("default", "zeros"),
     "lr_finder_select": ("val", "loss", "val_loss"),
     "auc_average": ("macro", "weighted"),
 }
@@ -46,7 +48,12 @@ class FinetuneConfig:
         schedule: "cosine" (to 0 at ``steps``), "constant", "plateau" (torch's
             ReduceLROnPlateau, stepped at every validation on the validation quantity) or
             "warmup-plateau" (feature-reuse's LinearWarmup stepped every iteration, then
-            ReduceLROnPlateau stepped once an epoch, :mod:`.warmup`).
+            ReduceLROnPlateau stepped once an epoch, :mod:`.warmup`) or "step" (VTAB's:
+            linear warmup from 0 over ``warmup_steps``, then the lr times ``decay_factor``
+            after each ``decay_at`` fraction of the run, :func:`.warmup.step_lr_factor`).
+        decay_at: Fractions of the run after which the "step" schedule decays.
+        decay_factor: The "step" schedule's decay factor.
+        warmup_steps: The "step" schedule's linear warmup from 0 (0: none).
         warmup_iters: LinearWarmup's iterations ("warmup-plateau").
         warmup_start: LinearWarmup's starting lr (its ``eta_min``).
         plateau_factor: ReduceLROnPlateau's factor.
@@ -77,12 +84,17 @@ class FinetuneConfig:
             ``rotation_range`` under ``augmentation="keras"``.
         augmentation: Training augmentation: "crop-flip" (RandomResizedCrop + flip),
             "feature-reuse" (square resize, RandomResizedCrop, both flips, colour jitter,
-            grayscale) or "keras" (Keras ``ImageDataGenerator``'s random affine, :mod:`.keras`).
+            grayscale), "keras" (Keras ``ImageDataGenerator``'s random affine, :mod:`.keras`)
+            or "none" (train on the eval transform, VTAB).
         hflip: Random horizontal flips under ``augmentation="keras"``.
         shift: Keras ``width_shift_range`` / ``height_shift_range`` (fractions).
         shear: Keras ``shear_range`` (degrees).
         zoom: Keras ``zoom_range`` (zoom in [1 - zoom, 1 + zoom] per axis).
         head_dropout: Dropout before the linear head (the Keras peers' 0.5).
+        head_init: The new head's weights: "default" (torch's ``nn.Linear``) or "zeros"
+            (weights and bias, VTAB's ``tf.zeros_initializer``).
+        primary_metric: The metric validation selects on and the record reports as
+            primary; None: the dataset card's (VTAB: "accuracy", top-1).
         grid_search: Run ssl-transfer's lr x w grid, then retrain on train+val.
         grid_score: "best": every grid point validates with early stopping and scores its
             best validation, the retrain runs to that point's best step; "last": every
@@ -90,6 +102,8 @@ class FinetuneConfig:
             weights, the retrain runs all ``steps``.
         grid_lrs: Learning rates of the grid.
         grid_ws: ``w`` values of the grid; weight decay is ``w / lr``.
+        grid_steps: Run lengths of the grid (innermost; each point's schedule spans its
+            own length, VTAB's sweep); empty: every point runs ``steps``.
         freeze_steps: Leading steps on a frozen backbone (0: none).
         lr_finder: Choose the lr with feature-reuse's LR finder first.
         lr_finder_min: Smallest lr tried.
@@ -163,12 +177,18 @@ class FinetuneConfig:
     shear: float = 0.0
     zoom: float = 0.0
     head_dropout: float = 0.0
+    head_init: str = "default"
+    primary_metric: str | None = None
+    decay_at: tuple[float, ...] = (0.3, 0.6, 0.9)
+    decay_factor: float = 0.1
+    warmup_steps: int = 0
     warmup_iters: int = 1000
     warmup_start: float = 1e-8
     grid_search: bool = False
     grid_score: str = "best"
     grid_lrs: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
     grid_ws: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
+    grid_steps: tuple[int, ...] = ()
     freeze_steps: int = 0
     lr_finder: bool = False
     lr_finder_min: float = 1e-5
@@ -198,8 +218,9 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("crop_scale", "grid_lrs", "grid_ws"):
+        for name in ("crop_scale", "grid_lrs", "grid_ws", "decay_at"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "grid_steps", tuple(int(v) for v in self.grid_steps))
         if self.eval_labels is not None:
             object.__setattr__(self, "eval_labels", tuple(int(v) for v in self.eval_labels))
         problems = []
@@ -270,6 +291,15 @@ class FinetuneConfig:
             problems.append("grid_lrs must be positive and not empty")
         if not self.grid_ws or any(w < 0 for w in self.grid_ws):
             problems.append("grid_ws must be >= 0 and not empty")
+        if any(n <= self.freeze_steps for n in self.grid_steps) or (
+            self.grid_steps and not self.grid_search
+        ):
+            problems.append(f"grid_steps needs grid_search, each > freeze_steps: {self.grid_steps}")
+        fractions = (0.0, *self.decay_at, 1.0)
+        if any(a >= b for a, b in itertools.pairwise(fractions)):
+            problems.append(f"decay_at must be increasing fractions in (0, 1): {self.decay_at}")
+        if not 0 < self.decay_factor <= 1 or self.warmup_steps < 0:
+            problems.append("decay_factor must lie in (0, 1] and warmup_steps be >= 0")
         if not 0 < self.lr_finder_min < self.lr_finder_max or self.lr_finder_points < 2:
             problems.append("the LR finder needs 0 < lr_finder_min < lr_finder_max, >= 2 points")
         if self.lr_finder_steps < 1:
@@ -344,6 +374,12 @@ class FinetuneConfig:
             ``(lr, w, weight_decay = w / lr)`` triples.
         """
         return [(lr, w, w / lr) for lr in self.grid_lrs for w in self.grid_ws]
+
+    def grid_points(self) -> list[tuple[float, float, float, int]]:
+        """The sweep in order, ``(lr, w, weight_decay, run steps)``: :meth:`grid` with each
+        of ``grid_steps`` innermost (``steps`` without them)."""
+        lengths = self.grid_steps or (self.steps,)
+        return [(lr, w, wd, n) for lr, w, wd in self.grid() for n in lengths]
 
     def finder_lrs(self) -> list[float]:
         """The LR finder's learning rates, ascending (12 significant digits)."""

@@ -25,7 +25,12 @@ from torchvision.transforms import InterpolationMode, v2
 
 from harness.config.cards import Preprocessing
 from harness.data.transforms import eval_transform, histogram_normalize, to_pil_rgb
-from harness.protocols.finetune.augment import feature_reuse_transform, keras_transform
+from harness.protocols.finetune.augment import (
+    TF_BILINEAR,
+    feature_reuse_transform,
+    keras_transform,
+    tf_resize_transform,
+)
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -50,8 +55,8 @@ def train_transform(
         pre: The model's preprocessing (input size possibly overridden by the profile).
         scale: RandomResizedCrop's area range (torchvision's default is ``(0.08, 1.0)``).
         rotation: RandomRotation degrees (0: none); Keras' ``rotation_range``.
-        augmentation: "crop-flip", "feature-reuse" (:func:`feature_reuse_transform`) or
-            "keras" (:func:`keras_transform`).
+        augmentation: "crop-flip", "feature-reuse" (:func:`feature_reuse_transform`),
+            "keras" (:func:`keras_transform`) or "none" (the eval transform, VTAB's).
         keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
         soft_range: The draw range of label-smoothed (NaN) targets, or None.
 
@@ -63,6 +68,8 @@ def train_transform(
         return feature_reuse_transform(pre, scale)
     if augmentation == "keras":
         return keras_transform(pre, rotation, *keras)
+    if augmentation == "none":
+        return model_eval_transform(pre)
     transform = v2.Compose(
         [
             v2.RandomResizedCrop(
@@ -84,6 +91,12 @@ def train_transform(
         return transform(to_pil_rgb(image))
 
     return apply
+
+
+def model_eval_transform(pre: Preprocessing) -> Transform:
+    """The eval transform: timm's, or VTAB's TF1 resize when ``pre.interpolation`` is
+    :data:`~harness.protocols.finetune.augment.TF_BILINEAR`."""
+    return tf_resize_transform(pre) if pre.interpolation == TF_BILINEAR else eval_transform(pre)
 
 
 def sample_seed(seed: int, position: int) -> int:
@@ -324,7 +337,7 @@ class EvalSet:
                 size of the in-memory cache.
         """
         self.images = images
-        self.transform = transform or eval_transform(pre)
+        self.transform = transform or model_eval_transform(pre)
         per_image = views * 3 * pre.input_size * pre.input_size * 4
         self._cache: torch.Tensor | None = None
         self._cacheable = per_image * len(images) <= _EVAL_CACHE_LIMIT

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -86,6 +86,7 @@ def run(
     for name in ("train", "val", "test"):
         if name not in splits:
             raise ValueError(f"fine-tune needs a {name!r} split; got {sorted(splits)}")
+    task = _with_primary(task, config)
     if config.folds:  # cats-scans: one fine-tune per fold of the pooled splits
         from harness.protocols.finetune.kfold import run_kfold
 
@@ -145,7 +146,8 @@ def run(
         )
         if reused:
             result = {**result, "details": {**result["details"], "reused_completed_run": True}}
-    return ProtocolResult(result["metrics"], result["hyperparameters"], result["details"])
+    metrics, hyper, details = result["metrics"], result["hyperparameters"], result["details"]
+    return ProtocolResult(metrics, hyper, details, primary_metric=config.primary_metric)
 
 
 def check_result(value: Mapping[str, Any]) -> str | None:
@@ -265,6 +267,7 @@ def fine_tune(
     Returns:
         The selected model with hyperparameters and details.
     """
+    task = _with_primary(task, config)
     check_metric_names(task.task, (task.primary_metric, *task.metrics))
     if task.num_classes < 2:
         raise ValueError(f"task needs at least 2 classes, got num_classes={task.num_classes}")
@@ -350,6 +353,13 @@ def _improvement_rule(config: FinetuneConfig) -> str:
     rule = "ties are improvements" if config.tie_improves else "ties are not improvements"
     weights = "best weights restored" if config.restore_best else "last weights scored"
     return f"{quantity}: strictly better improves, {rule}; {weights}"
+
+
+def _with_primary(task: TaskInfo, config: FinetuneConfig) -> TaskInfo:
+    """The task selecting on (and scoring) the config's primary metric, if it sets one."""
+    name = config.primary_metric or task.primary_metric
+    extra = () if name in task.metrics else (name,)
+    return replace(task, primary_metric=name, metrics=(*task.metrics, *extra))
 
 
 def _effective_preprocessing(pre: Preprocessing, config: FinetuneConfig) -> Preprocessing:

@@ -114,7 +114,7 @@ def train_run(
     if spec.select_best and validate is None:
         raise ValueError(f"run {spec.name}: select_best needs a validate function")
     torch.manual_seed(spec.seed)
-    model = Classifier(copy.deepcopy(backbone), feature_dim, num_outputs)
+    model = Classifier(copy.deepcopy(backbone), feature_dim, num_outputs, spec.head_init)
     if spec.head_dropout:
         model.head = nn.Sequential(nn.Dropout(spec.head_dropout), model.head)
     if init_state is not None:

@@ -137,6 +137,10 @@ class Context:
             seed=c.seed,
             num_workers=c.num_workers,
             soft_range=self.soft_range,
+            decay_at=c.decay_at,
+            decay_factor=c.decay_factor,
+            warmup_steps=c.warmup_steps,
+            head_init=c.head_init,
         )
         return replace(base, **overrides)
 
@@ -271,8 +275,10 @@ def grid_search(
     best = None
     # "last": ssl-transfer trains every point all steps and scores its last weights.
     blind = {"select_best": False, "patience": None} if config.grid_score == "last" else {}
-    for index, (lr, w, wd) in enumerate(config.grid()):
-        spec = ctx.spec(f"grid{index:02d}", lr, wd, n=len(train), **blind)
+    for index, (lr, w, wd, length) in enumerate(config.grid_points()):
+        spec = ctx.spec(
+            f"grid{index:02d}", lr, wd, n=len(train), steps=length, horizon=length, **blind
+        )
         summary = ctx.finished_run(spec, train.images, targets)
         if ctx.training is not None:
             ctx.training.discard(f"grid{index:02d}")
@@ -280,6 +286,7 @@ def grid_search(
             "lr": lr,
             "w": w,
             "weight_decay": wd,
+            "run_steps": length,
             "val_score": summary["val_score"],
             "best_step": summary["best_step"],
             "steps_done": summary["steps_done"],
@@ -304,7 +311,7 @@ def grid_search(
         chosen["weight_decay"],
         n=len(images),
         steps=steps,
-        horizon=config.steps,
+        horizon=chosen["run_steps"],
         patience=None,
         select_best=False,
         freeze_steps=min(config.freeze_steps, steps - 1),
@@ -327,7 +334,7 @@ def grid_search(
         "grid": table,
         "chosen_index": best,
         "tie_break": "earlier grid point (lr descending as listed, then w ascending)",
-        "retrain_horizon": config.steps,
+        "retrain_horizon": chosen["run_steps"],
         **_outcome_details(outcome),
         "resumed_from_step": max(resumed.values()),
         "resumed_runs": resumed,

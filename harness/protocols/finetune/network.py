@@ -18,17 +18,25 @@ from harness.protocols.finetune.tencrop import TenCropSet
 class Classifier(nn.Module):
     """A backbone producing pooled features followed by a new linear head."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_outputs: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, feature_dim: int, num_outputs: int, head_init: str = "default"
+    ) -> None:
         """Create the classifier.
 
         Args:
             backbone: Module mapping (B, 3, S, S) images to (B, feature_dim) features.
             feature_dim: Width of the backbone's features.
             num_outputs: Logits of the head (classes, or labels for multilabel tasks).
+            head_init: "default" (``nn.Linear``'s) or "zeros" (weights and bias, VTAB's).
         """
         super().__init__()
         self.backbone = trainable(backbone)
         self.head = nn.Linear(feature_dim, num_outputs)
+        if head_init == "zeros":  # after nn.Linear's draws: the RNG stream is unchanged
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        elif head_init != "default":
+            raise ValueError(f"Classifier: head_init must be 'default' or 'zeros': {head_init!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

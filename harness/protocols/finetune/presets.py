@@ -11,7 +11,8 @@ Differences from the medxfer default, preset by preset, are listed in each funct
 docstring; the peers' data loaders drop no partial batch (``sampling="epochs"``), where
 medxfer never trains on a partial one (feature-reuse and cats-scans drop it,
 ``sampling="drop_last"``). The Keras peers' presets (revisiting-transfer, cats-scans) are
-in :mod:`harness.protocols.finetune.presets_keras`, imported at the end of this module.
+in :mod:`harness.protocols.finetune.presets_keras` and VTAB's in
+:mod:`harness.protocols.finetune.presets_vtab`, both imported at the end of this module.
 """
 
 from __future__ import annotations
@@ -320,4 +321,4 @@ def feature_reuse(case: CaseRun) -> FinetuneConfig:
     return config
 
 
-from harness.protocols.finetune import presets_keras  # noqa: E402, F401  (registers its presets)
+from harness.protocols.finetune import presets_keras, presets_vtab  # noqa: E402, F401  (register)

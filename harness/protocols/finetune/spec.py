@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from harness.protocols.finetune.network import Classifier
+from harness.protocols.finetune.warmup import step_lr_factor
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,12 @@ class RunSpec:
             selected step keeps the selected run's learning-rate trajectory).
         schedule: "cosine" (to 0 at ``horizon``), "constant", "plateau"
             (ReduceLROnPlateau stepped at every validation) or "warmup-plateau"
-            (feature-reuse's LinearWarmup + once-an-epoch ReduceLROnPlateau).
+            (feature-reuse's LinearWarmup + once-an-epoch ReduceLROnPlateau) or "step"
+            (VTAB's warmup and step decays over ``horizon``).
+        decay_at: "step": fractions of ``horizon`` after which the lr decays.
+        decay_factor: "step": the decay factor.
+        warmup_steps: "step": linear warmup steps from 0.
+        head_init: "default" or "zeros" (:class:`~.network.Classifier`).
         batch_size: Samples per step.
         val_every: Steps between validations (and checkpoints).
         patience: Validations without improvement before stopping; None trains all
@@ -109,17 +115,25 @@ class RunSpec:
     seed: int = 0
     num_workers: int = 0
     soft_range: tuple[float, float] | None = None
+    decay_at: tuple[float, ...] = ()
+    decay_factor: float = 0.1
+    warmup_steps: int = 0
+    head_init: str = "default"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.horizon < self.steps:
             raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
-        if self.schedule not in ("cosine", "constant", "plateau", "warmup-plateau"):
+        if self.schedule not in ("cosine", "constant", "plateau", "warmup-plateau", "step"):
             raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
         if self.schedule == "warmup-plateau" and self.steps_per_epoch < 1:
             raise ValueError(f"run {self.name}: 'warmup-plateau' needs steps_per_epoch >= 1")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate after ``step`` optimizer steps."""
+        if self.schedule == "step":
+            return step_lr_factor(
+                step, self.horizon, self.decay_at, self.decay_factor, self.warmup_steps
+            )
         if self.schedule != "cosine":  # plateau schedules change the lr themselves
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.horizon) / self.horizon))

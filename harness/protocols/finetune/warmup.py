@@ -14,6 +14,10 @@ with params.json's ``["LinearWarmup", "ReduceLROnPlateau"]``, as its trainer
   iteration before the epoch ends, with the last validation score computed so far (the
   trainer's ``val_target``, 0 before the first validation). Its reductions multiply the
   group's lr, on which a still-running warmup keeps adding.
+
+VTAB's schedule (:func:`step_lr_factor`, the ``"step"`` schedule) is a linear warmup from 0
+followed by step decays, as google-research/task_adaptation@d7630d3:task_adaptation/trainer.py
+(``get_train_op``) computes it from the global step.
 """
 
 from __future__ import annotations
@@ -93,3 +97,36 @@ class WarmupPlateau:
         self.iteration = int(state["iteration"])
         self.value = float(state["value"])
         self.plateau.load_state_dict(state["plateau"])
+
+
+def decay_boundaries(horizon: int, decay_at: tuple[float, ...]) -> list[int]:
+    """The steps after which the ``"step"`` schedule decays: ``round(f * horizon)`` per f.
+
+    VTAB passes them as integers (``--decay_steps 750,1500,2250`` for 2500 steps: 30%,
+    60% and 90%).
+    """
+    return [round(f * horizon) for f in decay_at]
+
+
+def step_lr_factor(
+    step: int, horizon: int, decay_at: tuple[float, ...], factor: float, warmup: int
+) -> float:
+    """VTAB's learning-rate multiplier for the update at ``step`` (0-based global step).
+
+    ``tf.train.piecewise_constant`` keeps a value while ``step <= boundary``, so the lr is
+    ``factor ** (number of boundaries b with step > b)``; ``apply_warmup_lr`` replaces it
+    with ``step / warmup`` while ``step < warmup`` (the first update is at lr 0).
+
+    Args:
+        step: Updates done before this one.
+        horizon: The run's length in steps (the decays are fractions of it).
+        decay_at: Fractions of ``horizon`` after which the lr is multiplied by ``factor``.
+        factor: The decay factor (VTAB's ``lr_decay_factor``, 0.1).
+        warmup: Linear warmup steps (0: none).
+
+    Returns:
+        The multiplier of the base lr.
+    """
+    if step < warmup:
+        return step / warmup
+    return factor ** sum(step > b for b in decay_boundaries(horizon, decay_at))
