@@ -405,6 +405,8 @@ def test_new_presets_are_registered_with_the_peers_settings() -> None:
         "keras-adam", 1e-5, 128, 200, 112,
     )  # fmt: skip
     assert not rt.freeze_stage and rt.patience == 30  # the FT columns: no --freeze
+    assert rt.primary_metric == "roc_auc_keras"  # the peer scores with keras.metrics.AUC()
+    assert presets["revisiting-transfer"].version == 2
     rtf = presets["revisiting-transfer-freeze"].configure(_case("paper"))
     assert rtf.freeze_stage and (rtf.freeze_lr, rtf.freeze_patience) == (1e-3, 10)
     assert dataclasses.replace(rtf, freeze_stage=False) == rt  # the freeze stage only

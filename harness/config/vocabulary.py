@@ -16,11 +16,14 @@ METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
     "mean_per_class_accuracy": True,
     "roc_auc": True,
     "quadratic_kappa": True,
+    # Keras' default AUC (one-hot entries flattened, 200 thresholds), as revisiting-transfer
+    # scores: harness/protocols/metrics_keras.py
+    "roc_auc_keras": True,
 }
 METRICS = tuple(METRIC_HIGHER_IS_BETTER)
 
 # Metrics defined for multilabel tasks (label-wise accuracy at 0.5, macro ROC AUC).
-MULTILABEL_METRICS = ("accuracy", "roc_auc")
+MULTILABEL_METRICS = ("accuracy", "roc_auc", "roc_auc_keras")
 
 # A record's metric ``<name>_ci95`` is the half-width of the 95% interval of ``<name>``.
 INTERVAL_SUFFIX = "_ci95"

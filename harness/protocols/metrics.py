@@ -18,6 +18,9 @@ Conventions (the peers differ on these):
 * ``quadratic_kappa`` is Cohen's kappa with quadratic weights on the argmax, with the
   weights laid out over all ``C`` classes (not only those that occur), so the distance
   between classes 0 and 2 stays 2 even when class 1 is absent.
+* ``roc_auc_keras`` is Keras' default ``AUC`` (revisiting-transfer's score): the one-hot
+  labels and the probabilities flattened into one binary problem, 200 thresholds
+  (:mod:`harness.protocols.metrics_keras`).
 * Multilabel ``accuracy`` is the label-wise (Hamming) accuracy at threshold 0.5.
   ``mean_per_class_accuracy`` and ``quadratic_kappa`` are not defined for multilabel
   tasks and raise ``ValueError``.
@@ -32,6 +35,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER, MULTILABEL_METRICS, TASKS
+from harness.protocols.metrics_keras import keras_roc_auc, one_hot
 
 
 def compute_metrics(
@@ -85,7 +89,10 @@ def compute_metrics_with_notes(
     values: dict[str, float] = {}
     notes: dict[str, Any] = {}
     for name in names:
-        if task == "multilabel":
+        if name == "roc_auc_keras":
+            onehot = labels if task == "multilabel" else one_hot(labels, probabilities.shape[1])
+            value, reason = keras_roc_auc(onehot, probabilities)
+        elif task == "multilabel":
             value, reason = _multilabel_metric(name, labels, probabilities, notes)
         else:
             value, reason = _single_label_metric(name, task, labels, probabilities, notes)
@@ -120,6 +127,11 @@ def metric_resolution(task: str, name: str, labels: np.ndarray, probabilities: n
     """
     labels = np.asarray(labels)
     n = len(labels)
+    if name == "roc_auc_keras":  # one image moves its C entries of the flattened problem
+        flat = labels if task == "multilabel" else one_hot(labels, probabilities.shape[1])
+        p = int(flat.sum())
+        q = flat.size - p
+        return 0.0 if p == 0 or q == 0 else probabilities.shape[1] / (p * q)
     if task == "multilabel":
         if name == "accuracy":
             return 1.0 / labels.size

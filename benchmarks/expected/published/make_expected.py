@@ -56,10 +56,9 @@ import harness.data.split_folds  # noqa: F401  (registers fold_files until the r
 from harness.baselines.expected import EXPECTED_DIR, SCHEMA_VERSION, Expectation
 from harness.baselines.published import PUBLISHED_RULE
 from harness.config.cards import get_dataset_card
-from harness.protocols.registry import get_protocol
+from harness.protocols.registry import get_protocol, presets_of
 
 HERE = Path(__file__).resolve().parent
-PRESET_VERSION = 1  # the version of every preset the entries name
 
 
 @dataclass(frozen=True)
@@ -314,8 +313,14 @@ def entry(table: PublishedTable, row: dict[str, str]) -> Expectation:
         tolerance_components=PUBLISHED_RULE.entry_components(interval),
         source=source,
         preset=table.presets[protocol],
-        preset_version=PRESET_VERSION,
+        preset_version=_preset_version(protocol, table.presets[protocol]),
     )
+
+
+def _preset_version(protocol: str, preset: str) -> int:
+    """The registered version of a preset; 1 for a planned preset not registered yet."""
+    registered = presets_of(protocol).get(preset)
+    return 1 if registered is None else registered.version
 
 
 def read_rows(table: PublishedTable) -> list[dict[str, str]]:
