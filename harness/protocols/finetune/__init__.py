@@ -47,7 +47,8 @@ Multilabel tasks train 14-way (say) sigmoid + BCE and score the mean AUROC over
 ``eval_labels`` (all labels by default), as BenchmarkTransferLearning evaluates CheXpert.
 
 Peer presets (``presets``: ``ssl-transfer``, ``ssl-medicalimaging``,
-``benchmark-transfer``) set the config fields that reproduce each peer: optimizer (SGD or
+``benchmark-transfer``, ``feature-reuse``; ``presets_keras``: ``revisiting-transfer``,
+``revisiting-transfer-freeze``, ``cats-scans``; ``presets_vtab``: ``vtab``) set the config fields that reproduce each peer: optimizer (SGD or
 Adam), schedule (cosine, constant, ReduceLROnPlateau on the validation quantity),
 epoch sampling with partial batches, epoch-based run length and validation, selection
 on the validation loss, tie handling, restoring the best or scoring the last weights,
