@@ -211,5 +211,11 @@ def test_the_analyses_suite_runs_every_analysis_on_the_demo_data() -> None:
     by_protocol: dict[str, int] = {}
     for case in cases:
         by_protocol[case.protocol] = by_protocol.get(case.protocol, 0) + 1
-    assert by_protocol == {"linear": 12, "similarity": 6, "layerwise": 12, "transferability": 12}
+    assert by_protocol == {
+        "linear": 12,
+        "similarity": 6,
+        "layerwise": 12,
+        "transferability": 12,
+        "dynamics": 2,
+    }
     assert {c.profile.name for c in cases} == {"smoke"}
