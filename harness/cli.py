@@ -1,4 +1,4 @@
-"""The ``medxfer`` command: list | info | prepare | convert | report | calibrate | compare | cache | submit."""
+"""The ``medxfer`` command: list | info | prepare | convert | derive | report | calibrate | compare | cache | submit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.config.model_cards import CATEGORIES
 from harness.config.paths import PROJECT_ROOT
+from harness.derive_cli import add_derive_parser
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -25,7 +26,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
             all_model_cards().values(), args.category, args.architecture, args.pretraining_data
         )
         for card in cards:
-            print(list_line(card))
+            line = list_line(card)
+            if card.weights.derived is not None:  # how the harness made it (imports torch)
+                from harness.zoo.derived import provenance_text
+
+                line += f"  [{provenance_text(card)}]"
+            print(line)
     if args.what in ("datasets", "all"):
         print("# datasets")
         for card in all_dataset_cards().values():
@@ -43,10 +49,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from harness.config.cards import all_model_cards, get_model_card
+    from harness.derive_cli import info_rows
     from harness.zoo.catalog import model_info
 
     card = get_model_card(args.model)
-    for label, value in model_info(card, all_model_cards().values()):
+    for label, value in info_rows(card, model_info(card, all_model_cards().values())):
         print(f"{label + ':':23s} {value}")
     return 0
 
@@ -426,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="print the job ids and return at once"
     )
     p_sub.set_defaults(func=_cmd_submit)
+
+    add_derive_parser(sub)
 
     p_cache = sub.add_parser("cache", help="inspect or clear the feature cache")
     p_cache.add_argument("action", choices=("ls", "clear"))

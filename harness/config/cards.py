@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from harness.cache.keys import stable_hash
 from harness.config.card_fields import CardError, Fields, read_yaml
 from harness.config.dataset_cards import DatasetCard, load_dataset_card_file
+from harness.config.derived_cards import resolve_derived
 from harness.config.model_cards import (
     ARCH_LIBRARIES,
     BATCHNORM_RULES,
@@ -109,12 +110,22 @@ class CardSet(Generic[CardT]):
 def model_cards(directory: Path | None = None) -> dict[str, ModelCard]:
     """Return every model card in ``directory`` (default ``models/``) by name.
 
-    Duplicate names are an error. Results are cached per folder.
+    Duplicate names are an error. Results are cached per folder. Derived cards are
+    resolved against their parents in this folder and the card search path.
 
     Raises:
         CardError: On the first malformed card or duplicate name.
     """
-    return _model_cards(Path(directory or MODEL_CARD_DIR)).strict()
+    cards = dict(_model_cards(Path(directory or MODEL_CARD_DIR)).strict())
+    if any(card.weights.derived is not None for card in cards.values()):
+        known = model_card_set()
+        pool = {**known.cards, **cards}
+        failed = resolve_derived(pool, known.problems, dataset_problem, _model_hint(pool))
+        problems = [failed[name] for name in cards if name in failed]
+        if problems:
+            raise problems[0]
+        cards = {name: pool[name] for name in cards}
+    return cards
 
 
 @cache
@@ -211,7 +222,29 @@ def model_card_set() -> CardSet[ModelCard]:
                 f"{card.random_twin_of!r}{hint}"
             )
             del found.cards[card.name]
+    found.problems.update(
+        resolve_derived(found.cards, found.problems, dataset_problem, _model_hint(found.cards))
+    )
     return found
+
+
+def _model_hint(cards: dict[str, ModelCard]) -> Callable[[str], str]:
+    return lambda name: did_you_mean(name, cards)
+
+
+def forget_cards() -> None:
+    """Drop the per-folder card caches (a card file was written in this process)."""
+    _model_cards.cache_clear()
+    _dataset_cards.cache_clear()
+
+
+def dataset_problem(name: str) -> str | None:
+    """Why a derived card's source dataset ``name`` cannot be used (None: it can)."""
+    try:
+        get_dataset_card(name)
+    except CardError as exc:
+        return str(exc)
+    return None
 
 
 def all_dataset_cards() -> dict[str, DatasetCard]:

@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.card_fields import CardError, Fields, read_yaml
+from harness.config.derived_cards import (
+    DERIVED,
+    DERIVED_FIELDS,
+    DerivedSpec,
+    parse_derived,
+    parse_layers,
+)
 from harness.config.names import unsafe_name_problem
 from harness.zoo.converters import converter_names
 
-WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random")
+WEIGHT_SOURCES = ("pip", "timm", "hf-hub", "url", "file", "random", DERIVED)
 CHECKPOINT_SOURCES = ("pip", "url", "file")
 # How a checkpoint file is read: ``native`` formats (PyTorch, safetensors, Keras .h5)
 # load directly; the others only a pickle or TensorFlow can read, so the user runs
@@ -95,6 +102,7 @@ class WeightsSpec:
     batchnorm_stats: str = ""
     instructions: str = ""
     format: str = NATIVE_FORMAT
+    derived: DerivedSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.batchnorm_stats:  # the first rule of the source's kind is its default
@@ -128,11 +136,26 @@ class ModelCard:
     random_twin_of: str | None = None
     source_file: str = ""
     feature_layer: str = DEFAULT_FEATURE_LAYER
+    layers: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_random_init(self) -> bool:
         """True for a random-initialisation baseline."""
         return self.weights.source == "random"
+
+    @property
+    def derived_from(self) -> dict[str, Any] | None:
+        """How a derived model is made (parent, source dataset, protocol, profile, preset,
+        seed, pinned sha256), as records carry it; None for other models."""
+        spec = self.weights.derived
+        if spec is None:
+            return None
+        return {
+            **asdict(spec),
+            "preset": spec.preset or "medxfer",
+            "seed": self.weights.seed,
+            "sha256": self.weights.sha256,
+        }
 
     def fingerprint(self) -> dict[str, Any]:
         """Return the fields that decide what the model computes (used in cache keys)."""
@@ -147,7 +170,17 @@ class ModelCard:
         # fields added later enter the payload only when set, so older cards keep their keys
         if payload["feature_layer"] == DEFAULT_FEATURE_LAYER:
             payload.pop("feature_layer")
+        if not payload["layers"]:
+            payload.pop("layers")
+        else:
+            payload["layers"] = [list(pair) for pair in self.layers]
+        if payload["weights"]["derived"] is None:
+            payload["weights"].pop("derived")
         return payload
+
+
+# Stands in for a derived card's omitted preprocessing until the parent's is filled in.
+INHERITED_PREPROCESSING = Preprocessing(0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 def _triple(fields: Fields, key: str) -> tuple[float, float, float]:
@@ -184,8 +217,10 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
         {"source", "package", "path", "url", "sha256", "hub_id", "seed", "load", "unwrap"}
         | {"strip_prefixes", "drop_keys", "converter", "batchnorm_stats", "instructions"}
         | {"format"}
+        | DERIVED_FIELDS
     )
     source = fields.get("source", str, choices=WEIGHT_SOURCES)
+    derived = parse_derived(fields, source)
     bn_rules = BATCHNORM_RULES["random" if source == "random" else "pretrained"]
     spec = WeightsSpec(
         source=source,
@@ -203,6 +238,7 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
         batchnorm_stats=fields.get("batchnorm_stats", str, bn_rules[0], bn_rules),
         instructions=fields.get("instructions", str, ""),
         format=fields.get("format", str, NATIVE_FORMAT, WEIGHT_FORMATS),
+        derived=derived,
     )
     required = {"pip": ("package", "path"), "url": ("url", "sha256"), "file": ("path",)}
     for key in required.get(source, ()):
@@ -238,34 +274,44 @@ def _parse_weights(fields: Fields) -> WeightsSpec:
 def _parse_model(fields: Fields) -> ModelCard:
     fields.unknown(
         {"name", "architecture", "weights", "preprocessing", "category", "pretraining_data"}
-        | {"paper", "license", "random_twin_of", "feature_layer"}
+        | {"paper", "license", "random_twin_of", "feature_layer", "layers"}
     )
     name = fields.get("name", str)
     if not MODEL_NAME.fullmatch(name) or unsafe_name_problem(name) is not None:
         raise CardError(
             f"{fields.where}: model name {name!r} must be 'arch.tag' (letters, digits, _ - . only)"
         )
-    arch = fields.sub("architecture")
-    arch.unknown({"library", "name"})
-    library = arch.get("library", str, choices=ARCH_LIBRARIES)
+    weights = _parse_weights(fields.sub("weights"))
+    # a derived card may inherit these from its parent (harness/config/derived_cards.py)
+    inherits = weights.derived is not None
+    library, architecture = "", ""
+    if not inherits or fields.raw.get("architecture") is not None:
+        arch = fields.sub("architecture")
+        arch.unknown({"library", "name"})
+        library = arch.get("library", str, choices=ARCH_LIBRARIES)
+        architecture = arch.get("name", str)
     layer = fields.get("feature_layer", str, DEFAULT_FEATURE_LAYER, FEATURE_LAYERS)
-    if layer != DEFAULT_FEATURE_LAYER and library != "timm":
+    if layer != DEFAULT_FEATURE_LAYER and library not in ("timm", ""):
         raise CardError(
             f"{fields.where}: feature_layer '{layer}' needs a timm architecture "
             f"(torchvision backbones give the pooled features only)"
         )
+    preprocessing = INHERITED_PREPROCESSING
+    if not inherits or fields.raw.get("preprocessing") is not None:
+        preprocessing = _parse_preprocessing(fields.sub("preprocessing"))
     return ModelCard(
         name=name,
         library=library,
-        architecture=arch.get("name", str),
-        weights=_parse_weights(fields.sub("weights")),
-        preprocessing=_parse_preprocessing(fields.sub("preprocessing")),
+        architecture=architecture,
+        weights=weights,
+        preprocessing=preprocessing,
         category=fields.get("category", str, choices=CATEGORIES),
-        pretraining_data=fields.get("pretraining_data", str),
+        pretraining_data=fields.get("pretraining_data", str, "" if inherits else ...),
         paper=fields.get("paper", str, ""),
         license=fields.get("license", str, ""),
         random_twin_of=fields.get("random_twin_of", str, None),
         feature_layer=layer,
+        layers=parse_layers(fields),
     )
 
 

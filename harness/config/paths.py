@@ -5,7 +5,9 @@ Everything heavy lives under one home folder (``MEDXFER_HOME``, default
 (``prepared/``), extracted features, downloaded weights.
 Result records go to ``MEDXFER_RESULTS`` (default ``./results``). Cards a user keeps
 outside the checkout live in the folders named by ``MEDXFER_CARDS`` (or pytest's
-``--medxfer-cards``), each with ``models/``, ``datasets/``, ``suites/`` and ``expected/``.
+``--medxfer-cards``), each with ``models/``, ``datasets/``, ``suites/`` and ``expected/``,
+and in ``<home>/cards`` (searched after them; ``medxfer derive`` writes its model cards
+there by default).
 
 A home that cannot be written (a shared, read-only copy; or ``MEDXFER_CACHE_READONLY=1``)
 is used read-only: cached values are read, nothing is written there
@@ -27,14 +29,26 @@ _PROBED: dict[str, tuple[bool, float]] = {}
 
 
 def user_card_folders() -> list[Path]:
-    """The user's card folders from ``$MEDXFER_CARDS`` (``os.pathsep``-separated), in order."""
+    """The user's card folders: those of ``$MEDXFER_CARDS`` (``os.pathsep``-separated), in
+    order, then :func:`home_card_folder`."""
     raw = os.environ.get(CARDS_ENV, "")
-    return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    named = [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    return list(dict.fromkeys([*named, home_card_folder()]))
+
+
+def home_root() -> Path:
+    """The medxfer home folder (``$MEDXFER_HOME``, default ``~/.cache/medxfer``), not created."""
+    return Path(os.environ.get("MEDXFER_HOME", Path.home() / ".cache" / "medxfer"))
+
+
+def home_card_folder() -> Path:
+    """``<home>/cards``: the card folder in the home (not created; a read-only home is read)."""
+    return home_root() / "cards"
 
 
 def home() -> Path:
     """Return the medxfer cache home, creating it if needed."""
-    root = Path(os.environ.get("MEDXFER_HOME", Path.home() / ".cache" / "medxfer"))
+    root = home_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

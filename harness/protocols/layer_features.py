@@ -17,9 +17,9 @@ Stages are named ``stage1`` ... ``stageK`` from shallow to deep:
   ``torchvision.models.feature_extraction.create_feature_extractor`` would name: ResNet
   ``layer1`` ... ``layer4``, MobileNetV2's last block of each resolution).
 
-A model card may name its own layers with a ``layers`` field (name -> module path, as a
-mapping or as pairs; read when the card schema has it), and a protocol config may ask for
-a subset by name or by module path.
+A model card may name its own layers with a ``layers`` field (name -> module path in the
+built backbone, as a mapping or as ``[name, path]`` pairs; ``ModelCard.layers`` holds the
+pairs), and a protocol config may ask for a subset by name or by module path.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _stage_modules(card: ModelCard) -> tuple[tuple[str, str], ...]:
     Raises:
         LayerError: When the architecture's stages are unknown.
     """
-    named = getattr(card, "layers", None)  # a card field (name -> path), when cards have it
+    named = getattr(card, "layers", None)  # ModelCard.layers: (name, path) pairs
     if named:
         pairs = named.items() if isinstance(named, Mapping) else named
         return tuple((str(k), str(v)) for k, v in pairs)

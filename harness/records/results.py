@@ -68,6 +68,7 @@ class ModelInfo:
     batchnorm_stats: str | None = None
     weights_file_sha256: str | None = None
     feature_layer: str = "pooled"
+    derived_from: dict[str, Any] | None = None
 
     @classmethod
     def from_card(cls, card: ModelCard) -> ModelInfo:
@@ -86,7 +87,18 @@ class ModelInfo:
             pretraining_data=card.pretraining_data,
             batchnorm_stats=card.weights.batchnorm_stats,
             feature_layer=card.feature_layer,
+            derived_from=_derived_from(card),
         )
+
+
+def _derived_from(card: ModelCard) -> dict[str, Any] | None:
+    """A derived model's provenance (parent, source dataset, protocol, profile, seed, and its
+    checkpoint's sha256 and validation score once made); None for other models."""
+    if card.weights.derived is None:
+        return None
+    from harness.zoo.derived import provenance
+
+    return provenance(card)
 
 
 @dataclass

@@ -22,6 +22,8 @@ CASE_COLUMNS = (
     "model",
     "model_category",
     "random_twin_of",
+    "derived_parent",
+    "derived_source",
     "dataset",
     "dataset_version",
     "semi_synthetic",
@@ -52,6 +54,7 @@ BASE_COLUMNS = (*CASE_COLUMNS, *RUN_COLUMNS, *PROVENANCE_COLUMNS)
 # What a report needs from every row; the rest may be absent from older or foreign tables.
 OPTIONAL_COLUMNS = frozenset(
     {"suite_version", "preset", *RUN_COLUMNS, "git_dirty", "versions", "hardware", "path"}
+    | {"derived_parent", "derived_source"}
 )
 REQUIRED_COLUMNS = tuple(c for c in BASE_COLUMNS if c not in OPTIONAL_COLUMNS)
 
@@ -112,6 +115,7 @@ def preset_text(preset: dict[str, Any] | None) -> str:
 
 def _flatten(record: ResultRecord, path: Path) -> dict[str, Any]:
     cache_states = list(record.feature_cache.values())
+    derived = record.model.derived_from if isinstance(record.model.derived_from, dict) else {}
     row: dict[str, Any] = {
         "case_id": record.case_id,
         "suite": record.suite,
@@ -120,6 +124,9 @@ def _flatten(record: ResultRecord, path: Path) -> dict[str, Any]:
         "model": record.model.name,
         "model_category": record.model.category,
         "random_twin_of": record.model.random_twin_of,
+        # a model fine-tuned in the harness: its parent and source dataset (None otherwise)
+        "derived_parent": derived.get("parent"),
+        "derived_source": derived.get("dataset"),
         "dataset": record.dataset.name,
         "dataset_version": record.dataset.version,
         "semi_synthetic": bool(record.dataset.semi_synthetic),

