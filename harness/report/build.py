@@ -18,6 +18,8 @@ import pandas as pd
 from harness.baselines.check import Baselines
 from harness.cache import atomic
 from harness.records.table import REQUIRED_COLUMNS, load_records
+from harness.report.analysis_figures import AnalysisFigure, plan_analysis_figures
+from harness.report.analysis_sections import analysis_sections
 from harness.report.export import cases_csv
 from harness.report.figures import Figure, plan_figures
 from harness.report.format import markdown_table
@@ -84,7 +86,9 @@ def render_report(
         baselines: the suite's expected values; adds the reproducibility section (each
             case's shown record is checked; under ``mean``, its newest run).
         runs: ``latest``, ``best`` or ``mean``.
-        figures: figures to link (from :func:`harness.report.figures.plan_figures`).
+        figures: figures to link (from :func:`harness.report.figures.plan_figures` and
+            :func:`harness.report.analysis_figures.plan_analysis_figures`; the analysis
+            ones go inside their sections).
         figure_dir: the figures' folder relative to the markdown file.
         prepared: the frame from :func:`report_frame`, when the caller already made it.
 
@@ -106,10 +110,15 @@ def render_report(
     details = detail_tables(frame)
     if details:
         sections.append(details)
+    analyses = analysis_sections(frame, figures, figure_dir)
+    if analyses:
+        sections.append(analyses)
     if baselines is not None:
         sections.append(render_tolerances(frame, baselines, markdown_table))
-    if figures:
-        sections.append(_figure_section(figures, figure_dir))
+    # analysis figures sit in their sections; the rest are listed at the end
+    listed = [figure for figure in figures if not isinstance(figure, AnalysisFigure)]
+    if listed:
+        sections.append(_figure_section(listed, figure_dir))
     sections.append(provenance(frame, runs))
     return "\n\n".join(section.rstrip("\n") for section in sections) + "\n"
 
@@ -225,7 +234,9 @@ def write_report_files(
             ) from exc
     if baselines is None and auto_baselines:
         baselines = _suite_baselines(prepared)
-    planned = plan_figures(prepared, out.stem) if figures else []
+    planned: list[Figure] = []
+    if figures:
+        planned = [*plan_figures(prepared, out.stem), *plan_analysis_figures(prepared, out.stem)]
     images = {f"{FIGURE_DIR}/{figure.name}": figure.draw() for figure in planned}
     text = render_report(
         frame, title, baselines=baselines, runs=runs, figures=planned, prepared=prepared
