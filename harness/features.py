@@ -2,7 +2,8 @@
 
 The cache key hashes everything that decides the features: model name, weights
 identity, dataset name/version, split, the images' content, the transform, the
-layer, the batch size, the requested precision and this module's FEATURE_VERSION.
+layer, the batch-size setting (a number or ``auto``), the requested precision and this
+module's FEATURE_VERSION.
 Features live in the ``features`` namespace of :mod:`harness.cache.store`: one ``.npz``
 file per key (the features and a JSON meta string that holds the key's full text and
 the features' sha256, both checked on load: a file is trusted by its content, never by
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.batch_size import BatchSize, batch_size_setting, resolve_batch_size
 from harness.cache.atomic import is_temporary
 from harness.cache.codecs import check_content
 from harness.cache.keys import array_digest, stable_hash
@@ -41,6 +43,7 @@ from harness.cache.store import read_events as store_events
 from harness.config.cards import DatasetCard, ModelCard, Preprocessing
 from harness.config.paths import feature_dir
 from harness.data.transforms import describe, eval_transform
+from harness.features_stream import decoded_copy
 from harness.precision import (
     DEFAULT_PRECISION,
     PrecisionDecision,
@@ -99,9 +102,13 @@ def feature_key_payload(
     pre: Preprocessing,
     layer: str,
     precision: str,
-    batch_size: int,
+    batch_size: BatchSize,
 ) -> dict[str, Any]:
-    """Everything that decides one (model, weights, dataset, split, transform, layer) feature set."""
+    """Everything that decides one (model, weights, dataset, split, transform, layer) feature set.
+
+    ``batch_size`` is the setting (a number, or ``auto`` whatever size it resolves to: see
+    :mod:`harness.batch_size`).
+    """
     return {
         "feature_version": FEATURE_VERSION,
         "model": model.name,
@@ -184,31 +191,6 @@ def extract(
         return extract_resized(module, resized, pre, device, batch_size, precision)
 
 
-DECODE_WORKERS_ENV = "MEDXFER_DECODE_WORKERS"
-
-
-def decoded_copy(images: np.ndarray, images_sha: str, pre: Preprocessing) -> np.ndarray | None:
-    """The decoded-image cache's resized copy of ``images`` for ``pre``'s geometry.
-
-    Made on a miss (resizing in ``$MEDXFER_DECODE_WORKERS`` loader processes, default 0)
-    and shared by every model with the same input size, interpolation and crop. On a
-    read-only home only an existing copy is used; None means resize on the fly.
-    """
-    import os
-
-    from harness.config.paths import home, home_writable
-    from harness.data.decoded import geometry_key
-    from harness.features_stream import open_resized, resized_images
-
-    folder = home() / "decoded"
-    if not home_writable():
-        key = geometry_key(images_sha, pre)
-        found = open_resized(folder / f"{key}.npy", key)
-        return found if found is not None and len(found) == len(images) else None
-    workers = int(os.environ.get(DECODE_WORKERS_ENV, "0") or 0)
-    return resized_images(images, images_sha, pre, folder, workers=workers)
-
-
 def extract_checked(
     module: torch.nn.Module,
     images: np.ndarray,
@@ -258,7 +240,7 @@ def cached_features(
     load_model: Callable[[], torch.nn.Module],
     *,
     device: str = "auto",
-    batch_size: int = 64,
+    batch_size: BatchSize = 64,
     layer: str = "pooled",
     precision: str = DEFAULT_PRECISION,
     images_sha: str | None = None,
@@ -275,7 +257,9 @@ def cached_features(
         pre: the preprocessing to apply (the model's, with the profile's input size).
         load_model: returns the backbone; called only on a cache miss.
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: images per forward pass (part of the key: it can change the last bits).
+        batch_size: images per forward pass, or ``auto`` (:mod:`harness.batch_size`);
+            ``$MEDXFER_BATCH_SIZE`` overrides it. The setting is part of the key (a number
+            can change the last bits); the size ``auto`` resolves to is recorded in the meta.
         layer: which features: the model card's ``feature_layer`` (``pooled``: the
             penultimate pooled vector; the module returns that layer, this names it).
         precision: requested precision (``fp32``, or ``bf16`` / ``fp16`` where checked).
@@ -287,6 +271,7 @@ def cached_features(
     """
     torch_device = resolve_device(device)
     check_precision_name(precision)
+    batch_size = batch_size_setting(batch_size)
     payload = feature_key_payload(
         model,
         weights_id,
@@ -304,12 +289,16 @@ def cached_features(
     started = time.perf_counter()
 
     def compute() -> tuple[np.ndarray, dict[str, Any]]:
+        module = load_model()
+        size = resolve_batch_size(
+            batch_size, module, pre, torch_device, precision, len(images), model.name
+        )
         features, decision = extract_checked(
-            load_model(),
+            module,
             images,
             pre,
             torch_device,
-            batch_size,
+            size,
             desc=f"{model.name} {dataset.name}/{split}",
             precision=precision,
             resized=decoded_copy(images, payload["images_sha256"], pre),
@@ -325,7 +314,8 @@ def cached_features(
             "dim": int(features.shape[1]) if features.ndim == 2 else 0,
             "transform": describe(pre),
             "layer": layer,
-            "batch_size": batch_size,
+            "batch_size": size,
+            "batch_size_setting": batch_size,
             "precision": decision.to_dict(),
             "device": str(torch_device),
             "seconds": round(time.perf_counter() - started, 3),

@@ -119,6 +119,27 @@ def resized_images(
     return np.load(path, mmap_mode="r")
 
 
+DECODE_WORKERS_ENV = "MEDXFER_DECODE_WORKERS"
+
+
+def decoded_copy(images: np.ndarray, images_sha: str, pre: Preprocessing) -> np.ndarray | None:
+    """The decoded-image cache's resized copy of ``images`` for ``pre``'s geometry.
+
+    Made on a miss (resizing in ``$MEDXFER_DECODE_WORKERS`` loader processes, default 0)
+    and shared by every model with the same input size, interpolation and crop. On a
+    read-only home only an existing copy is used; None means resize on the fly.
+    """
+    from harness.config.paths import home, home_writable
+
+    folder = home() / "decoded"
+    if not home_writable():
+        key = geometry_key(images_sha, pre)
+        found = open_resized(folder / f"{key}.npy", key)
+        return found if found is not None and len(found) == len(images) else None
+    workers = int(os.environ.get(DECODE_WORKERS_ENV, "0") or 0)
+    return resized_images(images, images_sha, pre, folder, workers=workers)
+
+
 def _prefetched(resized: np.ndarray, batch_size: int, pin: bool) -> Iterator[torch.Tensor]:
     """Batches of a (memory-mapped) uint8 array, read one ahead in a thread."""
     queue: Queue[torch.Tensor | None] = Queue(maxsize=2)

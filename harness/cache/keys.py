@@ -9,8 +9,10 @@ appear in a payload: they enter as their shape, dtype and the sha256 of their by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import mmap
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,8 +76,27 @@ def array_digest(array: np.ndarray) -> str:
         64 hex digits.
     """
     digest = hashlib.sha256(f"{array.shape}|{array.dtype}".encode())
+    if isinstance(array, np.memmap) and array.ndim and array.size:
+        # a memory map (a prepared split's images) is hashed in blocks of rows whose pages
+        # are dropped as the hash moves on, so it is never copied or left resident whole
+        step = max(1, _DIGEST_BLOCK // max(1, array.nbytes // len(array)))
+        for start in range(0, len(array), step):
+            digest.update(np.ascontiguousarray(array[start : start + step]).tobytes())
+            _drop_pages(array)
+        return digest.hexdigest()
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+_DIGEST_BLOCK = 64 << 20
+
+
+def _drop_pages(array: np.memmap) -> None:
+    """Drop a read-only memory map's resident pages from this process (not from disk)."""
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and array.mode == "r":
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            handle.madvise(mmap.MADV_DONTNEED)
 
 
 def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 
 from harness.cache.atomic import write_with
 from harness.data import DatasetError
+from harness.data.npz_map import Member, members, read_member
 from harness.data.table import SoftTargets, take_soft
 
 SPLITS = ("train", "val", "test")
@@ -92,7 +93,9 @@ class SplitData:
         )
 
 
-def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
+def read_npz(
+    path: Path, task: str, num_classes: int, mmap: bool = False, check_crc: bool = True
+) -> dict[str, SplitData]:
     """Read and validate a MedMNIST-layout ``.npz`` archive.
 
     Args:
@@ -100,6 +103,12 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
         task: ``binary``, ``multiclass``, ``ordinal`` or ``multilabel``.
         num_classes: number of classes (labels must lie in ``0..num_classes-1``; for
             multilabel, the label width).
+        mmap: map each split's images read-only from the archive file instead of reading
+            them (:mod:`harness.data.npz_map`); a compressed images member is read whole,
+            with a note. Labels and ids are always read.
+        check_crc: with ``mmap``, check each mapped member's zip CRC-32 first (a whole read
+            checks it anyway); False when the caller has checked the archive's content
+            already (the sha256 a cache archive stores).
 
     Returns:
         ``{"train": SplitData, "val": SplitData, "test": SplitData}``; labels are int64,
@@ -115,6 +124,7 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
         raise DatasetError(f"{path}: not an .npz archive (not a zip file)")
     try:
         archive = np.load(path, allow_pickle=False)
+        layout = members(path) if mmap else {}
     except NPZ_ERRORS as exc:
         raise DatasetError(f"{path}: cannot open as .npz: {exc}") from exc
     with archive:
@@ -122,7 +132,7 @@ def read_npz(path: Path, task: str, num_classes: int) -> dict[str, SplitData]:
         splits: dict[str, SplitData] = {}
         image_shape: tuple[int, ...] | None = None
         for split in SPLITS:
-            images = _array(archive, keys, path, f"{split}_images")
+            images = _images(archive, keys, path, f"{split}_images", layout, check_crc)
             labels = _array(archive, keys, path, f"{split}_labels")
             groups_key = f"{split}_groups"
             groups = _array(archive, keys, path, groups_key) if groups_key in keys else None
@@ -240,6 +250,26 @@ def _array(archive: np.lib.npyio.NpzFile, keys: set[str], path: Path, key: str) 
     except NPZ_ERRORS as exc:
         raise DatasetError(
             f"{path}: key '{key}' cannot be read ({type(exc).__name__}: {exc}); the file is damaged"
+        ) from exc
+
+
+def _images(
+    archive: np.lib.npyio.NpzFile,
+    keys: set[str],
+    path: Path,
+    key: str,
+    layout: dict[str, Member],
+    check_crc: bool,
+) -> np.ndarray:
+    """One images array: mapped from the file when ``layout`` lists it, else read."""
+    if key not in layout:
+        return _array(archive, keys, path, key)
+    try:
+        return read_member(path, layout[key], mmap=True, check=check_crc)
+    except NPZ_ERRORS as exc:
+        raise DatasetError(
+            f"{path}: key '{key}' cannot be mapped ({type(exc).__name__}: {exc}); the file is "
+            "damaged"
         ) from exc
 
 

@@ -4,7 +4,10 @@ Built and decoded datasets go through the cache service (:mod:`harness.cache.sto
 prepared under the key's file lock (so that pytest-xdist workers never prepare the same
 dataset twice at once), written atomically, with the key's full text and the sha256 of
 every array stored inside the archive and checked before the file is used (never trusted
-by its name alone): an archive that was damaged or replaced is built or decoded again. Three kinds of card:
+by its name alone): an archive that was damaged or replaced is built or decoded again.
+Archives are written uncompressed so that :func:`load_splits` can hand out each split's
+images as a read-only memory map of the file (:mod:`harness.data.npz_map`). Three kinds
+of card:
 
 - **built** (``builder:``): built locally and deterministically the first time it is
   needed, into ``<MEDXFER_HOME>/data/<name>/v<version>/<reader.file>``; the key holds the
@@ -35,7 +38,6 @@ from typing import IO, Any
 
 import numpy as np
 
-from harness.cache.atomic import write_with
 from harness.cache.codecs import check_content
 from harness.cache.keys import arrays_digest, stable_hash
 from harness.cache.store import STORE, Entry, KeyMismatch, Namespace
@@ -44,14 +46,13 @@ from harness.config.paths import data_dir, prepared_dir
 from harness.data import DatasetError, DatasetNotPrepared
 from harness.data.npz import (
     META_KEY,
-    NPZ_ERRORS,
-    SPLITS,
     SplitData,
     meta_array,
     npz_arrays,
     read_npz,
     read_npz_meta,
 )
+from harness.data.npz_map import archive_digest
 from harness.data.pipeline import (
     context,
     data_root,
@@ -61,28 +62,29 @@ from harness.data.pipeline import (
     reads_as_is,
     required_paths,
 )
-from harness.data.registry import BUILDERS, LABEL_POLICIES, SPLIT_RULES
-from harness.data.table import FileImages, RawDataset, SplitInput, kept_paths
+from harness.data.prepared_index import INDEX_NAME, ensure_index
+from harness.data.registry import BUILDERS
 
 PREPARED_LAYOUT = 1
-INDEX_NAME = "index.parquet"
-INDEX_KEY = b"medxfer_key"  # the parquet metadata entry holding the archive's key
 
 
 class SplitArchive:
-    """Codec of built and decoded datasets: one MedMNIST-layout ``.npz``.
+    """Codec of built and decoded datasets: one MedMNIST-layout ``.npz``, uncompressed.
 
     Its ``meta_json`` holds the key text (``key``) and the sha256 of its arrays
     (``content_sha256``, :func:`~harness.cache.keys.arrays_digest`). Reading checks both;
-    the arrays are decompressed for the checksum once per process and file version
-    (path, size, times, inode), then loaded by :func:`load_splits`.
+    the checksum is computed once per process and file version (path, size, times,
+    inode), streaming through memory-mapped members (:func:`harness.data.npz_map.archive_digest`).
+    The archive is written uncompressed (``np.savez``) so that :func:`load_splits` can map
+    each split's images read-only instead of reading them into memory; archives written
+    compressed by an older medxfer are still read, whole.
     """
 
     def write(self, handle: IO[bytes], value: dict[str, SplitData], entry: Entry) -> None:
-        """Write the splits with the key text and their checksum."""
+        """Write the splits (uncompressed, mappable) with the key text and their checksum."""
         arrays = npz_arrays(value, str(entry.path))
         meta = {"key": entry.text, "content_sha256": arrays_digest(arrays)}
-        np.savez_compressed(handle, **arrays, **{META_KEY: meta_array(meta)})
+        np.savez(handle, **arrays, **{META_KEY: meta_array(meta)})
 
     def read(self, path: Path, entry: Entry) -> Path:
         """Return ``path`` when it holds ``entry``'s key and its arrays match their checksum.
@@ -183,7 +185,7 @@ def prepare(card: DatasetCard) -> Path:
     )
     _check_storable(card, DECODED, entry)
     STORE.get_or_compute(DECODED, entry, lambda: make_splits(card, raw), describe=facts)
-    _ensure_index(card, raw, entry)
+    ensure_index(card, raw, entry)
     return path
 
 
@@ -191,6 +193,9 @@ def load_splits(card: DatasetCard) -> dict[str, SplitData]:
     """Return a dataset card's train / val / test splits, preparing them if needed.
 
     Arrays are read-only and cached in-process (keyed by path and modification time).
+    Each split's images are a read-only ``np.memmap`` of the archive when it stores them
+    uncompressed (every archive medxfer builds or decodes; see :mod:`harness.data.npz_map`),
+    so they are paged in from disk as rows are used rather than held in memory.
 
     Raises:
         DatasetNotPrepared: when the source must be obtained by the user first.
@@ -198,7 +203,11 @@ def load_splits(card: DatasetCard) -> dict[str, SplitData]:
     """
     path = prepare(card)
     stat = path.stat()
-    return _read_cached(str(path), stat.st_mtime_ns, stat.st_size, card.task, card.num_classes)
+    # a built or decoded archive's sha256 was checked by prepare(); a user's is CRC-checked
+    checked = card.builder is not None or not reads_as_is(card)
+    return _read_cached(
+        str(path), stat.st_mtime_ns, stat.st_size, card.task, card.num_classes, checked
+    )
 
 
 def how_to_prepare(card: DatasetCard) -> str:
@@ -318,134 +327,17 @@ def _archive_digest(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _archive_digest_of(path: str, size: int, mtime_ns: int, ino: int, ctime_ns: int) -> str:
-    with np.load(path, allow_pickle=False) as archive:
-        return arrays_digest({name: archive[name] for name in archive.files if name != META_KEY})
+    return archive_digest(Path(path), skip=(META_KEY,))
 
 
 @functools.lru_cache(maxsize=8)
 def _read_cached(
-    path: str, mtime_ns: int, size: int, task: str, num_classes: int
+    path: str, mtime_ns: int, size: int, task: str, num_classes: int, checked: bool
 ) -> dict[str, SplitData]:
-    splits = read_npz(Path(path), task, num_classes)
+    # images are read-only memory maps of the archive (read whole when compressed)
+    splits = read_npz(Path(path), task, num_classes, mmap=True, check_crc=not checked)
     for data in splits.values():
         for array in (data.images, data.labels, data.groups, data.views, data.studies):
             if array is not None:
                 array.setflags(write=False)
     return splits
-
-
-# --------------------------------------------------------------------------- index.parquet
-
-
-def _ensure_index(card: DatasetCard, raw: RawDataset, entry: Entry) -> None:
-    """Write ``index.parquet`` beside the archive unless it already holds the archive's key."""
-    target = entry.path.parent / INDEX_NAME
-    if _index_key(target) == entry.text:
-        return
-    with STORE.lock(entry):
-        if _index_key(target) == entry.text:
-            return
-        table = _index_table(card, raw, entry)
-        import pyarrow.parquet as pq
-
-        write_with(target, lambda handle: pq.write_table(table, handle))
-
-
-def _index_key(path: Path) -> str | None:
-    """The archive key stored in an index file, or None (no file, unreadable, no key)."""
-    if not path.is_file():
-        return None
-    import pyarrow.parquet as pq
-
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except (OSError, ValueError):  # pyarrow raises ArrowInvalid (a ValueError) on a bad file
-        return None
-    value = metadata.get(INDEX_KEY)
-    return None if value is None else value.decode("utf-8")
-
-
-def _index_table(card: DatasetCard, raw: RawDataset, entry: Entry) -> Any:
-    """One row per kept image, in the archive's order, checked against the archive's labels."""
-    import pyarrow as pa
-
-    rows, values, assignment = _assignment(card, raw)
-    root = data_root(card)
-    paths = raw.images.paths if isinstance(raw.images, FileImages) else None
-    views = None if raw.views is None else np.char.lower(np.char.strip(raw.views.astype(str)))
-    out: dict[str, list[Any]] = {
-        name: [] for name in ("path", "label", "patient", "split", "view", "study", "row")
-    }
-    for split in SPLITS:
-        index = np.asarray(assignment[split], dtype=np.int64)
-        stored = _stored_labels(entry.path, split)
-        stored = stored.reshape(len(stored), -1)
-        labels = values[index].reshape(len(index), -1)
-        if labels.shape != stored.shape or not np.array_equal(labels, stored):
-            raise DatasetError(
-                f"{card.source_file or card.name}: the index of {entry.path} does not match "
-                f"its '{split}' split (the split rule is not deterministic?)"
-            )
-        source = rows[index]
-        out["row"] += source.tolist()
-        out["split"] += [split] * len(source)
-        out["label"] += [",".join(str(v) for v in label) for label in labels.tolist()]
-        out["path"] += [None if paths is None else _shown(paths[r], root) for r in source]
-        for name, column in (("patient", raw.groups), ("view", views), ("study", raw.studies)):
-            found = None if column is None else np.asarray(column)[source].astype(str)
-            out[name] += [None] * len(source) if found is None else found.tolist()
-    schema_metadata = {
-        INDEX_KEY: entry.text.encode("utf-8"),
-        b"medxfer_dataset": card.name.encode(),
-    }
-    types = {"row": pa.int64()}
-    arrays = {
-        name: pa.array(column, type=types.get(name, pa.string())) for name, column in out.items()
-    }
-    return pa.table(arrays).replace_schema_metadata(schema_metadata)
-
-
-def _stored_labels(path: Path, split: str) -> np.ndarray:
-    """The labels of one split as stored in an archive.
-
-    Raises:
-        DatasetError: naming the archive when it cannot be read.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return archive[f"{split}_labels"]
-    except (*NPZ_ERRORS, KeyError) as exc:
-        raise DatasetError(f"{path}: cannot read '{split}_labels': {exc}") from exc
-
-
-def _assignment(
-    card: DatasetCard, raw: RawDataset
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """The reader rows kept by the label policy, their labels, and the split rule's rows.
-
-    What :func:`~harness.data.pipeline.make_splits` computes before it decodes images (the
-    policy and rule are deterministic); the caller checks the result against the archive.
-    """
-    ctx = context(card)
-    policy = card.label_policy or LABEL_POLICIES.parse({"name": "identity"}, ctx.card)
-    labels = LABEL_POLICIES.run(policy, raw, ctx)
-    rows = np.arange(len(raw)) if labels.keep is None else np.flatnonzero(labels.keep)
-    values = np.asarray(labels.values)[rows].astype(np.int64)
-    data = SplitInput(
-        values,
-        None if raw.groups is None else np.asarray(raw.groups)[rows],
-        None if raw.split is None else np.asarray(raw.split)[rows],
-        lambda index: raw.images.take(rows[index]),
-        source_rows=rows,
-        n_source=len(raw),
-        paths=kept_paths(raw.images, rows, ctx.root),
-    )
-    return rows, values, SPLIT_RULES.run(card.split, data, ctx)
-
-
-def _shown(path: Path, root: Path) -> str:
-    """A path relative to the dataset folder when it lies inside, else absolute."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
