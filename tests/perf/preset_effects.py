@@ -54,7 +54,7 @@ LISTED = ("invariance", "finetune")
 NOT_MEASURED = {
     "invariance": "not measured: the preset's 263 transform entries at 224 px are ~20,000 "
     "forward passes per case, hours on a 2-core CPU",
-    "finetune": "not measured: full-network training is too costly on a 2-core CPU",
+    "finetune": "not measured one difference at a time (too costly on a 2-core CPU); whole presets: docs/protocols.md",
 }
 # A set sweep replaces the range: these fields of the default are not differences then.
 SUPERSEDED = {"c_values": ("c_min", "c_max", "n_c")}
