@@ -130,3 +130,50 @@ def test_card_rule_defaults_and_choices(tmp_path: Path, weights: dict, expected:
 def test_card_rule_that_does_not_fit_the_source_is_refused(tmp_path: Path, weights: dict) -> None:
     with pytest.raises(CardError, match=r"weights: field 'batchnorm_stats'"):
         load_model_card_file(_card_file(tmp_path, weights))
+
+
+def test_recalibrated_statistics_are_stored_once_and_loaded_exactly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A later case (or another worker) loads the statistics instead of recomputing them."""
+    from harness.protocols import backbone as backbone_module
+
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+    card = get_model_card("mobilenet_v2.random")
+    images = np.random.default_rng(2).integers(0, 255, size=(16, 40, 40), dtype=np.uint8)
+    pre = card.preprocessing.with_input_size(40)
+    monkeypatch.setattr(backbone_module, "_RECALIBRATED", {})
+    first = backbone_module.make_backbone(card, lambda: images, pre, 8, "cpu")
+    computed = first.load()
+    stored = list((tmp_path / "home").rglob("batchnorm-stats/*.npz"))
+    assert len(stored) == 1
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the statistics were computed again")
+
+    monkeypatch.setattr(backbone_module, "recalibrate_batchnorm", refuse)
+    monkeypatch.setattr(backbone_module, "_RECALIBRATED", {})  # a fresh process
+    second = backbone_module.make_backbone(card, lambda: images, pre, 8, "cpu")
+    assert second.weights_id == first.weights_id
+    loaded = second.load()
+    assert loaded is not computed
+    for (name, a), (_, b) in zip(
+        computed.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_statistics_that_do_not_fit_the_network_are_refused() -> None:
+    from harness.zoo.batchnorm import batchnorm_state, load_batchnorm_state
+
+    state = batchnorm_state(_toy())
+    assert set(state) == {
+        f"{i}.{buffer}"
+        for i in (1, 4)
+        for buffer in ("running_mean", "running_var", "num_batches_tracked")
+    }
+    with pytest.raises(ValueError, match="missing"):
+        load_batchnorm_state(_toy(), {k: v for k, v in state.items() if not k.startswith("4.")})
+    state["1.running_mean"] = np.zeros(7, dtype=np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        load_batchnorm_state(_toy(), state)

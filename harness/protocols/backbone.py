@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from harness.cache.arrays import cached_arrays
 from harness.cache.keys import array_digest, stable_hash
 from harness.config.cards import ModelCard, Preprocessing
 from harness.data.transforms import describe, eval_transform
@@ -23,6 +24,8 @@ from harness.zoo import LoadedModel, build_model, weights_identity
 from harness.zoo.batchnorm import (
     MAX_IMAGES,
     RECALIBRATION_VERSION,
+    batchnorm_state,
+    load_batchnorm_state,
     recalibrate_batchnorm,
     recalibration_indices,
 )
@@ -67,13 +70,31 @@ def _recalibrated(
     batch_size: int,
     device: str,
 ) -> nn.Module:
-    """A fresh copy of the card's model with batch-norm statistics from ``images`` (memoised)."""
+    """A fresh copy of the card's model with batch-norm statistics from ``images``.
+
+    The statistics are computed once per (identity, device type) and kept in the cache
+    service (``arrays/batchnorm-stats``), so every later case and every other worker or
+    session loads them instead of running the training images through the network
+    again; the last module is also memoised in the process.
+    """
     if identity not in _RECALIBRATED:
         module = build_model(card).module
-        recalibrate_batchnorm(
-            module, images, eval_transform(pre), batch_size, resolve_device(device)
-        )
-        _RECALIBRATED.clear()  # one at a time: cases are grouped by (model, dataset)
+        target = resolve_device(device)
+
+        def recalibrate() -> dict[str, np.ndarray]:
+            recalibrate_batchnorm(module, images, eval_transform(pre), batch_size, target)
+            state = batchnorm_state(module)  # buffer names are not array names: index them
+            return {
+                "names": np.array(list(state)),
+                **{f"b{i}": v for i, v in enumerate(state.values())},
+            }
+
+        key = {"backbone": identity, "device": target.type, "version": RECALIBRATION_VERSION}
+        stored, _ = cached_arrays("batchnorm-stats", key, recalibrate)
+        names = [str(name) for name in stored["names"]]
+        load_batchnorm_state(module, {name: stored[f"b{i}"] for i, name in enumerate(names)})
+        module.to(target).eval()
+        _RECALIBRATED.clear()  # one at a time: a process holds one recalibrated network
         _RECALIBRATED[identity] = module
     return _RECALIBRATED[identity]
 

@@ -127,3 +127,48 @@ def recalibrate_batchnorm(
         if layer.num_batches_tracked is not None:
             layer.num_batches_tracked.fill_(len(range(0, len(images), batch_size)))
     return {"layers": len(layers), "images": len(images)}
+
+
+def batchnorm_state(module: nn.Module) -> dict[str, np.ndarray]:
+    """The running statistics of every batch-norm layer, by module name, as NumPy arrays.
+
+    Args:
+        module: The network.
+
+    Returns:
+        ``<layer>.running_mean``, ``<layer>.running_var`` and, where tracked,
+        ``<layer>.num_batches_tracked`` of every layer :func:`batchnorm_layers` lists.
+    """
+    state: dict[str, np.ndarray] = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            state[f"{name}.running_mean"] = layer.running_mean.detach().cpu().numpy().copy()
+            state[f"{name}.running_var"] = layer.running_var.detach().cpu().numpy().copy()
+            if layer.num_batches_tracked is not None:
+                tracked = layer.num_batches_tracked.detach().cpu().numpy().copy()
+                state[f"{name}.num_batches_tracked"] = tracked
+    return state
+
+
+def load_batchnorm_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Copy running statistics saved by :func:`batchnorm_state` into ``module``, exactly.
+
+    Raises:
+        ValueError: When a layer's statistics are missing, extra or of another shape.
+    """
+    expected = set(batchnorm_state(module))
+    if expected != set(state):
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(
+            f"batch-norm statistics do not fit the network: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}"
+        )
+    buffers = dict(module.named_buffers())
+    with torch.no_grad():
+        for key, value in state.items():
+            target = buffers[key]
+            if tuple(target.shape) != value.shape:
+                raise ValueError(
+                    f"batch-norm statistics {key}: shape {value.shape}, network {tuple(target.shape)}"
+                )
+            target.copy_(torch.from_numpy(np.array(value, copy=True)).to(target.dtype))
