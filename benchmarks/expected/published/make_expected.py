@@ -12,8 +12,9 @@ study's own row label and column header so a reviewer can check it against the s
   freeze-then-fine-tune);
 * ``cats_scans_auc_folds_means_std.csv``: vcheplygina/cats-scans,
   ``results/auc_folds_means_std.csv`` (AUC mean ± std over 5 folds);
-* ``transferability_aucs_dataset.csv``: DovileDo/transferability, ``results/AUCs_dataset.csv``
-  (ImageNet ResNet-18 fine-tuned on MedMNIST; pending: no commit could be read yet);
+* ``transferability_aucs_dataset.csv``: DovileDo/transferability-in-medical-imaging (formerly
+  DovileDo/transferability), ``results/AUCs_dataset.csv`` row ``imagenet`` (ImageNet
+  ResNet-18 fine-tuned on MedMNIST+ 224 px: one run's test AUC per target, no spread);
 * ``vtab_results.csv``: google-research/task_adaptation, ``docs/data/results.csv``
   (Sup-100% ResNet-50 on Camelyon and Retinopathy, VTAB-1k and full);
 * ``paper_readme.csv``: the numbers the ssl-transfer and SSL_medicalimaging READMEs quote
@@ -206,12 +207,27 @@ MORE_TABLES = (
     PublishedTable(
         suite="transferability",
         transcription="transferability_aucs_dataset.csv",
-        repository="DovileDo/transferability",
-        commit="",
+        repository="DovileDo/transferability-in-medical-imaging",
+        commit="7e308c4998e98d5781fbac5cdde2fa7c0002977d",
         file="results/AUCs_dataset.csv",
-        paper="Juodelyte et al., On dataset transferability in medical image classification",
+        paper="Juodelyte et al., On dataset transferability in medical image classification, "
+        "arXiv:2412.20172",
         presets={"finetune": "medmnist-transferability"},
-        settings={"finetune": "ImageNet ResNet-18 fine-tuned on one MedMNIST flag"},
+        settings={
+            "finetune": "src/fine-tuning.py --source_flag imagenet: torchvision ImageNet "
+            "ResNet-18 + Dropout 0.5, SGD, cosine over 200 epochs, EarlyStopping(val AUC, "
+            "patience 50), best val-AUC checkpoint; MedMNIST+ 224 px, trained on fold 1 of "
+            "the study's subsets (100 x classes train, 25 x classes val images); the test AUC "
+            "(MedMNIST getAUC: macro one-vs-rest) of the one run with the lowest val loss in "
+            "a 120-point grid (batch x lr x momentum x wd, finetuned_AUCs.ipynb)"
+        },
+        note="transcribed at HEAD 7e308c4; the file last changed at bf40575",
+        header=(
+            "# One case is one run at the study's selected grid point; the value is one run's "
+            "test AUC, no spread published",
+            "# (se_published 0). The study's training subsets are not reproduced: expected "
+            "values are optional (see the suite).",
+        ),
     ),
     PublishedTable(
         suite="vtab",

@@ -321,4 +321,8 @@ def feature_reuse(case: CaseRun) -> FinetuneConfig:
     return config
 
 
-from harness.protocols.finetune import presets_keras, presets_vtab  # noqa: E402, F401  (register)
+from harness.protocols.finetune import (  # noqa: E402, F401  (register)
+    presets_keras,
+    presets_medmnist,
+    presets_vtab,
+)
