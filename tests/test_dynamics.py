@@ -96,13 +96,7 @@ def _perturbed(net: nn.Module, seed: int = 1) -> nn.Module:
     return other
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_home")
 
 
 def test_layers_follow_the_network_order_stem_first_head_last() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -53,13 +52,7 @@ def _split(n: int, seed: int, classes: int = 2) -> SplitData:
     return SplitData(np.clip(images, 0, 255).astype(np.uint8), labels)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_home")
 
 
 def _inputs(images: np.ndarray) -> torch.Tensor:

@@ -5,7 +5,6 @@ reference written here from the peer's documented procedure, on a tiny CPU model
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -73,13 +72,7 @@ def _splits() -> dict[str, SplitData]:
     return {"train": _split(20, 0), "val": _split(12, 1), "test": _split(12, 2)}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_home")
 
 
 def _train(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,13 +33,7 @@ from harness.protocols.registry import presets_of
 TF_PRE = dataclasses.replace(PRE, interpolation=TF_BILINEAR, crop_mode="squash")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_home")
 
 
 def _case(profile: str) -> Any:
