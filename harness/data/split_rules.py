@@ -53,7 +53,7 @@ def predefined(
     params: PredefinedParams, data: SplitInput, ctx: DatasetContext
 ) -> dict[str, np.ndarray]:
     """The source's own splits (official lists), optionally with val carved from train."""
-    source = _source_split(data, ctx, "predefined")
+    source = source_split(data, ctx, "predefined")
     wanted = [s for s in SPLITS if not (s == "val" and params.val_fraction > 0)]
     out = {}
     for split in wanted:
@@ -140,7 +140,7 @@ def disjoint_regions(
 
     Constant images (a patch saturated by the augmentation) are not compared.
     """
-    source = _source_split(data, ctx, "disjoint_regions")
+    source = source_split(data, ctx, "disjoint_regions")
     out = {split: np.flatnonzero(source == split) for split in SPLITS}
     if params.unit == "tile":
         if data.groups is None:
@@ -240,7 +240,8 @@ def _check_class_units(labels: np.ndarray, groups: np.ndarray | None, ctx: Datas
         )
 
 
-def _source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarray:
+def source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarray:
+    """The source split name of every kept row (an error naming the rule when there are none)."""
     if data.split is None:
         raise DatasetError(
             f"{ctx.card}: field 'split.rule': {rule!r} needs splits from the reader, which gives "
@@ -250,5 +251,6 @@ def _source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarra
     return np.asarray(data.split).astype(str)
 
 
-# The peers' split rules register when this module loads (it imports the helpers above).
-import harness.data.split_peers  # noqa: E402, F401
+# The peers' split rules register when this module loads (they import the helpers above).
+import harness.data.split_peers  # noqa: E402
+import harness.data.split_subsets  # noqa: E402, F401
