@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.cache_cli import add_cache_parser
 from harness.config.model_cards import CATEGORIES
 from harness.config.paths import PROJECT_ROOT
 from harness.derive_cli import add_derive_parser
@@ -128,49 +128,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
             print(f"report written to {path}")
     if written.figures:
         print(f"{len(written.figures)} figure(s) written to {written.figures[0].parent}")
-    return 0
-
-
-def _cmd_cache(args: argparse.Namespace) -> int:
-    from harness.config.paths import feature_dir
-    from harness.features import list_cache
-
-    if args.action == "ls":
-        entries = list_cache()
-        total = 0
-        for meta in entries:
-            total += meta["bytes"]
-            flag = "  CORRUPT" if meta.get("corrupt") else ""
-            print(
-                f"{meta['model']:36s} {meta['dataset']:22s} {meta['split']:6s} "
-                f"n={meta.get('n', '?'):<6} dim={meta.get('dim', '?'):<6} "
-                f"{meta['bytes'] / 1e6:7.2f} MB{flag}"
-            )
-        print(f"{len(entries)} feature files, {total / 1e6:.1f} MB in {feature_dir()}")
-        return 0
-    from harness.config.cards import model_card_set
-    from harness.config.names import did_you_mean
-    from harness.config.safe_paths import inside
-
-    root = feature_dir()
-    targets = [inside(root, args.model)] if args.model else [p for p in root.iterdir()]
-    if args.model and not targets[0].is_dir():
-        cards = model_card_set().cards
-        cached = sorted(p.name for p in root.iterdir() if p.is_dir())
-        if args.model not in cards:  # a typo must not look like "nothing to remove"
-            raise ValueError(
-                f"unknown model {args.model!r}{did_you_mean(args.model, [*cards, *cached])}: "
-                f"no model card has that name and {root} holds no features for it "
-                f"(cached models: {', '.join(cached) or 'none'})"
-            )
-    removed = 0
-    for target in targets:
-        if target.is_dir():
-            removed += sum(1 for _ in target.rglob("*.npz"))
-            shutil.rmtree(target)
-        elif target.is_file():
-            target.unlink()
-    print(f"removed {removed} feature files from {root}")
     return 0
 
 
@@ -436,10 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_derive_parser(sub)
 
-    p_cache = sub.add_parser("cache", help="inspect or clear the feature cache")
-    p_cache.add_argument("action", choices=("ls", "clear"))
-    p_cache.add_argument("--model", default=None, help="clear only this model's features")
-    p_cache.set_defaults(func=_cmd_cache)
+    add_cache_parser(sub)
     return parser
 
 
