@@ -39,10 +39,10 @@ from harness.config.model_cards import (
     WeightsSpec,
     load_model_card_entries,
     load_model_card_file,
-    timm_model_card,
 )
 from harness.config.names import did_you_mean
 from harness.config.paths import PROJECT_ROOT, user_card_folders
+from harness.config.timm_cards import timm_model_card
 
 CardT = TypeVar("CardT", ModelCard, DatasetCard)
 
