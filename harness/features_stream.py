@@ -24,13 +24,13 @@ from queue import Queue
 import numpy as np
 import torch
 
+from harness.cache.mapped import release_pages
 from harness.config.cards import Preprocessing
 from harness.data.decoded import (
     RELEASE_EVERY,
     geometry,
     geometry_key,
     normalise_batch,
-    release_pages,
     resize_crop_batches,
 )
 from harness.precision import compute_precision

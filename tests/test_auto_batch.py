@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_cases import toy_dataset_card
 
 from harness import batch_size as auto
 from harness import features
-from harness.config.cards import DatasetCard, Preprocessing, get_model_card
+from harness.config.cards import Preprocessing, get_model_card
 
 PRE = Preprocessing(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear", 1.0)
 
@@ -134,19 +135,6 @@ def test_settings_are_checked_and_read_from_the_environment(
     assert auto.max_batch_size() == 64
 
 
-def _dataset() -> DatasetCard:
-    return DatasetCard(
-        name="toy",
-        version=1,
-        modality="test",
-        task="binary",
-        classes=("a", "b"),
-        reader={"format": "npz", "file": "toy.npz"},
-        primary_metric="accuracy",
-        metrics=("accuracy",),
-    )
-
-
 def test_auto_is_the_key_and_the_features_match_a_fixed_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -161,7 +149,15 @@ def test_auto_is_the_key_and_the_features_match_a_fixed_batch(
 
     def run(setting: object) -> tuple[np.ndarray, features.CacheInfo]:
         return features.cached_features(
-            card, "w", _dataset(), "train", images, PRE, load, device="cpu", batch_size=setting
+            card,
+            "w",
+            toy_dataset_card(),
+            "train",
+            images,
+            PRE,
+            load,
+            device="cpu",
+            batch_size=setting,
         )
 
     per_image = 3 * 16 * 16 * 4 + 4 * 14 * 14 * 4
@@ -171,7 +167,7 @@ def test_auto_is_the_key_and_the_features_match_a_fixed_batch(
     chosen, info_auto = run("auto")
     assert info_auto.key != info_fixed.key  # the setting, not the resolved size, is keyed
     assert features.feature_key_payload(
-        card, "w", _dataset(), "train", features.images_digest(images), PRE, "pooled", "fp32",
+        card, "w", toy_dataset_card(), "train", features.images_digest(images), PRE, "pooled", "fp32",
         "auto",
     )["batch_size"] == "auto"  # fmt: skip
     assert not info_auto.hit

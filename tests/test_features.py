@@ -9,26 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_cases import toy_dataset_card
 
 from harness import features
 from harness.cache.atomic import TMP_INFIX
-from harness.config.cards import DatasetCard, get_model_card
+from harness.config.cards import get_model_card
 from harness.zoo import build_model
 
 MODEL = "mobilenet_v2.random"
-
-
-def _dataset(name: str = "toy", version: int = 1) -> DatasetCard:
-    return DatasetCard(
-        name=name,
-        version=version,
-        modality="test",
-        task="binary",
-        classes=("a", "b"),
-        reader={"format": "npz", "file": "toy.npz"},
-        primary_metric="accuracy",
-        metrics=("accuracy",),
-    )
 
 
 def _images(n: int = 6, seed: int = 0) -> np.ndarray:
@@ -41,7 +29,7 @@ def _extract(images: np.ndarray, split: str = "train", size: int = 32, load=None
     return features.cached_features(
         card,
         loaded.weights_id,
-        dataset or _dataset(),
+        dataset or toy_dataset_card(),
         split,
         images,
         card.preprocessing.with_input_size(size),
@@ -88,7 +76,7 @@ def test_cached_features_equal_a_direct_forward_pass() -> None:
     ["images", "split", "input_size", "dataset_version"],
 )
 def test_key_changes_with_everything_that_decides_the_features(change: str) -> None:
-    base = dict(images=_images(), split="train", size=32, dataset=_dataset())
+    base = dict(images=_images(), split="train", size=32, dataset=toy_dataset_card())
     _, info = _extract(**base)
     changed = dict(base)
     if change == "images":
@@ -98,14 +86,14 @@ def test_key_changes_with_everything_that_decides_the_features(change: str) -> N
     elif change == "input_size":
         changed["size"] = 40
     else:
-        changed["dataset"] = _dataset(version=2)
+        changed["dataset"] = toy_dataset_card(version=2)
     _, other = _extract(**changed)
     assert other.key != info.key and not other.hit
 
 
 def test_weights_change_the_key() -> None:
     card = get_model_card(MODEL)
-    args = (_dataset(), "train", "a" * 64, card.preprocessing, "pooled", "fp32", 64)
+    args = (toy_dataset_card(), "train", "a" * 64, card.preprocessing, "pooled", "fp32", 64)
     assert features.feature_key(card, "0" * 64, *args) != features.feature_key(
         card, "1" * 64, *args
     )
@@ -128,7 +116,7 @@ def test_leftover_temporary_from_a_killed_writer_is_ignored_and_removed() -> Non
     key = features.feature_key(
         card,
         loaded.weights_id,
-        _dataset(),
+        toy_dataset_card(),
         "train",
         features.images_digest(images),
         card.preprocessing.with_input_size(32),
@@ -203,7 +191,7 @@ def test_every_forward_pass_has_the_batch_size_and_padding_is_dropped() -> None:
 
 def test_precision_and_batch_size_enter_the_key() -> None:
     card = get_model_card(MODEL)
-    args = (_dataset(), "train", "a" * 64, card.preprocessing, "pooled")
+    args = (toy_dataset_card(), "train", "a" * 64, card.preprocessing, "pooled")
     keys = {
         features.feature_key(card, "0" * 64, *args, precision, batch)
         for precision in ("fp32", "bf16")

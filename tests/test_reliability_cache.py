@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_cases import toy_dataset_card
 
 from harness import features
 from harness.baselines.calibrate import records_by_case
@@ -78,25 +79,12 @@ class _Scaled(torch.nn.Module):
         return torch.flatten(self.pool(x), 1) * self.factor
 
 
-def _toy_dataset() -> DatasetCard:
-    return DatasetCard(
-        name="toy",
-        version=1,
-        modality="test",
-        task="binary",
-        classes=("a", "b"),
-        reader={"format": "npz", "file": "toy.npz"},
-        primary_metric="accuracy",
-        metrics=("accuracy",),
-    )
-
-
 def _features(weights_id: str, factor: float, images: np.ndarray):
     card = get_model_card("mobilenet_v2.random")
     return features.cached_features(
         card,
         weights_id,
-        _toy_dataset(),
+        toy_dataset_card(),
         "train",
         images,
         card.preprocessing.with_input_size(16),

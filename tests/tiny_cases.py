@@ -114,3 +114,19 @@ def prepare_inprocess(
     monkeypatch.setenv("MEDXFER_RUN_ID", "unset")
     monkeypatch.delenv("MEDXFER_RUN_ID")
     monkeypatch.chdir(pytester.path)
+
+
+def toy_dataset_card(name: str = "toy", version: int = 1) -> Any:
+    """A minimal binary dataset card (``toy.npz``, accuracy) for tests that only key on it."""
+    from harness.config.cards import DatasetCard
+
+    return DatasetCard(
+        name=name,
+        version=version,
+        modality="test",
+        task="binary",
+        classes=("a", "b"),
+        reader={"format": "npz", "file": "toy.npz"},
+        primary_metric="accuracy",
+        metrics=("accuracy",),
+    )

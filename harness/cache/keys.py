@@ -9,16 +9,16 @@ appear in a payload: they enter as their shape, dtype and the sha256 of their by
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import mmap
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.cache.mapped import release_pages
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _FILE_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
@@ -82,21 +82,13 @@ def array_digest(array: np.ndarray) -> str:
         step = max(1, _DIGEST_BLOCK // max(1, array.nbytes // len(array)))
         for start in range(0, len(array), step):
             digest.update(np.ascontiguousarray(array[start : start + step]).tobytes())
-            _drop_pages(array)
+            release_pages(array)
         return digest.hexdigest()
     digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
 _DIGEST_BLOCK = 64 << 20
-
-
-def _drop_pages(array: np.memmap) -> None:
-    """Drop a read-only memory map's resident pages from this process (not from disk)."""
-    handle = getattr(array, "_mmap", None)
-    if handle is not None and array.mode == "r":
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            handle.madvise(mmap.MADV_DONTNEED)
 
 
 def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:

@@ -14,10 +14,8 @@ models with the same geometry share one resized copy and features do not change.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import mmap
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness.cache.mapped import release_pages
 from harness.config.cards import Preprocessing
 from harness.data.transforms import crop_mode, histogram_normalize, to_pil_rgb
 
@@ -74,24 +73,6 @@ def geometric_transform(pre: Preprocessing) -> Callable[[Image.Image], Image.Ima
 
 
 RELEASE_EVERY = 8
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop the resident pages of a shared memory map from this process (not from disk).
-
-    Reading or writing a memory map makes its pages count towards the process's RSS
-    until the map is closed; dropping them as a stream moves on keeps peak memory flat
-    however many rows there are. Written pages are flushed first; a copy-on-write map
-    (mode ``c``) is left alone, since dropping its pages would lose the changes.
-    """
-    handle = getattr(array, "_mmap", None)
-    if handle is None or getattr(array, "mode", "c") == "c":
-        return
-    if getattr(array, "mode", "r") != "r":
-        array.flush()
-    # without madvise (another platform) the pages simply stay resident
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        handle.madvise(mmap.MADV_DONTNEED)
 
 
 def resize_crop_one(

@@ -23,7 +23,7 @@ batches (at most :data:`MAX_IMAGES`), so every forward pass has the same shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -129,6 +129,16 @@ def recalibrate_batchnorm(
     return {"layers": len(layers), "images": len(images)}
 
 
+def _tracked_buffers(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``<layer>.<buffer>`` and the tensor of every running statistic :func:`batchnorm_layers` lists."""
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            yield f"{name}.running_mean", layer.running_mean
+            yield f"{name}.running_var", layer.running_var
+            if layer.num_batches_tracked is not None:
+                yield f"{name}.num_batches_tracked", layer.num_batches_tracked
+
+
 def batchnorm_state(module: nn.Module) -> dict[str, np.ndarray]:
     """The running statistics of every batch-norm layer, by module name, as NumPy arrays.
 
@@ -139,15 +149,7 @@ def batchnorm_state(module: nn.Module) -> dict[str, np.ndarray]:
         ``<layer>.running_mean``, ``<layer>.running_var`` and, where tracked,
         ``<layer>.num_batches_tracked`` of every layer :func:`batchnorm_layers` lists.
     """
-    state: dict[str, np.ndarray] = {}
-    for name, layer in module.named_modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-            state[f"{name}.running_mean"] = layer.running_mean.detach().cpu().numpy().copy()
-            state[f"{name}.running_var"] = layer.running_var.detach().cpu().numpy().copy()
-            if layer.num_batches_tracked is not None:
-                tracked = layer.num_batches_tracked.detach().cpu().numpy().copy()
-                state[f"{name}.num_batches_tracked"] = tracked
-    return state
+    return {key: tensor.detach().cpu().numpy().copy() for key, tensor in _tracked_buffers(module)}
 
 
 def load_batchnorm_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
@@ -156,19 +158,19 @@ def load_batchnorm_state(module: nn.Module, state: dict[str, np.ndarray]) -> Non
     Raises:
         ValueError: When a layer's statistics are missing, extra or of another shape.
     """
-    expected = set(batchnorm_state(module))
-    if expected != set(state):
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    buffers = dict(_tracked_buffers(module))
+    if set(buffers) != set(state):
+        missing, extra = sorted(set(buffers) - set(state)), sorted(set(state) - set(buffers))
         raise ValueError(
             f"batch-norm statistics do not fit the network: missing {missing[:3]}, "
             f"unexpected {extra[:3]}"
         )
-    buffers = dict(module.named_buffers())
     with torch.no_grad():
         for key, value in state.items():
             target = buffers[key]
             if tuple(target.shape) != value.shape:
                 raise ValueError(
-                    f"batch-norm statistics {key}: shape {value.shape}, network {tuple(target.shape)}"
+                    f"batch-norm statistics {key}: shape {value.shape}, "
+                    f"network {tuple(target.shape)}"
                 )
             target.copy_(torch.from_numpy(np.array(value, copy=True)).to(target.dtype))
