@@ -120,9 +120,11 @@ def lesion_card(workdir: Path) -> Any:
     data["name"] = "fault_lesion"
     data["builder"]["counts"] = {"train": 60, "val": 20, "test": 30}
     path = workdir / "cards" / "datasets" / "fault_lesion.yaml"
-    if not path.exists():
+    if not path.exists():  # concurrent sessions: rename a whole file into place, never half
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(data))
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(yaml.safe_dump(data))
+        os.replace(partial, path)
     return load_dataset_card_file(path)
 
 
