@@ -15,11 +15,12 @@ renamed, so a kill leaves either nothing or a complete file.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from queue import Queue
+from queue import Full, Queue
 
 import numpy as np
 import torch
@@ -140,23 +141,168 @@ def decoded_copy(images: np.ndarray, images_sha: str, pre: Preprocessing) -> np.
     return resized_images(images, images_sha, pre, folder, workers=workers)
 
 
-def _prefetched(resized: np.ndarray, batch_size: int, pin: bool) -> Iterator[torch.Tensor]:
-    """Batches of a (memory-mapped) uint8 array, read one ahead in a thread."""
-    queue: Queue[torch.Tensor | None] = Queue(maxsize=2)
+_STOP_POLL_SECONDS = 0.1
+
+
+class _RowReader:
+    """Copies rows of an image array into a buffer: by ``pread`` for a ``.npy`` memory map.
+
+    Touching a memory map page by page costs a page fault per 4 KiB (expensive in a
+    virtual machine, and the reason reading the decoded cache, not the GPU, bounded
+    extraction); one ``pread`` per batch copies straight from the page cache into the
+    (pinned) buffer, releases the GIL, and adds nothing to the process's resident memory.
+    Other arrays (in memory, or views of a map) are copied with NumPy, dropping the map's
+    pages every ``RELEASE_EVERY`` batches.
+    """
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+        self.handle: int | None = None
+        self.row_bytes = int(np.prod(images.shape[1:])) * images.itemsize
+        self.copies = 0
+        mapped_file = (
+            isinstance(images, np.memmap)
+            and isinstance(images.base, mmap.mmap)  # the whole map, not a view of it
+            and images.flags.c_contiguous
+            and images.filename is not None
+        )
+        if mapped_file:
+            self.handle = os.open(images.filename, os.O_RDONLY)
+            self.offset = int(images.offset)
+
+    def __enter__(self) -> _RowReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.handle is not None:
+            os.close(self.handle)
+
+    def read(self, start: int, stop: int, into: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` copied into ``into`` (C-contiguous, their shape); returns it."""
+        if self.handle is None:
+            into[...] = self.images[start:stop]
+            self.copies += 1
+            if self.copies % RELEASE_EVERY == 0:
+                release_pages(self.images)
+            return into
+        view = memoryview(into.reshape(-1).view(np.uint8))
+        position, done = self.offset + start * self.row_bytes, 0
+        while done < len(view):
+            got = os.preadv(self.handle, [view[done:]], position + done)
+            if got == 0:
+                raise OSError(f"{self.images.filename}: file ends before row {stop}")
+            done += got
+        return into
+
+
+def _device_batches(
+    resized: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """uint8 batches of a (memory-mapped) array on ``device``, read one ahead in a thread.
+
+    On CUDA the reader thread copies each slice of the map into one pinned buffer and
+    from there to the GPU on its own stream, so reading the map, the host-to-device copy
+    and the previous batch's forward overlap. On the CPU it yields each slice copied out
+    of the map. An error in the reader is raised here; stopping early stops the reader.
+    """
+    queue: Queue[torch.Tensor | BaseException | None] = Queue(maxsize=2)
+    stop = threading.Event()
+    cuda = device.type == "cuda"
+
+    def put(item: torch.Tensor | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=_STOP_POLL_SECONDS)
+                return True
+            except Full:
+                continue
+        return False
 
     def read() -> None:
-        for number, start in enumerate(range(0, len(resized), batch_size)):
-            batch = torch.from_numpy(np.array(resized[start : start + batch_size]))
-            queue.put(batch.pin_memory() if pin else batch)
-            if number % RELEASE_EVERY == RELEASE_EVERY - 1:
-                release_pages(resized)
-        queue.put(None)
+        try:
+            with _RowReader(resized) as rows:
+                if cuda:
+                    stream = torch.cuda.Stream(device)
+                    pinned = torch.empty((batch_size, *resized.shape[1:]), dtype=torch.uint8)
+                    pinned = pinned.pin_memory()
+                for start in range(0, len(resized), batch_size):
+                    stop_row = min(start + batch_size, len(resized))
+                    if cuda:
+                        host = pinned[: stop_row - start]
+                        rows.read(start, stop_row, host.numpy())
+                        with torch.cuda.stream(stream):
+                            batch = host.to(device, non_blocking=True)
+                        stream.synchronize()  # the pinned buffer is free again
+                    else:
+                        into = np.empty((stop_row - start, *resized.shape[1:]), resized.dtype)
+                        batch = torch.from_numpy(rows.read(start, stop_row, into))
+                    if not put(batch):
+                        return
+            put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    while (batch := queue.get()) is not None:
-        yield batch
-    thread.join()
+    try:
+        while (item := queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if cuda:  # allocated on the reader's stream, used on this one
+                item.record_stream(torch.cuda.current_stream(device))
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _FeatureWriter:
+    """Writes each batch's features into the output rows, one batch behind on CUDA.
+
+    On CUDA the device-to-host copy of a batch's features is queued without waiting, and
+    the batch before it is written out meanwhile, so the GPU always has the next forward
+    queued instead of idling at every batch's copy.
+    """
+
+    def __init__(self, n_rows: int, device: torch.device, out: np.ndarray | None) -> None:
+        self.n_rows = n_rows
+        self.cuda = device.type == "cuda"
+        self.out = out
+        self.at = 0
+        self.batches = 0
+        self.pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+
+    def add(self, features: torch.Tensor) -> None:
+        features = features.float()
+        if self.cuda:
+            host = torch.empty(features.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(features, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self.pending.append((host, done))
+            if len(self.pending) > 1:
+                self._write(*self.pending.pop(0))
+        else:
+            self._write(features, None)
+
+    def finish(self) -> np.ndarray:
+        while self.pending:
+            self._write(*self.pending.pop(0))
+        if self.out is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        return self.out
+
+    def _write(self, features: torch.Tensor, done: torch.cuda.Event | None) -> None:
+        if done is not None:
+            done.synchronize()
+        chunk = features.numpy()
+        if self.out is None:
+            self.out = np.empty((self.n_rows, chunk.shape[1]), dtype=np.float32)
+        self.out[self.at : self.at + len(chunk)] = chunk
+        self.at += len(chunk)
+        self.batches += 1
+        if self.batches % RELEASE_EVERY == 0:
+            release_pages(self.out)
 
 
 def extract_resized(
@@ -185,22 +331,14 @@ def extract_resized(
         ``out``, filled.
     """
     module = module.to(device).to(memory_format=torch.channels_last).eval()
-    at = 0
+    writer = _FeatureWriter(len(resized), device, out)
     with torch.inference_mode(), compute_precision(device, precision):
-        for batch in _prefetched(resized, batch_size, pin=device.type == "cuda"):
+        for batch in _device_batches(resized, batch_size, device):
             rows = len(batch)
             if rows < batch_size:
                 batch = torch.cat([batch, batch[-1:].expand(batch_size - rows, *batch.shape[1:])])
             features = module(normalise_batch(batch, pre, device))
             if features.ndim != 2:
                 features = torch.flatten(features, 1)
-            chunk = features[:rows].float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(resized), chunk.shape[1]), dtype=np.float32)
-            out[at : at + rows] = chunk
-            at += rows
-            if (at // rows) % RELEASE_EVERY == 0:
-                release_pages(out)
-    if out is None:
-        return np.zeros((0, 0), dtype=np.float32)
-    return out
+            writer.add(features[:rows])
+        return writer.finish()

@@ -112,3 +112,75 @@ def test_a_damaged_or_foreign_copy_is_a_miss_and_is_remade(tmp_path: Path, damag
         sidecar.write_text("{not json")
     again = resized_images(images, digest, pre, tmp_path)
     np.testing.assert_array_equal(again, good)
+
+
+class _FailingRows(np.ndarray):
+    """A uint8 image array whose rows past ``fail_at`` cannot be read (a bad disk block)."""
+
+    fail_at = 6
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        if isinstance(key, slice) and (key.stop or 0) > self.fail_at:
+            raise OSError("read error in the decoded-image cache")
+        return np.asarray(super().__getitem__(key))
+
+
+def test_a_read_error_in_the_reader_thread_is_raised_not_hung() -> None:
+    pre = PRESETS["lite0_bicubic"]
+    resized = resize_crop(_images((10, 50, 50)), pre).view(_FailingRows)
+    with pytest.raises(OSError, match="read error in the decoded-image cache"):
+        extract_resized(TinyNet(), resized, pre, torch.device("cpu"), batch_size=4)
+
+
+def test_a_failing_forward_stops_the_reader() -> None:
+    import threading
+
+    pre = PRESETS["lite0_bicubic"]
+    resized = resize_crop(_images((40, 50, 50)), pre)
+
+    class Exploding(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("forward failed")
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="forward failed"):
+        extract_resized(Exploding(), resized, pre, torch.device("cpu"), batch_size=4)
+    assert threading.active_count() == before
+
+
+def test_rows_of_a_stored_copy_are_read_from_its_file_and_views_are_copied(
+    tmp_path: Path,
+) -> None:
+    from harness.features_stream import _RowReader
+
+    images = _images((9, 5, 5, 3))
+    np.save(tmp_path / "rows.npy", images)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    for array, by_file in ((mapped, True), (mapped[2:], False), (images, False)):
+        with _RowReader(array) as reader:
+            assert (reader.handle is not None) == by_file
+            got = reader.read(1, 6, np.empty((5, 5, 5, 3), np.uint8))
+        np.testing.assert_array_equal(got, np.asarray(array)[1:6])
+    # A file cut short after it was mapped: the read names it instead of returning zeros.
+    (tmp_path / "short.npy").write_bytes((tmp_path / "rows.npy").read_bytes()[:-80])
+    truncated = np.memmap(tmp_path / "short.npy", np.uint8, "r", offset=128, shape=(7, 5, 5, 3))
+    with (
+        _RowReader(truncated) as reader,
+        pytest.raises(OSError, match=r"short\.npy: file ends before row 9"),
+    ):
+        reader.read(0, 9, np.empty((9, 5, 5, 3), np.uint8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_streamed_features_on_cuda_equal_extract_on_cuda(tmp_path: Path) -> None:
+    # The pinned reader, its side stream and the lagging feature copy change when data
+    # moves, not what is computed: the same batches on the same device, bit for bit.
+    pre = PRESETS["resnet_bilinear"]
+    images = _images((37, 50, 50))
+    cuda = torch.device("cuda")
+    model = TinyNet()
+    expected = extract(model, images, pre, cuda, batch_size=8)
+    resized = resized_images(images, images_digest(images), pre, tmp_path)
+    np.testing.assert_array_equal(
+        extract_resized(model, resized, pre, cuda, batch_size=8), expected
+    )

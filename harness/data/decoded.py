@@ -14,6 +14,7 @@ models with the same geometry share one resized copy and features do not change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -145,6 +146,18 @@ def normalise_batch(batch: torch.Tensor, pre: Preprocessing, device: torch.devic
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32).div(255)
     if pre.histogram_normalize:
         x = torch.stack([histogram_normalize(img.cpu()) for img in x]).to(device)
-    mean = torch.tensor(pre.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean, std = _channel_stats(tuple(pre.mean), tuple(pre.std), device)
     return x.sub(mean).div(std).contiguous(memory_format=torch.channels_last)
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a fresh small tensor on a GPU is a blocking copy that waits
+    # for the forward already queued, once per batch.
+    def on_device(values: tuple[float, ...]) -> torch.Tensor:
+        with torch.inference_mode(False):  # usable inside and outside inference mode
+            return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    return on_device(mean), on_device(std)

@@ -33,9 +33,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from harness.protocols.linear_path import Basis, PathFit, principal_basis, solve_path
+from harness.protocols.linear_path_torch import principal_basis_on, resolve_solver_device
 
 if TYPE_CHECKING:
-    from harness.protocols.linear import LinearConfig
+    from harness.protocols.linear_config import LinearConfig
 
 Model = LogisticRegression | list[LogisticRegression] | PathFit | list[PathFit]
 Fitted = tuple[Model, int, bool]
@@ -52,6 +53,8 @@ class Fitter:
         ValueError: When ``warm_start`` is asked for a multilabel task (the peers carry
             coefficients across labels too, which medxfer does not reproduce).
     """
+
+    device = "cpu"
 
     def __init__(self, task: str, config: LinearConfig) -> None:
         if config.warm_start and task == "multilabel":
@@ -186,8 +189,12 @@ class PathFitter(Fitter):
         if config.warm_start:
             raise ValueError("linear probe: warm_start needs solver='sklearn'")
         super().__init__(task, config)
+        self.device = resolve_solver_device(config.device)
         self._basis: Basis | None = None
         self._fits: dict[float, PathFit | list[PathFit]] = {}
+
+    def _principal_basis(self, x: np.ndarray) -> Basis:
+        return principal_basis(x) if self.device == "cpu" else principal_basis_on(x, self.device)
 
     def _path(
         self, x: np.ndarray, y: np.ndarray, cs: list[float], basis: Basis, start: dict[int, PathFit]
@@ -196,13 +203,15 @@ class PathFitter(Fitter):
         columns = [y[:, j] for j in range(y.shape[1])] if self.task == "multilabel" else [y]
         k = 2 if self.task in ("binary", "multilabel") else int(y.max()) + 1
         return [
-            solve_path(x, col, k, cs, config.tol, config.max_iter_cap, basis, start.get(j))
+            solve_path(
+                x, col, k, cs, config.tol, config.max_iter_cap, basis, start.get(j), self.device
+            )
             for j, col in enumerate(columns)
         ]
 
     def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
         """Fit every C on one path in ascending C (see the class docstring)."""
-        self._basis = principal_basis(x)
+        self._basis = self._principal_basis(x)
         by_fit_c = {self.fit_c(c): c for c in sweep}
         paths = self._path(x, y, sorted(by_fit_c), self._basis, {})
         out: dict[float, Fitted] = {}
@@ -220,7 +229,7 @@ class PathFitter(Fitter):
         """The train+val fit at ``c``, started from the sweep's fit at ``c``."""
         basis = self._basis
         if basis is None or not basis.full or basis.axes.shape[0] != x.shape[1]:
-            basis = principal_basis(x)
+            basis = self._principal_basis(x)
         else:
             basis = Basis(x.mean(axis=0), basis.axes, basis.variance, True)
         previous = self._fits.get(c)

@@ -216,6 +216,7 @@ def solve_path(
     max_iter: int,
     basis: Basis | None = None,
     start: PathFit | None = None,
+    device: str = "cpu",
 ) -> dict[float, PathFit]:
     """Fit L2 logistic regression for every C, warm-started in ascending C.
 
@@ -229,11 +230,20 @@ def solve_path(
         basis: A precomputed :func:`principal_basis`; None computes it from ``x``. A
             basis that does not span the whole space must come from ``x`` itself.
         start: A fit to start the smallest C from (None: zeros).
+        device: ``cpu`` (NumPy) or a torch device such as ``cuda``
+            (:mod:`harness.protocols.linear_path_torch`: the same path, its passes over
+            the data on that device).
 
     Returns:
         C -> fit, for every C.
     """
-    problem = _Problem(x, y, n_classes, principal_basis(x) if basis is None else basis)
+    if device == "cpu":
+        problem = _Problem(x, y, n_classes, principal_basis(x) if basis is None else basis)
+    else:
+        from harness.protocols.linear_path_torch import TorchProblem, principal_basis_on
+
+        basis = principal_basis_on(x, device) if basis is None else basis
+        problem = TorchProblem(x, y, n_classes, basis, device)
     previous = (
         None if start is None else (start.coef, start.intercept + problem.basis.mean @ start.coef)
     )

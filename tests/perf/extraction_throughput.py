@@ -35,6 +35,7 @@ from harness.config.cards import get_model_card
 from harness.data.decoded import normalise_batch, resize_crop
 from harness.features import extract, images_digest
 from harness.features_stream import extract_resized, resized_images
+from harness.precision import compute_precision
 from harness.zoo import build_model
 from harness.zoo.build import model_preprocessing
 
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (all paths)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -64,7 +66,8 @@ def main() -> None:
 
     def forward_limit() -> np.ndarray:
         chunks = []
-        with torch.inference_mode():
+        # the precision as extraction computes it (fp32 on CUDA: TF32 off, harness.precision)
+        with torch.inference_mode(), compute_precision(device, args.precision):
             for start in range(0, len(normalised), batch):
                 x = normalised[start : start + batch]
                 if len(x) < batch:
@@ -73,7 +76,7 @@ def main() -> None:
         return torch.cat(chunks).numpy()
 
     def per_image() -> np.ndarray:
-        return extract(module, images, pre, device, batch)
+        return extract(module, images, pre, device, batch, precision=args.precision)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -81,13 +84,18 @@ def main() -> None:
 
         def warm() -> np.ndarray:
             return extract_resized(
-                module, resized_images(images, digest, pre, folder / "warm"), pre, device, batch
+                module,
+                resized_images(images, digest, pre, folder / "warm"),
+                pre,
+                device,
+                batch,
+                args.precision,
             )
 
         def cold() -> np.ndarray:
             target = folder / f"cold{time.perf_counter_ns()}"
             resized = resized_images(images, digest, pre, target, workers=args.workers)
-            return extract_resized(module, resized, pre, device, batch)
+            return extract_resized(module, resized, pre, device, batch, args.precision)
 
         paths = {
             "(a) forward on pre-loaded tensors": forward_limit,
@@ -112,7 +120,7 @@ def main() -> None:
     limit = best["(a) forward on pre-loaded tensors"]
     print(
         f"model {args.model} at {pre.input_size} px, {args.images} images of "
-        f"{args.source}x{args.source}, batch {batch}, device {device}, "
+        f"{args.source}x{args.source}, batch {batch}, device {device}, {args.precision}, "
         f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}"
     )

@@ -9,11 +9,15 @@ For every feature set the script runs, side by side in one process, single-threa
   :mod:`harness.protocols.linear_path`);
 * ``default std``: the default with ``standardize`` flipped (the evidence on
   standardisation), and optionally (``--old``) the previous default (standardised
-  features, one fresh scikit-learn lbfgs fit per C: ``solver="sklearn"``).
+  features, one fresh scikit-learn lbfgs fit per C: ``solver="sklearn"``);
+* ``default on cuda`` (``--devices cuda``): the default with the path solver's passes
+  over the data on the GPU (:mod:`harness.protocols.linear_path_torch`). The other rows
+  run on the CPU whatever the machine has.
 
 It prints one markdown table: features, shape, procedure, wall and CPU seconds, the
-peer / procedure ratio of CPU seconds (CPU time is less sensitive than wall time to other
-jobs on a shared machine; both are printed), test accuracy and the selected C.
+peer / procedure ratios of CPU seconds (less sensitive than wall time to other jobs on a
+shared machine) and of wall seconds (the one that counts for a GPU row), test accuracy
+and the selected C.
 
 Synthetic features (``--shapes NxD``; reproducible from the seed alone). They imitate
 pooled activations of a pretrained network: 5 classes, balanced; a latent code
@@ -108,9 +112,20 @@ def timed(splits: Splits, task: TaskInfo, config: LinearConfig) -> tuple[float, 
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def rows(name: str, splits: Splits, task: TaskInfo, old: bool) -> list[str]:
-    """Markdown rows of one feature set."""
-    default = LinearConfig.for_profile("paper")
+def rows(
+    name: str,
+    splits: Splits,
+    task: TaskInfo,
+    old: bool,
+    devices: tuple[str, ...] = (),
+    only_default: bool = False,
+) -> list[str]:
+    """Markdown rows of one feature set.
+
+    ``devices``: also the default on each of them; ``only_default``: leave out the peer and
+    the standardisation rows (the ratios are then to the default on the CPU).
+    """
+    default = dataclasses.replace(LinearConfig.for_profile("paper"), device="cpu")
     procedures = [
         ("peer (ssl-transfer)", peer_linear_config(task.task, task.primary_metric, "ssl")),
         ("default", default),
@@ -126,14 +141,21 @@ def rows(name: str, splits: Splits, task: TaskInfo, old: bool) -> list[str]:
                 dataclasses.replace(default, solver="sklearn", standardize=True),
             )
         )
+    if only_default:
+        procedures = [("default", default)]
+    for device in devices:
+        procedures.append((f"default on {device}", dataclasses.replace(default, device=device)))
     shape = "x".join(str(v) for v in splits[0].features.shape)
-    out, peer_cpu = [], None
+    out: list[str] = []
+    peer_wall = peer_cpu = None
     for label, config in procedures:
         wall, cpu, result = timed(splits, task, config)
         peer_cpu = cpu if peer_cpu is None else peer_cpu
+        peer_wall = wall if peer_wall is None else peer_wall
         metric = task.primary_metric
         out.append(
             f"| {name} | {shape} | {label} | {wall:.2f} | {cpu:.2f} | {peer_cpu / cpu:.1f}x | "
+            f"{peer_wall / wall:.1f}x | "
             f"{result.metrics['accuracy']:.4f} | {result.metrics[metric]:.4f} ({metric}) | "
             f"{result.hyperparameters['C']:.3g} |"
         )
@@ -150,6 +172,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real", action="store_true", help="also the demo suite's features")
     parser.add_argument("--models", nargs="*", default=[], help="real: only these models")
     parser.add_argument("--old", action="store_true", help="also the previous default")
+    parser.add_argument(
+        "--devices", nargs="*", default=[], help="also the default's path solver on these (cuda)"
+    )
+    parser.add_argument(
+        "--only-default", action="store_true", help="no peer / standardisation rows"
+    )
     args = parser.parse_args(argv)
 
     sets: list[tuple[str, Splits, TaskInfo]] = []
@@ -162,15 +190,15 @@ def main(argv: list[str] | None = None) -> None:
         "one BLAS thread (linear.run's own limit)",
         "",
         "| features | train shape | procedure | wall (s) | CPU (s) | peer/this (CPU) | "
-        "test accuracy | primary | selected C |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "peer/this (wall) | test accuracy | primary | selected C |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines), file=sys.stderr, flush=True)
     for name, splits, task_info in sets:
-        lines += rows(name, splits, task_info, args.old)
+        lines += rows(name, splits, task_info, args.old, tuple(args.devices), args.only_default)
     if args.real:
         for name, splits, task_info in real_feature_sets(args.models):
-            lines += rows(name, splits, task_info, args.old)
+            lines += rows(name, splits, task_info, args.old, tuple(args.devices), args.only_default)
     print("\n".join(lines))
 
 
