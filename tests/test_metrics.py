@@ -10,6 +10,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER, METRICS
 from harness.protocols.metrics import (
+    binary_roc_auc,
     compute_metrics,
     compute_metrics_with_notes,
 )
@@ -184,3 +185,18 @@ def test_resolution_is_what_one_test_image_can_change() -> None:
     assert metric_resolution("binary", "roc_auc", binary, np.eye(2)[binary]) == pytest.approx(1 / 6)
     multilabel = np.array([[0, 1], [1, 1], [0, 0], [1, 0]])
     assert metric_resolution("multilabel", "accuracy", multilabel, multilabel * 1.0) == 1 / 8
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_binary_roc_auc_equals_scikit_learn_with_and_without_ties(decimals: int) -> None:
+    rng = np.random.default_rng(decimals)
+    for _ in range(50):
+        n = int(rng.integers(3, 300))
+        positive = np.arange(n) % 3 == 0
+        rng.shuffle(positive)
+        scores = np.round(rng.normal(size=n) + 0.5 * positive, decimals)
+        assert binary_roc_auc(positive, scores) == pytest.approx(
+            roc_auc_score(positive, scores), abs=1e-12
+        )
+    assert binary_roc_auc(np.array([True, False]), np.array([0.9, 0.1])) == 1.0
+    assert binary_roc_auc(np.array([True, False]), np.array([0.5, 0.5])) == 0.5

@@ -68,6 +68,8 @@ def test_every_entry_cites_its_source_row_and_names_existing_cards(table: object
     entries = _entries(table)
     covered = [r for r in GEN.read_rows(table) if GEN.covered(r)]
     assert entries and len(entries) == len(covered)
+    # a suite's own dataset cards first: a split override names them <dataset>_<split>
+    suite_cards = {c.dataset.name: c.dataset for c in load_suite(table.suite).cases()}
     for case_id, entry in entries.items():
         protocol, dataset, model = case_id.split("/")
         source = entry.source
@@ -76,7 +78,8 @@ def test_every_entry_cites_its_source_row_and_names_existing_cards(table: object
         assert source["row"] and source["column"] and source["published"], case_id
         assert source["repository"] in (table.repository, *table.commits), case_id
         get_protocol(protocol)
-        assert get_dataset_card(dataset).version == entry.dataset_version, case_id
+        card = suite_cards.get(dataset) or get_dataset_card(dataset)
+        assert card.version == entry.dataset_version, case_id
         assert get_model_card(model).name == model
         assert entry.profile == "paper" and entry.protocol_version == get_protocol(protocol).version
         registered = presets_of(protocol).get(entry.preset)
@@ -171,16 +174,19 @@ def test_transferability_imagenet_row_at_224_px() -> None:
     assert all(r["row"] == "imagenet" and r["dataset"] == f"{r['column']}_224" for r in rows)
     assert all(r["value"] == r["published"] and not r["interval_kind"] for r in rows)
     entries = _entries(table)
-    blood = entries["finetune/bloodmnist_224/resnet18.tv_in1k"]
+    blood = entries["finetune/bloodmnist_224_fold1/resnet18.tv_in1k"]
     assert (blood.value, blood.metric, blood.preset) == (
         0.9984533762023934,
         "roc_auc",
         "medmnist-transferability",
     )
-    assert entries["finetune/chestmnist_224/resnet18.tv_in1k"].value == 0.6858346232118053
+    assert entries["finetune/chestmnist_224_fold1/resnet18.tv_in1k"].value == 0.6858346232118053
     assert "interval" not in blood.source
     suite = load_suite("transferability")
-    # the study's 100-per-class training subsets are not reproduced: optional
+    # the study's fold-1 subsets (100 x classes train images), by the suite's split override;
+    # one run per target and no published spread: optional
+    assert (suite.split_name, suite.split) == ("fold1", {"rule": "per_class_subsets", "fold": 1})
+    assert {c.case_id for c in suite.cases()} == set(entries)
     assert not suite.expected_required
     assert dict(suite.presets) == {"finetune": "medmnist-transferability"}
 

@@ -165,6 +165,25 @@ class DatasetCard:
             data_name=self.data_name or self.name,
         )
 
+    def with_split(self, split: Mapping[str, Any], suffix: str) -> DatasetCard:
+        """The card under another split rule (a suite's ``split`` override).
+
+        The derived card is named ``<name>_<suffix>`` and reads the same data from the base
+        card's folder; the rule's name, version and parameters enter its fingerprint, so
+        its prepared splits, features and results are kept apart from the base card's.
+
+        Raises:
+            CardError: when the rule is unknown, its parameters are malformed, or it does
+                not fit the card (e.g. it needs the source's own splits and the reader
+                names none).
+        """
+        return replace(
+            self,
+            name=f"{self.name}_{suffix}",
+            split=dict(split),
+            data_name=self.data_name or self.name,
+        )
+
     def fingerprint(self) -> dict[str, Any]:
         """Return what decides the dataset's content (used in cache keys and build markers).
 

@@ -18,6 +18,8 @@ A suite file ``benchmarks/suites/<name>.yaml``::
     include: [demo]               # optional: the cases of other suites, each kept with its
                                   # own suite, profile and expected values
     presets: {linear: ssl-transfer}  # optional: run a protocol as a peer's code does
+    split: {name: fold1, rule: per_class_subsets, fold: 1}  # optional: every dataset under
+                                  # this split rule instead of its card's, as <dataset>_fold1
 
 A suite may be made of ``include`` alone (``models`` / ``datasets`` / ``protocols`` are then
 optional); a case id that two of its parts both produce is an error.
@@ -38,17 +40,20 @@ from harness.config.cases import Case, UnusableCase
 from harness.config.names import did_you_mean, unsafe_name_problem
 from harness.config.paths import PROJECT_ROOT, user_card_folders
 from harness.config.profiles import PROFILES, get_profile
-from harness.protocols.registry import DEFAULT_PRESET, ProtocolError, get_preset, protocol_names
+from harness.config.suite_fields import (
+    SuiteError,
+    name_list,
+    parse_only,
+    parse_presets,
+    parse_split,
+)
+from harness.protocols.registry import DEFAULT_PRESET, protocol_names
 
 SUITE_DIR = PROJECT_ROOT / "benchmarks" / "suites"
 SUITE_FIELDS = {
     "name", "version", "profile", "models", "datasets", "protocols", "exclude", "only",
-    "description", "resolutions", "expected_values", "include", "presets",
+    "description", "resolutions", "expected_values", "include", "presets", "split",
 }  # fmt: skip
-
-
-class SuiteError(ValueError):
-    """A suite file is missing or malformed, or names an unknown card."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class Suite:
     expected_required: bool = True
     include: tuple[str, ...] = ()
     presets: dict[str, str] = field(default_factory=dict)
+    split_name: str = ""
+    split: dict[str, Any] = field(default_factory=dict)
 
     def cases(
         self, profile: str | None = None, unusable: list[UnusableCase] | None = None
@@ -124,6 +131,8 @@ class Suite:
         dataset_labels = list(self.datasets)
         if self.resolutions:
             datasets, dataset_labels = self._sized(dict(datasets), broken)
+        if self.split_name:
+            datasets, dataset_labels = self._resplit(datasets, dataset_labels, broken)
         if broken and unusable is None:
             raise SuiteError(next(iter(broken.values())))
         for kind, resolved in (("model", models), ("dataset", datasets)):
@@ -228,10 +237,30 @@ class Suite:
             broken.pop(name, None)
         return sized, labels
 
+    def _resplit(
+        self, datasets: list[tuple[str, DatasetCard]], labels: list[str], broken: dict[str, str]
+    ) -> tuple[list[tuple[str, DatasetCard]], list[str]]:
+        """Every dataset under the suite's split override, named ``<name>_<split name>``."""
+        cards = dict(datasets)
+        resplit, new_labels = [], []
+        for label in labels:
+            new_label = f"{label}_{self.split_name}"
+            new_labels.append(new_label)
+            if label in broken:
+                broken[new_label] = broken.pop(label)
+                continue
+            try:
+                resplit.append((new_label, cards[label].with_split(self.split, self.split_name)))
+            except CardError as exc:
+                broken[new_label] = f"{self.path}: field 'split' on dataset {label}: {exc}"
+        return resplit, new_labels
+
     def _allowed(self, protocol: str, kind: str, name: str) -> bool:
         subset = self.only.get(protocol, {}).get(kind)
         if subset is None:
             return True
+        if kind == "datasets" and self.split_name:
+            name = name.removesuffix(f"_{self.split_name}")
         if kind == "datasets" and self.resolutions:
             name = name.rsplit("_", 1)[0]
         return name in subset
@@ -303,7 +332,7 @@ def load_suite(name_or_path: str) -> Suite:
     extra = set(raw) - SUITE_FIELDS
     if extra:
         raise SuiteError(f"{path}: unknown field(s) {', '.join(sorted(extra))}")
-    include = _name_list(raw, "include", path)
+    include = name_list(raw, "include", path)
     if "name" not in raw:
         raise SuiteError(f"{path}: missing required field 'name'")
     own = [key for key in ("models", "datasets", "protocols") if key in raw]
@@ -348,6 +377,7 @@ def load_suite(name_or_path: str) -> Suite:
     if not isinstance(profile, str) or profile not in PROFILES:
         hint = did_you_mean(profile, PROFILES) if isinstance(profile, str) else ""
         raise SuiteError(f"{path}: unknown profile {profile!r}{hint}; known: {', '.join(PROFILES)}")
+    split_name, split = parse_split(raw.get("split"), path)
     exclude = []
     for item in raw.get("exclude", []) or []:
         if not isinstance(item, dict) or set(item) != {"model", "dataset", "protocol"}:
@@ -367,63 +397,14 @@ def load_suite(name_or_path: str) -> Suite:
         models=tuple(raw["models"]),
         datasets=tuple(raw["datasets"]),
         protocols=tuple(raw["protocols"]),
-        only=_parse_only(raw.get("only"), raw, path),
+        only=parse_only(raw.get("only"), raw, path),
         exclude=tuple(exclude),
         description=str(raw.get("description", "")),
         path=path,
         resolutions=tuple(resolutions),
         expected_required=expected_values == "required",
         include=include,
-        presets=_parse_presets(raw.get("presets"), raw["protocols"], path),
+        presets=parse_presets(raw.get("presets"), raw["protocols"], path),
+        split_name=split_name,
+        split=split,
     )
-
-
-def _parse_presets(raw_presets: object, protocols: list[str], path: Path) -> dict[str, str]:
-    if raw_presets is None:
-        return {}
-    if not isinstance(raw_presets, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw_presets.items()
-    ):
-        raise SuiteError(f"{path}: field 'presets' must map a protocol to a preset name")
-    for protocol, name in raw_presets.items():
-        if protocol not in protocols:
-            raise SuiteError(
-                f"{path}: 'presets' names protocol {protocol!r}, which the suite does not list"
-            )
-        try:
-            get_preset(protocol, name)
-        except ProtocolError as exc:
-            raise SuiteError(f"{path}: field 'presets.{protocol}': {exc}") from None
-    return dict(raw_presets)
-
-
-def _name_list(raw: dict, key: str, path: Path) -> tuple[str, ...]:
-    value = raw.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SuiteError(f"{path}: field '{key}' must be a list of names")
-    return tuple(value)
-
-
-def _parse_only(raw_only: object, raw: dict, path: Path) -> dict[str, dict[str, tuple[str, ...]]]:
-    if raw_only is None:
-        return {}
-    if not isinstance(raw_only, dict):
-        raise SuiteError(
-            f"{path}: 'only' must map a protocol to {{models: [...], datasets: [...]}}"
-        )
-    only: dict[str, dict[str, tuple[str, ...]]] = {}
-    for protocol, subset in raw_only.items():
-        if protocol not in raw["protocols"]:
-            raise SuiteError(
-                f"{path}: 'only' names protocol {protocol!r}, which the suite does not list"
-            )
-        if not isinstance(subset, dict) or not set(subset) <= {"models", "datasets"}:
-            raise SuiteError(f"{path}: only.{protocol} may hold 'models' and 'datasets' lists")
-        only[protocol] = {}
-        for kind, names in subset.items():
-            if not isinstance(names, list) or not all(n in raw[kind] for n in names):
-                raise SuiteError(
-                    f"{path}: only.{protocol}.{kind} must list {kind} of the suite, got {names!r}"
-                )
-            only[protocol][kind] = tuple(names)
-    return only

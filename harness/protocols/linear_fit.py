@@ -193,8 +193,10 @@ class PathFitter(Fitter):
         self._basis: Basis | None = None
         self._fits: dict[float, PathFit | list[PathFit]] = {}
 
-    def _principal_basis(self, x: np.ndarray) -> Basis:
-        return principal_basis(x) if self.device == "cpu" else principal_basis_on(x, self.device)
+    def _principal_basis(self, x: np.ndarray, rotate_rows: bool = False) -> Basis:
+        if self.device == "cpu":
+            return principal_basis(x, rotate_rows)
+        return principal_basis_on(x, self.device, rotate_rows)
 
     def _path(
         self, x: np.ndarray, y: np.ndarray, cs: list[float], basis: Basis, start: dict[int, PathFit]
@@ -211,7 +213,7 @@ class PathFitter(Fitter):
 
     def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
         """Fit every C on one path in ascending C (see the class docstring)."""
-        self._basis = self._principal_basis(x)
+        self._basis = self._principal_basis(x, rotate_rows=True)
         by_fit_c = {self.fit_c(c): c for c in sweep}
         paths = self._path(x, y, sorted(by_fit_c), self._basis, {})
         out: dict[float, Fitted] = {}

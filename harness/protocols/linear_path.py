@@ -41,6 +41,8 @@ _CURVATURE = 0.25
 # Axes with less variance than this fraction of the largest are outside the data's span
 # (only dropped when the basis comes from the n x n Gram matrix).
 _RANK_TOLERANCE = 1e-10
+# Rows per block of an objective evaluation: about this many bytes of features (cache-sized).
+_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class Basis:
         variance: Variance along each axis (R,).
         full: True when ``axes`` span the whole feature space (then it preconditions any
             data of the same dimension exactly, not just the rows it came from).
-        rotated: When not ``full``: the centred training rows in the axes (N, R).
+        rotated: The centred rows the basis came from, in its axes (N, R); always there
+            when not ``full``, and for a full basis when asked for (see
+            :func:`principal_basis`).
     """
 
     mean: np.ndarray
@@ -63,11 +67,15 @@ class Basis:
     rotated: np.ndarray | None = None
 
 
-def principal_basis(x: np.ndarray) -> Basis:
+def principal_basis(x: np.ndarray, rotate_rows: bool = False) -> Basis:
     """Principal axes of ``x`` (N, D) from the smaller of its two Gram matrices.
 
     Args:
         x: Features, float64.
+        rotate_rows: Also keep the rows rotated into a full basis. A path over these rows
+            then iterates on them: one ``N x D x D`` product up front instead of two
+            ``D x D x K`` products in every objective evaluation (worth it for a sweep's
+            thousands of evaluations, not for one refit).
 
     Returns:
         The basis.
@@ -77,7 +85,8 @@ def principal_basis(x: np.ndarray) -> Basis:
     xc = x - mean
     if n >= d:
         variance, axes = np.linalg.eigh(xc.T @ xc / n)
-        return Basis(mean, axes, np.clip(variance, 0.0, None), True)
+        rotated = xc @ axes if rotate_rows else None
+        return Basis(mean, axes, np.clip(variance, 0.0, None), True, rotated)
     variance, left = np.linalg.eigh(xc @ xc.T / n)
     keep = variance > _RANK_TOLERANCE * max(float(variance.max()), np.finfo(float).tiny)
     variance, left = variance[keep], left[:, keep]
@@ -129,11 +138,13 @@ class _Problem:
             self.target = np.zeros((self.n, self.k))
             self.target[np.arange(self.n), y] = 1.0
         self.rank = basis.axes.shape[1]
-        # Fewer samples than dimensions: iterate on the rotated features (N, R), R <= N < D,
-        # so that each pass costs N R K instead of N D K plus two rotations.
+        # Rotated rows (always when fewer samples than dimensions, R <= N < D): each pass
+        # costs N R K instead of N D K plus two rotations.
         self.rotated = basis.rotated
-        if not basis.full and (self.rotated is None or self.rotated.shape[0] != self.n):
+        if not basis.full and self.rotated is None:
             raise ValueError("a basis that does not span the space must come from these rows")
+        if self.rotated is not None and self.rotated.shape[0] != self.n:
+            raise ValueError("a basis with rotated rows must come from these rows")
         self.lam = 0.0
         self.scale = np.ones(self.rank)
 
@@ -156,27 +167,38 @@ class _Problem:
     def value_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         u, b = self.split(theta)
         v = self.scale[:, None] * u
-        if self.rotated is None:
-            w = self.basis.axes @ v
-            logits = self.xc @ w + b
-        else:
-            logits = self.rotated @ v + b
-        if self.sigmoid:
-            z = logits
-            loss = -np.sum(self.target * log_expit(z) + (1.0 - self.target) * log_expit(-z))
-            residual = expit(z) - self.target
-        else:
-            log_p = log_softmax(logits, axis=1)
-            loss = -np.sum(self.target * log_p)
-            residual = np.exp(log_p) - self.target
+        data = self.xc if self.rotated is None else self.rotated
+        w = self.basis.axes @ v if self.rotated is None else v
+        # One pass over the data in row blocks that stay in cache: each block's logits and
+        # its share of the gradient are computed while it is there. Two whole passes
+        # (logits, then gradient) read a large matrix from memory twice, and with K <= a
+        # few classes that reading, not the arithmetic, is the cost.
+        loss = 0.0
+        grad_w = np.zeros((data.shape[1], self.k))
+        residual_sum = np.zeros(self.k)
+        step = max(1, _BLOCK_BYTES // (data.shape[1] * data.itemsize))
+        for start in range(0, self.n, step):
+            block = data[start : start + step]
+            target = self.target[start : start + step]
+            logits = block @ w + b
+            if self.sigmoid:
+                loss -= float(
+                    np.sum(target * log_expit(logits) + (1.0 - target) * log_expit(-logits))
+                )
+                residual = expit(logits) - target
+            else:
+                log_p = log_softmax(logits, axis=1)
+                loss -= float(np.sum(target * log_p))
+                residual = np.exp(log_p) - target
+            grad_w += block.T @ residual
+            residual_sum += residual.sum(axis=0)
         # ||W|| = ||v||: the axes are orthonormal.
         value = loss / self.n + 0.5 * self.lam * float(np.sum(v * v))
         if self.rotated is None:
-            grad_v = self.basis.axes.T @ (self.xc.T @ residual) / self.n + self.lam * v
-        else:
-            grad_v = self.rotated.T @ residual / self.n + self.lam * v
+            grad_w = self.basis.axes.T @ grad_w
+        grad_v = grad_w / self.n + self.lam * v
         grad_u = self.scale[:, None] * grad_v
-        grad_b = residual.sum(axis=0) / self.n / np.sqrt(_CURVATURE)
+        grad_b = residual_sum / self.n / np.sqrt(_CURVATURE)
         return float(value), np.concatenate([grad_u.ravel(), grad_b])
 
     def solve(

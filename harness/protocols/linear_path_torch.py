@@ -40,12 +40,13 @@ def resolve_solver_device(device: str) -> str:
     return device
 
 
-def principal_basis_on(x: np.ndarray, device: str) -> Basis:
+def principal_basis_on(x: np.ndarray, device: str, rotate_rows: bool = False) -> Basis:
     """:func:`harness.protocols.linear_path.principal_basis` computed on ``device``.
 
     Args:
         x: Features (N, D), float64.
         device: A torch device name.
+        rotate_rows: As in :func:`~harness.protocols.linear_path.principal_basis`.
 
     Returns:
         The basis, as host arrays.
@@ -56,7 +57,9 @@ def principal_basis_on(x: np.ndarray, device: str) -> Basis:
     xc = xt - mean
     if n >= d:
         variance, axes = torch.linalg.eigh(xc.T @ xc / n)
-        return Basis(_host(mean), _host(axes), np.clip(_host(variance), 0.0, None), True)
+        rotated = _host(xc @ axes) if rotate_rows else None
+        variance = np.clip(_host(variance), 0.0, None)
+        return Basis(_host(mean), _host(axes), variance, True, rotated)
     variance, left = torch.linalg.eigh(xc @ xc.T / n)
     floor = _RANK_TOLERANCE * max(float(variance.max()), np.finfo(float).tiny)
     keep = variance > floor

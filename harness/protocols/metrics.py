@@ -32,7 +32,8 @@ import math
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score, roc_auc_score
+from scipy.stats import rankdata
+from sklearn.metrics import cohen_kappa_score
 
 from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER, MULTILABEL_METRICS, TASKS
 from harness.protocols.metrics_keras import keras_roc_auc, one_hot
@@ -276,8 +277,8 @@ def _single_label_metric(
     if present.size < 2:
         return math.nan, f"ROC AUC needs two classes in labels, found only class {present[0]}"
     if task == "binary":
-        return float(roc_auc_score(labels == 1, probabilities[:, 1])), None
-    aucs = [roc_auc_score(labels == k, probabilities[:, k]) for k in present]
+        return binary_roc_auc(labels == 1, probabilities[:, 1]), None
+    aucs = [binary_roc_auc(labels == k, probabilities[:, k]) for k in present]
     notes["roc_auc_n_scored"] = int(present.size)
     return float(np.mean(aucs)), None
 
@@ -295,9 +296,32 @@ def _multilabel_metric(
         if column.min() == column.max():
             skipped.append(j)
             continue
-        aucs.append(float(roc_auc_score(column, probabilities[:, j])))
+        aucs.append(binary_roc_auc(column == 1, probabilities[:, j]))
     notes["roc_auc_n_scored"] = len(aucs)
     notes["roc_auc_skipped_labels"] = skipped
     if not aucs:
         return math.nan, "ROC AUC needs both values in at least one label column; none has"
     return float(np.mean(aucs)), None
+
+
+def binary_roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` rows (both classes present).
+
+    The Mann-Whitney form: the probability that a positive row scores above a negative
+    one, ties counting one half, from the average ranks of all scores. It equals
+    scikit-learn's ``roc_auc_score`` (whose trapezoids give a tie the same half) up to
+    float rounding, without its input validation, which cost more than the sum itself
+    when a linear sweep scores 45 fits.
+
+    Args:
+        positive: Boolean (N,) mask of the positive class.
+        scores: (N,) scores, higher meaning more positive.
+
+    Returns:
+        The AUC in [0, 1].
+    """
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
