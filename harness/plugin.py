@@ -26,6 +26,9 @@ from harness.config.paths import CARDS_ENV
 from harness.records.runid import session_run_id
 from harness.session import CASE_MARKER, MedxferSession
 
+CASE_IDS_OUTPUT = "medxfer_case_ids"
+SUITE_NAMES_OUTPUT = "medxfer_suite_names"
+
 # --medxfer-shard I/N: one pytest session per shard of a suite (medxfer submit)
 pytest_plugins = ["harness.plugin_shard"]
 
@@ -294,9 +297,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """On the controller: merge regenerated entries into the expected file."""
+    """On a worker: hand the suite's case ids to the controller. On the controller: merge
+    regenerated entries into the expected file."""
     state = medxfer_session(session.config)
-    if hasattr(session.config, "workerinput") or not state.regenerating:
+    if hasattr(session.config, "workerinput"):
+        ids = state.built_case_ids()
+        if ids is not None:
+            output = session.config.workeroutput  # type: ignore[attr-defined]
+            output[CASE_IDS_OUTPUT] = list(ids)
+            output[SUITE_NAMES_OUTPUT] = list(state.suite_names())
+        return
+    if not state.regenerating:
         return
     from harness.baselines.expected import ExpectedFile, ExpectedFileError
     from harness.baselines.obtained import merge_obtained
@@ -306,6 +317,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if isinstance(expected, ExpectedFileError):
             expected = ExpectedFile(state.expected_path(suite), suite)
         state.merged += merge_obtained(expected)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: keep the case ids and suite names a worker built (see
+    :func:`pytest_sessionfinish`).
+
+    The controller never collects; loading the suite itself would import torch and every
+    protocol (about 7 s on a 2-core machine) only to list stale expected entries.
+    """
+    output = getattr(node, "workeroutput", {})
+    if CASE_IDS_OUTPUT in output:
+        state = medxfer_session(node.config)  # type: ignore[attr-defined]
+        state.worker_case_ids = tuple(output[CASE_IDS_OUTPUT])
+        state.worker_suite_names = tuple(output[SUITE_NAMES_OUTPUT])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -360,8 +386,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
     if state.merged:
         terminalreporter.write_line(f"expected values: regenerated {len(state.merged)} entries")
-    known = {case.case_id for case in state.cases()}
-    for suite in state.suite_names():
+    known = set(state.worker_case_ids or (case.case_id for case in state.cases()))
+    for suite in state.worker_suite_names or state.suite_names():
         expected = state.expected(suite)
         if isinstance(expected, ExpectedFileError):
             terminalreporter.write_line(f"expected values: {expected}", red=True)

@@ -58,6 +58,9 @@ class MedxferSession:
         self.config = config
         self._suite: Suite | None = None
         self._cases: list[Case | UnusableCase] | None = None
+        # what xdist workers built (the controller does not load the suite itself)
+        self.worker_case_ids: tuple[str, ...] = ()
+        self.worker_suite_names: tuple[str, ...] = ()
         self._usage_error: str | None = None
         self._baselines: dict[str, Baselines] = {}
         self._markers_registered = False
@@ -111,6 +114,10 @@ class MedxferSession:
                 self._usage_error = str(exc.args[0] if isinstance(exc, KeyError) else exc)
                 raise pytest.UsageError(self._usage_error) from exc
         return self._cases
+
+    def built_case_ids(self) -> tuple[str, ...] | None:
+        """The case ids, when this process has built the cases (None: it has not)."""
+        return None if self._cases is None else tuple(case.case_id for case in self._cases)
 
     @property
     def usage_error(self) -> str | None:

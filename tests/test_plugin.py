@@ -256,3 +256,45 @@ def test_expected_values_check_regenerate_and_diff(home: Path, tmp_path: Path) -
     broken = run()
     assert broken.returncode == 1 and "4 failed" in broken.stdout
     assert f"{expected}: not valid YAML" in broken.stdout
+
+
+def test_xdist_controller_lists_stale_expected_entries_from_the_workers_cases(
+    home: Path, tmp_path: Path
+) -> None:
+    # The controller never collects: it learns the suite's case ids from the workers
+    # (loading the suite itself would import torch and every protocol at the end).
+    folder = tmp_path / "cards"
+    (folder / "suites").mkdir(parents=True)
+    (folder / "expected").mkdir()
+    case = "linear/demo_modality/tf_efficientnet_lite0.in1k_pip"
+    suite = {
+        "name": "mini",
+        "profile": "smoke",
+        "models": ["tf_efficientnet_lite0.in1k_pip"],
+        "datasets": ["demo_modality"],
+        "protocols": ["linear"],
+    }
+    (folder / "suites" / "mini.yaml").write_text(yaml.safe_dump(suite), encoding="utf-8")
+    smoke = yaml.safe_load((PROJECT_ROOT / "benchmarks/expected/smoke.yaml").read_text())
+    stale = "linear/demo_modality/a_model_the_suite_dropped"
+    expected = {
+        "schema_version": 2,
+        "suite": "mini",
+        "device": "cpu",
+        "cases": {case: smoke["cases"][case], stale: smoke["cases"][case]},
+    }
+    (folder / "expected" / "mini.yaml").write_text(yaml.safe_dump(expected), encoding="utf-8")
+    env = _env(home, tmp_path / "results")
+    env["MEDXFER_CARDS"] = str(folder)
+    out = subprocess.run(
+        _command("--suite", "mini", "-n", "2"),
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout
+    assert f"entry {stale} in {folder / 'expected' / 'mini.yaml'} matches no case" in out.stdout
+    assert f"entry {case} " not in out.stdout

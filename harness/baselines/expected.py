@@ -50,6 +50,7 @@ import yaml
 
 from harness.baselines.tolerance import TOLERANCE_RULE
 from harness.cache.atomic import write_text
+from harness.config.card_fields import safe_load_yaml
 from harness.config.paths import PROJECT_ROOT, user_card_folders
 
 SCHEMA_VERSION = 2
@@ -287,7 +288,7 @@ def load_expected(path: Path, suite: str) -> ExpectedFile:
     if not path.is_file():
         return ExpectedFile(path, suite, device=_device_of(path, suite))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ExpectedFileError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

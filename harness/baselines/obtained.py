@@ -18,6 +18,7 @@ from harness.baselines.check import record_device
 from harness.baselines.expected import Expectation, ExpectedFile, obtained_dir, parse_entry
 from harness.baselines.tolerance import TOLERANCE_RULE
 from harness.cache.atomic import write_text
+from harness.config.card_fields import safe_load_yaml
 from harness.config.vocabulary import interval_name
 
 
@@ -124,7 +125,7 @@ def merge_obtained(expected: ExpectedFile) -> list[str]:
     folder = obtained_dir(expected.path)
     merged = []
     for path in sorted(folder.glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = safe_load_yaml(path.read_text(encoding="utf-8")) or {}
         for case_id, entry in raw.items():
             expected.entries[case_id] = parse_entry(case_id, entry, str(path), expected.device)
             merged.append(case_id)

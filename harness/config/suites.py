@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from harness.config.card_fields import safe_load_yaml
 from harness.config.cards import CardError, DatasetCard, get_dataset_card, get_model_card
 from harness.config.cases import Case, UnusableCase
 from harness.config.names import did_you_mean, unsafe_name_problem
@@ -324,7 +325,7 @@ def load_suite(name_or_path: str) -> Suite:
             f"known suites: {', '.join(known)}"
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SuiteError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
