@@ -127,7 +127,6 @@ class _Problem:
     """The L2 logistic objective of one (features, labels) pair in preconditioned form."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, basis: Basis) -> None:
-        self.xc = x - basis.mean
         self.n = x.shape[0]
         self.basis = basis
         self.sigmoid = n_classes == 2
@@ -145,6 +144,8 @@ class _Problem:
             raise ValueError("a basis that does not span the space must come from these rows")
         if self.rotated is not None and self.rotated.shape[0] != self.n:
             raise ValueError("a basis with rotated rows must come from these rows")
+        # What every pass reads: the rotated rows, else the centred ones (never both held).
+        self.data = x - basis.mean if self.rotated is None else self.rotated
         self.lam = 0.0
         self.scale = np.ones(self.rank)
 
@@ -167,7 +168,7 @@ class _Problem:
     def value_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         u, b = self.split(theta)
         v = self.scale[:, None] * u
-        data = self.xc if self.rotated is None else self.rotated
+        data = self.data
         w = self.basis.axes @ v if self.rotated is None else v
         # One pass over the data in row blocks that stay in cache: each block's logits and
         # its share of the gradient are computed while it is there. Two whole passes

@@ -83,7 +83,7 @@ class TorchProblem(_Problem):
         self.device = torch.device(device)
         to = self._to_device
         self.t_target = to(self.target)
-        self.t_data = to(self.xc if self.rotated is None else self.rotated)
+        self.t_data = to(self.data)
         self.t_axes = to(basis.axes) if self.rotated is None else None
         self.t_scale = to(self.scale)
 
