@@ -572,18 +572,11 @@ def test_dataset_fingerprint_tracks_entry_versions_and_params_not_notes(
 
 
 def test_dataset_card_from_mappings_in_code() -> None:
+    from tiny_cases import toy_dataset_card
+
     from harness.config.cards import DatasetCard
 
-    card = DatasetCard(
-        name="toy",
-        version=1,
-        modality="test",
-        task="binary",
-        classes=("a", "b"),
-        reader={"format": "npz", "file": "toy.npz"},
-        primary_metric="accuracy",
-        metrics=("accuracy",),
-    )
+    card = toy_dataset_card()
     assert card.reader.name == "npz" and card.split.name == "predefined"
     with pytest.raises(CardError, match=r"^toy: field 'reader\.format': unknown reader 'zip'"):
         DatasetCard(

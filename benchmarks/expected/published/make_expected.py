@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,6 +296,12 @@ def _interval(row: dict[str, str]) -> dict[str, Any] | None:
     return interval
 
 
+@functools.cache
+def _split_name(suite: str) -> str:
+    """The suffix a suite's split override gives its dataset names ("" without one)."""
+    return load_suite(suite).split_name
+
+
 def entry(table: PublishedTable, row: dict[str, str]) -> Expectation:
     """The expected entry of one transcribed number."""
     protocol, dataset = row["protocol"], row["dataset"]
@@ -319,8 +326,7 @@ def entry(table: PublishedTable, row: dict[str, str]) -> Expectation:
     notes = [n for n in (row["note"], table.note) if n]
     if notes:
         source["note"] = "; ".join(notes)
-    # A suite that runs its datasets under a split override names them <dataset>_<split>.
-    split_name = load_suite(table.suite).split_name
+    split_name = _split_name(table.suite)
     case_dataset = f"{dataset}_{split_name}" if split_name else dataset
     return Expectation(
         case_id=f"{protocol}/{case_dataset}/{row['model']}",
