@@ -69,9 +69,8 @@ def test_warm_started_path_reaches_the_same_fits(n: int, dim: int, n_classes: in
     for problem, path in zip(problems, paths, strict=True):
         previous = None
         for c in (1e-3, 0.1, 1.0, 10.0):
-            fit = problem.solve(c, previous, tol=1e-8, max_iter=10_000)
-            path.append(fit)
-            previous = (fit.coef, fit.intercept + basis.mean @ fit.coef)
+            path.append(problem.solve(c, previous, tol=1e-8, max_iter=10_000))
+            previous = problem.coordinates
     for host_fit, device_fit in zip(*paths, strict=True):
         assert device_fit.converged and host_fit.converged
         np.testing.assert_allclose(

@@ -32,7 +32,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from harness.protocols.linear_path import Basis, PathFit, principal_basis, solve_path
+from harness.protocols.linear_path import (
+    Basis,
+    PathFit,
+    extend_basis,
+    principal_basis,
+    solve_path,
+)
 from harness.protocols.linear_path_torch import principal_basis_on, resolve_solver_device
 
 if TYPE_CHECKING:
@@ -172,9 +178,10 @@ class PathFitter(Fitter):
 
     The path runs in ascending C whatever the sweep order, so the fits do not depend on
     it. The preconditioning basis of the training features is computed once and reused
-    for the refit when it spans the whole feature space; the refit starts from the
-    sweep's fit at the chosen C. Multilabel tasks solve one binary path per label with
-    the shared basis.
+    for the refit: as it is when it spans the whole feature space, else extended by the
+    validation rows (:func:`~harness.protocols.linear_path.extend_basis`); the refit
+    starts from the sweep's fit at the chosen C. Multilabel tasks solve one binary path
+    per label with the shared basis.
 
     Args:
         task: Task type of the run.
@@ -191,6 +198,8 @@ class PathFitter(Fitter):
         super().__init__(task, config)
         self.device = resolve_solver_device(config.device)
         self._basis: Basis | None = None
+        # The rows the sweep's basis came from: a refit on them plus more extends it.
+        self._sweep_rows: np.ndarray | None = None
         self._fits: dict[float, PathFit | list[PathFit]] = {}
 
     def _principal_basis(self, x: np.ndarray, rotate_rows: bool = False) -> Basis:
@@ -214,6 +223,7 @@ class PathFitter(Fitter):
     def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
         """Fit every C on one path in ascending C (see the class docstring)."""
         self._basis = self._principal_basis(x, rotate_rows=True)
+        self._sweep_rows = x
         by_fit_c = {self.fit_c(c): c for c in sweep}
         paths = self._path(x, y, sorted(by_fit_c), self._basis, {})
         out: dict[float, Fitted] = {}
@@ -230,10 +240,16 @@ class PathFitter(Fitter):
     def refit(self, x: np.ndarray, y: np.ndarray, c: float) -> Fitted:
         """The train+val fit at ``c``, started from the sweep's fit at ``c``."""
         basis = self._basis
-        if basis is None or not basis.full or basis.axes.shape[0] != x.shape[1]:
+        if basis is None or basis.axes.shape[0] != x.shape[1]:
             basis = self._principal_basis(x)
-        else:
+        elif basis.full:
             basis = Basis(x.mean(axis=0), basis.axes, basis.variance, True)
+        elif self._sweep_rows is not None and np.array_equal(
+            x[: len(self._sweep_rows)], self._sweep_rows
+        ):
+            basis = extend_basis(basis, x)
+        else:
+            basis = self._principal_basis(x)
         previous = self._fits.get(c)
         start = dict(enumerate(previous)) if isinstance(previous, list) else {0: previous}
         start = {j: f for j, f in start.items() if f is not None}

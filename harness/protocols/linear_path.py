@@ -18,13 +18,19 @@ passes over the data:
   With fewer samples than dimensions the optimum lies in the span of the training rows,
   so ``V`` keeps those ``n`` axes only and every iteration is cheaper.
 * **A warm-started path in a fixed order.** The C values are solved in ascending order
-  (most regularised first), each fit starting from the previous solution. The order is
+  (most regularised first). Each fit starts on the secant through the two previous
+  solutions, in log C (the path is smooth there; this start took a third of the
+  iterations of starting from the last solution on the demo features). The order is
   the sorted grid, never the order the sweep was given in, so the result is the same for
   every permutation of the sweep (bit for bit: the same arithmetic in the same order).
+* **The refit reuses the sweep's basis.** Train+val has more rows than the sweep's
+  basis spans (when it spans fewer than all dimensions); :func:`extend_basis` adds the
+  validation rows' own axes instead of a second eigendecomposition.
 
 Each fit stops when the largest gradient component in the preconditioned coordinates is
 below ``tol`` (there, the Hessian is close to the identity, so the gradient is a
-distance to the optimum in natural units) or after ``max_iter`` iterations.
+distance to the optimum in natural units) or after ``max_iter`` iterations. The
+minimiser is :mod:`harness.protocols.linear_lbfgs`.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import expit, log_expit, log_softmax
+from scipy.special import expit, log_softmax
+
+from harness.protocols.linear_lbfgs import minimize_lbfgs
 
 # Curvature of the logistic loss is at most 1/4 (sigmoid); used to scale the preconditioner.
 _CURVATURE = 0.25
@@ -43,6 +50,8 @@ _CURVATURE = 0.25
 _RANK_TOLERANCE = 1e-10
 # Rows per block of an objective evaluation: about this many bytes of features (cache-sized).
 _BLOCK_BYTES = 1 << 20
+# Data up to this size stays in the last-level cache between the two reads of one pass.
+_ONE_PASS_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,50 @@ def principal_basis(x: np.ndarray, rotate_rows: bool = False) -> Basis:
     # eps * sqrt(e_max / e_j) <= 1e-11 for the axes kept, and x_c axes = u sqrt(n e).
     root = np.sqrt(n * variance)
     return Basis(mean, xc.T @ (left / root), variance, False, left * root)
+
+
+def extend_basis(basis: Basis, x: np.ndarray) -> Basis:
+    """A basis for all rows of ``x``, from one that came from its first rows.
+
+    The refit on train+val needs the span of more rows than the sweep's basis covers. A
+    fresh eigendecomposition of the larger Gram matrix would cost the most of a small
+    probe; instead the new rows' components outside the old span add their own principal axes. The axes are orthonormal
+    and span every centred row of ``x``, so the problem and its optimum are unchanged;
+    only the preconditioning departs from a true eigenbasis: each axis is scaled by the
+    variance along it (the diagonal of the rows' covariance in these axes).
+
+    Args:
+        basis: A basis with ``rotated`` rows (the first ``len(basis.rotated)`` rows of
+            ``x``, centred by ``basis.mean``).
+        x: Features (N, D), float64; its first rows are those the basis came from.
+
+    Returns:
+        The extended basis, with ``x``'s rows rotated into it and centred by ``x``'s mean.
+    """
+    if basis.rotated is None:
+        raise ValueError("extend_basis needs a basis that keeps its rotated rows")
+    n_old, d = basis.rotated.shape[0], x.shape[1]
+    new = x[n_old:] - basis.mean
+    inside = new @ basis.axes
+    # One projection: a component kept (above the rank tolerance, at least 1e-5 of the
+    # largest) is orthogonal to the old axes to about 1e-16 / 1e-5.
+    outside = new - inside @ basis.axes.T
+    if len(new):
+        gram_values, left = np.linalg.eigh(outside @ outside.T / x.shape[0])
+    else:
+        gram_values, left = np.zeros(0), np.zeros((0, 0))
+    scale = max(float(gram_values.max(initial=0.0)), float(basis.variance.max(initial=0.0)))
+    keep = gram_values > _RANK_TOLERANCE * max(scale, np.finfo(float).tiny)
+    root = np.sqrt(x.shape[0] * gram_values[keep])
+    extra_axes = outside.T @ (left[:, keep] / root)
+    rotated = np.zeros((x.shape[0], basis.axes.shape[1] + extra_axes.shape[1]))
+    rotated[:n_old, : basis.axes.shape[1]] = basis.rotated
+    rotated[n_old:, : basis.axes.shape[1]] = inside
+    rotated[n_old:, basis.axes.shape[1] :] = left[:, keep] * root
+    rotated -= rotated.mean(axis=0)
+    axes = np.concatenate([basis.axes, extra_axes], axis=1)
+    variance = np.mean(rotated * rotated, axis=0)
+    return Basis(x.mean(axis=0), axes, variance, axes.shape[1] == d, rotated)
 
 
 @dataclass
@@ -148,6 +201,8 @@ class _Problem:
         self.data = x - basis.mean if self.rotated is None else self.rotated
         self.lam = 0.0
         self.scale = np.ones(self.rank)
+        # The last solution in basis coordinates (``solve``): the next start.
+        self.coordinates: np.ndarray | None = None
 
     def set_c(self, c: float) -> None:
         self.lam = 1.0 / (c * self.n)
@@ -157,42 +212,11 @@ class _Problem:
         u = theta[: self.rank * self.k].reshape(self.rank, self.k)
         return u, theta[self.rank * self.k :] / np.sqrt(_CURVATURE)
 
-    def to_weights(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        u, b = self.split(theta)
-        return self.basis.axes @ (self.scale[:, None] * u), b
-
-    def from_weights(self, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        u = (self.basis.axes.T @ w) / self.scale[:, None]
-        return np.concatenate([u.ravel(), b * np.sqrt(_CURVATURE)])
-
     def value_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         u, b = self.split(theta)
         v = self.scale[:, None] * u
-        data = self.data
         w = self.basis.axes @ v if self.rotated is None else v
-        # One pass over the data in row blocks that stay in cache: each block's logits and
-        # its share of the gradient are computed while it is there. Two whole passes
-        # (logits, then gradient) read a large matrix from memory twice, and with K <= a
-        # few classes that reading, not the arithmetic, is the cost.
-        loss = 0.0
-        grad_w = np.zeros((data.shape[1], self.k))
-        residual_sum = np.zeros(self.k)
-        step = max(1, _BLOCK_BYTES // (data.shape[1] * data.itemsize))
-        for start in range(0, self.n, step):
-            block = data[start : start + step]
-            target = self.target[start : start + step]
-            logits = block @ w + b
-            if self.sigmoid:
-                loss -= float(
-                    np.sum(target * log_expit(logits) + (1.0 - target) * log_expit(-logits))
-                )
-                residual = expit(logits) - target
-            else:
-                log_p = log_softmax(logits, axis=1)
-                loss -= float(np.sum(target * log_p))
-                residual = np.exp(log_p) - target
-            grad_w += block.T @ residual
-            residual_sum += residual.sum(axis=0)
+        loss, grad_w, residual_sum = self._data_term(w, b)
         # ||W|| = ||v||: the axes are orthonormal.
         value = loss / self.n + 0.5 * self.lam * float(np.sum(v * v))
         if self.rotated is None:
@@ -202,32 +226,64 @@ class _Problem:
         grad_b = residual_sum / self.n / np.sqrt(_CURVATURE)
         return float(value), np.concatenate([grad_u.ravel(), grad_b])
 
-    def solve(
-        self, c: float, start: tuple[np.ndarray, np.ndarray] | None, tol: float, max_iter: int
-    ) -> PathFit:
+    def _data_term(self, w: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Summed loss, ``data^T residual`` and the residuals' column sums at (w, b).
+
+        Large data goes in row blocks that stay in cache: each block's logits and its share
+        of the gradient are computed while it is there. Two whole passes (logits, then
+        gradient) would read a large matrix from memory twice, and with K <= a few classes
+        that reading, not the arithmetic, is the cost. Small data goes in one block: there
+        the cost is the number of NumPy calls.
+        """
+        data = self.data
+        step = max(1, _BLOCK_BYTES // (data.shape[1] * data.itemsize))
+        if data.nbytes <= _ONE_PASS_BYTES:
+            step = self.n
+        loss = 0.0
+        grad_w = np.zeros((data.shape[1], self.k))
+        residual_sum = np.zeros(self.k)
+        for start in range(0, self.n, step):
+            block = data[start : start + step]
+            target = self.target[start : start + step]
+            logits = block @ w + b
+            if self.sigmoid:
+                # -[t log s(z) + (1 - t) log s(-z)] = log(1 + e^z) - t z, soft t included.
+                loss += float(np.sum(np.logaddexp(0.0, logits)) - np.vdot(target, logits))
+                residual = expit(logits) - target
+            else:
+                shifted = logits - logits.max(axis=1, keepdims=True)
+                exp = np.exp(shifted)
+                total = exp.sum(axis=1, keepdims=True)
+                # Targets sum to one per row: -sum t log p = sum log(total) - sum t shifted.
+                loss += float(np.sum(np.log(total)) - np.vdot(target, shifted))
+                residual = exp / total - target
+            grad_w += block.T @ residual
+            residual_sum += residual.sum(axis=0)
+        return loss, grad_w, residual_sum
+
+    def to_coordinates(self, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Weights (D, K) and centred-feature intercepts (K,) as basis coordinates."""
+        return np.concatenate([(self.basis.axes.T @ w).ravel(), b])
+
+    def solve(self, c: float, start: np.ndarray | None, tol: float, max_iter: int) -> PathFit:
+        """Minimise at ``c`` from ``start`` (basis coordinates; None: zeros).
+
+        The solution's basis coordinates (``v`` then the centred intercepts) are kept as
+        ``self.coordinates`` for the next start.
+        """
         self.set_c(c)
-        if start is None:
-            theta0 = np.zeros(self.rank * self.k + self.k)
-        else:
-            theta0 = self.from_weights(*start)
-        result = minimize(
-            self.value_and_grad,
-            theta0,
-            jac=True,
-            method="L-BFGS-B",
-            options={
-                "maxiter": max_iter,
-                "maxls": 50,
-                "gtol": tol,
-                "ftol": 64 * np.finfo(float).eps,
-            },
-        )
-        w, b = self.to_weights(result.x)
-        # scipy also stops on a relative change of the objective below ftol (a flat
-        # optimum); that counts as converged, an exhausted iteration budget does not.
-        converged = bool(result.success) or int(result.nit) < max_iter
+        rk = self.rank * self.k
+        theta0 = np.zeros(rk + self.k)
+        if start is not None:
+            theta0[:rk] = (start[:rk].reshape(self.rank, self.k) / self.scale[:, None]).ravel()
+            theta0[rk:] = start[rk:] * np.sqrt(_CURVATURE)
+        result = minimize_lbfgs(self.value_and_grad, theta0, tol, max_iter)
+        u, b = self.split(result.x)
+        v = self.scale[:, None] * u
+        self.coordinates = np.concatenate([v.ravel(), b])
+        w = self.basis.axes @ v
         intercept = b - self.basis.mean @ w
-        return PathFit(c, w, intercept, int(result.nit), converged)
+        return PathFit(c, w, intercept, result.n_iter, result.converged)
 
 
 def solve_path(
@@ -267,12 +323,30 @@ def solve_path(
 
         basis = principal_basis_on(x, device) if basis is None else basis
         problem = TorchProblem(x, y, n_classes, basis, device)
-    previous = (
-        None if start is None else (start.coef, start.intercept + problem.basis.mean @ start.coef)
-    )
+    guess = None
+    if start is not None:
+        guess = problem.to_coordinates(
+            start.coef, start.intercept + problem.basis.mean @ start.coef
+        )
     fits: dict[float, PathFit] = {}
+    solved: list[tuple[float, np.ndarray]] = []
     for c in sorted(float(v) for v in c_values):
-        fit = problem.solve(c, previous, tol, max_iter)
-        fits[c] = fit
-        previous = (fit.coef, fit.intercept + problem.basis.mean @ fit.coef)
+        if len(solved) >= 2:
+            guess = _extrapolate(solved[-2], solved[-1], np.log(c))
+        fits[c] = problem.solve(c, guess, tol, max_iter)
+        guess = problem.coordinates
+        solved.append((float(np.log(c)), guess))
     return fits
+
+
+def _extrapolate(
+    before: tuple[float, np.ndarray], last: tuple[float, np.ndarray], log_c: float
+) -> np.ndarray:
+    """The secant through the last two solutions (in log C), evaluated at ``log_c``.
+
+    Along the path the solution moves smoothly with log C, so the secant starts the next
+    fit closer to its optimum than the last solution does; only the start changes, not
+    the optimum or the stopping rule.
+    """
+    (log_a, a), (log_b, b) = before, last
+    return b + (b - a) * ((log_c - log_b) / (log_b - log_a))

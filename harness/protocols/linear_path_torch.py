@@ -3,7 +3,7 @@
 Same objective, preconditioning, warm-started ascending path and stopping rule as
 :mod:`harness.protocols.linear_path`; only where the arrays live changes. The training
 features, the axes and the targets are copied to the device once per path, in float64;
-scipy's L-BFGS-B keeps running on the host over the small parameter vector
+L-BFGS (:mod:`harness.protocols.linear_lbfgs`) keeps running on the host over the small parameter vector
 (``R K + K`` values), and each objective evaluation moves only that vector and its
 gradient across. The passes over the data (``N x R x K`` products) and the
 eigendecomposition of the Gram matrix run on the device.
