@@ -76,16 +76,20 @@ def test_paper_config_is_the_selected_run_of_the_peer_script(flag: str) -> None:
         # SGD(..., nesterov=False if momentum == 0.0 else True)
         assert config.optimizer == "sgd" and config.nesterov == (momentum != 0.0)
         # CosineAnnealingLR(T_max=epochs), --epochs 200, a DataLoader without drop_last
-        assert (config.schedule, config.epochs, config.sampling) == ("cosine", 200, "epochs")
+        # (stepped once an epoch: scheduler.step() after each epoch's batches)
+        assert (config.schedule, config.epochs, config.sampling) == (
+            "cosine-epoch", 200, "epochs",
+        )  # fmt: skip
         # validation every epoch on val AUC; EarlyStopping(patience=50); `score <= best`
         # is no improvement; the best checkpoint is reloaded for test
         assert (config.val_unit, config.val_every, config.patience) == ("epochs", 1, 50)
         assert config.select_on == "metric" and config.primary_metric == "roc_auc"
         assert not config.tie_improves and config.restore_best
-        # fc = Sequential(Dropout(0.5), Linear); RandomResizedCrop(224) + flip + rotation
+        # fc = Sequential(Dropout(0.5), Linear); flip, RandomResizedCrop(224), rotation
+        # (0, 5), sharpness, autocontrast, equalize
         assert config.head_dropout == PEER_DROPOUT and config.head_init == "default"
         assert (config.augmentation, config.crop_scale, config.input_size) == (
-            "crop-flip", (0.08, 1.0), 224,
+            "transferability", (0.08, 1.0), 224,
         )  # fmt: skip
         assert config.rotation == 5.0 and config.amp == "none" and config.loss == "auto"
         assert config.patience == PEER_PATIENCE and not config.grid_search and not config.folds
@@ -105,7 +109,7 @@ def test_selected_points_and_defaults() -> None:
 
 def test_registered_with_source_and_eval_transform() -> None:
     preset = presets_of("finetune")[NAME]
-    assert preset.version == 1 and "@7e308c4:src/fine-tuning.py" in preset.source
+    assert preset.version == 2 and "@7e308c4:src/fine-tuning.py" in preset.source
     # the eval transform: ToTensor + Normalize on the 224 px images (no resize, no crop)
     assert dict(preset.preprocessing) == {
         "input_size": 224, "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
@@ -121,7 +125,8 @@ def test_small_profiles_keep_the_procedure_at_the_profile_scale(profile: str) ->
         base.batch_size, base.input_size, base.cpu_threads,
     )  # fmt: skip
     same = ("lr", "momentum", "nesterov", "weight_decay", "patience", "primary_metric",
-            "head_dropout", "rotation", "tie_improves", "restore_best", "sampling")  # fmt: skip
+            "head_dropout", "rotation", "tie_improves", "restore_best", "sampling",
+            "schedule", "augmentation")  # fmt: skip
     assert all(getattr(small, f) == getattr(paper, f) for f in same)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torchvision import transforms as v1
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
@@ -68,6 +68,52 @@ def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> T
 
     def apply(image: np.ndarray) -> torch.Tensor:
         return _normalized(pre, transform(to_pil_rgb(image)))
+
+    return apply
+
+
+def transferability_transform(
+    pre: Preprocessing, scale: tuple[float, float], rotation: float
+) -> Transform:
+    """DovileDo/transferability-in-medical-imaging's training augmentation.
+
+    DovileDo/transferability-in-medical-imaging@7e308c4:src/fine-tuning.py (``load_data``),
+    a ``torchvision.transforms.v2`` pipeline on the image converted to RGB, in its order:
+    to a float tensor in [0, 1], RandomHorizontalFlip(0.5), RandomResizedCrop(input_size,
+    ``scale``, bilinear, antialias), RandomRotation((0, ``rotation``)) (one way only,
+    nearest, no expansion, fill 0), RandomAdjustSharpness(2), RandomAutocontrast() and
+    RandomEqualize() (p 0.5 each; equalize bins the float image to uint8 levels), then
+    normalise. The study's crop interpolation is torchvision's default (bilinear) whatever
+    the eval transform uses.
+
+    Args:
+        pre: The preprocessing (input size, mean/std, histogram normalisation).
+        scale: RandomResizedCrop's area range.
+        rotation: Upper end of the rotation range in degrees (0: no rotation step).
+
+    Returns:
+        Image array -> float tensor (3, S, S), drawing from torch's global RNG.
+    """
+    transform = v2.Compose(
+        [
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomResizedCrop(
+                pre.input_size,
+                scale=scale,
+                interpolation=InterpolationMode.BILINEAR,
+                antialias=True,
+            ),
+            *([v2.RandomRotation((0.0, rotation))] if rotation else []),
+            v2.RandomAdjustSharpness(sharpness_factor=2.0),
+            v2.RandomAutocontrast(),
+            v2.RandomEqualize(),
+        ]
+    )
+
+    def apply(image: np.ndarray) -> torch.Tensor:
+        # ToTensor's own division by 255: equalize bins the float image to uint8 levels,
+        # where another rounding of x / 255 can move a pixel to the next level.
+        return _normalized(pre, transform(F.to_tensor(to_pil_rgb(image))))
 
     return apply
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from harness.config.profiles import check_profile
+from harness.protocols.finetune.spec import SCHEDULES
 
 VERSION = 2
 
@@ -17,13 +18,13 @@ _CLASS_WEIGHTING = ("none", "inverse_frequency", "balanced")
 _AMP = ("auto", "none", "bf16", "fp16")
 _CHOICES = {
     "optimizer": ("sgd", "adam", "keras-adam"),
-    "schedule": ("cosine", "constant", "plateau", "warmup-plateau", "step"),
+    "schedule": SCHEDULES,
     "sampling": ("stream", "epochs", "drop_last"),
     "val_unit": ("steps", "epochs"),
     "select_on": ("metric", "loss"),
     "grid_score": ("best", "last"),
     "loss": ("auto", "bce"),
-    "augmentation": ("crop-flip", "feature-reuse", "keras", "none"),
+    "augmentation": ("crop-flip", "feature-reuse", "keras", "transferability", "none"),
     "head_init": ("default", "zeros"),
     "lr_finder_select": ("val", "loss", "val_loss"),
     "auc_average": ("macro", "weighted"),
@@ -45,7 +46,9 @@ class FinetuneConfig:
         optimizer: "sgd" (with ``momentum`` and ``nesterov``), "adam" (torch's
             defaults: betas (0.9, 0.999), eps 1e-8) or "keras-adam" (Keras' Adam: eps 1e-7
             added to the uncorrected ``sqrt(v)``, :mod:`.keras`).
-        schedule: "cosine" (to 0 at ``steps``), "constant", "plateau" (torch's
+        schedule: "cosine" (to 0 at ``steps``), "cosine-epoch" (the cosine held constant
+            within each epoch: ``CosineAnnealingLR(T_max=epochs)`` stepped once an epoch,
+            as DovileDo/transferability-in-medical-imaging), "constant", "plateau" (torch's
             ReduceLROnPlateau, stepped at every validation on the validation quantity) or
             "warmup-plateau" (feature-reuse's LinearWarmup stepped every iteration, then
             ReduceLROnPlateau stepped once an epoch, :mod:`.warmup`) or "step" (VTAB's:
@@ -80,11 +83,15 @@ class FinetuneConfig:
             model card's.
         crop_scale: RandomResizedCrop area range (torchvision's default (0.08, 1));
             feature-reuse's (0.8, 1.2) goes above 1.
-        rotation: RandomRotation degrees after the crop and flip (0: none); Keras'
-            ``rotation_range`` under ``augmentation="keras"``.
+        rotation: RandomRotation degrees after the crop and flip (0: none), drawn from
+            ``[-rotation, rotation]``; from ``[0, rotation]`` under
+            ``augmentation="transferability"``; Keras' ``rotation_range`` under
+            ``augmentation="keras"``.
         augmentation: Training augmentation: "crop-flip" (RandomResizedCrop + flip),
             "feature-reuse" (square resize, RandomResizedCrop, both flips, colour jitter,
-            grayscale), "keras" (Keras ``ImageDataGenerator``'s random affine, :mod:`.keras`)
+            grayscale), "keras" (Keras ``ImageDataGenerator``'s random affine, :mod:`.keras`),
+            "transferability" (flip, RandomResizedCrop, one-sided rotation, then random
+            sharpness, autocontrast and equalize, :func:`.augment.transferability_transform`)
             or "none" (train on the eval transform, VTAB).
         hflip: Random horizontal flips under ``augmentation="keras"``.
         shift: Keras ``width_shift_range`` / ``height_shift_range`` (fractions).
@@ -259,8 +266,11 @@ class FinetuneConfig:
             problems.append("loss='bce' does not support class_weighting='inverse_frequency'")
         if self.class_weighting == "balanced" and not self.folds:
             problems.append("class_weighting='balanced' (Keras class_weight) needs folds")
-        if self.schedule == "warmup-plateau" and self.sampling not in _EPOCH_SAMPLING:
-            problems.append("schedule='warmup-plateau' steps once an epoch: needs epoch sampling")
+        for once_an_epoch in ("warmup-plateau", "cosine-epoch"):
+            if self.schedule == once_an_epoch and self.sampling not in _EPOCH_SAMPLING:
+                problems.append(
+                    f"schedule={once_an_epoch!r} steps once an epoch: needs epoch sampling"
+                )
         if self.warmup_iters < 1 or not 0 <= self.warmup_start < self.lr:
             problems.append("warmup_iters must be >= 1 and 0 <= warmup_start < lr")
         if not 0 <= self.head_dropout < 1 or min(self.shift, self.shear, self.zoom) < 0:

@@ -30,6 +30,7 @@ from harness.protocols.finetune.augment import (
     feature_reuse_transform,
     keras_transform,
     tf_resize_transform,
+    transferability_transform,
 )
 
 Transform = Callable[[np.ndarray], torch.Tensor]
@@ -56,7 +57,8 @@ def train_transform(
         scale: RandomResizedCrop's area range (torchvision's default is ``(0.08, 1.0)``).
         rotation: RandomRotation degrees (0: none); Keras' ``rotation_range``.
         augmentation: "crop-flip", "feature-reuse" (:func:`feature_reuse_transform`),
-            "keras" (:func:`keras_transform`) or "none" (the eval transform, VTAB's).
+            "keras" (:func:`keras_transform`), "transferability"
+            (:func:`transferability_transform`) or "none" (the eval transform, VTAB's).
         keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
         soft_range: The draw range of label-smoothed (NaN) targets, or None.
 
@@ -68,6 +70,8 @@ def train_transform(
         return feature_reuse_transform(pre, scale)
     if augmentation == "keras":
         return keras_transform(pre, rotation, *keras)
+    if augmentation == "transferability":
+        return transferability_transform(pre, scale, rotation)
     if augmentation == "none":
         return model_eval_transform(pre)
     transform = v2.Compose(

@@ -12,6 +12,9 @@ from torch import nn
 from harness.protocols.finetune.network import Classifier
 from harness.protocols.finetune.warmup import step_lr_factor
 
+#: Learning-rate schedules a run knows (see :class:`RunSpec`).
+SCHEDULES = ("cosine", "cosine-epoch", "constant", "plateau", "warmup-plateau", "step")
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -24,7 +27,9 @@ class RunSpec:
         steps: Steps to train (fewer when early stopping triggers).
         horizon: Length of the cosine schedule (>= steps; a retrain that stops at the
             selected step keeps the selected run's learning-rate trajectory).
-        schedule: "cosine" (to 0 at ``horizon``), "constant", "plateau"
+        schedule: "cosine" (to 0 at ``horizon``), "cosine-epoch" (the same curve held
+            constant over each epoch: ``CosineAnnealingLR(T_max=epochs)`` stepped once an
+            epoch), "constant", "plateau"
             (ReduceLROnPlateau stepped at every validation) or "warmup-plateau"
             (feature-reuse's LinearWarmup + once-an-epoch ReduceLROnPlateau) or "step"
             (VTAB's warmup and step decays over ``horizon``).
@@ -63,7 +68,8 @@ class RunSpec:
         warmup_iters: LinearWarmup iterations ("warmup-plateau").
         warmup_start: LinearWarmup's starting lr.
         steps_per_epoch: Steps of an epoch (the once-an-epoch plateau step of
-            "warmup-plateau"); 0 when the run is not epoch-based.
+            "warmup-plateau", the epochs of "cosine-epoch"); 0 when the run is not
+            epoch-based.
         freeze_steps: Leading steps that train only the head (backbone frozen, eval mode).
         momentum: SGD momentum.
         nesterov: Nesterov momentum.
@@ -123,10 +129,10 @@ class RunSpec:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.horizon < self.steps:
             raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
-        if self.schedule not in ("cosine", "constant", "plateau", "warmup-plateau", "step"):
+        if self.schedule not in SCHEDULES:
             raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
-        if self.schedule == "warmup-plateau" and self.steps_per_epoch < 1:
-            raise ValueError(f"run {self.name}: 'warmup-plateau' needs steps_per_epoch >= 1")
+        if self.schedule in ("warmup-plateau", "cosine-epoch") and self.steps_per_epoch < 1:
+            raise ValueError(f"run {self.name}: {self.schedule!r} needs steps_per_epoch >= 1")
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rate after ``step`` optimizer steps."""
@@ -134,6 +140,11 @@ class RunSpec:
             return step_lr_factor(
                 step, self.horizon, self.decay_at, self.decay_factor, self.warmup_steps
             )
+        if self.schedule == "cosine-epoch":
+            # CosineAnnealingLR(T_max=epochs) stepped after each epoch: constant within one.
+            epochs = self.horizon / self.steps_per_epoch
+            epoch = min(step // self.steps_per_epoch, epochs)
+            return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
         if self.schedule != "cosine":  # plateau schedules change the lr themselves
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * min(step, self.horizon) / self.horizon))
