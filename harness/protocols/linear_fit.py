@@ -239,14 +239,10 @@ class PathFitter(Fitter):
 
     def refit(self, x: np.ndarray, y: np.ndarray, c: float) -> Fitted:
         """The train+val fit at ``c``, started from the sweep's fit at ``c``."""
-        basis = self._basis
-        if basis is None or basis.axes.shape[0] != x.shape[1]:
-            basis = self._principal_basis(x)
-        elif basis.full:
+        basis, rows = self._basis, self._sweep_rows
+        if basis is not None and basis.full and basis.axes.shape[0] == x.shape[1]:
             basis = Basis(x.mean(axis=0), basis.axes, basis.variance, True)
-        elif self._sweep_rows is not None and np.array_equal(
-            x[: len(self._sweep_rows)], self._sweep_rows
-        ):
+        elif basis is not None and rows is not None and np.array_equal(x[: len(rows)], rows):
             basis = extend_basis(basis, x)
         else:
             basis = self._principal_basis(x)

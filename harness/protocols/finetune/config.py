@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from harness.config.profiles import check_profile
-from harness.protocols.finetune.spec import SCHEDULES
+from harness.protocols.finetune.spec import EPOCH_SCHEDULES, SCHEDULES
 
 VERSION = 2
 
@@ -266,11 +266,8 @@ class FinetuneConfig:
             problems.append("loss='bce' does not support class_weighting='inverse_frequency'")
         if self.class_weighting == "balanced" and not self.folds:
             problems.append("class_weighting='balanced' (Keras class_weight) needs folds")
-        for once_an_epoch in ("warmup-plateau", "cosine-epoch"):
-            if self.schedule == once_an_epoch and self.sampling not in _EPOCH_SAMPLING:
-                problems.append(
-                    f"schedule={once_an_epoch!r} steps once an epoch: needs epoch sampling"
-                )
+        if self.schedule in EPOCH_SCHEDULES and self.sampling not in _EPOCH_SAMPLING:
+            problems.append(f"schedule={self.schedule!r} steps once an epoch: needs epoch sampling")
         if self.warmup_iters < 1 or not 0 <= self.warmup_start < self.lr:
             problems.append("warmup_iters must be >= 1 and 0 <= warmup_start < lr")
         if not 0 <= self.head_dropout < 1 or min(self.shift, self.shear, self.zoom) < 0:

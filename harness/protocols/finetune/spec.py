@@ -14,6 +14,8 @@ from harness.protocols.finetune.warmup import step_lr_factor
 
 #: Learning-rate schedules a run knows (see :class:`RunSpec`).
 SCHEDULES = ("cosine", "cosine-epoch", "constant", "plateau", "warmup-plateau", "step")
+#: Schedules that step once an epoch (they need epoch sampling and ``steps_per_epoch``).
+EPOCH_SCHEDULES = ("warmup-plateau", "cosine-epoch")
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class RunSpec:
             raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
-        if self.schedule in ("warmup-plateau", "cosine-epoch") and self.steps_per_epoch < 1:
+        if self.schedule in EPOCH_SCHEDULES and self.steps_per_epoch < 1:
             raise ValueError(f"run {self.name}: {self.schedule!r} needs steps_per_epoch >= 1")
 
     def lr_factor(self, step: int) -> float:
