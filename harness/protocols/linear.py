@@ -161,8 +161,9 @@ def _run(
     scores: dict[float, float] = {}
     iterations: dict[float, int] = {}
     not_converged: list[float] = []
-    for c, (model, n_iter, converged) in fitter.sweep(xs_train, t_train, sweep).items():
-        probabilities = predict_proba(model, xs_val)
+    for c, (probabilities, n_iter, converged) in fitter.sweep(
+        xs_train, t_train, sweep, xs_val
+    ).items():
         scores[c] = score(
             task.task, y_val, probabilities, selection_metric, config.per_class_classes
         )

@@ -23,6 +23,7 @@ carries ``v`` in both forms, so the binary fit at ``2 C`` starts where the peers
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 Model = LogisticRegression | list[LogisticRegression] | PathFit | list[PathFit]
 Fitted = tuple[Model, int, bool]
+# One C of a sweep: validation probabilities, iterations, converged.
+Swept = tuple[np.ndarray, int, bool]
 
 
 class Fitter:
@@ -83,18 +86,25 @@ class Fitter:
         """
         return 2.0 * c if self.config.binary_multinomial and self.task == "binary" else c
 
-    def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
+    def sweep(
+        self, x: np.ndarray, y: np.ndarray, sweep: list[float], x_val: np.ndarray
+    ) -> dict[float, Swept]:
         """Fit every C of the sweep, in sweep order (warm starts carry in that order).
 
         Args:
             x: Features (N, D), float64.
             y: Labels (N,) or (N, C) for multilabel.
             sweep: The probe's C values in sweep order.
+            x_val: The validation features every fit is scored on.
 
         Returns:
-            C -> (model, iterations, converged).
+            C -> (validation probabilities, iterations, converged).
         """
-        return {c: self.fit(x, y, c) for c in sweep}
+        out: dict[float, Swept] = {}
+        for c in sweep:
+            model, n_iter, converged = self.fit(x, y, c)
+            out[c] = (predict_proba(model, x_val), n_iter, converged)
+        return out
 
     def refit(self, x: np.ndarray, y: np.ndarray, c: float) -> Fitted:
         """The train+val refit at the chosen C (with ``warm_start``: from the sweep's last fit).
@@ -200,6 +210,8 @@ class PathFitter(Fitter):
         self._basis: Basis | None = None
         # The rows the sweep's basis came from: a refit on them plus more extends it.
         self._sweep_rows: np.ndarray | None = None
+        # The validation rows the sweep scored, and their rotation into its basis.
+        self._scored: tuple[np.ndarray, np.ndarray] | None = None
         self._fits: dict[float, PathFit | list[PathFit]] = {}
 
     def _principal_basis(self, x: np.ndarray, rotate_rows: bool = False) -> Basis:
@@ -220,30 +232,43 @@ class PathFitter(Fitter):
             for j, col in enumerate(columns)
         ]
 
-    def sweep(self, x: np.ndarray, y: np.ndarray, sweep: list[float]) -> dict[float, Fitted]:
-        """Fit every C on one path in ascending C (see the class docstring)."""
+    def sweep(
+        self, x: np.ndarray, y: np.ndarray, sweep: list[float], x_val: np.ndarray
+    ) -> dict[float, Swept]:
+        """Fit every C on one path in ascending C (see the class docstring).
+
+        The validation rows are rotated into the basis once; each C is scored from its
+        basis coordinates, never forming its weights in feature coordinates.
+        """
         self._basis = self._principal_basis(x, rotate_rows=True)
         self._sweep_rows = x
+        rotated = self._basis.rotate(x_val)
+        self._scored = (x_val, rotated)
         by_fit_c = {self.fit_c(c): c for c in sweep}
         paths = self._path(x, y, sorted(by_fit_c), self._basis, {})
-        out: dict[float, Fitted] = {}
+        out: dict[float, Swept] = {}
         for fit_c, c in by_fit_c.items():
             fits = [path[fit_c] for path in paths]
             self._fits[c] = fits if self.task == "multilabel" else fits[0]
-            out[c] = (
-                self._fits[c],
-                max(f.n_iter for f in fits),
-                all(f.converged for f in fits),
-            )
+            if self.task == "multilabel":
+                probabilities = np.column_stack(
+                    [f.predict_proba_rotated(rotated)[:, 1] for f in fits]
+                )
+            else:
+                probabilities = fits[0].predict_proba_rotated(rotated)
+            out[c] = (probabilities, max(f.n_iter for f in fits), all(f.converged for f in fits))
         return out
 
     def refit(self, x: np.ndarray, y: np.ndarray, c: float) -> Fitted:
         """The train+val fit at ``c``, started from the sweep's fit at ``c``."""
         basis, rows = self._basis, self._sweep_rows
         if basis is not None and basis.full and basis.axes.shape[0] == x.shape[1]:
-            basis = Basis(x.mean(axis=0), basis.axes, basis.variance, True)
+            basis = dataclasses.replace(basis, mean=x.mean(axis=0), rotated=None)
         elif basis is not None and rows is not None and np.array_equal(x[: len(rows)], rows):
-            basis = extend_basis(basis, x)
+            inside = None
+            if self._scored is not None and np.array_equal(x[len(rows) :], self._scored[0]):
+                inside = self._scored[1]
+            basis = extend_basis(basis, x, inside)
         else:
             basis = self._principal_basis(x)
         previous = self._fits.get(c)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy.special import expit, log_softmax
@@ -52,28 +53,68 @@ _RANK_TOLERANCE = 1e-10
 _BLOCK_BYTES = 1 << 20
 # Data up to this size stays in the last-level cache between the two reads of one pass.
 _ONE_PASS_BYTES = 4 << 20
+# Relative rounding of a Gram matrix formed by subtraction (a generous multiple of eps).
+_CANCELLATION = 64 * np.finfo(float).eps
 
 
 @dataclass(frozen=True)
 class Basis:
     """Principal axes of centred training features.
 
+    The axes are held one of two ways. A full basis keeps them as a (D, R) matrix. One
+    from fewer rows than dimensions keeps them as combinations of those rows,
+    ``frame.T @ combination``: the (D, R) matrix is never needed whole (weights and
+    projections are two thin products), and forming it would cost as much as the Gram
+    matrix itself.
+
     Attributes:
         mean: Feature means (D,) the features are centred with.
-        axes: Orthonormal axes (D, R), R = D or the rank of the training rows.
         variance: Variance along each axis (R,).
-        full: True when ``axes`` span the whole feature space (then it preconditions any
+        full: True when the axes span the whole feature space (then it preconditions any
             data of the same dimension exactly, not just the rows it came from).
         rotated: The centred rows the basis came from, in its axes (N, R); always there
             when not ``full``, and for a full basis when asked for (see
             :func:`principal_basis`).
+        frame: The axes (D, R) when ``combination`` is None, else rows (M, D) they combine.
+        combination: None, or (M, R): axis ``j`` is ``frame.T @ combination[:, j]``.
     """
 
     mean: np.ndarray
-    axes: np.ndarray
     variance: np.ndarray
     full: bool
-    rotated: np.ndarray | None = None
+    rotated: np.ndarray | None
+    frame: np.ndarray
+    combination: np.ndarray | None = None
+
+    @property
+    def rank(self) -> int:
+        """Number of axes R."""
+        return self.variance.shape[0]
+
+    @cached_property
+    def axes(self) -> np.ndarray:
+        """The orthonormal axes as one (D, R) matrix (formed on first use)."""
+        if self.combination is None:
+            return self.frame
+        return self.frame.T @ self.combination
+
+    def to_features(self, v: np.ndarray) -> np.ndarray:
+        """Weights in feature coordinates (D, K) from basis coordinates ``v`` (R, K)."""
+        if self.combination is None:
+            return self.frame @ v
+        return self.frame.T @ (self.combination @ v)
+
+    def rotate(self, x: np.ndarray) -> np.ndarray:
+        """Rows of ``x`` (N, D) centred by ``mean`` and written in the axes (N, R)."""
+        if self.combination is None:
+            return (x - self.mean) @ self.frame
+        return ((x - self.mean) @ self.frame.T) @ self.combination
+
+    def to_basis(self, w: np.ndarray) -> np.ndarray:
+        """Basis coordinates (R, K) of weights ``w`` (D, K): their projection on the axes."""
+        if self.combination is None:
+            return self.frame.T @ w
+        return self.combination.T @ (self.frame @ w)
 
 
 def principal_basis(x: np.ndarray, rotate_rows: bool = False) -> Basis:
@@ -95,85 +136,124 @@ def principal_basis(x: np.ndarray, rotate_rows: bool = False) -> Basis:
     if n >= d:
         variance, axes = np.linalg.eigh(xc.T @ xc / n)
         rotated = xc @ axes if rotate_rows else None
-        return Basis(mean, axes, np.clip(variance, 0.0, None), True, rotated)
+        return Basis(mean, np.clip(variance, 0.0, None), True, rotated, axes)
     variance, left = np.linalg.eigh(xc @ xc.T / n)
     keep = variance > _RANK_TOLERANCE * max(float(variance.max()), np.finfo(float).tiny)
     variance, left = variance[keep], left[:, keep]
     # x_c^T u_j / sqrt(n e_j) are orthonormal; rounding departs from it by about
     # eps * sqrt(e_max / e_j) <= 1e-11 for the axes kept, and x_c axes = u sqrt(n e).
     root = np.sqrt(n * variance)
-    return Basis(mean, xc.T @ (left / root), variance, False, left * root)
+    return Basis(mean, variance, False, left * root, xc, left / root)
 
 
-def extend_basis(basis: Basis, x: np.ndarray) -> Basis:
+def extend_basis(basis: Basis, x: np.ndarray, inside: np.ndarray | None = None) -> Basis:
     """A basis for all rows of ``x``, from one that came from its first rows.
 
     The refit on train+val needs the span of more rows than the sweep's basis covers. A
     fresh eigendecomposition of the larger Gram matrix would cost the most of a small
-    probe; instead the new rows' components outside the old span add their own principal axes. The axes are orthonormal
-    and span every centred row of ``x``, so the problem and its optimum are unchanged;
-    only the preconditioning departs from a true eigenbasis: each axis is scaled by the
-    variance along it (the diagonal of the rows' covariance in these axes).
+    probe; instead the new rows' components outside the old span add their own principal
+    axes. The axes are orthonormal and span every centred row of ``x``, so the problem and
+    its optimum are unchanged; only the preconditioning departs from a true eigenbasis:
+    each axis is scaled by the variance along it (the diagonal of the rows' covariance in
+    these axes). Everything is computed from inner products of rows (no D x R product):
+    the outside components' Gram matrix is the new rows' minus their inside part's.
 
     Args:
-        basis: A basis with ``rotated`` rows (the first ``len(basis.rotated)`` rows of
-            ``x``, centred by ``basis.mean``).
+        basis: A basis written in its rows (one that does not span the space, from
+            :func:`principal_basis`) with those rows rotated: the first
+            ``len(basis.rotated)`` rows of ``x``, centred by ``basis.mean``.
         x: Features (N, D), float64; its first rows are those the basis came from.
+        inside: ``basis.rotate(x[len(basis.rotated):])`` when the caller has it already
+            (a sweep that scored these rows); None computes it.
 
     Returns:
         The extended basis, with ``x``'s rows rotated into it and centred by ``x``'s mean.
+
+    Raises:
+        ValueError: When the basis does not keep its rows and their rotation.
     """
-    if basis.rotated is None:
-        raise ValueError("extend_basis needs a basis that keeps its rotated rows")
-    n_old, d = basis.rotated.shape[0], x.shape[1]
-    new = x[n_old:] - basis.mean
-    inside = new @ basis.axes
-    # One projection: a component kept (above the rank tolerance, at least 1e-5 of the
-    # largest) is orthogonal to the old axes to about 1e-16 / 1e-5.
-    outside = new - inside @ basis.axes.T
+    if basis.rotated is None or basis.combination is None:
+        raise ValueError("extend_basis needs a basis written in the rows it came from")
+    n_old, n_all, rank = basis.rotated.shape[0], x.shape[0], basis.rank
+    rows = x - basis.mean
+    new = rows[n_old:]
+    if inside is None:
+        inside = (new @ basis.frame.T) @ basis.combination
+    outside_gram = new @ new.T - inside @ inside.T
+    outside_gram = (outside_gram + outside_gram.T) / (2 * n_all)
     if len(new):
-        gram_values, left = np.linalg.eigh(outside @ outside.T / x.shape[0])
+        gram_values, left = np.linalg.eigh(outside_gram)
     else:
         gram_values, left = np.zeros(0), np.zeros((0, 0))
+    # The subtraction leaves rounding of about eps * |new|^2: never an axis of its own.
+    noise = _CANCELLATION * float(np.sum(new * new)) / n_all
     scale = max(float(gram_values.max(initial=0.0)), float(basis.variance.max(initial=0.0)))
-    keep = gram_values > _RANK_TOLERANCE * max(scale, np.finfo(float).tiny)
-    root = np.sqrt(x.shape[0] * gram_values[keep])
-    extra_axes = outside.T @ (left[:, keep] / root)
-    rotated = np.zeros((x.shape[0], basis.axes.shape[1] + extra_axes.shape[1]))
-    rotated[:n_old, : basis.axes.shape[1]] = basis.rotated
-    rotated[n_old:, : basis.axes.shape[1]] = inside
-    rotated[n_old:, basis.axes.shape[1] :] = left[:, keep] * root
+    keep = gram_values > max(_RANK_TOLERANCE * scale, noise, np.finfo(float).tiny)
+    root = np.sqrt(n_all * gram_values[keep])
+    extra = left[:, keep] / root
+    # Extra axis j: (new - inside axes^T)^T extra_j, written in the rows of x.
+    combination = np.zeros((n_all, rank + extra.shape[1]))
+    combination[:n_old, :rank] = basis.combination
+    combination[:n_old, rank:] = -basis.combination @ (inside.T @ extra)
+    combination[n_old:, rank:] = extra
+    rotated = np.zeros((n_all, rank + extra.shape[1]))
+    rotated[:n_old, :rank] = basis.rotated
+    rotated[n_old:, :rank] = inside
+    rotated[n_old:, rank:] = left[:, keep] * root
     rotated -= rotated.mean(axis=0)
-    axes = np.concatenate([basis.axes, extra_axes], axis=1)
     variance = np.mean(rotated * rotated, axis=0)
-    return Basis(x.mean(axis=0), axes, variance, axes.shape[1] == d, rotated)
+    full = rotated.shape[1] == x.shape[1]
+    return Basis(x.mean(axis=0), variance, full, rotated, rows, combination)
 
 
 @dataclass
 class PathFit:
-    """One solved C of a path: the model in original feature coordinates.
+    """One solved C of a path, held in its basis (feature coordinates formed on demand).
 
     Attributes:
         c: The estimator's C.
-        coef: Weights (D, K), K = 1 for a sigmoid.
-        intercept: Intercepts (K,) for uncentred features.
+        basis: The basis the fit was solved in.
+        v: Weights in basis coordinates (R, K), K = 1 for a sigmoid.
+        centred_intercept: Intercepts (K,) for features centred by ``basis.mean``.
         n_iter: L-BFGS iterations.
         converged: Whether the gradient criterion was met within the iteration limit.
     """
 
     c: float
-    coef: np.ndarray
-    intercept: np.ndarray
+    basis: Basis
+    v: np.ndarray
+    centred_intercept: np.ndarray
     n_iter: int
     converged: bool
 
+    @cached_property
+    def coef(self) -> np.ndarray:
+        """Weights (D, K) in feature coordinates."""
+        return self.basis.to_features(self.v)
+
+    @cached_property
+    def intercept(self) -> np.ndarray:
+        """Intercepts (K,) for uncentred features."""
+        return self.centred_intercept - self.basis.mean @ self.coef
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (N, 2) for a sigmoid model, (N, K) for a softmax one."""
-        logits = x @ self.coef + self.intercept
-        if self.coef.shape[1] == 1:
-            p = expit(logits[:, 0])
-            return np.column_stack([1.0 - p, p])
-        return np.exp(log_softmax(logits, axis=1))
+        return _probabilities(x @ self.coef + self.intercept)
+
+    def predict_proba_rotated(self, rotated: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` of rows given as ``self.basis.rotate(x)``.
+
+        A sweep scores every C on the same validation rows: rotated once, each C costs an
+        ``N x R`` product instead of forming its ``D``-dimensional weights.
+        """
+        return _probabilities(rotated @ self.v + self.centred_intercept)
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[1] == 1:
+        p = expit(logits[:, 0])
+        return np.column_stack([1.0 - p, p])
+    return np.exp(log_softmax(logits, axis=1))
 
 
 class _Problem:
@@ -189,7 +269,7 @@ class _Problem:
         else:
             self.target = np.zeros((self.n, self.k))
             self.target[np.arange(self.n), y] = 1.0
-        self.rank = basis.axes.shape[1]
+        self.rank = basis.rank
         # Rotated rows (always when fewer samples than dimensions, R <= N < D): each pass
         # costs N R K instead of N D K plus two rotations.
         self.rotated = basis.rotated
@@ -263,7 +343,7 @@ class _Problem:
 
     def to_coordinates(self, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Weights (D, K) and centred-feature intercepts (K,) as basis coordinates."""
-        return np.concatenate([(self.basis.axes.T @ w).ravel(), b])
+        return np.concatenate([self.basis.to_basis(w).ravel(), b])
 
     def solve(self, c: float, start: np.ndarray | None, tol: float, max_iter: int) -> PathFit:
         """Minimise at ``c`` from ``start`` (basis coordinates; None: zeros).
@@ -281,9 +361,7 @@ class _Problem:
         u, b = self.split(result.x)
         v = self.scale[:, None] * u
         self.coordinates = np.concatenate([v.ravel(), b])
-        w = self.basis.axes @ v
-        intercept = b - self.basis.mean @ w
-        return PathFit(c, w, intercept, result.n_iter, result.converged)
+        return PathFit(c, self.basis, v, b, result.n_iter, result.converged)
 
 
 def solve_path(

@@ -59,14 +59,15 @@ def principal_basis_on(x: np.ndarray, device: str, rotate_rows: bool = False) ->
         variance, axes = torch.linalg.eigh(xc.T @ xc / n)
         rotated = _host(xc @ axes) if rotate_rows else None
         variance = np.clip(_host(variance), 0.0, None)
-        return Basis(_host(mean), _host(axes), variance, True, rotated)
+        return Basis(_host(mean), variance, True, rotated, _host(axes))
     variance, left = torch.linalg.eigh(xc @ xc.T / n)
     floor = _RANK_TOLERANCE * max(float(variance.max()), np.finfo(float).tiny)
     keep = variance > floor
     variance, left = variance[keep], left[:, keep]
     root = torch.sqrt(n * variance)
-    axes = xc.T @ (left / root)
-    return Basis(_host(mean), _host(axes), _host(variance), False, _host(left * root))
+    return Basis(
+        _host(mean), _host(variance), False, _host(left * root), _host(xc), _host(left / root)
+    )
 
 
 def _host(t: torch.Tensor) -> np.ndarray:

@@ -32,7 +32,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import cohen_kappa_score
 
 from harness.config.vocabulary import METRIC_HIGHER_IS_BETTER, MULTILABEL_METRICS, TASKS
@@ -304,6 +303,22 @@ def _multilabel_metric(
     return float(np.mean(aucs)), None
 
 
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average (``scipy.stats.rankdata``'s default).
+
+    The ranks are whole or half numbers, exact in float64; one sort, without rankdata's
+    per-call overhead (it was most of the time of scoring one fit on a few hundred rows).
+    """
+    order = np.argsort(values)
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    ends = np.append(starts[1:], len(values))
+    ranks = np.empty(len(values))
+    # A tie group at sorted positions start..end-1 has ranks start+1..end: average (start+end+1)/2.
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
 def binary_roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for the ``positive`` rows (both classes present).
 
@@ -323,5 +338,5 @@ def binary_roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     positive = np.asarray(positive, dtype=bool)
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    ranks = _average_ranks(np.asarray(scores, dtype=np.float64))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
