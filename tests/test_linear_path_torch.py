@@ -12,7 +12,8 @@ import torch
 
 from harness.protocols.base import SplitFeatures, TaskInfo
 from harness.protocols.linear import LinearConfig, run
-from harness.protocols.linear_path import _Problem, principal_basis
+from harness.protocols.linear_basis import principal_basis
+from harness.protocols.linear_path import _Problem
 from harness.protocols.linear_path_torch import (
     TorchProblem,
     principal_basis_on,

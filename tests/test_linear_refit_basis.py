@@ -8,7 +8,8 @@ from threadpoolctl import threadpool_limits
 
 from harness.protocols import linear_fit
 from harness.protocols.linear import LinearConfig
-from harness.protocols.linear_path import extend_basis, principal_basis, solve_path
+from harness.protocols.linear_basis import extend_basis, principal_basis
+from harness.protocols.linear_path import solve_path
 
 
 def _features(seed: int, n: int, dim: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

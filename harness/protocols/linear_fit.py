@@ -33,13 +33,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from harness.protocols.linear_path import (
-    Basis,
-    PathFit,
-    extend_basis,
-    principal_basis,
-    solve_path,
-)
+from harness.protocols.linear_basis import Basis, extend_basis, principal_basis
+from harness.protocols.linear_path import PathFit, solve_path
 from harness.protocols.linear_path_torch import principal_basis_on, resolve_solver_device
 
 if TYPE_CHECKING:
@@ -189,7 +184,7 @@ class PathFitter(Fitter):
     The path runs in ascending C whatever the sweep order, so the fits do not depend on
     it. The preconditioning basis of the training features is computed once and reused
     for the refit: as it is when it spans the whole feature space, else extended by the
-    validation rows (:func:`~harness.protocols.linear_path.extend_basis`); the refit
+    validation rows (:func:`~harness.protocols.linear_basis.extend_basis`); the refit
     starts from the sweep's fit at the chosen C. Multilabel tasks solve one binary path
     per label with the shared basis.
 

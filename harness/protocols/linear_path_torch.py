@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.protocols.linear_path import _CURVATURE, _RANK_TOLERANCE, Basis, _Problem
+from harness.protocols.linear_basis import _RANK_TOLERANCE, Basis
+from harness.protocols.linear_path import _CURVATURE, _Problem
 
 
 def resolve_solver_device(device: str) -> str:
@@ -41,12 +42,12 @@ def resolve_solver_device(device: str) -> str:
 
 
 def principal_basis_on(x: np.ndarray, device: str, rotate_rows: bool = False) -> Basis:
-    """:func:`harness.protocols.linear_path.principal_basis` computed on ``device``.
+    """:func:`harness.protocols.linear_basis.principal_basis` computed on ``device``.
 
     Args:
         x: Features (N, D), float64.
         device: A torch device name.
-        rotate_rows: As in :func:`~harness.protocols.linear_path.principal_basis`.
+        rotate_rows: As in :func:`~harness.protocols.linear_basis.principal_basis`.
 
     Returns:
         The basis, as host arrays.
