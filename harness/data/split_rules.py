@@ -254,3 +254,4 @@ def source_split(data: SplitInput, ctx: DatasetContext, rule: str) -> np.ndarray
 # The peers' split rules register when this module loads (they import the helpers above).
 import harness.data.split_peers  # noqa: E402
 import harness.data.split_subsets  # noqa: E402, F401
+from harness.data import split_tfds  # noqa: E402, F401
