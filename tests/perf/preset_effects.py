@@ -13,13 +13,26 @@ B. an ablation: the default config with ONE of the preset's differing fields app
 
 It prints one markdown table per protocol: difference | default setting | preset setting
 | mean change of the primary value over the cases (largest single change). Everything is
-seeded, so two runs print the same numbers. ``linear``, ``fewshot`` and ``knn`` are measured;
-``invariance`` (the peer's sweep is 263 transform entries of 224 px images: ~20,000
-forward passes per case) and ``finetune`` (full-network training) get their difference
-tables without measured effects.
+seeded, so two runs print the same numbers. ``linear``, ``fewshot``, ``knn`` and (on
+request: ``--protocols invariance``, about 30 minutes under smoke) ``invariance`` are measured;
+``finetune`` (full-network training) gets its difference table without measured effects
+(and ``invariance`` its paper-profile one when not measured).
+
+``invariance``'s value is not its primary ``mean_cosine``: that averages whatever transforms
+a config sweeps, and the preset sweeps other ones (hflip 2, rotation 256, hue 5 entries,
+identities included) than the default (one magnitude each of 14 transforms). The value is
+the whitened cosine per transform name, averaged over the names the preset evaluates
+(hflip, rotation, hue; hue is skipped on grayscale data): ``cos_<name>`` under
+``aggregate="name"``, else the mean of the name's non-identity ``cos_<tag>`` entries (an
+identity entry is a cosine of 1 by construction, reported as its own number). The default
+and the ablations run only the default's entries of those names (rotation 10 and 90, hflip,
+hue 0.1); the others are not compared and the ``torchvision-pil`` backend lacks most of them.
+So ``aggregate`` alone changes nothing; with the preset's sweeps (``transforms +
+aggregate``) it averages the identity in, e.g. hflip's ``c`` becomes ``(1 + c) / 2``.
 
     .venv/bin/python tests/perf/preset_effects.py                       # smoke profile
     .venv/bin/python tests/perf/preset_effects.py --profile demo --out preset_effects.md
+    .venv/bin/python tests/perf/preset_effects.py --protocols invariance
 """
 
 from __future__ import annotations
@@ -49,18 +62,27 @@ MODELS = (
     "mobilenet_v2.tv_in1k_pip",
     "mobilenet_v2.random",
 )
-MEASURED = ("linear", "fewshot", "knn")
+MEASURED = ("linear", "fewshot", "knn", "invariance")
+DEFAULT_PROTOCOLS = ("linear", "fewshot", "knn")  # invariance on request: it is slow
 LISTED = ("invariance", "finetune")
 NOT_MEASURED = {
-    "invariance": "not measured: the preset's 263 transform entries at 224 px are ~20,000 "
-    "forward passes per case, hours on a 2-core CPU",
+    "invariance": "not measured in this run: `--protocols invariance` measures it",
     "finetune": "not measured one difference at a time (too costly on a 2-core CPU); whole presets: docs/protocols.md",
+}
+# Whole presets too costly to run here (their single differences are measured).
+WHOLE_NOT_MEASURED = {
+    "invariance": "not measured: the preset's ~79 distinct pooled images x 257 entries at "
+    "224 px are ~20,000 forward passes per case, ~30 min each on this 2-core CPU",
 }
 # A set sweep replaces the range: these fields of the default are not differences then.
 SUPERSEDED = {"c_values": ("c_min", "c_max", "n_c")}
 # Fields whose constraints tie them (max_iter <= max_iter_cap): also applied together.
-COUPLED = (("max_iter", "max_iter_cap"), ("ks", "primary_k"))
+COUPLED = (("max_iter", "max_iter_cap"), ("ks", "primary_k"), ("transforms", "aggregate"))
 PREPROCESSING = "preprocessing"
+INVARIANCE_VALUE = (
+    "whitened cosine per transform name, mean over the preset's names; "
+    "identity entries left out unless `aggregate` is `name`"
+)
 
 
 @dataclasses.dataclass
@@ -141,6 +163,68 @@ def _primary(spec: Any, case_run: Any, config: Any) -> float:
     return float(result.metrics[primary])
 
 
+def cosines_by_name(metrics: dict[str, float], config: Any) -> dict[str, float]:
+    """An invariance record's whitened cosine per transform name.
+
+    Args:
+        metrics: The record's metrics (``cos_<name>`` or ``cos_<tag>`` keys).
+        config: Its ``InvarianceConfig``.
+
+    Returns:
+        Name -> ``cos_<name>`` under ``aggregate="name"``, else the mean of the name's
+        non-identity entries; names the case skipped (colour on grayscale) left out.
+    """
+    from harness.protocols.image_transforms import IDENTITY, transform_tag
+
+    if config.aggregate == "name":
+        names = dict.fromkeys(name for name, _ in config.transforms)
+        return {name: metrics[f"cos_{name}"] for name in names if f"cos_{name}" in metrics}
+    grouped: dict[str, list[float]] = {}
+    for name, magnitude in config.transforms:
+        key = f"cos_{transform_tag(name, magnitude)}"
+        if magnitude != IDENTITY[name] and key in metrics:
+            grouped.setdefault(name, []).append(metrics[key])
+    return {name: float(np.mean(values)) for name, values in grouped.items()}
+
+
+def _invariance_value(spec: Any, case_run: Any, config: Any, names: tuple[str, ...]) -> float:
+    """The mean over ``names`` (those the case reports) of the per-name cosine."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = spec.run_case(case_run, config)
+    per_name = cosines_by_name(result.metrics, config)
+    reported = [per_name[name] for name in names if name in per_name]
+    if not reported:
+        raise ValueError(f"none of the compared transforms {names} was evaluated")
+    return float(np.mean(reported))
+
+
+def _invariance_setup(
+    spec: Any, case: Any, results: Path, config: Any, presets: tuple[str, ...]
+) -> tuple[Any, Callable[..., float]]:
+    """The default config restricted to the presets' transform names, and the value function.
+
+    Args:
+        spec: The invariance protocol.
+        case: Its case (medxfer default).
+        results: Scratch folder.
+        config: The default's config for the case.
+        presets: The protocol's presets.
+
+    Returns:
+        The restricted config and ``value(spec, case_run, config) -> float``.
+    """
+    from harness.protocols.case import CaseRun
+
+    names: dict[str, None] = {}
+    for preset in presets:
+        run_p = CaseRun(dataclasses.replace(case, preset=preset), results, device="cpu")
+        names.update(dict.fromkeys(name for name, _ in spec.make_config(run_p).transforms))
+    kept = tuple(entry for entry in config.transforms if entry[0] in names)
+    value = partial(_invariance_value, names=tuple(names))
+    return dataclasses.replace(config, transforms=kept), value
+
+
 def _attempt(fn: Callable[[], float]) -> tuple[float | None, str]:
     """Run one measurement; a case the setting cannot run on gives its reason."""
     from harness.protocols.registry import CaseNotApplicable
@@ -151,9 +235,11 @@ def _attempt(fn: Callable[[], float]) -> tuple[float | None, str]:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
-def _replaced(spec: Any, case_run: Any, config: Any, changes: dict[str, Any]) -> float:
-    """The primary value under ``config`` with ``changes`` applied."""
-    return _primary(spec, case_run, dataclasses.replace(config, **changes))
+def _replaced(
+    value: Callable[..., float], spec: Any, case_run: Any, config: Any, changes: dict[str, Any]
+) -> float:
+    """The value (``_primary`` or invariance's) under ``config`` with ``changes`` applied."""
+    return value(spec, case_run, dataclasses.replace(config, **changes))
 
 
 def _ablate(
@@ -216,7 +302,10 @@ def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str],
         started = time.perf_counter()
         run0 = CaseRun(case, results, device="cpu")
         config0 = spec.make_config(run0)
-        base, why = _attempt(partial(_primary, spec, run0, config0))
+        value: Callable[..., float] = _primary
+        if protocol == "invariance":
+            config0, value = _invariance_setup(spec, case, results, config0, presets)
+        base, why = _attempt(partial(value, spec, run0, config0))
         values[case.case_id] = {"medxfer": base}
         if why:
             failures.setdefault(case.case_id, {})["medxfer"] = why
@@ -228,8 +317,10 @@ def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str],
                 failures.setdefault(case.case_id, {})[name] = f"{type(exc).__name__}: {exc}"
                 values[case.case_id][name] = None
                 continue
-            value, why = _attempt(partial(_primary, spec, run_p, config_p))
-            values[case.case_id][name] = value
+            preset_value, why = None, ""
+            if protocol not in WHOLE_NOT_MEASURED:
+                preset_value, why = _attempt(partial(value, spec, run_p, config_p))
+            values[case.case_id][name] = preset_value
             if why:
                 failures.setdefault(case.case_id, {})[name] = why
 
@@ -240,7 +331,7 @@ def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str],
             for field in differing:
                 shown = (_show(getattr(config0, field)), _show(getattr(config_p, field)))
                 changed = {field: getattr(config_p, field)}
-                add(field, shown, partial(_replaced, spec, run0, config0, changed))
+                add(field, shown, partial(_replaced, value, spec, run0, config0, changed))
             for group in COUPLED:
                 if all(field in differing for field in group):
                     joint = {f: getattr(config_p, f) for f in group}
@@ -251,11 +342,11 @@ def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str],
                     add(
                         " + ".join(group) + " (together)",
                         shown,
-                        partial(_replaced, spec, run0, config0, joint),
+                        partial(_replaced, value, spec, run0, config0, joint),
                     )
             shown = preprocessing_differences(run0.preprocessing(), run_p.preprocessing())
             if shown[0]:
-                add(PREPROCESSING, shown, partial(_primary, spec, run_p, config0))
+                add(PREPROCESSING, shown, partial(value, spec, run_p, config0))
                 if base is not None:
                     agreement[name][case.case_id] = feature_agreement(
                         run0.features(), run_p.features()
@@ -291,6 +382,7 @@ def measured_tables(protocol: str, outcome: dict, primary: str) -> list[str]:
             k: v - values[k]["medxfer"] for k, v in ran.items() if values[k]["medxfer"] is not None
         }
         change = "-" if name == "medxfer" else _change_cell(changes)
+        change = WHOLE_NOT_MEASURED.get(protocol, change) if name != "medxfer" else change
         lines.append(f"| {name} | {mean} | {change} | {len(ran)}/{len(values)} |")
     lines.append("")
     lines += [
@@ -312,7 +404,8 @@ def measured_tables(protocol: str, outcome: dict, primary: str) -> list[str]:
                 reasons = _cell(list(row.failures.values()))
                 cell += f"; failed on {len(row.failures)} case(s): {reasons}"
             cells.append((row.difference, _cell(row.default), _cell(row.setting), cell))
-        cells.append(("**all (the preset)**", "", "", _change_cell(change)))
+        whole = WHOLE_NOT_MEASURED.get(protocol) or _change_cell(change)
+        cells.append(("**all (the preset)**", "", "", whole))
         groups.setdefault(tuple(cells), []).append(name)
     for cells, names in groups.items():
         for cell in cells:
@@ -387,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="also write the tables to this file")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--protocols", nargs="+", choices=MEASURED, default=list(MEASURED))
+    parser.add_argument("--protocols", nargs="+", choices=MEASURED, default=list(DEFAULT_PROTOCOLS))
     args = parser.parse_args(argv)
 
     from harness.config import paths
@@ -417,8 +510,9 @@ def main(argv: list[str] | None = None) -> None:
         chosen = [case for case in cases if case.protocol == protocol]
         outcome = measure(protocol, chosen, results, lambda line: print(line, file=sys.stderr))
         primary = get_protocol(protocol).primary_metric or "the dataset card's primary metric"
+        primary = INVARIANCE_VALUE if protocol == "invariance" else primary
         out += measured_tables(protocol, outcome, primary)
-    for protocol in LISTED:
+    for protocol in [name for name in LISTED if name not in args.protocols]:
         # paper: the peers' own invocation; fine-tune's smoke/demo scale it to the profile
         profiles = ("paper", args.profile) if protocol == "finetune" else ("paper",)
         for profile in profiles:
