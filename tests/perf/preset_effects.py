@@ -33,6 +33,8 @@ aggregate``) it averages the identity in, e.g. hflip's ``c`` becomes ``(1 + c) /
     .venv/bin/python tests/perf/preset_effects.py                       # smoke profile
     .venv/bin/python tests/perf/preset_effects.py --profile demo --out preset_effects.md
     .venv/bin/python tests/perf/preset_effects.py --protocols invariance
+    .venv/bin/python tests/perf/preset_effects.py --protocols invariance --whole \
+        --datasets demo_cxr_lesion --models tf_efficientnet_lite0.in1k_pip
 """
 
 from __future__ import annotations
@@ -275,7 +277,13 @@ def feature_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
     return float(np.mean(np.concatenate(values)))
 
 
-def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str], None]) -> dict:
+def measure(
+    protocol: str,
+    cases: list[Any],
+    results: Path,
+    log: Callable[[str], None],
+    whole: bool = False,
+) -> dict:
     """Default, preset and one-difference-at-a-time values of every case of a protocol.
 
     Args:
@@ -283,6 +291,7 @@ def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str],
         cases: Its cases (medxfer default; the presets are set here).
         results: Scratch folder for records (none is written: ``run_case`` only).
         log: Progress lines (stderr).
+        whole: Also run the whole presets of ``WHOLE_NOT_MEASURED`` (slow).
 
     Returns:
         ``values`` (case id -> {"medxfer" | preset: value or None}), ``rows`` (preset ->
@@ -318,7 +327,7 @@ def measure(protocol: str, cases: list[Any], results: Path, log: Callable[[str],
                 values[case.case_id][name] = None
                 continue
             preset_value, why = None, ""
-            if protocol not in WHOLE_NOT_MEASURED:
+            if whole or protocol not in WHOLE_NOT_MEASURED:
                 preset_value, why = _attempt(partial(value, spec, run_p, config_p))
             values[case.case_id][name] = preset_value
             if why:
@@ -366,11 +375,12 @@ def _change_cell(changes: dict[str, float]) -> str:
     return f"{mean:+.4f} ({finite[worst]:+.4f}: {where})"
 
 
-def measured_tables(protocol: str, outcome: dict, primary: str) -> list[str]:
+def measured_tables(protocol: str, outcome: dict, primary: str, whole: bool = False) -> list[str]:
     """Markdown of one measured protocol: values per preset, then the difference table."""
     from harness.protocols.registry import presets_of
 
     presets = presets_of(protocol)
+    skipped = {} if whole else WHOLE_NOT_MEASURED
     values = outcome["values"]
     lines = [f"### `{protocol}` (primary value: {primary}, {len(values)} cases)", ""]
     lines += ["| setting | mean value | mean change vs medxfer (largest) | cases run |"]
@@ -382,7 +392,7 @@ def measured_tables(protocol: str, outcome: dict, primary: str) -> list[str]:
             k: v - values[k]["medxfer"] for k, v in ran.items() if values[k]["medxfer"] is not None
         }
         change = "-" if name == "medxfer" else _change_cell(changes)
-        change = WHOLE_NOT_MEASURED.get(protocol, change) if name != "medxfer" else change
+        change = skipped.get(protocol, change) if name != "medxfer" else change
         lines.append(f"| {name} | {mean} | {change} | {len(ran)}/{len(values)} |")
     lines.append("")
     lines += [
@@ -404,8 +414,9 @@ def measured_tables(protocol: str, outcome: dict, primary: str) -> list[str]:
                 reasons = _cell(list(row.failures.values()))
                 cell += f"; failed on {len(row.failures)} case(s): {reasons}"
             cells.append((row.difference, _cell(row.default), _cell(row.setting), cell))
-        whole = WHOLE_NOT_MEASURED.get(protocol) or _change_cell(change)
-        cells.append(("**all (the preset)**", "", "", whole))
+        cells.append(
+            ("**all (the preset)**", "", "", skipped.get(protocol) or _change_cell(change))
+        )
         groups.setdefault(tuple(cells), []).append(name)
     for cells, names in groups.items():
         for cell in cells:
@@ -481,6 +492,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--protocols", nargs="+", choices=MEASURED, default=list(DEFAULT_PROTOCOLS))
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="also run the whole presets skipped for cost (invariance: ~30 min a case)",
+    )
     args = parser.parse_args(argv)
 
     from harness.config import paths
@@ -508,10 +524,12 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for protocol in args.protocols:
         chosen = [case for case in cases if case.protocol == protocol]
-        outcome = measure(protocol, chosen, results, lambda line: print(line, file=sys.stderr))
+        outcome = measure(
+            protocol, chosen, results, lambda line: print(line, file=sys.stderr), args.whole
+        )
         primary = get_protocol(protocol).primary_metric or "the dataset card's primary metric"
         primary = INVARIANCE_VALUE if protocol == "invariance" else primary
-        out += measured_tables(protocol, outcome, primary)
+        out += measured_tables(protocol, outcome, primary, args.whole)
     for protocol in [name for name in LISTED if name not in args.protocols]:
         # paper: the peers' own invocation; fine-tune's smoke/demo scale it to the profile
         profiles = ("paper", args.profile) if protocol == "finetune" else ("paper",)
