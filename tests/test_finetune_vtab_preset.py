@@ -27,6 +27,7 @@ from harness.protocols.finetune.modes import Context, grid_search
 from harness.protocols.finetune.network import Classifier, clone_state, make_criterion
 from harness.protocols.finetune.presets_vtab import VTAB_EVAL
 from harness.protocols.finetune.spec import RunSpec, StepInfo
+from harness.protocols.finetune.tencrop import tencrop_transform
 from harness.protocols.finetune.warmup import step_lr_factor
 from harness.protocols.registry import presets_of
 
@@ -147,6 +148,17 @@ def test_preprocessing_is_tf1_bilinear_resize_to_unit_range_then_the_cards_norm(
     expected = _normalise(_tf_resize_reference(np.repeat(gray[..., None], 3, 2) * 1.0, 5), pre)
     got = tf_resize_transform(dataclasses.replace(pre, input_size=5))(gray).numpy()
     assert got == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("augmentation", ["crop-flip", "feature-reuse"])
+def test_tf_bilinear_with_an_augmentation_that_resizes_is_a_clear_error(augmentation: str) -> None:
+    with pytest.raises(ValueError, match=f"tf-bilinear.*augmentation '{augmentation}'"):
+        train_transform(TF_PRE, (0.08, 1.0), augmentation=augmentation)
+    with pytest.raises(ValueError, match=r"tf-bilinear.*test_tencrop"):
+        tencrop_transform(TF_PRE)
+    # the Keras and transferability augmentations use their own kernels
+    image = np.zeros((8, 8), dtype=np.uint8)
+    assert train_transform(TF_PRE, (0.08, 1.0), augmentation="keras")(image).shape[0] == 3
 
 
 # ------------------------------------------------------------------ head init

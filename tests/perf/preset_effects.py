@@ -64,7 +64,7 @@ MODELS = (
     "mobilenet_v2.tv_in1k_pip",
     "mobilenet_v2.random",
 )
-MEASURED = ("linear", "fewshot", "knn", "invariance")
+MEASURED = ("linear", "fewshot", "knn", "invariance", "finetune")
 DEFAULT_PROTOCOLS = ("linear", "fewshot", "knn")  # invariance on request: it is slow
 LISTED = ("invariance", "finetune")
 NOT_MEASURED = {
@@ -79,7 +79,13 @@ WHOLE_NOT_MEASURED = {
 # A set sweep replaces the range: these fields of the default are not differences then.
 SUPERSEDED = {"c_values": ("c_min", "c_max", "n_c")}
 # Fields whose constraints tie them (max_iter <= max_iter_cap): also applied together.
-COUPLED = (("max_iter", "max_iter_cap"), ("ks", "primary_k"), ("transforms", "aggregate"))
+COUPLED = (
+    ("max_iter", "max_iter_cap"),
+    ("ks", "primary_k"),
+    ("transforms", "aggregate"),
+    # epoch counts need epoch sampling, and val_every counts epochs only then
+    ("sampling", "epochs", "val_unit", "val_every"),
+)
 PREPROCESSING = "preprocessing"
 INVARIANCE_VALUE = (
     "whitened cosine per transform name, mean over the preset's names; "
@@ -283,6 +289,7 @@ def measure(
     results: Path,
     log: Callable[[str], None],
     whole: bool = False,
+    only: tuple[str, ...] = (),
 ) -> dict:
     """Default, preset and one-difference-at-a-time values of every case of a protocol.
 
@@ -292,6 +299,7 @@ def measure(
         results: Scratch folder for records (none is written: ``run_case`` only).
         log: Progress lines (stderr).
         whole: Also run the whole presets of ``WHOLE_NOT_MEASURED`` (slow).
+        only: Measure only these presets (all when empty).
 
     Returns:
         ``values`` (case id -> {"medxfer" | preset: value or None}), ``rows`` (preset ->
@@ -302,7 +310,7 @@ def measure(
     from harness.protocols.registry import get_protocol, presets_of
 
     spec = get_protocol(protocol)
-    presets = presets_of(protocol)
+    presets = [name for name in presets_of(protocol) if not only or name in only]
     values: dict[str, dict[str, float | None]] = {}
     rows: dict[str, dict[str, Row]] = {name: {} for name in presets}
     agreement: dict[str, dict[str, float]] = {name: {} for name in presets}
@@ -356,12 +364,18 @@ def measure(
             shown = preprocessing_differences(run0.preprocessing(), run_p.preprocessing())
             if shown[0]:
                 add(PREPROCESSING, shown, partial(value, spec, run_p, config0))
-                if base is not None:
+                if base is not None and spec.needs == "features":
                     agreement[name][case.case_id] = feature_agreement(
                         run0.features(), run_p.features()
                     )
         log(f"{case.case_id}: {values[case.case_id]} ({time.perf_counter() - started:.0f} s)")
-    return {"values": values, "rows": rows, "features": agreement, "failures": failures}
+    return {
+        "presets": presets,
+        "values": values,
+        "rows": rows,
+        "features": agreement,
+        "failures": failures,
+    }
 
 
 def _change_cell(changes: dict[str, float]) -> str:
@@ -377,9 +391,7 @@ def _change_cell(changes: dict[str, float]) -> str:
 
 def measured_tables(protocol: str, outcome: dict, primary: str, whole: bool = False) -> list[str]:
     """Markdown of one measured protocol: values per preset, then the difference table."""
-    from harness.protocols.registry import presets_of
-
-    presets = presets_of(protocol)
+    presets = outcome["presets"]
     skipped = {} if whole else WHOLE_NOT_MEASURED
     values = outcome["values"]
     lines = [f"### `{protocol}` (primary value: {primary}, {len(values)} cases)", ""]
@@ -492,6 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--protocols", nargs="+", choices=MEASURED, default=list(DEFAULT_PROTOCOLS))
+    parser.add_argument("--presets", nargs="+", default=[], help="only these presets")
     parser.add_argument(
         "--whole",
         action="store_true",
@@ -525,7 +538,12 @@ def main(argv: list[str] | None = None) -> None:
     for protocol in args.protocols:
         chosen = [case for case in cases if case.protocol == protocol]
         outcome = measure(
-            protocol, chosen, results, lambda line: print(line, file=sys.stderr), args.whole
+            protocol,
+            chosen,
+            results,
+            lambda line: print(line, file=sys.stderr),
+            args.whole,
+            tuple(args.presets),
         )
         primary = get_protocol(protocol).primary_metric or "the dataset card's primary metric"
         primary = INVARIANCE_VALUE if protocol == "invariance" else primary

@@ -29,6 +29,25 @@ Transform = Callable[[np.ndarray], torch.Tensor]
 TF_BILINEAR = "tf-bilinear"
 
 
+def torchvision_interpolation(pre: Preprocessing, transform: str) -> InterpolationMode:
+    """The preprocessing's interpolation as torchvision's, for a transform that needs it.
+
+    Args:
+        pre: The preprocessing.
+        transform: What asks (named in the error), e.g. "augmentation 'crop-flip'".
+
+    Raises:
+        ValueError: For :data:`TF_BILINEAR`, which only VTAB's square resize implements.
+    """
+    if pre.interpolation == TF_BILINEAR:
+        raise ValueError(
+            f"interpolation {TF_BILINEAR!r} (VTAB's TF1 resize, the vtab preset's) has no "
+            f"torchvision kernel: {transform} needs nearest, bilinear or bicubic; with "
+            "tf-bilinear use augmentation 'none' and no TenCrop, as the vtab preset does"
+        )
+    return InterpolationMode(pre.interpolation)
+
+
 def _normalized(pre: Preprocessing, x: torch.Tensor) -> torch.Tensor:
     if pre.histogram_normalize:
         x = histogram_normalize(x)
@@ -54,7 +73,7 @@ def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> T
     side = math.floor(pre.input_size / pre.crop_pct)
     transform = v1.Compose(
         [
-            v1.Resize((side, side), InterpolationMode(pre.interpolation)),
+            v1.Resize((side, side), torchvision_interpolation(pre, "augmentation 'feature-reuse'")),
             v1.RandomResizedCrop(
                 pre.input_size, scale=scale, interpolation=InterpolationMode.BILINEAR
             ),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms import v2
 
 from harness.config.cards import Preprocessing
 from harness.data.transforms import eval_transform, histogram_normalize, to_pil_rgb
@@ -30,6 +30,7 @@ from harness.protocols.finetune.augment import (
     feature_reuse_transform,
     keras_transform,
     tf_resize_transform,
+    torchvision_interpolation,
     transferability_transform,
 )
 
@@ -74,12 +75,13 @@ def train_transform(
         return transferability_transform(pre, scale, rotation)
     if augmentation == "none":
         return model_eval_transform(pre)
+    interpolation = torchvision_interpolation(pre, f"augmentation {augmentation!r}")
     transform = v2.Compose(
         [
             v2.RandomResizedCrop(
                 pre.input_size,
                 scale=scale,
-                interpolation=InterpolationMode(pre.interpolation),
+                interpolation=interpolation,
                 antialias=True,
             ),
             v2.RandomHorizontalFlip(),

@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
 from harness.data.transforms import histogram_normalize, to_pil_rgb
+from harness.protocols.finetune.augment import torchvision_interpolation
 from harness.protocols.finetune.data import EvalSet
 
 CROPS = 10
@@ -48,7 +48,7 @@ def tencrop_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor
         (torchvision's ``TenCrop`` order).
     """
     side = tencrop_size(pre)
-    interpolation = InterpolationMode(pre.interpolation)
+    interpolation = torchvision_interpolation(pre, "test_tencrop")
 
     def apply(image: np.ndarray) -> torch.Tensor:
         resized = F.resize(to_pil_rgb(image), [side, side], interpolation, antialias=True)
