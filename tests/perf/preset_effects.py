@@ -13,10 +13,10 @@ B. an ablation: the default config with ONE of the preset's differing fields app
 
 It prints one markdown table per protocol: difference | default setting | preset setting
 | mean change of the primary value over the cases (largest single change). Everything is
-seeded, so two runs print the same numbers. ``linear``, ``fewshot``, ``knn`` and (on
-request: ``--protocols invariance``, about 30 minutes under smoke) ``invariance`` are measured;
-``finetune`` (full-network training) gets its difference table without measured effects
-(and ``invariance`` its paper-profile one when not measured).
+seeded, so two runs print the same numbers. ``linear``, ``fewshot`` and ``knn`` are measured
+by default; ``invariance`` (about 30 minutes under smoke) and ``finetune`` (full-network
+training: about 10 minutes a preset on one case, ``--presets`` picks them) on request with
+``--protocols``; when not measured, each gets its paper-profile difference table.
 
 ``invariance``'s value is not its primary ``mean_cosine``: that averages whatever transforms
 a config sweeps, and the preset sweeps other ones (hflip 2, rotation 256, hue 5 entries,
@@ -69,7 +69,7 @@ DEFAULT_PROTOCOLS = ("linear", "fewshot", "knn")  # invariance on request: it is
 LISTED = ("invariance", "finetune")
 NOT_MEASURED = {
     "invariance": "not measured in this run: `--protocols invariance` measures it",
-    "finetune": "not measured one difference at a time (too costly on a 2-core CPU); whole presets: docs/protocols.md",
+    "finetune": "not measured in this run: `--protocols finetune` measures it",
 }
 # Whole presets too costly to run here (their single differences are measured).
 WHOLE_NOT_MEASURED = {
