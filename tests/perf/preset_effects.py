@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import platform
 import sys
@@ -57,6 +56,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from preset_tables import (
+    PREPROCESSING,
+    WHOLE_NOT_MEASURED,
+    config_differences,
+    listed_table,
+    measured_tables,
+    preprocessing_differences,
+    show_setting,
+)
+
 DATASETS = ("demo_modality", "demo_cxr_lesion", "demo_fundus_lesion")
 MODELS = (
     "tf_efficientnet_lite0.in1k_pip",
@@ -67,18 +76,6 @@ MODELS = (
 MEASURED = ("linear", "fewshot", "knn", "invariance", "finetune")
 DEFAULT_PROTOCOLS = ("linear", "fewshot", "knn")  # invariance on request: it is slow
 LISTED = ("invariance", "finetune")
-NOT_MEASURED = {
-    "invariance": "not measured in this run: `--protocols invariance` measures it",
-    "finetune": "not measured in this run: `--protocols finetune` measures it",
-}
-# Whole presets too costly to run here (their single differences are measured).
-WHOLE_NOT_MEASURED = {
-    "invariance": "not measured: the preset's ~79 distinct pooled images x 257 entries at "
-    "224 px are ~20,000 forward passes per case, ~30 min each on this 2-core CPU",
-}
-# A set sweep replaces the range: these fields of the default are not differences then.
-SUPERSEDED = {"c_values": ("c_min", "c_max", "n_c")}
-# Fields whose constraints tie them (max_iter <= max_iter_cap): also applied together.
 COUPLED = (
     ("max_iter", "max_iter_cap"),
     ("ks", "primary_k"),
@@ -86,7 +83,6 @@ COUPLED = (
     # epoch counts need epoch sampling, and val_every counts epochs only then
     ("sampling", "epochs", "val_unit", "val_every"),
 )
-PREPROCESSING = "preprocessing"
 INVARIANCE_VALUE = (
     "whitened cosine per transform name, mean over the preset's names; "
     "identity entries left out unless `aggregate` is `name`"
@@ -103,64 +99,6 @@ class Row:
     setting: list[str] = dataclasses.field(default_factory=list)
     changes: dict[str, float] = dataclasses.field(default_factory=dict)
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def _show(value: Any) -> str:
-    """A setting as a short table cell (long sweeps by their size, ends and order)."""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, tuple) and value and all(isinstance(v, tuple) for v in value):
-        names: dict[str, int] = {}
-        for name, _ in value:
-            names[name] = names.get(name, 0) + 1
-        return ", ".join(f"{name} x{n}" for name, n in names.items())
-    if isinstance(value, tuple) and len(value) > 6:
-        return f"{len(value)} values, {value[0]:.3g} ... {value[-1]:.3g}"
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_show(v) for v in value) + ")"
-    return str(value)
-
-
-def _cell(values: list[str]) -> str:
-    distinct = list(dict.fromkeys(values))
-    return " / ".join(distinct).replace("|", "\\|") if distinct else "-"
-
-
-def config_differences(default: Any, preset: Any) -> list[str]:
-    """The config fields where ``preset`` differs from ``default``, in field order.
-
-    Args:
-        default: The medxfer default's config for a case.
-        preset: The preset's config for the same case.
-
-    Returns:
-        Field names (those a set ``c_values`` supersedes left out).
-    """
-    names = [
-        f.name
-        for f in dataclasses.fields(default)
-        if getattr(default, f.name) != getattr(preset, f.name)
-    ]
-    for field, superseded in SUPERSEDED.items():
-        if field in names and getattr(preset, field) is not None:
-            names = [n for n in names if n not in superseded]
-    return names
-
-
-def preprocessing_differences(default: Any, preset: Any) -> tuple[str, str]:
-    """The preprocessing values that differ, as (default, preset) cells ('' when none)."""
-    keys = [
-        f.name
-        for f in dataclasses.fields(default)
-        if getattr(default, f.name) != getattr(preset, f.name)
-    ]
-    if not keys:
-        return "", ""
-
-    def show(pre: Any) -> str:
-        return ", ".join(f"{key} {_show(getattr(pre, key))}" for key in keys)
-
-    return show(default), show(preset)
 
 
 def _primary(spec: Any, case_run: Any, config: Any) -> float:
@@ -346,15 +284,18 @@ def measure(
 
             differing = config_differences(config0, config_p)
             for field in differing:
-                shown = (_show(getattr(config0, field)), _show(getattr(config_p, field)))
+                shown = (
+                    show_setting(getattr(config0, field)),
+                    show_setting(getattr(config_p, field)),
+                )
                 changed = {field: getattr(config_p, field)}
                 add(field, shown, partial(_replaced, value, spec, run0, config0, changed))
             for group in COUPLED:
                 if all(field in differing for field in group):
                     joint = {f: getattr(config_p, f) for f in group}
                     shown = (
-                        ", ".join(_show(getattr(config0, f)) for f in group),
-                        ", ".join(_show(v) for v in joint.values()),
+                        ", ".join(show_setting(getattr(config0, f)) for f in group),
+                        ", ".join(show_setting(v) for v in joint.values()),
                     )
                     add(
                         " + ".join(group) + " (together)",
@@ -376,124 +317,6 @@ def measure(
         "features": agreement,
         "failures": failures,
     }
-
-
-def _change_cell(changes: dict[str, float]) -> str:
-    finite = {k: v for k, v in changes.items() if not math.isnan(v)}
-    if not finite:
-        return "-"
-    mean = float(np.mean(list(finite.values())))
-    worst = max(finite, key=lambda k: abs(finite[k]))
-    model = worst.split("/")[2].replace("tf_efficientnet_lite0", "effnet-lite0")
-    where = f"{worst.split('/')[1].removeprefix('demo_')}, {model}"
-    return f"{mean:+.4f} ({finite[worst]:+.4f}: {where})"
-
-
-def measured_tables(protocol: str, outcome: dict, primary: str, whole: bool = False) -> list[str]:
-    """Markdown of one measured protocol: values per preset, then the difference table."""
-    presets = outcome["presets"]
-    skipped = {} if whole else WHOLE_NOT_MEASURED
-    values = outcome["values"]
-    lines = [f"### `{protocol}` (primary value: {primary}, {len(values)} cases)", ""]
-    lines += ["| setting | mean value | mean change vs medxfer (largest) | cases run |"]
-    lines += ["|---|---:|---|---:|"]
-    for name in ["medxfer", *presets]:
-        ran = {k: v[name] for k, v in values.items() if v.get(name) is not None}
-        mean = f"{np.mean(list(ran.values())):.4f}" if ran else "-"
-        changes = {
-            k: v - values[k]["medxfer"] for k, v in ran.items() if values[k]["medxfer"] is not None
-        }
-        change = "-" if name == "medxfer" else _change_cell(changes)
-        change = skipped.get(protocol, change) if name != "medxfer" else change
-        lines.append(f"| {name} | {mean} | {change} | {len(ran)}/{len(values)} |")
-    lines.append("")
-    lines += [
-        "| preset | difference | default setting | preset setting | "
-        "mean change of the primary value (largest) |",
-        "|---|---|---|---|---|",
-    ]
-    groups: dict[tuple, list[str]] = {}  # presets whose rows are identical share them
-    for name, rows in outcome["rows"].items():
-        change = {
-            k: v[name] - v["medxfer"]
-            for k, v in values.items()
-            if v.get(name) is not None and v["medxfer"] is not None
-        }
-        cells = []
-        for row in rows.values():
-            cell = _change_cell(row.changes)
-            if row.failures:
-                reasons = _cell(list(row.failures.values()))
-                cell += f"; failed on {len(row.failures)} case(s): {reasons}"
-            cells.append((row.difference, _cell(row.default), _cell(row.setting), cell))
-        cells.append(
-            ("**all (the preset)**", "", "", skipped.get(protocol) or _change_cell(change))
-        )
-        groups.setdefault(tuple(cells), []).append(name)
-    for cells, names in groups.items():
-        for cell in cells:
-            lines.append(f"| {', '.join(names)} | " + " | ".join(cell) + " |")
-    lines.append("")
-    for name, per_case in outcome["features"].items():
-        if per_case:
-            cosines = list(per_case.values())
-            lines.append(
-                f"Features under `{name}`'s preprocessing against the default's (same images): "
-                f"mean cosine {np.mean(cosines):.4f} (lowest case {min(cosines):.4f})."
-            )
-    failed = {k: v for k, v in outcome["failures"].items() if v}
-    for case_id, reasons in failed.items():
-        for name, reason in reasons.items():
-            lines.append(f"- `{case_id}` under `{name}`: {reason}")
-    lines.append("")
-    lines += ["Per case:", "", "| case | " + " | ".join(["medxfer", *presets]) + " |"]
-    lines.append("|---|" + "---:|" * (len(presets) + 1))
-    for case_id, row in values.items():
-        cells = ["-" if row.get(n) is None else f"{row[n]:.4f}" for n in ["medxfer", *presets]]
-        lines.append(f"| {case_id} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
-
-
-def listed_table(protocol: str, case: Any, results: Path) -> list[str]:
-    """Markdown of a protocol's differences without measured effects (one case's configs).
-
-    Fine-tune's preprocessing is what its ``run_case`` uses: the preset's overrides of the
-    card's, at the config's input size (else the profile's).
-    """
-    from harness.protocols.case import CaseRun
-    from harness.protocols.finetune.presets import with_overrides
-    from harness.protocols.registry import get_protocol, presets_of
-
-    spec = get_protocol(protocol)
-    run0 = CaseRun(case, results, device="cpu")
-    config0 = spec.make_config(run0)
-    lines = [
-        f"### `{protocol}` ({case.profile.name} profile, {case.dataset.name}; "
-        f"{NOT_MEASURED[protocol]})",
-        "",
-        "| preset | difference | default setting | preset setting |",
-        "|---|---|---|---|",
-    ]
-    for name in presets_of(protocol):
-        run_p = CaseRun(dataclasses.replace(case, preset=name), results, device="cpu")
-        config_p = spec.make_config(run_p)
-        for field in config_differences(config0, config_p):
-            lines.append(
-                f"| {name} | {field} | {_show(getattr(config0, field))} | "
-                f"{_show(getattr(config_p, field))} |"
-            )
-        if protocol == "finetune":
-            card = case.model.preprocessing
-            size0 = config0.input_size or case.profile.input_size
-            size_p = config_p.input_size or case.profile.input_size
-            pre0 = card.with_input_size(size0)
-            pre_p = with_overrides(card, run_p.preset.overrides(run_p)).with_input_size(size_p)
-        else:
-            pre0, pre_p = run0.preprocessing(), run_p.preprocessing()
-        shown0, shown1 = preprocessing_differences(pre0, pre_p)
-        if shown0:
-            lines.append(f"| {name} | {PREPROCESSING} | {shown0} | {shown1} |")
-    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> None:
