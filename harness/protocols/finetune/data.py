@@ -231,7 +231,7 @@ class ImageDataset(Dataset):
                 its image is loaded (seeded by the item's seed), or None.
         """
         self.images = images
-        self.labels = torch.as_tensor(labels)
+        self.labels = torch.tensor(np.asarray(labels))  # a copy: labels may be a read-only map
         self.transform = transform
         self.soft_range = soft_range
         if soft_range is None and self.labels.is_floating_point() and self.labels.isnan().any():
