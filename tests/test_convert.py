@@ -163,6 +163,12 @@ def copy_checkpoint(tmp_path: Path) -> Path:
     return tmp_path / "model.ckpt-7"
 
 
+def test_crc32c_is_castagnolis_and_masked_as_leveldb_masks_it() -> None:
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert crc32c(b"") == 0
+    assert mask_crc(0) == 0xA282EAD8 and mask_crc(0x8000) == 0xA282EAD9
+
+
 def test_reader_refuses_corrupt_data_and_compressed_blocks(tmp_path: Path) -> None:
     prefix = copy_checkpoint(tmp_path)
     data = tmp_path / "model.ckpt-7.data-00000-of-00001"

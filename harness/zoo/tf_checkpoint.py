@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 from harness.zoo.errors import CheckpointError
@@ -340,45 +341,9 @@ def parse_entry(raw: bytes, where: str) -> BundleEntry:
 # --------------------------------------------------------------------------- crc32c
 
 
-def _crc_tables() -> np.ndarray:
-    """Slicing-by-8 tables of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
-    tables = np.zeros((8, 256), dtype=np.uint32)
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        tables[0, i] = crc
-    for t in range(1, 8):
-        prev = tables[t - 1]
-        tables[t] = (prev >> 8) ^ tables[0][prev & 0xFF]
-    return tables
-
-
-_TABLES = _crc_tables()
-_T = [[int(v) for v in row] for row in _TABLES]
-
-
 def crc32c(data: bytes) -> int:
-    """CRC-32C of ``data`` (slicing-by-8 over 64-bit words, pure Python)."""
-    t0, t1, t2, t3, t4, t5, t6, t7 = _T
-    crc = 0xFFFFFFFF
-    whole = len(data) - len(data) % 8
-    for word in np.frombuffer(data, dtype="<u8", count=whole // 8).tolist():
-        low = (word & 0xFFFFFFFF) ^ crc
-        high = word >> 32
-        crc = (
-            t7[low & 0xFF]
-            ^ t6[(low >> 8) & 0xFF]
-            ^ t5[(low >> 16) & 0xFF]
-            ^ t4[low >> 24]
-            ^ t3[high & 0xFF]
-            ^ t2[(high >> 8) & 0xFF]
-            ^ t1[(high >> 16) & 0xFF]
-            ^ t0[high >> 24]
-        )
-    for byte in data[whole:]:
-        crc = t0[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    """CRC-32C (Castagnoli) of ``data``, by google-crc32c's C extension."""
+    return google_crc32c.value(bytes(data))
 
 
 def mask_crc(crc: int) -> int:
