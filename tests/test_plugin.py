@@ -68,20 +68,52 @@ def _cold(home: Path) -> None:
     shutil.rmtree(home / "features", ignore_errors=True)
 
 
-def test_k_selects_cases_by_dataset_protocol_and_model(home: Path, tmp_path: Path) -> None:
-    def collected(*args: str) -> list[str]:
-        out = run_benchmarks(home, tmp_path, "--suite", "smoke", "--collect-only", "-q", *args)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return [line for line in out.stdout.splitlines() if "::test_linear[" in line]
+# One process collects under each selection in turn: what `pytest benchmarks ... -k EXPR`
+# prints, without paying the interpreter's and the protocols' imports once per selection.
+_COLLECT_EACH = """
+import json, sys, pytest
+for args in json.loads(sys.argv[1]):
+    print("<<<selection>>>", flush=True)
+    code = pytest.main(["benchmarks", "-p", "no:cacheprovider", "--collect-only", "-q", *args])
+    print(f"<<<exit {int(code)}>>>", flush=True)
+"""
 
-    every = collected()
-    assert len(every) == 12
-    modality = collected("-k", "modality")
-    assert len(modality) == 4 and all("demo_modality" in node for node in modality)
-    assert len(collected("-k", "linear")) == 12
-    lite0 = collected("-k", "tf_efficientnet_lite0")
-    assert len(lite0) == 6 and all("tf_efficientnet_lite0" in node for node in lite0)
-    assert len(collected("-m", "linear")) == 12
+
+def collect_each(home: Path, results: Path, selections: list[list[str]]) -> list[list[str]]:
+    """The benchmark node ids that ``pytest benchmarks --collect-only`` lists per selection."""
+    out = subprocess.run(
+        [sys.executable, "-c", _COLLECT_EACH, json.dumps(selections)],
+        cwd=PROJECT_ROOT,
+        env=_env(home, results),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    chunks = out.stdout.split("<<<selection>>>")[1:]
+    assert len(chunks) == len(selections), out.stdout + out.stderr
+    assert all("<<<exit 0>>>" in chunk for chunk in chunks), out.stdout + out.stderr
+    return [[line for line in chunk.splitlines() if "::test_" in line] for chunk in chunks]
+
+
+def test_k_selects_cases_by_dataset_protocol_and_model(home: Path, tmp_path: Path) -> None:
+    smoke = ["--suite", "smoke"]
+    every, modality, linear, lite0, marked = collect_each(
+        home,
+        tmp_path,
+        [
+            smoke,
+            [*smoke, "-k", "modality"],
+            [*smoke, "-k", "linear"],
+            [*smoke, "-k", "tf_efficientnet_lite0"],
+            [*smoke, "-m", "linear"],
+        ],
+    )
+    assert len([node for node in every if "::test_linear[" in node]) == 12
+    assert len(modality) == 20 and all("demo_modality" in node for node in modality)
+    assert len(linear) == 12 and all("::test_linear[" in node for node in linear)
+    assert len(lite0) == 32 and all("tf_efficientnet_lite0" in node for node in lite0)
+    assert marked == linear
 
 
 def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_path: Path) -> None:
@@ -232,25 +264,23 @@ def test_expected_values_check_regenerate_and_diff(home: Path, tmp_path: Path) -
     again = run()
     assert again.returncode == 0 and "4 passed" in again.stdout
 
+    # one run: a moved value, a stale entry (another protocol version) and an orphan entry
     case = "linear/demo_cxr_lesion/mobilenet_v2.random"
+    old = "linear/demo_cxr_lesion/mobilenet_v2.tv_in1k_pip"
     document = yaml.safe_load(expected.read_text())
     document["cases"][case]["value"] += 0.1
+    document["cases"][old]["protocol_version"] = 99
     document["cases"]["linear/demo_cxr_lesion/not_a_model.x"] = document["cases"][case]
     expected.write_text(yaml.safe_dump(document))
     moved = run()
-    assert moved.returncode == 1 and "1 failed, 3 passed" in moved.stdout
+    assert moved.returncode == 1 and "2 failed, 2 passed" in moved.stdout
     assert f"{case} differs from its expected value" in moved.stdout
     assert "delta -0.1000, tolerance 0.0050" in moved.stdout
+    running = get_protocol("linear").version
+    assert f"{old} is stale: calibrated for linear v99, running v{running}" in moved.stdout
     assert (
         "linear/demo_cxr_lesion/not_a_model.x" in moved.stdout and "matches no case" in moved.stdout
     )
-
-    document["cases"][case]["value"] -= 0.1
-    document["cases"][case]["protocol_version"] = 99
-    expected.write_text(yaml.safe_dump(document))
-    stale = run()
-    running = get_protocol("linear").version
-    assert f"is stale: calibrated for linear v99, running v{running}" in stale.stdout
 
     expected.write_text("cases: [unclosed")
     broken = run()
