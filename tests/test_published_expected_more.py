@@ -156,7 +156,12 @@ def test_cats_scans_and_vtab_values() -> None:
     assert isic.value == 0.9463 and isic.source["interval"]["value"] == 0.0042  # ddof-1 std
     vtab = load_expected(EXPECTED_DIR / "vtab.yaml", "vtab").entries
     assert vtab["finetune/pcam/resnet50.tv_in1k"].value == 0.8393
-    assert vtab["finetune/eyepacs/resnet50.tv_in1k"].metric == "accuracy"
+    assert vtab["finetune/eyepacs_vtab/resnet50.tv_in1k"].metric == "accuracy"
+    one_k = {case: vtab[case].value for case in vtab if "vtab1k" in case}
+    assert one_k == {
+        "finetune/pcam_vtab1k/resnet50.tv_in1k": 0.8061,
+        "finetune/eyepacs_vtab1k/resnet50.tv_in1k": 0.732,
+    }  # every VTAB-1k number of the Sup-100% row has its case
     readme = load_expected(EXPECTED_DIR / "paper-readme.yaml", "paper-readme").entries
     assert readme["saliency/chexpert_ssl_medical/resnet50.moco_v2"].value == 48.64
     assert readme["linear/cifar10/resnet50.tv_in1k"].source["commit"].startswith("416913f")

@@ -129,8 +129,8 @@ def test_too_few_rows_or_a_missing_split_is_a_clear_error(tmp_path: Path) -> Non
     [
         ({"train": 0}, r"'train' and 'val' must be >= 1"),
         ({"names": {"valid": "valid"}}, r"'names' keys must be among"),
-        ({"key_format": "{split}_{row}"}, r"may use only \{split\} and \{index\}"),
-        ({"key_format": "{split}"}, r"must hold \{index\}"),
+        ({"key_format": "{split}_{row}"}, r"may use only \{split\}, \{index\} and \{stem\}"),
+        ({"key_format": "{split}"}, r"must hold \{index\} or \{stem\}"),
     ],
 )
 def test_bad_parameters_are_refused_when_the_card_loads(

@@ -26,9 +26,15 @@ tensorflow-datasets 1.2.0). hashing.py and shuffle.py of the PyPI wheels 1.2.0, 
 (tests/test_split_tfds_order.py holds golden values computed with them). Later versions
 only map ``\\`` to ``/`` in string keys, which these keys lack.
 
+diabetic_retinopathy_detection (VTAB's Retinopathy) keys each example by its image name,
+``10_left`` (``yield name, record``,
+tensorflow/datasets@0560e68:tensorflow_datasets/image_classification/
+diabetic_retinopathy_detection.py): ``key_format: "{stem}"``, the image file's name
+without its extension.
+
 This rule reproduces that order from the reader's rows: the row ``i`` of source split
-``s`` gets the key ``key_format.format(split=s, index=i)``, hashed with the TFDS split
-name as salt. ``train`` and ``val`` are the first ``train`` / ``val`` records of their
+``s``, read from the file ``f``, gets the key ``key_format.format(split=s, index=i,
+stem=<f without folder and extension>)``, hashed with the TFDS split name as salt. ``train`` and ``val`` are the first ``train`` / ``val`` records of their
 split, ``test`` the whole split; rows are returned in ascending order.
 """
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import ClassVar
 
 import numpy as np
@@ -81,8 +88,10 @@ class TfdsRecordOrderParams:
             (``{val: valid}``).
         tfds_splits: our split -> the TFDS split name, the hash salt, for names that
             differ (``{val: validation}``).
-        key_format: the builder's example key, with ``{split}`` the source split name and
-            ``{index}`` the row within it (patch_camelyon: ``"{split}_{index}"``).
+        key_format: the builder's example key, with ``{split}`` the source split name,
+            ``{index}`` the row within it (patch_camelyon: ``"{split}_{index}"``) and
+            ``{stem}`` the row's image file name without extension
+            (diabetic_retinopathy_detection: ``"{stem}"``).
     """
 
     NEEDS_SOURCE_SPLITS: ClassVar[bool] = True
@@ -101,15 +110,29 @@ class TfdsRecordOrderParams:
             if unknown:
                 raise ValueError(f"'{name}' keys must be among {', '.join(SPLITS)}, got {unknown}")
         try:
-            keys = {self.key_format.format(split="s", index=i) for i in (0, 1)}
+            keys = {self.key_format.format(split="s", index=i, stem=f"f{i}") for i in (0, 1)}
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(
-                f"'key_format' may use only {{split}} and {{index}}, got {self.key_format!r}"
+                f"'key_format' may use only {{split}}, {{index}} and {{stem}}, got "
+                f"{self.key_format!r}"
             ) from exc
         if len(keys) < 2 or "\\" in self.key_format:
             raise ValueError(
-                f"'key_format' must hold {{index}} and no backslash, got {self.key_format!r}"
+                f"'key_format' must hold {{index}} or {{stem}} and no backslash, got "
+                f"{self.key_format!r}"
             )
+
+
+def _stems(data: SplitInput, rows: np.ndarray, ctx: DatasetContext, key_format: str) -> list[str]:
+    """The image file name (no folder, no extension) of each row, when the key uses it."""
+    if "{stem}" not in key_format:
+        return [""] * len(rows)
+    if data.paths is None:
+        raise DatasetError(
+            f"{ctx.card}: field 'split.key_format' uses {{stem}}, but the reader's images "
+            "are not files"
+        )
+    return [PurePosixPath(str(data.paths[row])).stem for row in rows]
 
 
 @register_split_rule(RULE, version=1, params=TfdsRecordOrderParams)
@@ -142,7 +165,10 @@ def tfds_record_order_rule(
                 f"{ctx.card}: field 'split.{split}': {n} records asked for, but source split "
                 f"{name!r} has {len(rows)} rows"
             )
-        keys = [params.key_format.format(split=name, index=i) for i in range(len(rows))]
+        keys = [
+            params.key_format.format(split=name, index=i, stem=stem)
+            for i, stem in enumerate(_stems(data, rows, ctx, params.key_format))
+        ]
         order = tfds_record_order(params.tfds_splits.get(split, split), keys)
         out[split] = np.sort(rows[order[:n]])
     return out

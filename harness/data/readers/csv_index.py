@@ -19,7 +19,14 @@ from typing import Literal
 import numpy as np
 
 from harness.data import DatasetError
-from harness.data.readers.decode import DicomParams, ImageParams, decode_image, dicom_decoder
+from harness.data.readers.decode import (
+    DicomParams,
+    ImageParams,
+    decode_image,
+    dicom_decoder,
+    fit_image,
+)
+from harness.data.readers.graham import GrahamParams, graham_decoder
 from harness.data.readers.index_rows import (
     Origin,
     first_line,
@@ -77,6 +84,9 @@ class IndexParams:
         split_column: a column holding source split names, if any.
         where: keep only rows whose column value is listed, e.g.
             ``{Frontal/Lateral: [Frontal]}``.
+        split_where: as ``where``, for the rows of one source split of ``indexes``; one
+            CSV may then serve several splits, e.g. EyePACS' test solution as TFDS splits
+            it: ``{validation: {Usage: [Public]}, test: {Usage: [Private]}}``.
         image_dirs: glob patterns of folders (relative to ``image_root``) to look each
             listed path up in, the first folder holding it winning; for sources spread
             over several folders, e.g. ``[images_*/images]`` (NIH ChestX-ray14's
@@ -109,6 +119,7 @@ class IndexParams:
     group_pattern: str | None = None
     split_column: str | None = None
     where: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    split_where: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     image_dirs: tuple[str, ...] = ()
     split_lists: dict[str, str] | None = None
     header: tuple[str, ...] | None = None
@@ -126,6 +137,9 @@ class IndexParams:
             raise ValueError("'indexes' already names the splits; drop 'split_column'")
         if self.indexes is not None and not self.indexes:
             raise ValueError("'indexes' is empty")
+        if self.split_where and set(self.split_where) - set(self.indexes or {}):
+            unknown = sorted(set(self.split_where) - set(self.indexes or {}))
+            raise ValueError(f"'split_where' names splits that 'indexes' lacks: {unknown}")
         if self.split_lists is not None:
             if self.indexes is not None or self.split_column is not None:
                 raise ValueError(
@@ -176,17 +190,29 @@ class IndexParams:
         lists = [*(self.split_lists or {}).values()]
         if self.groups_from is not None:
             lists.append(self.groups_from.file)
-        return tuple(root / name for name in [*self.index_files().values(), *lists])
+        names = dict.fromkeys([*self.index_files().values(), *lists])  # one CSV, two splits
+        return tuple(root / name for name in names)
 
 
 @dataclass(frozen=True, kw_only=True)
 class CsvImagesParams(IndexParams, ImageParams):
-    """A CSV index of image files decoded with PIL (see the two bases for the fields)."""
+    """A CSV index of image files decoded with PIL (see the two bases for the fields).
+
+    Attributes:
+        graham: process each image as TFDS' ``diabetic_retinopathy_detection/btgraham``
+            config stores it (:mod:`harness.data.readers.graham`) before fitting it.
+    """
+
+    graham: GrahamParams | None = None
 
     def validate(self) -> None:
-        """Check the index and the geometry."""
+        """Check the index, the geometry and the Graham processing."""
         IndexParams.validate(self)
         ImageParams.validate(self)
+        if self.graham is not None:
+            self.graham.validate()
+            if self.mode != "RGB":
+                raise ValueError("'graham' gives colour images: set 'mode: RGB'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +228,10 @@ class DicomIndexParams(IndexParams, DicomParams):
 @register_reader("csv_images", version=2, params=CsvImagesParams)
 def read_csv_images(params: CsvImagesParams, ctx: DatasetContext) -> RawDataset:
     """Image files (PNG, JPEG, TIFF ...) listed in a CSV with label and patient columns."""
+    if params.graham is not None:
+        return _read_index(
+            params, ctx, graham_decoder(params.graham, lambda image: fit_image(image, params))
+        )
     return _read_index(params, ctx, lambda path: decode_image(path, params))
 
 
@@ -229,9 +259,16 @@ def _read_index(
         start = first_line(params.header)
         origins += [Origin(name, start + k) for k in range(len(file_rows))]
         source_split += [split or ""] * len(file_rows)
-    for column, allowed in params.where.items():
-        need(column, header, ctx, f"reader.where.{column}")
-        keep = [row.get(column, "") in allowed for row in rows]
+    conditions = [(None, column, allowed) for column, allowed in params.where.items()]
+    for name, where in params.split_where.items():
+        conditions += [(name, column, allowed) for column, allowed in where.items()]
+    for only, column, allowed in conditions:
+        field_name = f"reader.split_where.{only}.{column}" if only else f"reader.where.{column}"
+        need(column, header, ctx, field_name)
+        keep = [
+            (only is not None and split != only) or row.get(column, "") in allowed
+            for row, split in zip(rows, source_split, strict=True)
+        ]
         rows = [row for row, k in zip(rows, keep, strict=True) if k]
         origins = [o for o, k in zip(origins, keep, strict=True) if k]
         source_split = [s for s, k in zip(source_split, keep, strict=True) if k]

@@ -11,8 +11,9 @@ import numpy as np
 
 from harness.data import DatasetError
 from harness.data.dicom import to_uint8
+from harness.data.resize_tf import tf1_bilinear_resize
 
-RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos")
+RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos", "tf1_bilinear")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,12 +24,14 @@ class GeometryParams:
         size: output side in pixels (all images of a dataset share it, so arrays stack).
         fit: ``center_crop`` crops the central square before resizing (MedMNIST's way);
             ``stretch`` resizes the whole image.
-        interpolation: PIL resampling filter (antialiased when shrinking).
+        interpolation: PIL resampling filter (antialiased when shrinking), or
+            ``tf1_bilinear``: TensorFlow 1's bilinear resize without antialiasing
+            (:func:`~harness.data.resize_tf.tf1_bilinear_resize`, VTAB's), rounded to uint8.
     """
 
     size: int = 224
     fit: Literal["center_crop", "stretch"] = "center_crop"
-    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] = "bilinear"
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos", "tf1_bilinear"] = "bilinear"
 
     def validate(self) -> None:
         """Check the size."""
@@ -103,10 +106,13 @@ def fit_image(image: object, params: GeometryParams) -> np.ndarray:
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
         image = image.crop((left, top, left + side, top + side))
+    if image.size == (params.size, params.size):
+        return np.asarray(image, dtype=np.uint8)
+    if params.interpolation == "tf1_bilinear":
+        resized = tf1_bilinear_resize(np.asarray(image), params.size)
+        return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     resample = getattr(Image.Resampling, params.interpolation.upper())
-    if image.size != (params.size, params.size):
-        image = image.resize((params.size, params.size), resample)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image.resize((params.size, params.size), resample), dtype=np.uint8)
 
 
 def decode_image(path: Path, params: ImageParams) -> np.ndarray:

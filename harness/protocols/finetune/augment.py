@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
+from harness.data.resize_tf import tf1_bilinear_resize
 from harness.data.transforms import histogram_normalize, to_pil_rgb
 from harness.protocols.finetune.keras import keras_augment
 
@@ -168,41 +169,12 @@ def keras_transform(
     return apply
 
 
-def tf_bilinear_resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """TF1's ``resize_bilinear`` (``align_corners=False, half_pixel_centers=False``).
-
-    Output pixel ``i`` samples input coordinate ``i * in / out`` (no half-pixel offset),
-    between pixels ``floor`` and ``min(ceil, in - 1)``, without antialiasing; the rows are
-    interpolated first, then the columns, in float32.
-
-    Args:
-        image: float32 (C, H, W).
-        size: Output height and width.
-
-    Returns:
-        float32 (C, size, size).
-    """
-
-    def axis(n_in: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        where = torch.arange(size, dtype=torch.float32) * (n_in / size)
-        low = where.floor()
-        high = torch.minimum(where.ceil(), torch.tensor(n_in - 1.0))
-        return low.long(), high.long(), where - low
-
-    y0, y1, dy = axis(image.shape[1])
-    x0, x1, dx = axis(image.shape[2])
-    top, bottom = image[:, y0], image[:, y1]
-    top = top[:, :, x0] + (top[:, :, x1] - top[:, :, x0]) * dx
-    bottom = bottom[:, :, x0] + (bottom[:, :, x1] - bottom[:, :, x0]) * dx
-    return top + (bottom - top) * dy[:, None]
-
-
 def tf_resize_transform(pre: Preprocessing) -> Transform:
     """VTAB's preprocessing: TF1 bilinear resize to a square, ``/ 255``, then normalise.
 
     google-research/task_adaptation@d7630d3:task_adaptation/data_loader.py
     (``preprocess_fn``): ``tf.image.resize(image, [224, 224])`` on the uint8 image (the
-    ``tensorflow.compat.v1`` resize: :func:`tf_bilinear_resize`), cast to float, divided
+    ``tensorflow.compat.v1`` resize: :func:`~harness.data.resize_tf.tf1_bilinear_resize`), cast to float, divided
     by 255 (``input_range`` [0, 1], the TF-Hub image-module convention) and, here, the
     model card's mean and std, the torch model's own input convention. No crop, no flip,
     no other augmentation; the same for training and evaluation.
@@ -215,9 +187,9 @@ def tf_resize_transform(pre: Preprocessing) -> Transform:
     """
 
     def apply(image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        x = torch.from_numpy(tf1_bilinear_resize(image, pre.input_size))
         x = x.permute(2, 0, 1) if x.ndim == 3 else x.unsqueeze(0)
         x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
-        return _normalized(pre, tf_bilinear_resize(x, pre.input_size) / 255.0)
+        return _normalized(pre, x / 255.0)
 
     return apply

@@ -1,0 +1,223 @@
+"""VTAB's Retinopathy cards: TFDS' btgraham-300 images and splits from the Kaggle download.
+
+A tiny EyePACS download is written in its real layout (``train/`` and ``test/`` JPEGs,
+``trainLabels.csv``, ``retinopathy_solution.csv`` with its ``Usage`` column). The
+reference below follows TFDS' ``_btgraham_processing`` step by step as its source
+documents it (tensorflow/datasets@0560e68:tensorflow_datasets/image_classification/
+diabetic_retinopathy_detection.py), VTAB's TF1 bilinear resize is written as two
+interpolation matrices, and the record order as TFDS' Hasher documents it: ascending
+``int(md5(split name + key).hexdigest(), 16)`` with the image name as key.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness.config.cards import CardError, DatasetCard, load_dataset_card_file
+from harness.data import DatasetError
+from harness.data.prepare import load_splits
+from harness.data.readers.graham import GrahamParams, graham_jpeg
+
+cv2 = pytest.importorskip("cv2")
+
+DATASETS = Path(__file__).resolve().parent.parent / "datasets"
+TRAIN = [f"{patient}_{eye}" for patient in (1, 3, 4, 7, 9, 12) for eye in ("left", "right")]
+SOLUTION = [  # image, level, Usage
+    *((f"{p}_{e}", "Public") for p in (2, 5, 6) for e in ("left", "right")),
+    *((f"{p}_{e}", "Private") for p in (8, 11) for e in ("left", "right")),
+]
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MEDXFER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def fundus(seed: int, height: int = 150, width: int = 200) -> bytes:
+    """A fundus-like JPEG: a textured bright disc on black, different for every seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    disc = (yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (0.42 * width) ** 2
+    colour = np.array([170, 90, 40]) + rng.integers(-20, 20, 3)
+    texture = rng.normal(0, 25, (height // 10 + 1, width // 10 + 1, 3)).repeat(10, 0).repeat(10, 1)
+    image = np.where(disc[..., None], colour + texture[:height, :width], 0)
+    out = io.BytesIO()
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def tfds_btgraham(data: bytes, radius: int = 300) -> bytes:
+    """TFDS' stored bytes for one Kaggle JPEG, as its builder documents the steps."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), 3)
+    row = image[image.shape[0] // 2].sum(axis=1)
+    r = (row > row.mean() / 10).sum() / 2 or image.shape[0] / 2
+    image = cv2.resize(image, None, fx=radius / r, fy=radius / r)
+    image = cv2.addWeighted(image, 4, cv2.GaussianBlur(image, (0, 0), radius / 30), -4, 128)
+    keep = int(0.9 * radius)
+    cx, cy = image.shape[1] // 2, image.shape[0] // 2
+    mask = np.zeros(image.shape)
+    cv2.circle(mask, (cx, cy), keep, (1, 1, 1), -1)
+    image = (image * mask + (1 - mask) * 128)[
+        max(cy - keep, 0) : cy + keep, max(cx - keep, 0) : cx + keep
+    ]
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 72])[1].tobytes()
+
+
+def tf1_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """TF1 resize_bilinear (no half-pixel centres, no antialias) as interpolation matrices."""
+
+    def matrix(n_in: int) -> np.ndarray:
+        weights = np.zeros((size, n_in))
+        for i in range(size):
+            where = i * n_in / size
+            low = int(np.floor(where))
+            weights[i, low] += 1 - (where - low)
+            weights[i, min(low + 1, n_in - 1)] += where - low
+        return weights
+
+    rows, cols = matrix(image.shape[0]), matrix(image.shape[1])
+    columns_first = np.tensordot(image.astype(np.float64), cols, axes=([1], [1]))  # (h, c, j)
+    return np.tensordot(rows, columns_first, axes=([1], [0])).transpose(0, 2, 1)
+
+
+def tfds_order(salt: str, keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda k: int(hashlib.md5((salt + k).encode()).hexdigest(), 16))
+
+
+def write_eyepacs(root: Path) -> dict[str, bytes]:
+    """The Kaggle layout; returns each image name's original JPEG bytes."""
+    files: dict[str, bytes] = {}
+    for folder, names in (("train", TRAIN), ("test", [name for name, _ in SOLUTION])):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            files[name] = fundus(len(files), height=140 + 4 * len(files))
+            (root / folder / f"{name}.jpeg").write_bytes(files[name])
+    with open(root / "trainLabels.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["image", "level"])
+        writer.writerows([name, k % 5] for k, name in enumerate(TRAIN))
+    with open(root / "retinopathy_solution.csv", "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["image", "level", "Usage"])
+        writer.writerows([name, k % 5, usage] for k, (name, usage) in enumerate(SOLUTION))
+    return files
+
+
+def card(name: str, root: Path, **split: object) -> DatasetCard:
+    """A committed card reading ``root``, its split parameters changed."""
+    loaded = load_dataset_card_file(DATASETS / f"{name}.yaml")
+    reader = dataclasses.replace(loaded.reader.params, root=str(root))
+    rule = dataclasses.replace(
+        loaded.split, params=dataclasses.replace(loaded.split.params, **split)
+    )
+    return dataclasses.replace(
+        loaded, reader=dataclasses.replace(loaded.reader, params=reader), split=rule
+    )
+
+
+def names_of(images: np.ndarray, expected: dict[str, np.ndarray]) -> list[str]:
+    """Which original image each loaded one is (its reference within one grey level)."""
+    found = []
+    for image in images:
+        close = [n for n, ref in expected.items() if np.abs(image - ref).max() <= 1.0]
+        assert len(close) == 1, close
+        found.append(close[0])
+    return found
+
+
+def test_graham_bytes_are_tfds_bytes_including_the_no_radius_fallback() -> None:
+    params = GrahamParams()
+    for seed in (0, 1):
+        original = fundus(seed)
+        assert graham_jpeg(original, params) == tfds_btgraham(original)
+    black = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(black, "JPEG")
+    assert graham_jpeg(black.getvalue(), params) == tfds_btgraham(black.getvalue())
+    smaller = GrahamParams(radius=40)
+    assert graham_jpeg(fundus(2), smaller) == tfds_btgraham(fundus(2), radius=40)
+    with pytest.raises(ValueError, match="OpenCV cannot decode it"):
+        graham_jpeg(b"not a jpeg", params)
+
+
+def test_vtab1k_card_gives_tfds_first_records_in_grahams_preprocessing(tmp_path: Path) -> None:
+    files = write_eyepacs(tmp_path / "eyepacs")
+    expected = {}
+    for name, data in files.items():
+        stored = np.asarray(Image.open(io.BytesIO(tfds_btgraham(data))).convert("RGB"))
+        expected[name] = tf1_resize(stored, 224)
+    splits = load_splits(card("eyepacs_vtab1k", tmp_path / "eyepacs", train=5, val=3))
+    assert all(s.images.shape[1:] == (224, 224, 3) for s in splits.values())
+    public = [name for name, usage in SOLUTION if usage == "Public"]
+    private = [name for name, usage in SOLUTION if usage == "Private"]
+    assert sorted(names_of(splits["train"].images, expected)) == sorted(
+        tfds_order("train", TRAIN)[:5]
+    )
+    assert sorted(names_of(splits["val"].images, expected)) == sorted(
+        tfds_order("validation", public)[:3]
+    )
+    assert sorted(names_of(splits["test"].images, expected)) == sorted(private)
+    levels = {name: k % 5 for k, name in enumerate(TRAIN)}
+    train_names = names_of(splits["train"].images, expected)
+    assert splits["train"].labels.tolist() == [levels[n] for n in train_names]
+
+
+def test_full_card_splits_the_test_solution_by_usage(tmp_path: Path) -> None:
+    write_eyepacs(tmp_path / "eyepacs")
+    splits = load_splits(card("eyepacs_vtab", tmp_path / "eyepacs"))
+    assert {name: len(s.labels) for name, s in splits.items()} == {
+        "train": len(TRAIN),
+        "val": 6,
+        "test": 4,
+    }
+    public_levels = [k % 5 for k, (_, usage) in enumerate(SOLUTION) if usage == "Public"]
+    assert sorted(splits["val"].labels.tolist()) == sorted(public_levels)
+
+
+def test_committed_cards_are_vtabs_task(tmp_path: Path) -> None:
+    small = load_dataset_card_file(DATASETS / "eyepacs_vtab1k.yaml")
+    assert (small.split.name, small.split.params.train, small.split.params.val) == (
+        "tfds_record_order",
+        800,
+        200,
+    )
+    assert small.split.params.key_format == "{stem}"
+    reader = small.reader.params
+    assert reader.graham == GrahamParams(radius=300, mask_ratio=0.9, crop=True, jpeg_quality=72)
+    assert (reader.size, reader.fit, reader.interpolation) == (224, "stretch", "tf1_bilinear")
+    assert reader.split_where == {
+        "validation": {"Usage": ("Public",)},
+        "test": {"Usage": ("Private",)},
+    }
+
+
+def test_missing_opencv_and_bad_fields_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_eyepacs(tmp_path / "eyepacs")
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
+    with pytest.raises(DatasetError, match=r'needs OpenCV: pip install "medxfer\[retinopathy\]"'):
+        load_splits(card("eyepacs_vtab1k", tmp_path / "eyepacs", train=5, val=3))
+    monkeypatch.undo()
+    text = (DATASETS / "eyepacs_vtab1k.yaml").read_text()
+    bad = tmp_path / "cards"
+    bad.mkdir()
+    for old, new, message in (
+        ("    validation: {Usage", "    valid: {Usage", r"'split_where' names splits"),
+        ("graham: {radius: 300", "graham: {radius: 2", r"'graham\.radius' must be in"),
+        ("  mode: RGB", "  mode: L", r"'graham' gives colour images"),
+        ('key_format: "{stem}"', 'key_format: "{name}"', r"may use only \{split\}"),
+    ):
+        path = bad / "eyepacs_vtab1k.yaml"
+        path.write_text(text.replace(old, new))
+        with pytest.raises(CardError, match=message):
+            load_dataset_card_file(path)
