@@ -22,6 +22,13 @@ from harness.data.registry import register_split_rule
 from harness.data.table import DatasetContext, SplitInput
 
 
+def check_split_keys(mapping: dict[str, str], field_name: str) -> None:
+    """Refuse a parameter keyed by split (``{val: valid}``) that names an unknown split."""
+    unknown = sorted(set(mapping) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"'{field_name}' keys must be among {', '.join(SPLITS)}, got {unknown}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class PredefinedParams:
     """Splits as the source gives them (archive keys, split folders, per-split CSVs, a column).
@@ -41,9 +48,7 @@ class PredefinedParams:
 
     def validate(self) -> None:
         """Known split names; a fraction in [0, 1)."""
-        unknown = sorted(set(self.names) - set(SPLITS))
-        if unknown:
-            raise ValueError(f"'names' keys must be among {', '.join(SPLITS)}, got {unknown}")
+        check_split_keys(self.names, "names")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"'val_fraction' must be in [0, 1), got {self.val_fraction}")
 

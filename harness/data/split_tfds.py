@@ -48,9 +48,8 @@ from typing import ClassVar
 import numpy as np
 
 from harness.data import DatasetError
-from harness.data.npz import SPLITS
 from harness.data.registry import register_split_rule
-from harness.data.split_rules import source_split
+from harness.data.split_rules import check_split_keys, source_split
 from harness.data.table import DatasetContext, SplitInput
 
 RULE = "tfds_record_order"
@@ -105,10 +104,8 @@ class TfdsRecordOrderParams:
         """Positive sizes, known split names, a key template with ``{index}``."""
         if self.train < 1 or self.val < 1:
             raise ValueError(f"'train' and 'val' must be >= 1, got {self.train}, {self.val}")
-        for name in ("names", "tfds_splits"):
-            unknown = sorted(set(getattr(self, name)) - set(SPLITS))
-            if unknown:
-                raise ValueError(f"'{name}' keys must be among {', '.join(SPLITS)}, got {unknown}")
+        check_split_keys(self.names, "names")
+        check_split_keys(self.tfds_splits, "tfds_splits")
         try:
             keys = {self.key_format.format(split="s", index=i, stem=f"f{i}") for i in (0, 1)}
         except (KeyError, IndexError, ValueError) as exc:
