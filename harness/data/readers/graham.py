@@ -28,6 +28,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class GrahamParams:
             raise ValueError(f"'graham.jpeg_quality' must be in 1..100, got {self.jpeg_quality}")
 
 
-def _cv2() -> object:
+def _cv2() -> Any:
     try:
         import cv2
     except ImportError as exc:
@@ -79,8 +80,8 @@ def graham_jpeg(data: bytes, params: GrahamParams) -> bytes:
     Raises:
         ValueError: when OpenCV cannot decode ``data``.
     """
-    cv2: object = _cv2()
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags=3)  # type: ignore[attr-defined]
+    cv2 = _cv2()
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags=3)
     if image is None:
         raise ValueError("OpenCV cannot decode it as an image")
     middle = image[image.shape[0] // 2, :, :].sum(axis=1)
@@ -88,13 +89,13 @@ def graham_jpeg(data: bytes, params: GrahamParams) -> bytes:
     if r < 1.0:  # TFDS: a corrupted image; assume the radius is half the height
         r = image.shape[0] / 2.0
     scale = params.radius / r
-    image = cv2.resize(image, dsize=None, fx=scale, fy=scale)  # type: ignore[attr-defined]
-    blurred = cv2.GaussianBlur(image, (0, 0), params.radius / 30)  # type: ignore[attr-defined]
-    image = cv2.addWeighted(image, 4, blurred, -4, 128)  # type: ignore[attr-defined]
+    image = cv2.resize(image, dsize=None, fx=scale, fy=scale)
+    blurred = cv2.GaussianBlur(image, (0, 0), params.radius / 30)
+    image = cv2.addWeighted(image, 4, blurred, -4, 128)
     mask = np.zeros(image.shape)
     centre = (image.shape[1] // 2, image.shape[0] // 2)
     radius = int(params.radius * params.mask_ratio)
-    cv2.circle(mask, center=centre, radius=radius, color=(1, 1, 1), thickness=-1)  # type: ignore[attr-defined]
+    cv2.circle(mask, center=centre, radius=radius, color=(1, 1, 1), thickness=-1)
     image = image * mask + (1 - mask) * 128
     if params.crop:
         x_max = min(image.shape[1] // 2 + radius, image.shape[1])
@@ -102,8 +103,8 @@ def graham_jpeg(data: bytes, params: GrahamParams) -> bytes:
         y_max = min(image.shape[0] // 2 + radius, image.shape[0])
         y_min = max(image.shape[0] // 2 - radius, 0)
         image = image[y_min:y_max, x_min:x_max, :]
-    quality = [int(cv2.IMWRITE_JPEG_QUALITY), params.jpeg_quality]  # type: ignore[attr-defined]
-    ok, encoded = cv2.imencode(".jpg", image, quality)  # type: ignore[attr-defined]
+    quality = [int(cv2.IMWRITE_JPEG_QUALITY), params.jpeg_quality]
+    ok, encoded = cv2.imencode(".jpg", image, quality)
     if not ok:
         raise ValueError("OpenCV could not encode the processed image")
     return encoded.tobytes()
