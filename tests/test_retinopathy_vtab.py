@@ -12,7 +12,6 @@ interpolation matrices, and the record order as TFDS' Hasher documents it: ascen
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import sys
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_split_tfds_order import card_reading
 
-from harness.config.cards import CardError, DatasetCard, load_dataset_card_file
+from harness.config.cards import CardError, load_dataset_card_file
 from harness.data import DatasetError
 from harness.data.prepare import load_splits
 from harness.data.readers.graham import GrahamParams, graham_jpeg
@@ -124,18 +124,6 @@ def write_eyepacs(root: Path) -> dict[str, bytes]:
     return files
 
 
-def card(name: str, root: Path, **split: object) -> DatasetCard:
-    """A committed card reading ``root``, its split parameters changed."""
-    loaded = load_dataset_card_file(DATASETS / f"{name}.yaml")
-    reader = dataclasses.replace(loaded.reader.params, root=str(root))
-    rule = dataclasses.replace(
-        loaded.split, params=dataclasses.replace(loaded.split.params, **split)
-    )
-    return dataclasses.replace(
-        loaded, reader=dataclasses.replace(loaded.reader, params=reader), split=rule
-    )
-
-
 def names_of(images: np.ndarray, expected: dict[str, np.ndarray]) -> list[str]:
     """Which original image each loaded one is (its reference within one grey level)."""
     found = []
@@ -166,7 +154,7 @@ def test_vtab1k_card_gives_tfds_first_records_in_grahams_preprocessing(tmp_path:
     for name, data in files.items():
         stored = np.asarray(Image.open(io.BytesIO(tfds_btgraham(data))).convert("RGB"))
         expected[name] = tf1_resize(stored, 224)
-    splits = load_splits(card("eyepacs_vtab1k", tmp_path / "eyepacs", train=5, val=3))
+    splits = load_splits(card_reading(tmp_path / "eyepacs", "eyepacs_vtab1k", train=5, val=3))
     assert all(s.images.shape[1:] == (224, 224, 3) for s in splits.values())
     private = [name for name, usage in SOLUTION if usage == "Private"]
     assert sorted(names_of(splits["train"].images, expected)) == sorted(TFDS_TRAIN_ORDER[:5])
@@ -179,7 +167,7 @@ def test_vtab1k_card_gives_tfds_first_records_in_grahams_preprocessing(tmp_path:
 
 def test_full_card_splits_the_test_solution_by_usage(tmp_path: Path) -> None:
     write_eyepacs(tmp_path / "eyepacs")
-    splits = load_splits(card("eyepacs_vtab", tmp_path / "eyepacs"))
+    splits = load_splits(card_reading(tmp_path / "eyepacs", "eyepacs_vtab"))
     assert {name: len(s.labels) for name, s in splits.items()} == {
         "train": len(TRAIN),
         "val": 6,
@@ -212,7 +200,7 @@ def test_missing_opencv_and_bad_fields_are_clear_errors(
     write_eyepacs(tmp_path / "eyepacs")
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
     with pytest.raises(DatasetError, match=r'needs OpenCV: pip install "medxfer\[retinopathy\]"'):
-        load_splits(card("eyepacs_vtab1k", tmp_path / "eyepacs", train=5, val=3))
+        load_splits(card_reading(tmp_path / "eyepacs", "eyepacs_vtab1k", train=5, val=3))
     monkeypatch.undo()
     text = (DATASETS / "eyepacs_vtab1k.yaml").read_text()
     bad = tmp_path / "cards"

@@ -82,9 +82,9 @@ def _write_pcam(root: Path) -> None:
                 f.create_dataset(kind, data=data)
 
 
-def _card(root: Path, **split: object) -> DatasetCard:
-    """The committed pcam_vtab1k card reading ``root``, its split parameters changed."""
-    card = load_dataset_card_file(DATASETS / "pcam_vtab1k.yaml")
+def card_reading(root: Path, name: str = "pcam_vtab1k", **split: object) -> DatasetCard:
+    """The committed card ``name`` reading ``root``, its split parameters changed."""
+    card = load_dataset_card_file(DATASETS / f"{name}.yaml")
     reader = dataclasses.replace(card.reader.params, root=str(root))
     rule = dataclasses.replace(card.split, params=dataclasses.replace(card.split.params, **split))
     return dataclasses.replace(
@@ -104,7 +104,7 @@ def test_card_loads_the_tfds_first_rows_of_the_official_files(tmp_path: Path) ->
         200,
     )
     _write_pcam(tmp_path / "pcam")
-    splits = load_splits(_card(tmp_path / "pcam", train=5, val=3))
+    splits = load_splits(card_reading(tmp_path / "pcam", train=5, val=3))
     assert _rows(splits["train"].images) == sorted(TFDS_TRAIN_64[:5])
     assert _rows(splits["val"].images) == sorted(TFDS_VALID_32[:3])
     assert _rows(splits["test"].images) == list(range(SIZES["test"]))
@@ -117,11 +117,11 @@ def test_too_few_rows_or_a_missing_split_is_a_clear_error(tmp_path: Path) -> Non
     _write_pcam(tmp_path / "pcam")
     with pytest.raises(DatasetError, match=r"pcam_vtab1k.*'split\.train': 800 records asked for, "
                        r"but source split 'train' has 64 rows"):  # fmt: skip
-        load_splits(_card(tmp_path / "pcam"))
+        load_splits(card_reading(tmp_path / "pcam"))
     with pytest.raises(DatasetError, match=r"'split\.val': 33 records .* 'valid' has 32 rows"):
-        load_splits(_card(tmp_path / "pcam", train=5, val=33))
+        load_splits(card_reading(tmp_path / "pcam", train=5, val=33))
     with pytest.raises(DatasetError, match=r"no source split 'validation' \(for val\)"):
-        load_splits(_card(tmp_path / "pcam", train=5, val=3, names={"val": "validation"}))
+        load_splits(card_reading(tmp_path / "pcam", train=5, val=3, names={"val": "validation"}))
 
 
 @pytest.mark.parametrize(
