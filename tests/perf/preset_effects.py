@@ -82,6 +82,11 @@ COUPLED = (
     ("transforms", "aggregate"),
     # epoch counts need epoch sampling, and val_every counts epochs only then
     ("sampling", "epochs", "val_unit", "val_every"),
+    # so do once-an-epoch schedules and the LR finder's epochs (each on top of the above)
+    ("sampling", "epochs", "val_unit", "val_every", "schedule"),
+    ("sampling", "epochs", "val_unit", "val_every", "lr_finder", "lr_finder_epochs"),
+    # a crop scale above 1 exists only in feature-reuse's augmentation
+    ("augmentation", "crop_scale"),
 )
 INVARIANCE_VALUE = (
     "whitened cosine per transform name, mean over the preset's names; "
