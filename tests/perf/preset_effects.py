@@ -87,6 +87,8 @@ COUPLED = (
     ("sampling", "epochs", "val_unit", "val_every", "lr_finder", "lr_finder_epochs"),
     # a crop scale above 1 exists only in feature-reuse's augmentation
     ("augmentation", "crop_scale"),
+    # Keras' Adam has no weight decay
+    ("optimizer", "weight_decay"),
 )
 INVARIANCE_VALUE = (
     "whitened cosine per transform name, mean over the preset's names; "
