@@ -34,8 +34,9 @@ without its extension.
 
 This rule reproduces that order from the reader's rows: the row ``i`` of source split
 ``s``, read from the file ``f``, gets the key ``key_format.format(split=s, index=i,
-stem=<f without folder and extension>)``, hashed with the TFDS split name as salt. ``train`` and ``val`` are the first ``train`` / ``val`` records of their
-split, ``test`` the whole split; rows are returned in ascending order.
+stem=<f without folder and extension>)``, hashed with the TFDS split name as salt.
+``train`` and ``val`` are the first ``train`` / ``val`` records of their split, ``test``
+the whole split; rows are returned in ascending order.
 """
 
 from __future__ import annotations

@@ -137,8 +137,8 @@ class IndexParams:
             raise ValueError("'indexes' already names the splits; drop 'split_column'")
         if self.indexes is not None and not self.indexes:
             raise ValueError("'indexes' is empty")
-        if self.split_where and set(self.split_where) - set(self.indexes or {}):
-            unknown = sorted(set(self.split_where) - set(self.indexes or {}))
+        unknown = sorted(set(self.split_where) - set(self.indexes or {}))
+        if unknown:
             raise ValueError(f"'split_where' names splits that 'indexes' lacks: {unknown}")
         if self.split_lists is not None:
             if self.indexes is not None or self.split_column is not None:

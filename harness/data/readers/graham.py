@@ -97,12 +97,12 @@ def graham_jpeg(data: bytes, params: GrahamParams) -> bytes:
     radius = int(params.radius * params.mask_ratio)
     cv2.circle(mask, center=centre, radius=radius, color=(1, 1, 1), thickness=-1)
     image = image * mask + (1 - mask) * 128
-    if params.crop:
-        x_max = min(image.shape[1] // 2 + radius, image.shape[1])
-        x_min = max(image.shape[1] // 2 - radius, 0)
-        y_max = min(image.shape[0] // 2 + radius, image.shape[0])
-        y_min = max(image.shape[0] // 2 - radius, 0)
-        image = image[y_min:y_max, x_min:x_max, :]
+    if params.crop:  # the disc's bounding square, clipped to the image
+        (cx, cy), (height, width) = centre, image.shape[:2]
+        image = image[
+            max(cy - radius, 0) : min(cy + radius, height),
+            max(cx - radius, 0) : min(cx + radius, width),
+        ]
     quality = [int(cv2.IMWRITE_JPEG_QUALITY), params.jpeg_quality]
     ok, encoded = cv2.imencode(".jpg", image, quality)
     if not ok:
