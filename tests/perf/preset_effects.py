@@ -89,6 +89,8 @@ COUPLED = (
     ("augmentation", "crop_scale"),
     # Keras' Adam has no weight decay
     ("optimizer", "weight_decay"),
+    # cats-scans' class weights are applied only in its k-fold runs
+    ("folds", "class_weighting"),
 )
 INVARIANCE_VALUE = (
     "whitened cosine per transform name, mean over the preset's names; "
