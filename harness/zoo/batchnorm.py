@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-RECALIBRATION_VERSION = 1
+RECALIBRATION_VERSION = 2  # 2: the pass runs channels_last
 MAX_IMAGES = 2048
 SEED = 0
 
@@ -96,26 +96,28 @@ def recalibrate_batchnorm(
     sums: dict[nn.Module, list[Any]] = {layer: [0, 0.0, 0.0] for layer in layers}
 
     def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().to(torch.float64)
+        x = inputs[0].detach().to(torch.float64, copy=True)
         dims = [d for d in range(x.ndim) if d != 1]
         entry = sums[layer]
         entry[0] += x.numel() // x.shape[1]
         entry[1] = entry[1] + x.sum(dims)
-        entry[2] = entry[2] + (x * x).sum(dims)
+        entry[2] = entry[2] + x.square_().sum(dims)  # in place: the copy is ours
 
     hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
-    module.to(device).eval()
+    # channels_last, as features are extracted: the same convolution kernels, and on CPU
+    # about 1.5x faster than NCHW for these networks (docs/performance.md)
+    module.to(device).to(memory_format=torch.channels_last).eval()
     for layer in layers:
         layer.train()
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
-                module(batch.to(device))
+                module(batch.to(device).contiguous(memory_format=torch.channels_last))
     finally:
         for hook in hooks:
             hook.remove()
-        module.eval()
+        module.to(memory_format=torch.contiguous_format).eval()  # as it came
     for layer in layers:
         count, total, squares = sums[layer]
         if count < 2:
