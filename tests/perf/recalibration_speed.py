@@ -1,0 +1,155 @@
+"""Batch-norm recalibration of a random twin: three ways to run the pass, side by side.
+
+:func:`harness.zoo.batchnorm.recalibrate_batchnorm` runs the training images through the
+network in NCHW and squares its float64 copy of each layer input in place. Against it, in
+one process on the same seeded uint8 images, alternating, ``--repeats`` times each:
+
+- ``product``: the earlier accumulation, ``(x * x).sum`` on a second float64 tensor (the
+  statistics must be bit-identical to the harness's);
+- ``channels_last``: the harness's pass with the network and batches in channels_last,
+  the memory format features are extracted in. Faster on CPU, but the convolutions round
+  differently, which moves the statistics; tried and not taken (docs/performance.md).
+
+The table shows the median seconds, each ratio to the harness's pass, and how far the
+channels_last statistics are from the harness's (largest ``|mean difference| / std`` and
+relative variance difference over all layers).
+
+    python tests/perf/recalibration_speed.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from harness.config.cards import get_model_card
+from harness.data.transforms import eval_transform
+from harness.zoo import build_model
+from harness.zoo.batchnorm import batchnorm_layers, recalibrate_batchnorm
+
+CPU = torch.device("cpu")
+KINDS = ("harness", "product", "channels_last")
+
+
+def variant_pass(
+    module: nn.Module,
+    images: np.ndarray,
+    transform: Callable[[np.ndarray], torch.Tensor],
+    batch_size: int,
+    variant: str,
+) -> None:
+    """The recalibration written out, as ``product`` or ``channels_last`` runs it."""
+    layers = batchnorm_layers(module)
+    sums = {layer: [0, 0.0, 0.0] for layer in layers}
+    fmt = torch.channels_last if variant == "channels_last" else torch.contiguous_format
+
+    def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().to(torch.float64, copy=True)
+        dims = [d for d in range(x.ndim) if d != 1]
+        entry = sums[layer]
+        entry[0] += x.numel() // x.shape[1]
+        entry[1] = entry[1] + x.sum(dims)
+        entry[2] = entry[2] + ((x * x) if variant == "product" else x.square_()).sum(dims)
+
+    hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
+    module.to(memory_format=fmt).eval()
+    for layer in layers:
+        layer.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+            module(batch.contiguous(memory_format=fmt))
+    for hook in hooks:
+        hook.remove()
+    module.eval()
+    for layer in layers:
+        count, total, squares = sums[layer]
+        mean = total / count
+        variance = (squares / count - mean * mean).clamp_min(0) * (count / (count - 1))
+        layer.running_mean.copy_(mean.float())
+        layer.running_var.copy_(variance.float())
+
+
+def statistics_gap(a: nn.Module, b: nn.Module) -> tuple[float, float]:
+    """Largest ``|mean_a - mean_b| / std_a`` and ``|var_a - var_b| / var_a`` over all layers."""
+    mean_gap = var_gap = 0.0
+    for la, lb in zip(batchnorm_layers(a), batchnorm_layers(b), strict=True):
+        var = la.running_var.double()
+        mean_diff = (la.running_mean.double() - lb.running_mean.double()).abs()
+        mean_gap = max(mean_gap, (mean_diff / var.sqrt()).max().item())
+        var_gap = max(var_gap, ((var - lb.running_var.double()).abs() / var).max().item())
+    return mean_gap, var_gap
+
+
+def identical_statistics(a: nn.Module, b: nn.Module) -> bool:
+    """Whether every batch-norm buffer of ``a`` and ``b`` has the same bits."""
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def main() -> None:
+    """Time the three passes per model and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["mobilenet_v2.random", "tf_efficientnet_lite0.random"]
+    )
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    size = (args.images, args.input_size, args.input_size)
+    images = np.random.default_rng(0).integers(0, 256, size=size, dtype=np.uint8)
+    print(
+        f"{args.images} images of {args.input_size} px, batch {args.batch_size}, "
+        f"{args.threads} torch thread(s), median of {args.repeats}; "
+        f"{platform.machine()}, torch {torch.__version__}\n"
+    )
+    print(
+        "| model | harness s | product s (ratio) | channels_last s (ratio) "
+        "| product identical | channels_last: mean gap / std, var gap |"
+    )
+    print("|---|---:|---:|---:|---|---|")
+    for name in args.models:
+        card = get_model_card(name)
+        transform = eval_transform(card.preprocessing.with_input_size(args.input_size))
+        times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        nets: dict[str, nn.Module] = {}
+        for _ in range(args.repeats):
+            for kind in KINDS:
+                net = build_model(card).module
+                started = time.perf_counter()
+                if kind == "harness":
+                    recalibrate_batchnorm(net, images, transform, args.batch_size, CPU)
+                else:
+                    variant_pass(net, images, transform, args.batch_size, kind)
+                times[kind].append(time.perf_counter() - started)
+                nets[kind] = net
+        median = {kind: statistics.median(times[kind]) for kind in KINDS}
+        base = median["harness"]
+        same = identical_statistics(nets["harness"], nets["product"])
+        mean_gap, var_gap = statistics_gap(nets["harness"], nets["channels_last"])
+        print(
+            f"| {name} | {base:.2f} | {median['product']:.2f} ({median['product'] / base:.2f}x) "
+            f"| {median['channels_last']:.2f} ({median['channels_last'] / base:.2f}x) "
+            f"| {'yes' if same else 'NO'} | {mean_gap:.1e}, {var_gap:.1e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
