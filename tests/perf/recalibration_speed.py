@@ -12,9 +12,11 @@ one process on the same seeded uint8 images, alternating, ``--repeats`` times ea
 
 The table shows the median seconds, each ratio to the harness's pass, and how far the
 channels_last statistics are from the harness's (largest ``|mean difference| / std`` and
-relative variance difference over all layers).
+relative variance difference over all layers). ``--thread-check`` then runs the harness's
+pass and the channels_last one at 1 and at 2 torch threads and says whether each gives
+the same bits both ways.
 
-    python tests/perf/recalibration_speed.py --threads 1
+    python tests/perf/recalibration_speed.py --threads 1 --thread-check
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--thread-check", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     size = (args.images, args.input_size, args.input_size)
@@ -149,6 +152,28 @@ def main() -> None:
             f"| {median['channels_last']:.2f} ({median['channels_last'] / base:.2f}x) "
             f"| {'yes' if same else 'NO'} | {mean_gap:.1e}, {var_gap:.1e} |"
         )
+    if args.thread_check:
+        thread_check(args.models[0], images, args.input_size, args.batch_size)
+
+
+def thread_check(name: str, images: np.ndarray, input_size: int, batch_size: int) -> None:
+    """Print whether the harness's and the channels_last pass are the same at 1 and 2 threads."""
+    card = get_model_card(name)
+    transform = eval_transform(card.preprocessing.with_input_size(input_size))
+    nets: dict[tuple[str, int], nn.Module] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for kind in ("harness", "channels_last"):
+            net = build_model(card).module
+            if kind == "harness":
+                recalibrate_batchnorm(net, images, transform, batch_size, CPU)
+            else:
+                variant_pass(net, images, transform, batch_size, kind)
+            nets[kind, threads] = net
+    print(f"\n{name}, statistics at 1 vs 2 torch threads:")
+    for kind in ("harness", "channels_last"):
+        same = identical_statistics(nets[kind, 1], nets[kind, 2])
+        print(f"- {kind}: {'the same bits' if same else 'different'}")
 
 
 if __name__ == "__main__":
