@@ -36,7 +36,7 @@ def test_statistics_are_those_of_each_layers_input_over_all_images() -> None:
     summary = recalibrate_batchnorm(net, images, _to_tensor, batch_size=4, device=CPU)
     assert summary == {"layers": 2, "images": 12}
     assert not net.training and all(not layer.training for layer in batchnorm_layers(net))
-    # the pass runs channels_last; the network is handed back in its own memory format
+    # the network is handed back in its own memory format
     assert all(p.is_contiguous() for p in net.parameters())
 
     # An independent computation: layer 1 sees conv1's output; layer 2 sees conv2 applied

@@ -104,7 +104,7 @@ def recalibrate_batchnorm(
         entry[2] = entry[2] + x.square_().sum(dims)  # in place: the copy is ours
 
     hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
-    # NCHW although channels_last runs this pass about 1.5x faster on CPU: its rounding
+    # NCHW although channels_last runs this pass about 1.3x faster on CPU: its rounding
     # moves the statistics by ~2e-5 of a std, enough to flip k-NN neighbours of the random
     # twins past their expected values' tolerance (docs/performance.md)
     module.to(device).eval()
