@@ -102,6 +102,35 @@ def test_protocol_version_bump_makes_the_entry_stale(tmp_path: Path) -> None:
     assert "calibrated for linear v1, running v2" in outcome.message
 
 
+def _under_preset(name: str, version: int) -> dict[str, Any]:
+    record = _record(0.80)
+    record["protocol"]["preset"] = {"name": name, "version": version}
+    return record
+
+
+def test_an_entry_for_several_presets_checks_each_and_no_other(tmp_path: Path) -> None:
+    entry = _entry(preset=["medmnist-transferability v2", "medmnist-transferability-grid v1"])
+    path = _write(tmp_path / "demo.yaml", {CASE: entry})
+    file = ex.load_expected(path, "demo")
+    assert file.entries[CASE].presets == (
+        ("medmnist-transferability", 2),
+        ("medmnist-transferability-grid", 1),
+    )
+    for name, version in file.entries[CASE].presets:
+        assert check.check_record(_under_preset(name, version), file).status == "pass"
+    outcome = check.check_record(_under_preset("medmnist-transferability-grid", 2), file)
+    assert outcome.status == "stale"
+    assert (
+        "calibrated for preset medmnist-transferability v2 or medmnist-transferability-grid v1, "
+        "running medmnist-transferability-grid v2"
+    ) in outcome.message
+    assert check.check_record(_record(0.80), file).status == "stale"  # the default preset
+    file.save()  # written back as it was read
+    assert yaml.safe_load(path.read_text())["cases"][CASE]["preset"] == entry["preset"]
+    single = ex.load_expected(_write(tmp_path / "one.yaml", {CASE: _entry(preset="a v3")}), "demo")
+    assert single.entries[CASE].presets == (("a", 3),)
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -111,6 +140,7 @@ def test_protocol_version_bump_makes_the_entry_stale(tmp_path: Path) -> None:
         (lambda c: c[CASE]["source"].pop("seeds"), "calibration source needs field(s) seeds"),
         (lambda c: c[CASE].update(colour="red"), "unknown field(s) colour"),
         (lambda c: c[CASE].update(protocol_version="1"), "'protocol_version' must be an integer"),
+        (lambda c: c[CASE].update(preset=["a v1", "b"]), "'preset' must read '<name> v<version>'"),
     ],
 )
 def test_malformed_entries_name_file_and_case(tmp_path: Path, mutate, message: str) -> None:

@@ -87,6 +87,8 @@ def test_every_entry_cites_its_source_row_and_names_existing_cards(table: object
             registered.version if registered else PLANNED_PRESETS.get((protocol, entry.preset))
         )
         assert version == entry.preset_version, f"{case_id}: preset {entry.preset}"
+        for name, other_version in entry.other_presets:
+            assert presets_of(protocol)[name].version == other_version, f"{case_id}: {name}"
 
 
 @pytest.mark.parametrize("table", WRITTEN, ids=lambda t: t.suite)
@@ -185,6 +187,8 @@ def test_transferability_imagenet_row_at_224_px() -> None:
         "roc_auc",
         "medmnist-transferability",
     )
+    # the selected point's run and the whole grid are both checked against the number
+    assert blood.presets == (("medmnist-transferability", 2), ("medmnist-transferability-grid", 1))
     assert entries["finetune/chestmnist_224_fold1/resnet18.tv_in1k"].value == 0.6858346232118053
     assert "interval" not in blood.source
     suite = load_suite("transferability")

@@ -148,11 +148,9 @@ def _stale_reason(record: dict[str, Any], entry: Expectation) -> str:
         )
     preset = protocol.get("preset") or {}
     running = (str(preset.get("name", "medxfer")), preset.get("version"))
-    if running != (entry.preset, entry.preset_version):
-        reasons.append(
-            f"calibrated for preset {_preset_text(entry.preset, entry.preset_version)}, "
-            f"running {_preset_text(*running)}"
-        )
+    if running not in entry.presets:
+        expected = " or ".join(_preset_text(*preset) for preset in entry.presets)
+        reasons.append(f"calibrated for preset {expected}, running {_preset_text(*running)}")
     if record["dataset"]["version"] != entry.dataset_version:
         reasons.append(
             f"calibrated for dataset v{entry.dataset_version}, running v{record['dataset']['version']}"

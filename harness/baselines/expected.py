@@ -96,6 +96,14 @@ class Expectation:
     tolerance_components: dict[str, Any] = field(default_factory=dict)
     preset: str = "medxfer"
     preset_version: int | None = None
+    other_presets: tuple[tuple[str, int], ...] = ()
+    """Further presets whose records are checked against the entry (a published number
+    that the study's procedure gives both at its selected point and over its grid)."""
+
+    @property
+    def presets(self) -> tuple[tuple[str, int | None], ...]:
+        """Every (preset, version) a record may run under and still be checked."""
+        return ((self.preset, self.preset_version), *self.other_presets)
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Return the entry as written in an expected file (without its case id)."""
@@ -103,7 +111,7 @@ class Expectation:
             "device": self.device,
             "profile": self.profile,
             "protocol_version": self.protocol_version,
-            **({"preset": f"{self.preset} v{self.preset_version}"} if self.preset_version else {}),
+            **({"preset": self._preset_field()} if self.preset_version else {}),
             "dataset_version": self.dataset_version,
             "metric": self.metric,
             "value": self.value,
@@ -118,6 +126,10 @@ class Expectation:
             }
         entry["source"] = self.source
         return entry
+
+    def _preset_field(self) -> str | list[str]:
+        names = [f"{name} v{version}" for name, version in self.presets]
+        return names[0] if len(names) == 1 else names
 
     def source_summary(self) -> str:
         """A short human description of where the value comes from."""
@@ -215,15 +227,22 @@ def _int(raw: dict[str, Any], where: str, key: str) -> int:
     return value
 
 
-def _preset(raw: dict[str, Any], where: str) -> tuple[str, int | None]:
-    """``preset: ssl-transfer v1`` -> (name, version); absent -> the default."""
+def _presets(raw: dict[str, Any], where: str) -> list[tuple[str, int | None]]:
+    """``preset: ssl-transfer v1`` (or a list of such) -> [(name, version)]; absent -> the
+    default."""
     value = raw.get("preset")
     if value is None:
-        return "medxfer", None
-    name, _, version = str(value).partition(" v")
-    if not name or not version.isdigit():
-        raise ExpectedFileError(f"{where}: 'preset' must read '<name> v<version>', got {value!r}")
-    return name, int(version)
+        return [("medxfer", None)]
+    presets = []
+    for text in value if isinstance(value, list) and value else [value]:
+        name, _, version = str(text).partition(" v")
+        if not name or not version.isdigit():
+            raise ExpectedFileError(
+                f"{where}: 'preset' must read '<name> v<version>' (or be a list of such), "
+                f"got {text!r}"
+            )
+        presets.append((name, int(version)))
+    return presets
 
 
 def parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expectation:
@@ -261,11 +280,12 @@ def parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expe
     components = raw.get("tolerance_components") or {}
     if not isinstance(components, dict):
         raise ExpectedFileError(f"{where}: 'tolerance_components' must be a mapping")
-    preset, preset_version = _preset(raw, where)
+    (preset, preset_version), *other_presets = _presets(raw, where)
     return Expectation(
         case_id=case_id,
         preset=preset,
         preset_version=preset_version,
+        other_presets=tuple((name, int(version or 0)) for name, version in other_presets),
         device=entry_device,
         tolerance_components=components,
         profile=raw["profile"],

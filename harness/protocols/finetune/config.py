@@ -11,6 +11,7 @@ import numpy as np
 
 from harness.config.profiles import check_profile
 from harness.protocols.finetune.spec import EPOCH_SCHEDULES, SCHEDULES
+from harness.protocols.finetune.sweep_axes import normalize_sweep, sweep_points, sweep_problems
 
 VERSION = 2
 
@@ -28,8 +29,14 @@ _CHOICES = {
     "head_init": ("default", "zeros"),
     "lr_finder_select": ("val", "loss", "val_loss"),
     "auc_average": ("macro", "weighted"),
+    "sweep_select": ("val_loss", "metric"),
 }
 _EPOCH_SAMPLING = ("epochs", "drop_last")
+#: The fields ``smoke`` and ``demo`` change (``paper`` is the defaults).
+_PROFILE_SCALE: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 30, "batch_size": 16, "val_every": 10, "eval_batch_size": 64},
+    "demo": {"steps": 150, "batch_size": 32, "val_every": 25, "eval_batch_size": 100},
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,14 @@ class FinetuneConfig:
         grid_ws: ``w`` values of the grid; weight decay is ``w / lr``.
         grid_steps: Run lengths of the grid (innermost; each point's schedule spans its
             own length, VTAB's sweep); empty: every point runs ``steps``.
+        sweep: A full-run sweep (DovileDo/transferability-in-medical-imaging's grid):
+            ``batch_size``, ``lr``, ``momentum`` and ``weight_decay`` -> values (a mapping
+            or its items; empty: off). Every point is a whole run of this config with its
+            early stopping and restore; the selected run is scored on test, nothing is
+            retrained (:mod:`.sweep`). ``nesterov`` holds at points with momentum > 0.
+        sweep_select: "val_loss": the lowest validation loss of each run's scored weights,
+            the mean of per-batch mean losses over batches of the point's batch size (the
+            study's ``my_test``); "metric": the highest validation score.
         freeze_steps: Leading steps on a frozen backbone (0: none).
         lr_finder: Choose the lr with feature-reuse's LR finder first.
         lr_finder_min: Smallest lr tried.
@@ -196,6 +211,8 @@ class FinetuneConfig:
     grid_lrs: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
     grid_ws: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
     grid_steps: tuple[int, ...] = ()
+    sweep: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    sweep_select: str = "val_loss"
     freeze_steps: int = 0
     lr_finder: bool = False
     lr_finder_min: float = 1e-5
@@ -228,6 +245,7 @@ class FinetuneConfig:
         for name in ("crop_scale", "grid_lrs", "grid_ws", "decay_at"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "grid_steps", tuple(int(v) for v in self.grid_steps))
+        object.__setattr__(self, "sweep", normalize_sweep(self.sweep))
         if self.eval_labels is not None:
             object.__setattr__(self, "eval_labels", tuple(int(v) for v in self.eval_labels))
         problems = []
@@ -294,6 +312,9 @@ class FinetuneConfig:
             problems.append(f"freeze_steps must lie in [0, steps), got {self.freeze_steps}")
         if self.grid_search and self.lr_finder:
             problems.append("grid_search and lr_finder are alternatives; enable one")
+        problems += sweep_problems(self.sweep)
+        if self.sweep and (self.grid_search or self.lr_finder or self.folds or self.freeze_stage):
+            problems.append("sweep excludes grid_search, lr_finder, folds and freeze_stage")
         if not self.grid_lrs or any(lr <= 0 for lr in self.grid_lrs):
             problems.append("grid_lrs must be positive and not empty")
         if not self.grid_ws or any(w < 0 for w in self.grid_ws):
@@ -354,25 +375,9 @@ class FinetuneConfig:
             ValueError: On an unknown profile.
         """
         check_profile(profile)
-        if profile == "smoke":
-            return cls(
-                steps=30,
-                batch_size=16,
-                val_every=10,
-                input_size=64,
-                eval_batch_size=64,
-                cpu_threads=1,
-            )
-        if profile == "demo":
-            return cls(
-                steps=150,
-                batch_size=32,
-                val_every=25,
-                input_size=64,
-                eval_batch_size=100,
-                cpu_threads=1,
-            )
-        return cls()
+        if profile == "paper":
+            return cls()
+        return cls(**_PROFILE_SCALE[profile], input_size=64, cpu_threads=1)
 
     def grid(self) -> list[tuple[float, float, float]]:
         """The grid-search points in sweep order.
@@ -387,6 +392,10 @@ class FinetuneConfig:
         of ``grid_steps`` innermost (``steps`` without them)."""
         lengths = self.grid_steps or (self.steps,)
         return [(lr, w, wd, n) for lr, w, wd in self.grid() for n in lengths]
+
+    def sweep_points(self) -> list[dict[str, float]]:
+        """The points of :attr:`sweep` in order (the last field varies fastest)."""
+        return sweep_points(self.sweep)
 
     def finder_lrs(self) -> list[float]:
         """The LR finder's learning rates, ascending (12 significant digits)."""
@@ -405,4 +414,5 @@ class FinetuneConfig:
         for name, value in out.items():
             if isinstance(value, tuple):
                 out[name] = list(value)
+        out["sweep"] = {field: list(values) for field, values in self.sweep}
         return out

@@ -26,6 +26,7 @@ from harness.protocols.finetune.modes import Context, FineTuned, grid_search, se
 from harness.protocols.finetune.network import make_criterion, predict, validation_loss
 from harness.protocols.finetune.runtime import Runtime, deterministic, resolve_runtime, seeded
 from harness.protocols.finetune.spec import StepInfo
+from harness.protocols.finetune.sweep import sweep_select
 from harness.protocols.finetune.tencrop import TenCropSet
 from harness.protocols.inputs import check_images, check_labels
 from harness.protocols.metrics import (
@@ -320,6 +321,8 @@ def fine_tune(
     ):
         if config.grid_search:
             fitted = grid_search(ctx, train, val, y_train, y_val)
+        elif config.sweep:
+            fitted = sweep_select(ctx, train, val, y_train)
         else:
             fitted = select_on_val(ctx, train, y_train, val)
         weights_sha256 = module_sha256(fitted.model)

@@ -42,11 +42,12 @@ validation images drawn with ``np.random.seed(24)``, as its split override
 rotation and the random sharpness, autocontrast and equalize included) and the cosine
 stepped once an epoch (``schedule="cosine-epoch"``).
 
-Not reproduced (no knob; each changes the numbers):
+``medmnist-transferability`` runs the selected point only; ``medmnist-transferability-grid``
+runs the grid itself (``config.sweep``, :mod:`.sweep`): every point a whole run, the one
+with the lowest val loss of its restored weights scored on test, nothing retrained.
 
-* The grid itself: the preset runs the selected point only (medxfer's ``grid_search`` is
-  ssl-transfer's lr x w grid with a train+val retrain, not this one).
-* The seed (42 there) and the random streams.
+Not reproduced (no knob; each changes the numbers): the seed (42 there) and the random
+streams.
 """
 
 from __future__ import annotations
@@ -102,6 +103,27 @@ SELECTED: dict[str, tuple[int, float, float, float]] = {
     "retinamnist": (128, 0.01, 0.0, 1e-6),
     "tissuemnist": (128, 0.001, 0.9, 1e-5),
 }
+#: Per target, the two batch sizes of its grid (every ``imagenet`` run of
+#: ``finetuned_AUCs/fined_<flag>.csv`` has one of them; the other axes are the same for all).
+GRID_BATCH_SIZES: dict[str, tuple[int, int]] = {
+    "bloodmnist": (128, 256),
+    "breastmnist": (32, 64),
+    "chestmnist": (256, 512),
+    "dermamnist": (128, 256),
+    "octmnist": (64, 128),
+    "organamnist": (128, 256),
+    "organcmnist": (128, 256),
+    "organsmnist": (128, 256),
+    "pathmnist": (128, 256),
+    "pneumoniamnist": (32, 64),
+    "retinamnist": (64, 128),
+    "tissuemnist": (128, 256),
+}
+GRID_LRS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)
+GRID_MOMENTA = (0.0, 0.9)
+GRID_WDS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
+#: Under smoke / demo: the profile's batch size, a 2 x 2 x 2 corner of the grid.
+SMALL_GRID = {"lr": (1e-3, 1e-2), "momentum": (0.0, 0.9), "weight_decay": (0.0, 1e-3)}
 _SMALL_EPOCHS = {"smoke": 2, "demo": 6}
 _SIZED = re.compile(r"^(?P<flag>[a-z]+mnist)(?:_\d+)?$")
 
@@ -193,3 +215,40 @@ def medmnist_transferability(case: CaseRun) -> FinetuneConfig:
     if profile != "paper":
         config = dataclasses.replace(config, epochs=_SMALL_EPOCHS[profile], val_every=1)
     return config
+
+
+@register_preset(
+    "finetune",
+    "medmnist-transferability-grid",
+    version=1,
+    preprocessing=TRANSFERABILITY_EVAL,
+    source=TRANSFERABILITY,
+    summary="medmnist-transferability over the study's 120-point grid (the target's 2 batch "
+    "sizes x lr 1e-5..1 x momentum {0, 0.9} x wd {0, 1e-6..1e-3}), every point a whole "
+    "early-stopped run; the run with the lowest val loss of its best-AUC weights is scored "
+    "on test, nothing retrained",
+)
+def medmnist_transferability_grid(case: CaseRun) -> FinetuneConfig:
+    """``medmnist-transferability`` over the study's grid, selected as ``finetuned_AUCs.ipynb``.
+
+    Every point of :data:`GRID_BATCH_SIZES` (the target's pair; the script's default
+    batch 32 for any other dataset) x :data:`GRID_LRS` x :data:`GRID_MOMENTA` x
+    :data:`GRID_WDS` is the single-run preset at that point (Nesterov with a non-zero
+    momentum); the run whose restored weights have the lowest val loss (the mean of
+    per-batch mean losses over batches of its own size) is scored on test. Under smoke /
+    demo: the profile's batch size and :data:`SMALL_GRID` (8 points).
+    """
+    config = medmnist_transferability(case)
+    if case.profile.name == "paper":
+        batch_sizes = GRID_BATCH_SIZES.get(
+            flag_of(_dataset_name(case)), (SCRIPT_DEFAULTS["batch_size"],)
+        )
+        grid = {"lr": GRID_LRS, "momentum": GRID_MOMENTA, "weight_decay": GRID_WDS}
+    else:
+        batch_sizes, grid = (config.batch_size,), SMALL_GRID
+    return dataclasses.replace(
+        config,
+        nesterov=True,
+        sweep=tuple({"batch_size": batch_sizes, **grid}.items()),
+        sweep_select="val_loss",
+    )
