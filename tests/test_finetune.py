@@ -401,18 +401,19 @@ def test_grid_search_selects_on_val_and_retrains_on_train_plus_val(monkeypatch) 
     assert result.details["steps_done"] == table[chosen]["best_step"]
 
 
-def test_an_interrupted_grid_search_resumes_without_redoing_finished_points(
-    tmp_path: Path,
-) -> None:
-    config = FinetuneConfig(
-        **{**TINY.__dict__, "grid_search": True, "grid_lrs": (0.1,), "grid_ws": (0.0, 1e-3)}
-    )
+def interrupted_and_resumed(
+    config: FinetuneConfig, folder: Path, second_run: str
+) -> tuple[Any, Any, list[StepInfo]]:
+    """A sweep case run once through, then interrupted at step 6 of ``second_run`` and resumed.
+
+    Returns:
+        The uninterrupted result, the resumed one and the steps the resumed session trained.
+    """
     splits = _splits()
     reference = run(_backbone(), splits, BINARY, config, PRE, progress=False)
-    trained: list[StepInfo] = []
 
-    def stop_in_second_point(info: StepInfo) -> None:
-        if info.run == "grid01" and info.step == 6:
+    def stop_in_second_run(info: StepInfo) -> None:
+        if info.run == second_run and info.step == 6:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -422,13 +423,23 @@ def test_an_interrupted_grid_search_resumes_without_redoing_finished_points(
             BINARY,
             config,
             PRE,
-            _runs(tmp_path, "g"),
-            callback=stop_in_second_point,
+            _runs(folder, "g"),
+            callback=stop_in_second_run,
         )
-    trained.clear()
+    trained: list[StepInfo] = []
     resumed = run(
-        _backbone(), splits, BINARY, config, PRE, _runs(tmp_path, "g"), callback=trained.append
+        _backbone(), splits, BINARY, config, PRE, _runs(folder, "g"), callback=trained.append
     )
+    return reference, resumed, trained
+
+
+def test_an_interrupted_grid_search_resumes_without_redoing_finished_points(
+    tmp_path: Path,
+) -> None:
+    config = FinetuneConfig(
+        **{**TINY.__dict__, "grid_search": True, "grid_lrs": (0.1,), "grid_ws": (0.0, 1e-3)}
+    )
+    reference, resumed, trained = interrupted_and_resumed(config, tmp_path, "grid01")
     assert {info.run for info in trained} == {"grid01", "retrain"}  # grid00 was done
     assert min(i.step for i in trained if i.run == "grid01") == 5  # resumed after step 4
     assert resumed.details["resumed_runs"]["grid01"] == 4

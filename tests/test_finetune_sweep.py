@@ -19,11 +19,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_finetune import BINARY, PRE, TINY, _backbone, _runs, _splits
+from test_finetune import BINARY, PRE, TINY, _backbone, _splits, interrupted_and_resumed
 from torch import nn
 
 from harness.protocols.finetune import FinetuneConfig, fine_tune, loop, run
-from harness.protocols.finetune.spec import StepInfo
 from harness.protocols.finetune.sweep import selected_index
 from harness.protocols.registry import presets_of
 
@@ -203,28 +202,8 @@ def test_a_diverged_point_is_recorded_and_never_selected() -> None:
 
 
 def test_an_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path: Path) -> None:
-    splits = _splits()
     config = _config(sweep={"lr": (0.05,), "momentum": (0.0, 0.9)})
-    reference = run(_backbone(), splits, BINARY, config, PRE, progress=False)
-
-    def stop_in_second_point(info: StepInfo) -> None:
-        if info.run == "sweep001" and info.step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(
-            _backbone(),
-            splits,
-            BINARY,
-            config,
-            PRE,
-            _runs(tmp_path, "s"),
-            callback=stop_in_second_point,
-        )
-    trained: list[StepInfo] = []
-    resumed = run(
-        _backbone(), splits, BINARY, config, PRE, _runs(tmp_path, "s"), callback=trained.append
-    )
+    reference, resumed, trained = interrupted_and_resumed(config, tmp_path, "sweep001")
     assert {info.run for info in trained} == {"sweep001", "selected"}
     assert min(i.step for i in trained if i.run == "sweep001") == 5  # resumed after step 4
     assert resumed.details["resumed_runs"] == {"sweep000": 0, "sweep001": 4, "selected": 0}
