@@ -365,7 +365,8 @@ def test_run_reports_the_auc_of_its_probabilities() -> None:
 # ----------------------------------------------------------------- grid search
 
 
-def test_grid_search_selects_on_val_and_retrains_on_train_plus_val(monkeypatch) -> None:
+def train_loader_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images of every training loader built from now on (filled as they are)."""
     sizes: list[int] = []
     original = loop.train_loader
 
@@ -374,6 +375,11 @@ def test_grid_search_selects_on_val_and_retrains_on_train_plus_val(monkeypatch) 
         return original(images, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_loader", spy)
+    return sizes
+
+
+def test_grid_search_selects_on_val_and_retrains_on_train_plus_val(monkeypatch) -> None:
+    sizes = train_loader_sizes(monkeypatch)
     config = FinetuneConfig(
         **{**TINY.__dict__, "grid_search": True, "grid_lrs": (1e-5, 0.1), "grid_ws": (0.0, 1e-3)}
     )

@@ -19,10 +19,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_finetune import BINARY, PRE, TINY, _backbone, _splits, interrupted_and_resumed
+from test_finetune import (
+    BINARY,
+    PRE,
+    TINY,
+    _backbone,
+    _splits,
+    interrupted_and_resumed,
+    train_loader_sizes,
+)
 from torch import nn
 
-from harness.protocols.finetune import FinetuneConfig, fine_tune, loop, run
+from harness.protocols.finetune import FinetuneConfig, fine_tune, run
 from harness.protocols.finetune.sweep import selected_index
 from harness.protocols.registry import presets_of
 
@@ -141,14 +149,7 @@ def test_selection_on_the_metric_keeps_the_first_highest_score() -> None:
 
 
 def test_sweep_trains_every_point_on_train_and_scores_the_lowest_val_loss(monkeypatch) -> None:
-    sizes: list[int] = []
-    original = loop.train_loader
-
-    def spy(images, *args, **kwargs):
-        sizes.append(len(images))
-        return original(images, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_loader", spy)
+    sizes = train_loader_sizes(monkeypatch)
     splits = _splits()
     config = _config()
     fitted = fine_tune(
