@@ -20,6 +20,10 @@ Modes (``FinetuneConfig``):
   by the validation metric after the run (``lr_finder_select="val"``, default) or by the
   mean training loss over the run's last quarter (``"loss"``, lower is better). Ties go to
   the smaller lr, diverged runs never win. The main run then uses the chosen lr.
+* ``sweep``: DovileDo/transferability-in-medical-imaging's grid: every point of batch size x
+  lr x momentum x weight decay is a whole run with its own early stopping; the run with
+  the lowest val loss of its scored weights (or the highest val score) is scored on test,
+  nothing is retrained (:mod:`.sweep`).
 * ``freeze_steps``: revisiting-transfer's freeze-then-unfreeze: the first steps train the
   head on a frozen backbone (no gradients, BatchNorm in eval mode), the rest train all.
   The frozen steps are part of ``steps`` and of the one cosine schedule.
@@ -56,7 +60,8 @@ grid points scored on their last weights, sigmoid + BCE for every task, RandomRo
 and test-time TenCrop. Their defaults are medxfer's procedure above.
 
 The package, one job per module: ``config`` (settings and profiles), ``driver`` (the
-case: train, select, score), ``modes`` (select on val, LR finder, grid search), ``loop``
+case: train, select, score), ``modes`` (select on val, LR finder, grid search), ``sweep``
+(full-run sweeps), ``loop``
 (one resumable run), ``spec`` (a run's settings and outcome), ``network`` (classifier,
 optimizer groups, loss, predictions), ``runtime`` (device, precision, RNGs), ``data``
 (sampling and augmentation), ``tencrop`` (test-time TenCrop), ``presets`` (the peers).
