@@ -227,12 +227,11 @@ def _int(raw: dict[str, Any], where: str, key: str) -> int:
     return value
 
 
-def _presets(raw: dict[str, Any], where: str) -> list[tuple[str, int | None]]:
-    """``preset: ssl-transfer v1`` (or a list of such) -> [(name, version)]; absent -> the
-    default."""
+def _presets(raw: dict[str, Any], where: str) -> list[tuple[str, int]]:
+    """``preset: ssl-transfer v1`` (or a list of such) -> [(name, version)]; absent -> []."""
     value = raw.get("preset")
     if value is None:
-        return [("medxfer", None)]
+        return []
     presets = []
     for text in value if isinstance(value, list) and value else [value]:
         name, _, version = str(text).partition(" v")
@@ -280,12 +279,13 @@ def parse_entry(case_id: str, raw: Any, where: str, device: str = "cpu") -> Expe
     components = raw.get("tolerance_components") or {}
     if not isinstance(components, dict):
         raise ExpectedFileError(f"{where}: 'tolerance_components' must be a mapping")
-    (preset, preset_version), *other_presets = _presets(raw, where)
+    presets = _presets(raw, where)
+    preset, preset_version = presets[0] if presets else ("medxfer", None)
     return Expectation(
         case_id=case_id,
         preset=preset,
         preset_version=preset_version,
-        other_presets=tuple((name, int(version or 0)) for name, version in other_presets),
+        other_presets=tuple(presets[1:]),
         device=entry_device,
         tolerance_components=components,
         profile=raw["profile"],

@@ -42,16 +42,30 @@ def val_scorer(
     if val is None:
         raise ValueError(f"fine-tune: scoring val by {quantity} needs the val split")
     config, task = ctx.config, ctx.task
-    data = EvalSet(val.images, ctx.pre)
-    labels = as_targets(val.labels, task) if task.task != "multilabel" else val.labels
+    probabilities, labels = val_predictions(ctx, val)
 
     def score(net: torch.nn.Module) -> float:
-        probs = predict(net, data, task.task, ctx.runtime, config.eval_batch_size, config.loss)
+        probs = probabilities(net)
         if quantity == "accuracy":
             return compute_metrics(task.task, labels, probs, ("accuracy",))["accuracy"]
         return -batch_mean_loss(task.task, config.loss, labels, probs, config.eval_batch_size)
 
     return score
+
+
+def val_predictions(
+    ctx: Context, val: SplitData
+) -> tuple[Callable[[torch.nn.Module], np.ndarray], np.ndarray]:
+    """A model's predicted probabilities on the val split (its eval transform applied once),
+    and the labels the losses and metrics compare them with."""
+    config, task = ctx.config, ctx.task
+    data = EvalSet(val.images, ctx.pre)
+    labels = as_targets(val.labels, task) if task.task != "multilabel" else val.labels
+
+    def probabilities(net: torch.nn.Module) -> np.ndarray:
+        return predict(net, data, task.task, ctx.runtime, config.eval_batch_size, config.loss)
+
+    return probabilities, labels
 
 
 def batch_mean_loss(

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from harness.data.npz import SplitData
-from harness.protocols.finetune.data import EvalSet
-from harness.protocols.finetune.lr_finder import batch_mean_loss
+from harness.protocols.finetune.lr_finder import batch_mean_loss, val_predictions
 from harness.protocols.finetune.modes import (
     Context,
     FineTuned,
@@ -38,7 +37,6 @@ from harness.protocols.finetune.modes import (
     _require_usable,
     as_targets,
 )
-from harness.protocols.finetune.network import predict
 from harness.protocols.finetune.spec import RunSpec
 
 
@@ -60,8 +58,9 @@ def sweep_select(ctx: Context, train: SplitData, val: SplitData, y_train: np.nda
     config = ctx.config
     targets = as_targets(y_train, ctx.task, config.loss)
     val_loss = _val_loss_of(ctx, val)
+    points = config.sweep_points()
     table: list[dict[str, Any]] = []
-    for index, point in enumerate(config.sweep_points()):
+    for index, point in enumerate(points):
         point_ctx, spec = _point_run(ctx, point, index, len(train))
 
         def compute(point_ctx: Context = point_ctx, spec: RunSpec = spec) -> dict[str, Any]:
@@ -89,7 +88,7 @@ def sweep_select(ctx: Context, train: SplitData, val: SplitData, y_train: np.nda
             }
         )
     best = selected_index(table, config.sweep_select)
-    point = config.sweep_points()[best]
+    point = points[best]
     point_ctx, spec = _point_run(ctx, point, best, len(train))
     spec = replace(spec, name="selected")  # the run's name does not enter its seed
     outcome = point_ctx.train(spec, train.images, targets, checkpoint=False)
@@ -155,12 +154,10 @@ def _point_run(
 def _val_loss_of(ctx: Context, val: SplitData) -> Callable[[torch.nn.Module, int], float]:
     """``(model, batch_size) -> val loss``: the mean of per-batch mean losses over batches of
     ``batch_size`` (the study's val loader), from predicted probabilities."""
-    task, loss = ctx.task.task, ctx.config.loss
-    data = EvalSet(val.images, ctx.pre)
-    labels = as_targets(val.labels, ctx.task) if task != "multilabel" else val.labels
+    probabilities, labels = val_predictions(ctx, val)
 
     def score(net: torch.nn.Module, batch_size: int) -> float:
-        probs = predict(net, data, task, ctx.runtime, ctx.config.eval_batch_size, loss)
-        return batch_mean_loss(task, loss, labels, probs, batch_size)
+        probs = probabilities(net)
+        return batch_mean_loss(ctx.task.task, ctx.config.loss, labels, probs, batch_size)
 
     return score
