@@ -79,8 +79,9 @@ RELEASE_EVERY = 8
 def resize_crop_one(
     image: np.ndarray, transform: Callable[[Image.Image], Image.Image]
 ) -> np.ndarray:
-    """One uint8 image (H, W) or (H, W, 3) to the model's uint8 (S, S, 3)."""
-    return np.asarray(transform(to_pil_rgb(image)), dtype=np.uint8)
+    """One uint8 image (H, W) or (H, W, 3) to the model's uint8 (S, S, 3), writable."""
+    # np.array, not asarray: PIL's buffer is read-only, which torch.from_numpy warns about
+    return np.array(transform(to_pil_rgb(image)), dtype=np.uint8)
 
 
 class ResizeDataset(torch.utils.data.Dataset):
