@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import PIL
 import torch
 from tqdm.auto import tqdm
 
@@ -124,7 +125,11 @@ def feature_key_payload(
         "batch_size": batch_size,
         # a library upgrade must re-extract, or a regression check of it would
         # compare cached numbers with themselves
-        "libraries": {"torch": torch.__version__, "timm": _timm_version()},
+        "libraries": {
+            "torch": torch.__version__,
+            "timm": _timm_version(),
+            "pillow": PIL.__version__,  # it resizes: Pillow 13 moved some pixels by one level
+        },
     }
 
 

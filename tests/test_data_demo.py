@@ -290,6 +290,11 @@ def test_prepare_builds_once(tmp_path: Path, monkeypatch) -> None:
     assert not is_prepared(bigger)
     assert len(load_splits(bigger)["train"]) == 10
     assert len(calls) == 2
+    # another Pillow (it decodes and resizes images) builds again, not trusted by name
+    import PIL
+
+    monkeypatch.setattr(PIL, "__version__", "12.3.0")
+    assert not is_prepared(card)
 
 
 def test_unbuildable_card_not_prepared(tmp_path: Path, monkeypatch) -> None:

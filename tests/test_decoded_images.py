@@ -88,6 +88,14 @@ def test_resized_copy_is_reused_and_shared_across_models_of_one_geometry(
     assert geometry_key(digest, pre) == geometry_key(digest, other)
     assert geometry_key(digest, pre) != geometry_key(digest, PRESETS["squash_full"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+    # Pillow resizes: under another version the copy is made again, not trusted by name
+    import PIL
+
+    key = geometry_key(digest, pre)
+    monkeypatch.setattr(PIL, "__version__", "12.3.0")
+    assert geometry_key(digest, pre) != key
+    again = resized_images(images, digest, pre, tmp_path)
+    assert len(calls) == 2 and np.array_equal(first, again)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "wrong_key", "no_sidecar", "garbage_sidecar"])

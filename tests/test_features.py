@@ -91,6 +91,19 @@ def test_key_changes_with_everything_that_decides_the_features(change: str) -> N
     assert other.key != info.key and not other.hit
 
 
+def test_a_pillow_or_torch_upgrade_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import PIL
+
+    card = get_model_card(MODEL)
+    args = (card, "0" * 64, toy_dataset_card(), "train", "a" * 64, card.preprocessing)
+    before = features.feature_key(*args, "pooled", "fp32", 64)
+    monkeypatch.setattr(PIL, "__version__", "12.3.0")  # Pillow 13 resizes some shapes otherwise
+    after_pillow = features.feature_key(*args, "pooled", "fp32", 64)
+    monkeypatch.setattr(features.torch, "__version__", "0.0.1")
+    after_torch = features.feature_key(*args, "pooled", "fp32", 64)
+    assert len({before, after_pillow, after_torch}) == 3
+
+
 def test_weights_change_the_key() -> None:
     card = get_model_card(MODEL)
     args = (toy_dataset_card(), "train", "a" * 64, card.preprocessing, "pooled", "fp32", 64)

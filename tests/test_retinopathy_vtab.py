@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,8 @@ from test_split_tfds_order import card_reading
 
 from harness.config.cards import CardError, load_dataset_card_file
 from harness.data import DatasetError
-from harness.data.prepare import load_splits
+from harness.data.npz import read_npz_meta
+from harness.data.prepare import load_splits, prepare
 from harness.data.readers.graham import GrahamParams, gaussian_blur_pre_4_2, graham_jpeg
 
 cv2 = pytest.importorskip("cv2")
@@ -242,9 +244,20 @@ def test_vtab1k_card_gives_tfds_first_records_in_grahams_preprocessing(tmp_path:
     assert splits["train"].labels.tolist() == [levels[n] for n in train_names]
 
 
-def test_full_card_splits_the_test_solution_by_usage(tmp_path: Path) -> None:
+def test_full_card_splits_the_test_solution_by_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_eyepacs(tmp_path / "eyepacs")
-    splits = load_splits(card_reading(tmp_path / "eyepacs", "eyepacs_vtab"))
+    card = card_reading(tmp_path / "eyepacs", "eyepacs_vtab")
+    splits = load_splits(card)
+
+    def opencv_of_archive() -> str:
+        return json.loads(read_npz_meta(prepare(card))["key"])["libraries"]["opencv"]
+
+    assert opencv_of_archive() == cv2.__version__
+    with monkeypatch.context() as patched:  # another OpenCV blurs otherwise: decoded again
+        patched.setattr(cv2, "__version__", "4.1.2")
+        assert opencv_of_archive() == "4.1.2"
     assert {name: len(s.labels) for name, s in splits.items()} == {
         "train": len(TRAIN),
         "val": 6,

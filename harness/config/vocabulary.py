@@ -37,6 +37,10 @@ VERSIONED_PACKAGES = (
     "scikit-learn",
     "scipy",
     "pandas",
+    # image libraries: they decode and resize, so an upgrade can move pixels
+    "pillow",
+    "opencv-python-headless",
+    "opencv-python",
 )
 
 

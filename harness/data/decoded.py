@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -32,9 +33,11 @@ DECODED_VERSION = 1
 
 
 def geometry(pre: Preprocessing) -> dict[str, Any]:
-    """The fields of a preprocessing that decide the resized pixels (a cache key's part)."""
+    """What decides the resized pixels (a cache key's part): the preprocessing's fields and
+    the version of Pillow, which resizes (Pillow 13 changed some resizes by one grey level)."""
     return {
         "version": DECODED_VERSION,
+        "pillow": PIL.__version__,
         "input_size": pre.input_size,
         "interpolation": pre.interpolation,
         "crop_pct": pre.crop_pct,

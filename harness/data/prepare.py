@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import PIL
 
 from harness.cache.codecs import check_content
 from harness.cache.keys import arrays_digest, stable_hash
@@ -268,6 +269,7 @@ def _built_entry(card: DatasetCard) -> Entry:
         "card_fingerprint": stable_hash(card.fingerprint()),
         "builder": card.builder.name,
         "builder_version": card.builder.version,
+        "libraries": _image_libraries(card),
     }
     return STORE.entry(BUILT, key, folder=path.parent, name=path.name)
 
@@ -294,8 +296,20 @@ def _prepared_key(card: DatasetCard, digest: str) -> dict[str, Any]:
             if spec is not None
         },
         "index_sha256": digest,
+        "libraries": _image_libraries(card),
         **_split_files_digest(card),
     }
+
+
+def _image_libraries(card: DatasetCard) -> dict[str, str]:
+    """Versions of the libraries that decode and fit the card's images: an upgrade re-prepares."""
+    libraries = {"pillow": PIL.__version__}
+    params = card.reader.params if card.reader is not None else None
+    if getattr(params, "graham", None) is not None:  # the only reader field that runs OpenCV
+        from harness.data.readers.graham import opencv_version
+
+        libraries["opencv"] = opencv_version()
+    return libraries
 
 
 def _split_files_digest(card: DatasetCard) -> dict[str, str]:

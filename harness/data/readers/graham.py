@@ -86,6 +86,15 @@ def _cv2() -> Any:
     return cv2
 
 
+def opencv_version() -> str:
+    """The installed OpenCV's version (a key part of data it processed).
+
+    Raises:
+        DatasetError: when OpenCV is not installed.
+    """
+    return str(_cv2().__version__)
+
+
 def graham_jpeg(data: bytes, params: GrahamParams) -> bytes:
     """The JPEG bytes TFDS' ``btgraham`` builder stores for one original image file.
 
