@@ -252,7 +252,7 @@ def test_full_card_splits_the_test_solution_by_usage(
     splits = load_splits(card)
 
     def opencv_of_archive() -> str:
-        return json.loads(read_npz_meta(prepare(card))["key"])["libraries"]["opencv"]
+        return json.loads(read_npz_meta(prepare(card))["key"])["image_processing"]["opencv"]
 
     assert opencv_of_archive() == cv2.__version__
     with monkeypatch.context() as patched:  # another OpenCV blurs otherwise: decoded again

@@ -27,9 +27,10 @@ from PIL import Image
 
 from harness.cache.mapped import release_pages
 from harness.config.cards import Preprocessing
+from harness.data.pil_resize import width_first_steps
 from harness.data.transforms import crop_mode, histogram_normalize, to_pil_rgb
 
-DECODED_VERSION = 1
+DECODED_VERSION = 2  # 2: resizes width first (harness.data.pil_resize)
 
 
 def geometry(pre: Preprocessing) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def geometric_transform(pre: Preprocessing) -> Callable[[Image.Image], Image.Ima
         crop_pct=pre.crop_pct,
         crop_mode=crop_mode(pre),
     )
-    steps = transform.transforms
+    steps = width_first_steps(transform.transforms)  # as eval_transform: Pillow-independent
     cut = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), len(steps))
     geometric = steps[:cut]
 

@@ -54,6 +54,7 @@ from harness.data.npz import (
     read_npz_meta,
 )
 from harness.data.npz_map import archive_digest
+from harness.data.pil_resize import RESIZE_ORDER
 from harness.data.pipeline import (
     context,
     data_root,
@@ -269,7 +270,7 @@ def _built_entry(card: DatasetCard) -> Entry:
         "card_fingerprint": stable_hash(card.fingerprint()),
         "builder": card.builder.name,
         "builder_version": card.builder.version,
-        "libraries": _image_libraries(card),
+        "image_processing": _image_processing(card),
     }
     return STORE.entry(BUILT, key, folder=path.parent, name=path.name)
 
@@ -296,14 +297,15 @@ def _prepared_key(card: DatasetCard, digest: str) -> dict[str, Any]:
             if spec is not None
         },
         "index_sha256": digest,
-        "libraries": _image_libraries(card),
+        "image_processing": _image_processing(card),
         **_split_files_digest(card),
     }
 
 
-def _image_libraries(card: DatasetCard) -> dict[str, str]:
-    """Versions of the libraries that decode and fit the card's images: an upgrade re-prepares."""
-    libraries = {"pillow": PIL.__version__}
+def _image_processing(card: DatasetCard) -> dict[str, str]:
+    """Versions of the libraries that decode and fit the card's images (an upgrade
+    re-prepares), and the pass order of the readers' resizes."""
+    libraries = {"pillow": PIL.__version__, "resize": RESIZE_ORDER}
     params = card.reader.params if card.reader is not None else None
     if getattr(params, "graham", None) is not None:  # the only reader field that runs OpenCV
         from harness.data.readers.graham import opencv_version

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from harness.config.cards import Preprocessing
+from harness.data.pil_resize import width_first_steps
 
-TRANSFORM_VERSION = 1
+TRANSFORM_VERSION = 2  # 2: resizes width first (harness.data.pil_resize)
 HISTOGRAM_BINS = 256
 
 
@@ -20,7 +21,9 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
     The resize/crop geometry and interpolation follow timm's ``create_transform``
     (resize the short side to ``input_size / crop_pct``, center crop ``input_size``); with
     ``crop_mode: squash`` the image is resized to a square of that size first, aspect not
-    kept (torchvision's ``Resize([257, 257])`` before ``CenterCrop(224)``).
+    kept (torchvision's ``Resize([257, 257])`` before ``CenterCrop(224)``). The resize
+    runs its horizontal pass first, so the bytes do not depend on the Pillow version
+    (:mod:`harness.data.pil_resize`).
 
     Args:
         pre: the model card's preprocessing.
@@ -39,6 +42,7 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
         crop_pct=pre.crop_pct,
         crop_mode=crop_mode(pre),
     )
+    transform.transforms[:] = width_first_steps(transform.transforms)
     if pre.histogram_normalize:
         steps = transform.transforms
         at = next(i for i, step in enumerate(steps) if type(step).__name__ == "Normalize")

@@ -11,6 +11,7 @@ import numpy as np
 
 from harness.data import DatasetError
 from harness.data.dicom import to_uint8
+from harness.data.pil_resize import resize_width_first
 from harness.data.resize_tf import tf1_bilinear_resize
 
 RESAMPLING = ("bilinear", "bicubic", "nearest", "lanczos", "tf1_bilinear")
@@ -112,7 +113,8 @@ def fit_image(image: object, params: GeometryParams) -> np.ndarray:
         resized = tf1_bilinear_resize(np.asarray(image), params.size)
         return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     resample = getattr(Image.Resampling, params.interpolation.upper())
-    return np.asarray(image.resize((params.size, params.size), resample), dtype=np.uint8)
+    resized = resize_width_first(image, (params.size, params.size), resample)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def decode_image(path: Path, params: ImageParams) -> np.ndarray:

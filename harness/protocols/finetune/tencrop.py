@@ -17,6 +17,7 @@ import torch
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
+from harness.data.pil_resize import pil_filter, resize_width_first
 from harness.data.transforms import histogram_normalize, to_pil_rgb
 from harness.protocols.finetune.augment import torchvision_interpolation
 from harness.protocols.finetune.data import EvalSet
@@ -51,7 +52,7 @@ def tencrop_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor
     interpolation = torchvision_interpolation(pre, "test_tencrop")
 
     def apply(image: np.ndarray) -> torch.Tensor:
-        resized = F.resize(to_pil_rgb(image), [side, side], interpolation, antialias=True)
+        resized = resize_width_first(to_pil_rgb(image), (side, side), pil_filter(interpolation))
         crops = []
         for crop in F.ten_crop(resized, [pre.input_size, pre.input_size]):
             x = F.to_tensor(crop)
