@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
+from harness.data.pil_resize import WidthFirstResize
 from harness.data.resize_tf import tf1_bilinear_resize
 from harness.data.transforms import histogram_normalize, to_pil_rgb
 from harness.protocols.finetune.keras import keras_augment
@@ -72,9 +73,10 @@ def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> T
         Image array -> float tensor (3, S, S), drawing from torch's global RNG.
     """
     side = math.floor(pre.input_size / pre.crop_pct)
+    resize = v1.Resize((side, side), torchvision_interpolation(pre, "augmentation 'feature-reuse'"))
     transform = v1.Compose(
         [
-            v1.Resize((side, side), torchvision_interpolation(pre, "augmentation 'feature-reuse'")),
+            WidthFirstResize(resize),  # deterministic: Pillow-independent like eval's
             v1.RandomResizedCrop(
                 pre.input_size, scale=scale, interpolation=InterpolationMode.BILINEAR
             ),
