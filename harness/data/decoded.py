@@ -27,8 +27,7 @@ from PIL import Image
 
 from harness.cache.mapped import release_pages
 from harness.config.cards import Preprocessing
-from harness.data.pil_resize import width_first_steps
-from harness.data.transforms import crop_mode, histogram_normalize, to_pil_rgb
+from harness.data.transforms import crop_mode, eval_steps, histogram_normalize, to_pil_rgb
 
 DECODED_VERSION = 2  # 2: resizes width first (harness.data.pil_resize)
 
@@ -54,18 +53,7 @@ def geometry_key(images_digest: str, pre: Preprocessing) -> str:
 
 def geometric_transform(pre: Preprocessing) -> Callable[[Image.Image], Image.Image]:
     """The resize and crop steps of the model's eval transform, PIL in, PIL out."""
-    from timm.data import create_transform
-
-    transform = create_transform(
-        input_size=(3, pre.input_size, pre.input_size),
-        is_training=False,
-        interpolation=pre.interpolation,
-        mean=pre.mean,
-        std=pre.std,
-        crop_pct=pre.crop_pct,
-        crop_mode=crop_mode(pre),
-    )
-    steps = width_first_steps(transform.transforms)  # as eval_transform: Pillow-independent
+    steps = eval_steps(pre)
     cut = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), len(steps))
     geometric = steps[:cut]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,29 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
     Returns:
         A function from a uint8 image array (H, W) or (H, W, 3) to a float tensor (3, S, S).
     """
+    steps = eval_steps(pre)
+    if pre.histogram_normalize:
+        at = next(i for i, step in enumerate(steps) if type(step).__name__ == "Normalize")
+        steps.insert(at, histogram_normalize)
+
+    def apply(image: np.ndarray) -> torch.Tensor:
+        out = to_pil_rgb(image)
+        for step in steps:
+            out = step(out)
+        return out
+
+    return apply
+
+
+def eval_steps(pre: Preprocessing) -> list[Callable[[Any], Any]]:
+    """The steps of timm's eval transform for ``pre``, its resize run width first.
+
+    Args:
+        pre: the model card's preprocessing.
+
+    Returns:
+        Resize, crop, to-tensor and normalise steps, each PIL / tensor in and out.
+    """
     from timm.data import create_transform
 
     transform = create_transform(
@@ -42,16 +66,7 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
         crop_pct=pre.crop_pct,
         crop_mode=crop_mode(pre),
     )
-    transform.transforms[:] = width_first_steps(transform.transforms)
-    if pre.histogram_normalize:
-        steps = transform.transforms
-        at = next(i for i, step in enumerate(steps) if type(step).__name__ == "Normalize")
-        steps.insert(at, histogram_normalize)
-
-    def apply(image: np.ndarray) -> torch.Tensor:
-        return transform(to_pil_rgb(image))
-
-    return apply
+    return width_first_steps(transform.transforms)
 
 
 def describe(pre: Preprocessing) -> dict[str, object]:

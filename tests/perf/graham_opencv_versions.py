@@ -87,8 +87,15 @@ def array_digest(array: np.ndarray) -> str:
     return hashlib.sha256(header + np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
-def btgraham_steps(data: bytes) -> tuple[dict[str, str], bytes]:
-    """Every step's output digest, and the JPEG bytes TFDS would store for ``data``."""
+def _opencv_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), sigma)
+
+
+def btgraham_steps(data: bytes, blur: Any = _opencv_blur) -> tuple[dict[str, str], bytes]:
+    """Every step's output digest, and the JPEG bytes TFDS would store for ``data``.
+
+    ``blur(image, sigma)`` is the local-average blur (the installed OpenCV's by default).
+    """
     digests = {}
     image = cv2.imdecode(np.frombuffer(data, np.uint8), 3)
     digests["decode"] = array_digest(image)
@@ -98,7 +105,7 @@ def btgraham_steps(data: bytes) -> tuple[dict[str, str], bytes]:
         r = image.shape[0] / 2.0
     image = cv2.resize(image, dsize=None, fx=RADIUS / r, fy=RADIUS / r)
     digests["scale"] = array_digest(image)
-    blurred = cv2.GaussianBlur(image, (0, 0), RADIUS / 30)
+    blurred = blur(image, RADIUS / 30)
     digests["blur"] = array_digest(blurred)
     image = cv2.addWeighted(image, 4, blurred, -4, 128)
     digests["subtract"] = array_digest(image)
@@ -138,13 +145,8 @@ def _harness_digests(graham: Any, data: bytes) -> dict[str, str]:
             radius=RADIUS, mask_ratio=MASK_RATIO, crop=True, jpeg_quality=QUALITY, blur=blur
         )
         digests["jpeg " + blur] = hashlib.sha256(graham.graham_jpeg(data, params)).hexdigest()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), 3)
-    middle = image[image.shape[0] // 2].sum(axis=1)
-    r = (middle > middle.mean() / 10.0).sum() / 2.0
-    if r < 1.0:
-        r = image.shape[0] / 2.0
-    scaled = cv2.resize(image, dsize=None, fx=RADIUS / r, fy=RADIUS / r)
-    digests["blur opencv-pre-4.2"] = array_digest(graham.gaussian_blur_pre_4_2(scaled, RADIUS / 30))
+    steps, _ = btgraham_steps(data, blur=graham.gaussian_blur_pre_4_2)
+    digests["blur opencv-pre-4.2"] = steps["blur"]
     return digests
 
 
