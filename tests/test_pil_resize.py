@@ -14,13 +14,22 @@ import pytest
 import torch
 from perf.pillow_resize_versions import arithmetic_image
 from PIL import Image
-from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+from torchvision import transforms as v1
+from torchvision.transforms import CenterCrop, InterpolationMode, Resize, v2
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
+from harness.data import pil_resize
 from harness.data.decoded import geometric_transform
-from harness.data.pil_resize import WidthFirstResize, resize_width_first, resized_size
+from harness.data.pil_resize import (
+    WidthFirstResize,
+    WidthFirstResizedCrop,
+    resize_width_first,
+    resized_size,
+)
 from harness.data.transforms import eval_transform
+from harness.protocols.finetune.augment import feature_reuse_transform
+from harness.protocols.finetune.data import train_transform
 
 PILLOW_BEFORE_13 = {  # (height, width, channels, (width, height), filter): sha256
     (300, 211, 3, (224, 224), "BICUBIC"): (
@@ -87,3 +96,72 @@ def test_eval_transforms_resize_width_first() -> None:
     assert np.array_equal(np.asarray(geometric_transform(pre)(Image.fromarray(array))), expected)
     as_tensor = F.normalize(F.to_tensor(expected), [0.5] * 3, [0.5] * 3)
     assert torch.equal(eval_transform(pre)(array), as_tensor)
+
+
+# RandomResizedCrop(224) of arithmetic images, seeded, as Pillow 6.2.2, 9.5.0 and 12.3.0
+# resize the crop in one call (Pillow 13.0 moves 30% and 13% of these pixels by one level)
+CROPS_BEFORE_PILLOW_13 = {  # (height, width, channels, filter, module, seed): sha256
+    (300, 211, 3, "bicubic", "v2", 1): (
+        "11b2e1256fb979de4d89a92b895183bdcc7bbfbc9e05b7871d01949698d80e7e"
+    ),
+    (512, 640, 1, "bilinear", "v1", 19): (
+        "a0782693b4b09a806763bc258973caa884d547406fe09c1dd405c83111257545"
+    ),
+}
+
+
+def _random_resized_crop(module: str, size: int, interpolation: str) -> object:
+    mode = InterpolationMode(interpolation)
+    if module == "v1":
+        return v1.RandomResizedCrop(size, interpolation=mode)
+    return v2.RandomResizedCrop(size, interpolation=mode, antialias=True)
+
+
+@pytest.mark.parametrize("case", list(CROPS_BEFORE_PILLOW_13))
+def test_width_first_crop_gives_the_bytes_of_pillow_before_13(case: tuple) -> None:
+    height, width, channels, interpolation, module, seed = case
+    image = Image.fromarray(arithmetic_image(height, width, channels))
+    torch.manual_seed(seed)
+    crop = WidthFirstResizedCrop(_random_resized_crop(module, 224, interpolation))(image)
+    assert crop.size == (224, 224)
+    assert hashlib.sha256(np.asarray(crop).tobytes()).hexdigest() == CROPS_BEFORE_PILLOW_13[case]
+
+
+@pytest.mark.parametrize("module", ["v1", "v2"])
+def test_width_first_crop_draws_torchvisions_boxes(module: str) -> None:
+    # upscales: every Pillow runs the width first here, so the bytes must be torchvision's
+    image = Image.fromarray(arithmetic_image(64, 48, 3))
+    step = _random_resized_crop(module, 160, "bicubic")
+    for seed in range(30):
+        torch.manual_seed(seed)
+        expected, after_expected = np.asarray(step(image)), torch.rand(1)
+        torch.manual_seed(seed)
+        ours, after_ours = np.asarray(WidthFirstResizedCrop(step)(image)), torch.rand(1)
+        assert np.array_equal(ours, expected)
+        assert torch.equal(after_ours, after_expected)  # the same number of draws
+    tensor = torch.rand(3, 30, 20)
+    torch.manual_seed(0)
+    expected_tensor = step(tensor)
+    torch.manual_seed(0)
+    assert torch.equal(WidthFirstResizedCrop(step)(tensor), expected_tensor)
+
+
+def test_training_augmentations_resize_their_crops_width_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes: list[tuple[int, int]] = []
+
+    def recording(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+        sizes.append(size)
+        return resize_width_first(image, size, resample)
+
+    monkeypatch.setattr(pil_resize, "resize_width_first", recording)
+    pre = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, "bicubic", 0.875)
+    array = arithmetic_image(300, 211, 3)
+    torch.manual_seed(0)
+    assert train_transform(pre, (0.08, 1.0))(array).shape == (3, 96, 96)
+    assert sizes == [(96, 96)]
+    sizes.clear()
+    torch.manual_seed(0)
+    assert feature_reuse_transform(pre, (0.8, 1.2))(array).shape == (3, 96, 96)
+    assert sizes == [(109, 109), (96, 96)]  # the square resize, then the crop

@@ -9,7 +9,8 @@ width first and then the height, each a single pass, give the bytes of Pillow 6.
 under 13.0 too (1,368 of 1,368), and the peers ran Pillow of those years.
 
 :class:`WidthFirstResize` stands in for torchvision's ``Resize`` on PIL images (tensors
-pass through to it unchanged); :func:`resize_width_first` for ``Image.resize``.
+pass through to it unchanged), :class:`WidthFirstResizedCrop` for ``RandomResizedCrop``;
+:func:`resize_width_first` for ``Image.resize``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import PIL
 from PIL import Image
-from torchvision.transforms import InterpolationMode, Resize
+from torchvision.transforms import InterpolationMode, RandomResizedCrop, Resize
 
 # the pass order of every resize here; part of the keys of data resized with it
 RESIZE_ORDER = "width-first"
+
+
+def pillow_resizes() -> dict[str, str]:
+    """What decides the bytes of the resizes here, for cache keys: Pillow's version (its
+    filters change between releases too) and the pass order."""
+    return {"pillow": PIL.__version__, "resize": RESIZE_ORDER}
 
 
 def resize_width_first(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
@@ -86,6 +94,35 @@ class WidthFirstResize:
 
     def __repr__(self) -> str:
         return f"WidthFirst{self.resize!r}"
+
+
+class WidthFirstResizedCrop:
+    """torchvision's ``RandomResizedCrop`` with the horizontal pass first on PIL images.
+
+    The crop box is drawn by torchvision's own ``RandomResizedCrop.get_params`` (the same
+    draws from torch's global RNG as the v1 and v2 transforms make), the box is cut out
+    and resized with :func:`resize_width_first`. Tensors pass through to the wrapped step.
+
+    Args:
+        crop: The ``RandomResizedCrop`` step it replaces (v1 or v2; size, scale, ratio and
+            interpolation kept; PIL resizes always antialias).
+    """
+
+    def __init__(self, crop: Any) -> None:
+        self.crop = crop
+
+    def __call__(self, image: Any) -> Any:
+        if not isinstance(image, Image.Image):
+            return self.crop(image)
+        top, left, height, width = RandomResizedCrop.get_params(
+            image, list(self.crop.scale), list(self.crop.ratio)
+        )
+        box = image.crop((left, top, left + width, top + height))
+        out_height, out_width = resized_size(height, width, list(self.crop.size))
+        return resize_width_first(box, (out_width, out_height), pil_filter(self.crop.interpolation))
+
+    def __repr__(self) -> str:
+        return f"WidthFirst{self.crop!r}"
 
 
 def width_first_steps(steps: list[Any]) -> list[Any]:

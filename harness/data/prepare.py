@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import PIL
 
 from harness.cache.codecs import check_content
 from harness.cache.keys import arrays_digest, stable_hash
@@ -54,7 +53,7 @@ from harness.data.npz import (
     read_npz_meta,
 )
 from harness.data.npz_map import archive_digest
-from harness.data.pil_resize import RESIZE_ORDER
+from harness.data.pil_resize import pillow_resizes
 from harness.data.pipeline import (
     context,
     data_root,
@@ -305,7 +304,7 @@ def _prepared_key(card: DatasetCard, digest: str) -> dict[str, Any]:
 def _image_processing(card: DatasetCard) -> dict[str, str]:
     """Versions of the libraries that decode and fit the card's images (an upgrade
     re-prepares), and the pass order of the readers' resizes."""
-    libraries = {"pillow": PIL.__version__, "resize": RESIZE_ORDER}
+    libraries = pillow_resizes()
     params = card.reader.params if card.reader is not None else None
     if getattr(params, "graham", None) is not None:  # the only reader field that runs OpenCV
         from harness.data.readers.graham import opencv_version

@@ -5,7 +5,9 @@ Pillow 13 runs the vertical pass first when the height shrinks much more than th
 (python-pillow/Pillow#9549); every earlier Pillow ran the horizontal pass first. This
 script resizes small integer-arithmetic images (the same under any NumPy, no RNG) of 38
 shapes to 6 sizes with bilinear, bicubic and Lanczos, in RGB and L, once in one call and
-once as two calls (width first, then height), and records each result's SHA-256:
+once as two calls (width first, then height), and records each result's SHA-256. It
+does the same for 40 crops of each of three images resized to 224x224 (what a training
+augmentation's ``RandomResizedCrop`` does):
 
     OLD_PYTHON tests/perf/pillow_resize_versions.py digests old.json   # e.g. Pillow 9.5
     python tests/perf/pillow_resize_versions.py digests new.json
@@ -29,6 +31,7 @@ import PIL
 from PIL import Image
 
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+CROPPED = [(512, 640), (1024, 1024), (300, 211)]  # (height, width) of the cropped images
 SIZES = [(224, 224), (160, 160), (256, 256), (100, 40), (40, 100), (299, 299)]  # (w, h)
 
 
@@ -38,6 +41,18 @@ def shapes() -> list[tuple[int, int]]:
     fixed += [(64, 64), (512, 384)]
     sequence = [(37 * k * k + 11 * k) % 680 + 20 for k in range(1, 61)]
     return fixed + [(sequence[i], sequence[i + 1]) for i in range(0, len(sequence), 2)]
+
+
+def crop_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """40 ``(left, top, right, bottom)`` boxes of 30-99% of each side, from fixed sequences."""
+    boxes = []
+    for k in range(40):
+        box_width = width * (30 + (k * 37) % 70) // 100
+        box_height = height * (30 + (k * 53) % 70) // 100
+        left = (k * 131) % (width - box_width + 1)
+        top = (k * 71) % (height - box_height + 1)
+        boxes.append((left, top, left + box_width, top + box_height))
+    return boxes
 
 
 def arithmetic_image(height: int, width: int, channels: int) -> np.ndarray:
@@ -65,6 +80,17 @@ def digests(out: Path) -> None:
                     key = f"{height}x{width}x{channels} to {size[0]}x{size[1]} {name}"
                     one = image.resize(size, resample)
                     two = image.resize((size[0], height), resample).resize(size, resample)
+                    results[key] = {"one_call": _digest(one), "two_calls": _digest(two)}
+    for height, width in CROPPED:
+        for channels in (3, 1):
+            image = Image.fromarray(arithmetic_image(height, width, channels))
+            for box in crop_boxes(height, width):
+                crop = image.crop(box)
+                for name in ("bilinear", "bicubic"):
+                    resample = FILTERS[name]
+                    key = f"{height}x{width}x{channels} crop {box} to 224x224 {name}"
+                    one = crop.resize((224, 224), resample)
+                    two = crop.resize((224, crop.height), resample).resize((224, 224), resample)
                     results[key] = {"one_call": _digest(one), "two_calls": _digest(two)}
     report = {"pillow": PIL.__version__, "python": sys.version.split()[0], "resizes": results}
     out.write_text(json.dumps(report, indent=1))

@@ -19,7 +19,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
-from harness.data.pil_resize import WidthFirstResize
+from harness.data.pil_resize import WidthFirstResize, WidthFirstResizedCrop
 from harness.data.resize_tf import tf1_bilinear_resize
 from harness.data.transforms import histogram_normalize, to_pil_rgb
 from harness.protocols.finetune.keras import keras_augment
@@ -76,9 +76,11 @@ def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> T
     resize = v1.Resize((side, side), torchvision_interpolation(pre, "augmentation 'feature-reuse'"))
     transform = v1.Compose(
         [
-            WidthFirstResize(resize),  # deterministic: Pillow-independent like eval's
-            v1.RandomResizedCrop(
-                pre.input_size, scale=scale, interpolation=InterpolationMode.BILINEAR
+            WidthFirstResize(resize),  # both resizes: Pillow-independent like eval's
+            WidthFirstResizedCrop(
+                v1.RandomResizedCrop(
+                    pre.input_size, scale=scale, interpolation=InterpolationMode.BILINEAR
+                )
             ),
             v1.RandomVerticalFlip(0.5),
             v1.RandomHorizontalFlip(0.5),

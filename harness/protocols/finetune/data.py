@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from harness.config.cards import Preprocessing
+from harness.data.pil_resize import WidthFirstResizedCrop
 from harness.data.transforms import eval_transform, histogram_normalize, to_pil_rgb
 from harness.protocols.finetune.augment import (
     TF_BILINEAR,
@@ -52,6 +53,8 @@ def train_transform(
     ssl-transfer / SSL_medicalimaging's fine-tuning augmentation, with the model's own
     input size, interpolation, mean and std. With ``rotation``, BenchmarkTransferLearning's
     RandomRotation follows the flip (torchvision's defaults: nearest, no expansion, fill 0).
+    The crop is resized width first (:class:`~harness.data.pil_resize.WidthFirstResizedCrop`),
+    so the pixels are the same under every Pillow, as the eval transform's.
 
     Args:
         pre: The model's preprocessing (input size possibly overridden by the profile).
@@ -78,11 +81,10 @@ def train_transform(
     interpolation = torchvision_interpolation(pre, f"augmentation {augmentation!r}")
     transform = v2.Compose(
         [
-            v2.RandomResizedCrop(
-                pre.input_size,
-                scale=scale,
-                interpolation=interpolation,
-                antialias=True,
+            WidthFirstResizedCrop(
+                v2.RandomResizedCrop(
+                    pre.input_size, scale=scale, interpolation=interpolation, antialias=True
+                )
             ),
             v2.RandomHorizontalFlip(),
             *([v2.RandomRotation(rotation)] if rotation else []),

@@ -18,6 +18,7 @@ import torch
 from harness.cache.keys import module_sha256
 from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
+from harness.data.pil_resize import pillow_resizes
 from harness.data.table import SoftTargets
 from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
@@ -196,6 +197,7 @@ def training_depends_on(
         "weights_id": weights_id,
         "data": [train.images, train.labels, val.images, val.labels],
         "preprocessing": pre.key_payload(),
+        "augmentation_resizes": pillow_resizes(),  # Pillow resizes its crops
         "task": asdict(task),
         "runtime": runtime.describe(),
     }

@@ -31,6 +31,7 @@ import torch
 
 from harness.config.cards import Preprocessing
 from harness.data.npz import SplitData
+from harness.data.pil_resize import pillow_resizes
 from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
 from harness.protocols.finetune.data import EvalSet, inverse_frequency_weights
@@ -140,6 +141,7 @@ def run_kfold(
             "weights_id": model.weights_id,
             "data": [images, labels],
             "preprocessing": pre.key_payload(),
+            "augmentation_resizes": pillow_resizes(),  # Pillow resizes its crops
             "task": [task.task, task.num_classes, task.primary_metric, list(task.metrics)],
             "runtime": runtime.describe(),
         }
