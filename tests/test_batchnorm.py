@@ -13,7 +13,7 @@ from torch import nn
 from harness.config.cards import CardError, get_model_card, load_model_card_file
 from harness.features import extract
 from harness.protocols.case import feature_scale
-from harness.zoo import build_model
+from harness.zoo import batchnorm, build_model
 from harness.zoo.batchnorm import batchnorm_layers, recalibrate_batchnorm, recalibration_indices
 
 CPU = torch.device("cpu")
@@ -30,7 +30,12 @@ def _toy() -> nn.Sequential:
     )
 
 
-def test_statistics_are_those_of_each_layers_input_over_all_images() -> None:
+@pytest.mark.parametrize("chunk", [None, 300])  # 300 values: one image's input per copy
+def test_statistics_are_those_of_each_layers_input_over_all_images(
+    chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(batchnorm, "ACCUMULATION_CHUNK", chunk)
     images = np.random.default_rng(0).integers(0, 255, size=(12, 10, 10), dtype=np.uint8)
     net = _toy()
     summary = recalibrate_batchnorm(net, images, _to_tensor, batch_size=4, device=CPU)

@@ -14,7 +14,8 @@ statistics of its input over the target's training images: one forward pass with
 norm in training mode and no gradient. This is data-dependent rescaling in the spirit
 of Krähenbühl et al. (2016), which early self-supervised benchmarks applied to their
 random-initialisation rows. Each layer's mean and (unbiased) variance are accumulated
-in float64 over every pixel of every image, not averaged per batch. The rule ``init``
+in float64 over every pixel of every image (a few images at a time), not averaged per
+batch. The rule ``init``
 keeps the init statistics.
 
 The images are a seeded permutation of the training split cut to a whole number of
@@ -30,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-RECALIBRATION_VERSION = 1
+RECALIBRATION_VERSION = 2  # 2: float64 sums accumulated over chunks of images
 MAX_IMAGES = 2048
+ACCUMULATION_CHUNK = 1 << 17  # layer-input values per float64 copy in the hooks
 SEED = 0
 
 
@@ -96,12 +98,17 @@ def recalibrate_batchnorm(
     sums: dict[nn.Module, list[Any]] = {layer: [0, 0.0, 0.0] for layer in layers}
 
     def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().to(torch.float64, copy=True)
+        x = inputs[0].detach()
         dims = [d for d in range(x.ndim) if d != 1]
         entry = sums[layer]
         entry[0] += x.numel() // x.shape[1]
-        entry[1] = entry[1] + x.sum(dims)
-        entry[2] = entry[2] + x.square_().sum(dims)  # in place: the copy is ours
+        # a few images at a time: their float64 copy stays in cache, where the whole
+        # batch's (hundreds of MB) made the pass memory-bound (docs/performance.md)
+        step = max(1, ACCUMULATION_CHUNK // max(1, x[0].numel()))
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step].to(torch.float64, copy=True)
+            entry[1] = entry[1] + chunk.sum(dims)
+            entry[2] = entry[2] + chunk.square_().sum(dims)  # in place: the copy is ours
 
     hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
     # NCHW although channels_last runs this pass about 1.3x faster on CPU: its rounding

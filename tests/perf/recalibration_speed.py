@@ -1,11 +1,12 @@
 """Batch-norm recalibration of a random twin: three ways to run the pass, side by side.
 
 :func:`harness.zoo.batchnorm.recalibrate_batchnorm` runs the training images through the
-network in NCHW and squares its float64 copy of each layer input in place. Against it, in
-one process on the same seeded uint8 images, alternating, ``--repeats`` times each:
+network in NCHW and accumulates each layer input's float64 sums a few images at a time.
+Against it, in one process on the same uint8 images (seeded noise, or with ``--dataset``
+the training images the harness would use), alternating, ``--repeats`` times each:
 
-- ``product``: the earlier accumulation, ``(x * x).sum`` on a second float64 tensor (the
-  statistics must be bit-identical to the harness's);
+- ``whole``: recalibration version 1, one float64 copy of the whole batch's layer input
+  (the float32 statistics should come out bit-identical to the harness's);
 - ``channels_last``: the harness's pass with the network in channels_last,
   the memory format features are extracted in. Faster on CPU, but the convolutions round
   differently, which moves the statistics; tried and not taken (docs/performance.md).
@@ -17,12 +18,12 @@ pass and the channels_last one at 1 and at 2 torch threads and says whether each
 the same bits both ways.
 
     python tests/perf/recalibration_speed.py --threads 1 --thread-check
+    python tests/perf/recalibration_speed.py --dataset demo_cxr_lesion --input-size 160 --batch-size 64
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import statistics
 import sys
@@ -37,13 +38,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from harness.config.cards import get_model_card
+from harness.config.cards import dataset_cards, get_model_card
+from harness.data.prepare import load_splits
 from harness.data.transforms import eval_transform
-from harness.zoo import build_model
-from harness.zoo.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from harness.zoo import batchnorm, build_model
+from harness.zoo.batchnorm import batchnorm_layers, recalibrate_batchnorm, recalibration_indices
 
 CPU = torch.device("cpu")
-KINDS = ("harness", "product", "channels_last")
+KINDS = ("harness", "whole", "channels_last")
 
 
 def variant_pass(
@@ -55,14 +57,14 @@ def variant_pass(
 ) -> None:
     """The harness's pass as ``variant`` runs it.
 
-    ``harness`` as is; ``product`` with ``Tensor.square_`` allocating ``x * x`` (the
-    earlier accumulation); ``channels_last`` on the network converted to channels_last,
-    which makes its convolutions (and hence the batches' activations) channels_last.
+    ``harness`` as is; ``whole`` with one chunk per batch (version 1's accumulation);
+    ``channels_last`` on the network converted to channels_last, which makes its
+    convolutions (and hence the batches' activations) channels_last.
     """
     if variant == "channels_last":
         module.to(memory_format=torch.channels_last)
-    squaring = mock.patch.object(torch.Tensor, "square_", lambda x: x * x)
-    with squaring if variant == "product" else contextlib.nullcontext():
+    chunk = 2**62 if variant == "whole" else batchnorm.ACCUMULATION_CHUNK
+    with mock.patch.object(batchnorm, "ACCUMULATION_CHUNK", chunk):
         recalibrate_batchnorm(module, images, transform, batch_size, CPU)
 
 
@@ -97,18 +99,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--thread-check", action="store_true")
+    parser.add_argument("--dataset", help="a prepared dataset card: its training images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    size = (args.images, args.input_size, args.input_size)
-    images = np.random.default_rng(0).integers(0, 256, size=size, dtype=np.uint8)
+    if args.dataset:
+        train = load_splits(dataset_cards()[args.dataset])["train"].images
+        images = train[recalibration_indices(len(train), args.batch_size)]
+        source = f"{len(images)} training images of {args.dataset} at"
+    else:
+        size = (args.images, args.input_size, args.input_size)
+        images = np.random.default_rng(0).integers(0, 256, size=size, dtype=np.uint8)
+        source = f"{args.images} seeded noise images of"
     print(
-        f"{args.images} images of {args.input_size} px, batch {args.batch_size}, "
+        f"{source} {args.input_size} px, batch {args.batch_size}, "
         f"{args.threads} torch thread(s), median of {args.repeats}; "
         f"{platform.machine()}, torch {torch.__version__}\n"
     )
     print(
-        "| model | harness s | product s (ratio) | channels_last s (ratio) "
-        "| product identical | channels_last: mean gap / std, var gap |"
+        "| model | harness s | whole s (ratio) | channels_last s (ratio) "
+        "| whole: same float32 bits | channels_last: mean gap / std, var gap |"
     )
     print("|---|---:|---:|---:|---|---|")
     for name in args.models:
@@ -125,10 +134,10 @@ def main() -> None:
                 nets[kind] = net
         median = {kind: statistics.median(times[kind]) for kind in KINDS}
         base = median["harness"]
-        same = identical_statistics(nets["harness"], nets["product"])
+        same = identical_statistics(nets["harness"], nets["whole"])
         mean_gap, var_gap = statistics_gap(nets["harness"], nets["channels_last"])
         print(
-            f"| {name} | {base:.2f} | {median['product']:.2f} ({median['product'] / base:.2f}x) "
+            f"| {name} | {base:.2f} | {median['whole']:.2f} ({median['whole'] / base:.2f}x) "
             f"| {median['channels_last']:.2f} ({median['channels_last'] / base:.2f}x) "
             f"| {'yes' if same else 'NO'} | {mean_gap:.1e}, {var_gap:.1e} |"
         )
