@@ -15,8 +15,7 @@ norm in training mode and no gradient. This is data-dependent rescaling in the s
 of Krähenbühl et al. (2016), which early self-supervised benchmarks applied to their
 random-initialisation rows. Each layer's mean and (unbiased) variance are accumulated
 in float64 over every pixel of every image (a few images at a time), not averaged per
-batch. The rule ``init``
-keeps the init statistics.
+batch. The rule ``init`` keeps the init statistics.
 
 The images are a seeded permutation of the training split cut to a whole number of
 batches (at most :data:`MAX_IMAGES`), so every forward pass has the same shape.

@@ -64,7 +64,6 @@ def train_transform(
             "keras" (:func:`keras_transform`), "transferability"
             (:func:`transferability_transform`) or "none" (the eval transform, VTAB's).
         keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
-        soft_range: The draw range of label-smoothed (NaN) targets, or None.
 
     Returns:
         A function from a uint8 image array (H, W) or (H, W, 3) to a float tensor (3, S, S).
