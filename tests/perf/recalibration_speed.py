@@ -6,7 +6,8 @@ Against it, in one process on the same uint8 images (seeded noise, or with ``--d
 the training images the harness would use), alternating, ``--repeats`` times each:
 
 - ``whole``: recalibration version 1, one float64 copy of the whole batch's layer input
-  (the float32 statistics should come out bit-identical to the harness's);
+  (its float64 sums come out in another order, so a float32 statistic may differ in its
+  last bit: the table counts them);
 - ``channels_last``: the harness's pass with the network in channels_last,
   the memory format features are extracted in. Faster on CPU, but the convolutions round
   differently, which moves the statistics; tried and not taken (docs/performance.md).
@@ -79,6 +80,15 @@ def statistics_gap(a: nn.Module, b: nn.Module) -> tuple[float, float]:
     return mean_gap, var_gap
 
 
+def differing_values(a: nn.Module, b: nn.Module) -> int:
+    """How many state values of ``a`` and ``b`` differ in any bit (only the batch-norm
+    statistics can: both start from the same weights)."""
+    return sum(
+        int((x != y).sum())
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
 def identical_statistics(a: nn.Module, b: nn.Module) -> bool:
     """Whether every batch-norm buffer of ``a`` and ``b`` has the same bits."""
     return all(
@@ -117,7 +127,7 @@ def main() -> None:
     )
     print(
         "| model | harness s | whole s (ratio) | channels_last s (ratio) "
-        "| whole: same float32 bits | channels_last: mean gap / std, var gap |"
+        "| whole: float32 values differing | channels_last: mean gap / std, var gap |"
     )
     print("|---|---:|---:|---:|---|---|")
     for name in args.models:
@@ -134,12 +144,12 @@ def main() -> None:
                 nets[kind] = net
         median = {kind: statistics.median(times[kind]) for kind in KINDS}
         base = median["harness"]
-        same = identical_statistics(nets["harness"], nets["whole"])
+        differing = differing_values(nets["harness"], nets["whole"])
         mean_gap, var_gap = statistics_gap(nets["harness"], nets["channels_last"])
         print(
             f"| {name} | {base:.2f} | {median['whole']:.2f} ({median['whole'] / base:.2f}x) "
             f"| {median['channels_last']:.2f} ({median['channels_last'] / base:.2f}x) "
-            f"| {'yes' if same else 'NO'} | {mean_gap:.1e}, {var_gap:.1e} |"
+            f"| {differing} | {mean_gap:.1e}, {var_gap:.1e} |"
         )
     if args.thread_check:
         thread_check(args.models[0], images, args.input_size, args.batch_size)
