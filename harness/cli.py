@@ -404,9 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     args = build_parser().parse_args(argv[:split])
     args.pytest_args = argv[split + 1 :]
+    from harness.huge_pages import request_huge_pages
     from harness.zoo.hub import sync_hub_offline
 
     sync_hub_offline()  # before anything imports the hub client (timm does)
+    request_huge_pages()  # before anything allocates a tensor (c10 reads it once)
     try:
         return int(args.func(args))
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

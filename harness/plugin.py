@@ -140,9 +140,11 @@ def medxfer_session(config: pytest.Config) -> MedxferSession:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Create the session object; group cases by xdist group unless --dist was given."""
+    from harness.huge_pages import request_huge_pages
     from harness.zoo.hub import sync_hub_offline
 
     sync_hub_offline()  # before anything imports the hub client (timm does)
+    request_huge_pages()  # before any case allocates a tensor (c10 reads it once)
     session = MedxferSession(config)
     config.stash[SESSION] = session
     session_run_id()  # set before xdist workers start, so they inherit it

@@ -22,6 +22,7 @@ import yaml
 from harness.cache.atomic import TMP_INFIX
 from harness.config.paths import PROJECT_ROOT
 from harness.features import read_events
+from harness.huge_pages import HUGE_PAGES_ENV
 from harness.protocols.registry import get_protocol
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,7 @@ def _env(home: Path, results: Path) -> dict[str, str]:
     env.update(MEDXFER_HOME=str(home), MEDXFER_RESULTS=str(results), PYTHONUNBUFFERED="1")
     env.pop("MEDXFER_RUN_ID", None)
     env.pop("PYTEST_XDIST_WORKER", None)
+    env.pop(HUGE_PAGES_ENV, None)  # the plugin asks for huge pages itself
     return env
 
 
@@ -135,6 +137,7 @@ def test_smoke_cases_pass_write_records_and_rerun_from_cache(home: Path, tmp_pat
         assert set(record["feature_cache"].values()) == {"miss"}
         assert record["hyperparameters"]["C"] > 0
         assert record["git"] is not None and record["versions"]["torch"]
+        assert record["hardware"]["huge_pages"][HUGE_PAGES_ENV] == "1"
         details = record["details"]
         assert details["device_class"] == "cpu"
         assert details["precision"]["requested"] == details["precision"]["effective"] == "fp32"

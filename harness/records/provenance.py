@@ -18,6 +18,7 @@ from typing import Any
 import harness
 from harness.config.paths import PROJECT_ROOT
 from harness.config.vocabulary import VERSIONED_PACKAGES
+from harness.huge_pages import huge_pages_state
 
 _GIT_TIMEOUT_S = 10
 # Environment variables that choose which CPU kernels run (and so the last bits of every
@@ -57,6 +58,7 @@ def _hardware() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "kernel_env": {name: os.environ[name] for name in KERNEL_ENV if name in os.environ},
+        "huge_pages": huge_pages_state(),
         "memory_bytes": _total_memory(),
         "torch_threads": None,
         "cuda_available": False,
