@@ -3,11 +3,11 @@
 PyTorch's CPU allocator (c10 ``alloc_cpu``) takes every tensor from ``posix_memalign``.
 glibc serves a large request with a fresh ``mmap`` and unmaps it again on free, so every
 batch's activations (tens to hundreds of MB at 64 images) are new pages that the kernel
-faults in and zeroes 4 KiB at a time, while both threads of a two-thread forward contend
-for the process's page tables. With ``THP_MEM_ALLOC_ENABLE=1``, c10 aligns requests of
-2 MiB and more to 2 MiB and marks them ``madvise(MADV_HUGEPAGE)``, so they fault in
-2 MiB at a time. Only where tensors live changes, not what is computed: features and
-metrics are the same bits (``docs/performance.md``, "Transparent huge pages").
+faults in and zeroes 4 KiB at a time. With ``THP_MEM_ALLOC_ENABLE=1``, c10 page-aligns
+its allocations and marks those of 2 MiB and more ``madvise(MADV_HUGEPAGE)``, so they
+fault in 2 MiB at a time. Only where tensors live changes, not what is computed:
+features and metrics are the same bits (``docs/performance.md``, "Transparent huge
+pages for CPU tensors").
 
 c10 reads the variable once, at its first CPU allocation, so medxfer's pytest plugin and
 command line set it when they configure, before any case allocates; xdist workers and
