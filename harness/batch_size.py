@@ -12,6 +12,10 @@
   to ``[1, maximum]``. The estimate is one probe forward on 2 images: the bytes of every
   leaf module's output plus the input, per image. Inference frees an activation once its
   consumers have run, so this sum is an upper bound and the choice errs on the small side.
+  On CPU ``maximum`` defaults to ``CPU_DEFAULT_MAX`` (16), not ``DEFAULT_MAX``: a CPU
+  forward is fastest at 16-32 images, where a layer's activations still sit near the
+  caches, and slows as batches grow (ResNet-50 at 224 px, EfficientNet-Lite0 and
+  MobileNetV2 at 160 px: docs/performance.md), so filling memory only costs speed.
 
 Either way the batch is then capped at the smallest power of two that holds every image
 of the split, so a small split is not padded up to a large batch.
@@ -23,7 +27,7 @@ the size that ran is recorded in the feature file's meta (``batch_size``).
 
 Where it is set: ``MEDXFER_BATCH_SIZE`` (``auto`` or a number) overrides the profile's
 extraction batch size (64 by default, unchanged); ``MEDXFER_BATCH_MAX`` sets ``maximum``
-(default 256).
+(default 256 on CUDA, 16 on CPU).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ AUTO = "auto"
 BATCH_ENV = "MEDXFER_BATCH_SIZE"
 MAX_ENV = "MEDXFER_BATCH_MAX"
 DEFAULT_MAX = 256
+#: The largest batch ``auto`` picks on CPU unless ``MEDXFER_BATCH_MAX`` says otherwise.
+CPU_DEFAULT_MAX = 16
 #: Share of the available memory the CPU rule lets one extraction's activations use.
 CPU_FRACTION = 0.25
 LOG = logging.getLogger("medxfer.features")
@@ -77,11 +83,18 @@ def batch_size_setting(default: BatchSize) -> BatchSize:
     return check_batch_size(value, BATCH_ENV) if value else check_batch_size(default)
 
 
-def max_batch_size() -> int:
-    """The largest batch ``auto`` tries: ``$MEDXFER_BATCH_MAX``, default ``DEFAULT_MAX``."""
+def max_batch_size(device_type: str = "cuda") -> int:
+    """The largest batch ``auto`` tries on a device type.
+
+    ``$MEDXFER_BATCH_MAX`` when set, else ``CPU_DEFAULT_MAX`` on CPU and ``DEFAULT_MAX``
+    elsewhere.
+
+    Raises:
+        ValueError: when the variable holds no positive integer.
+    """
     value = os.environ.get(MAX_ENV, "").strip()
     if not value:
-        return DEFAULT_MAX
+        return CPU_DEFAULT_MAX if device_type == "cpu" else DEFAULT_MAX
     size = check_batch_size(value, MAX_ENV)
     if size == AUTO:
         raise ValueError(f"{MAX_ENV}: expected a positive integer, got {value!r}")
@@ -231,7 +244,7 @@ def resolve_batch_size(
         n_images: images in the split: the choice is capped at the smallest power of two
             that holds them all.
         name: the model's name in the memo (default: the module's class and object id).
-        maximum: the largest batch tried (default :func:`max_batch_size`).
+        maximum: the largest batch tried (default :func:`max_batch_size` of the device type).
 
     Returns:
         A positive batch size.
@@ -239,7 +252,7 @@ def resolve_batch_size(
     setting = check_batch_size(setting)
     if setting != AUTO:
         return int(setting)
-    maximum = max_batch_size() if maximum is None else maximum
+    maximum = max_batch_size(device.type) if maximum is None else maximum
     memo = (
         name or f"{type(module).__qualname__}@{id(module)}",
         pre.input_size,

@@ -132,7 +132,21 @@ def test_settings_are_checked_and_read_from_the_environment(
         with pytest.raises(ValueError, match=auto.BATCH_ENV):
             auto.batch_size_setting(64)
     monkeypatch.setenv(auto.MAX_ENV, "64")
-    assert auto.max_batch_size() == 64
+    assert auto.max_batch_size() == auto.max_batch_size("cpu") == 64
+    monkeypatch.setenv(auto.MAX_ENV, "auto")
+    with pytest.raises(ValueError, match=auto.MAX_ENV):
+        auto.max_batch_size()
+
+
+def test_the_cpu_picks_at_most_sixteen_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert auto.max_batch_size("cuda") == auto.DEFAULT_MAX == 256
+    assert auto.max_batch_size("cpu") == auto.CPU_DEFAULT_MAX == 16
+    monkeypatch.setattr(auto, "available_memory", lambda: 1 << 40)  # memory allows 256+
+    module = _Limited(10_000)
+    assert auto.resolve_batch_size("auto", module, PRE, torch.device("cpu")) == 16
+    monkeypatch.setenv(auto.MAX_ENV, "128")
+    auto.clear_memo()
+    assert auto.resolve_batch_size("auto", module, PRE, torch.device("cpu")) == 128
 
 
 def test_auto_is_the_key_and_the_features_match_a_fixed_batch(
