@@ -10,8 +10,9 @@ standardised (``docs/reproducibility.md`` has the figures).
 The card rule ``weights.batchnorm_stats: target_train`` (the default for
 ``source: random``) keeps the baseline the peers compare against (the same architecture
 and initialisation, no transfer, no labels) but gives every batch-norm layer the
-statistics of its input over the target's training images: one forward pass with batch
-norm in training mode and no gradient. This is data-dependent rescaling in the spirit
+statistics of its input over the target's training images: one forward pass without
+gradient in which each batch-norm layer normalises a batch by that batch's own mean and
+variance, as in training mode. This is data-dependent rescaling in the spirit
 of Krähenbühl et al. (2016), which early self-supervised benchmarks applied to their
 random-initialisation rows. Each layer's mean and (unbiased) variance are accumulated
 in float64 over every pixel of every image (a few images at a time), not averaged per
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-RECALIBRATION_VERSION = 2  # 2: float64 sums accumulated over chunks of images
+RECALIBRATION_VERSION = 3  # 3: channels_last, batches normalised by their float64 statistics
 MAX_IMAGES = 2048
 ACCUMULATION_CHUNK = 1 << 17  # layer-input values per float64 copy in the hooks
 SEED = 0
@@ -76,8 +77,16 @@ def recalibrate_batchnorm(
 ) -> dict[str, Any]:
     """Set every batch-norm layer's running statistics to those of its input over ``images``.
 
+    The pass runs as training-mode batch norm would (each batch normalised by its own
+    mean and biased variance), but with the network in eval mode and channels_last, as
+    features are extracted: a pre-hook on each layer takes its input's float64 sums,
+    adds them to the layer's totals and writes the batch's statistics into the running
+    buffers, which eval-mode batch norm then normalises by. Torch's own training-mode
+    reduction is avoided because in channels_last it depends on the thread count.
+
     Args:
-        module: The network, changed in place and returned to eval mode.
+        module: The network, changed in place and returned in eval mode and in the
+            contiguous memory format.
         images: uint8 images (already chosen and ordered, see :func:`recalibration_indices`).
         transform: The model's evaluation transform (image -> tensor).
         batch_size: Images per forward pass.
@@ -96,35 +105,27 @@ def recalibrate_batchnorm(
         raise ValueError("batch-norm recalibration needs at least one training image")
     sums: dict[nn.Module, list[Any]] = {layer: [0, 0.0, 0.0] for layer in layers}
 
-    def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach()
-        dims = [d for d in range(x.ndim) if d != 1]
+    def normalise_by_batch(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        count, total, squares = _float64_sums(inputs[0].detach())
         entry = sums[layer]
-        entry[0] += x.numel() // x.shape[1]
-        # a few images at a time: their float64 copy stays in cache, where the whole
-        # batch's (hundreds of MB) made the pass memory-bound (docs/performance.md)
-        step = max(1, ACCUMULATION_CHUNK // max(1, x[0].numel()))
-        for start in range(0, len(x), step):
-            chunk = x[start : start + step].to(torch.float64, copy=True)
-            entry[1] = entry[1] + chunk.sum(dims)
-            entry[2] = entry[2] + chunk.square_().sum(dims)  # in place: the copy is ours
+        entry[0] += count
+        entry[1] = entry[1] + total
+        entry[2] = entry[2] + squares
+        mean = total / count
+        layer.running_mean.copy_(mean)
+        layer.running_var.copy_((squares / count - mean * mean).clamp_min(0))
 
-    hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
-    # NCHW although channels_last runs this pass about 1.3x faster on CPU: its rounding
-    # moves the statistics by ~2e-5 of a std, enough to flip k-NN neighbours of the random
-    # twins past their expected values' tolerance (docs/performance.md)
-    module.to(device).eval()
-    for layer in layers:
-        layer.train()
+    module.to(device).to(memory_format=torch.channels_last).eval()
+    hooks = [layer.register_forward_pre_hook(normalise_by_batch) for layer in layers]
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
-                module(batch.to(device))
+                module(batch.to(device).contiguous(memory_format=torch.channels_last))
     finally:
         for hook in hooks:
             hook.remove()
-        module.eval()
+        module.to(memory_format=torch.contiguous_format)
     for layer in layers:
         count, total, squares = sums[layer]
         if count < 2:
@@ -136,6 +137,23 @@ def recalibrate_batchnorm(
         if layer.num_batches_tracked is not None:
             layer.num_batches_tracked.fill_(len(range(0, len(images), batch_size)))
     return {"layers": len(layers), "images": len(images)}
+
+
+def _float64_sums(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Values per channel, and the float64 sums of ``x`` and of its squares per channel (dim 1).
+
+    The float64 copy is taken a few images at a time: it stays in cache, where the whole
+    batch's (hundreds of MB) made the pass memory-bound (docs/performance.md).
+    """
+    dims = [d for d in range(x.ndim) if d != 1]
+    total: torch.Tensor | float = 0.0
+    squares: torch.Tensor | float = 0.0
+    step = max(1, ACCUMULATION_CHUNK // max(1, x[0].numel()))
+    for start in range(0, len(x), step):
+        chunk = x[start : start + step].to(torch.float64, copy=True)
+        total = total + chunk.sum(dims)
+        squares = squares + chunk.square_().sum(dims)  # in place: the copy is ours
+    return x.numel() // x.shape[1], torch.as_tensor(total), torch.as_tensor(squares)
 
 
 def _tracked_buffers(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
