@@ -62,6 +62,30 @@ def test_statistics_are_those_of_each_layers_input_over_all_images(
         torch.testing.assert_close(layer.running_var, values.var(1).float(), rtol=1e-4, atol=1e-6)
 
 
+def test_statistics_do_not_depend_on_the_thread_count() -> None:
+    """xdist workers run one torch thread and a plain session two: both must store the same
+    statistics. Torch's training-mode batch norm in channels_last reduces differently per
+    thread count; the pass normalises each batch by its own float64 statistics instead."""
+    from harness.data.transforms import eval_transform
+
+    card = get_model_card("mobilenet_v2.random")
+    transform = eval_transform(card.preprocessing.with_input_size(48))
+    images = np.random.default_rng(3).integers(0, 255, size=(16, 48, 48), dtype=np.uint8)
+    states = []
+    threads_before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            net = build_model(card).module
+            recalibrate_batchnorm(net, images, transform, batch_size=8, device=CPU)
+            states.append(batchnorm.batchnorm_state(net))
+    finally:
+        torch.set_num_threads(threads_before)
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].items():
+        np.testing.assert_array_equal(value, states[1][key], err_msg=key)
+
+
 def test_indices_are_whole_batches_of_a_seeded_permutation() -> None:
     index = recalibration_indices(150, batch_size=64)
     assert len(index) == 128 and len(set(index.tolist())) == 128

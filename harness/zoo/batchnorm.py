@@ -106,7 +106,7 @@ def recalibrate_batchnorm(
     sums: dict[nn.Module, list[Any]] = {layer: [0, 0.0, 0.0] for layer in layers}
 
     def normalise_by_batch(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        count, total, squares = _float64_sums(inputs[0].detach())
+        count, total, squares = float64_channel_sums(inputs[0].detach())
         entry = sums[layer]
         entry[0] += count
         entry[1] = entry[1] + total
@@ -139,7 +139,7 @@ def recalibrate_batchnorm(
     return {"layers": len(layers), "images": len(images)}
 
 
-def _float64_sums(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+def float64_channel_sums(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     """Values per channel, and the float64 sums of ``x`` and of its squares per channel (dim 1).
 
     The float64 copy is taken a few images at a time: it stays in cache, where the whole

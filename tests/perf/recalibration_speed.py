@@ -1,22 +1,16 @@
-"""Batch-norm recalibration of a random twin: three ways to run the pass, side by side.
+"""Batch-norm recalibration of a random twin: the harness's pass against version 2's.
 
-:func:`harness.zoo.batchnorm.recalibrate_batchnorm` runs the training images through the
-network in NCHW and accumulates each layer input's float64 sums a few images at a time.
-Against it, in one process on the same uint8 images (seeded noise, or with ``--dataset``
-the training images the harness would use), alternating, ``--repeats`` times each:
+:func:`harness.zoo.batchnorm.recalibrate_batchnorm` (version 3) runs the training images
+through the network in eval mode and channels_last, each batch-norm layer normalising a
+batch by the float64 statistics its pre-hook takes. Version 2 ran it in NCHW with batch
+norm in training mode (torch's own float32 batch statistics) and the same float64 hooks.
+In one process on the same uint8 images (seeded noise, or with ``--dataset`` the training
+images the harness would use), alternating, ``--repeats`` times each.
 
-- ``whole``: recalibration version 1, one float64 copy of the whole batch's layer input
-  (its float64 sums come out in another order, so a float32 statistic may differ in its
-  last bit: the table counts them);
-- ``channels_last``: the harness's pass with the network in channels_last,
-  the memory format features are extracted in. Faster on CPU, but the convolutions round
-  differently, which moves the statistics; tried and not taken (docs/performance.md).
-
-The table shows the median seconds, each ratio to the harness's pass, and how far the
-channels_last statistics are from the harness's (largest ``|mean difference| / std`` and
-relative variance difference over all layers). ``--thread-check`` then runs the harness's
-pass and the channels_last one at 1 and at 2 torch threads and says whether each gives
-the same bits both ways.
+The table shows the median seconds, the ratio, and how far the two passes' statistics
+are apart (largest ``|mean difference| / std`` and relative variance difference over all
+layers). ``--thread-check`` then runs both passes at 1 and at 2 torch threads and counts
+the statistics that differ between the two.
 
     python tests/perf/recalibration_speed.py --threads 1 --thread-check
     python tests/perf/recalibration_speed.py --dataset demo_cxr_lesion --input-size 160 --batch-size 64
@@ -31,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -42,11 +35,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from harness.config.cards import dataset_cards, get_model_card
 from harness.data.prepare import load_splits
 from harness.data.transforms import eval_transform
-from harness.zoo import batchnorm, build_model
-from harness.zoo.batchnorm import batchnorm_layers, recalibrate_batchnorm, recalibration_indices
+from harness.zoo import build_model
+from harness.zoo.batchnorm import (
+    batchnorm_layers,
+    float64_channel_sums,
+    recalibrate_batchnorm,
+    recalibration_indices,
+)
 
 CPU = torch.device("cpu")
-KINDS = ("harness", "whole", "channels_last")
+KINDS = ("harness", "version 2")
+
+
+def version2_pass(
+    module: nn.Module,
+    images: np.ndarray,
+    transform: Callable[[np.ndarray], torch.Tensor],
+    batch_size: int,
+) -> None:
+    """Recalibration version 2: NCHW, batch norm in training mode, float64 sums in hooks."""
+    layers = batchnorm_layers(module)
+    sums: dict[nn.Module, list] = {layer: [0, 0.0, 0.0] for layer in layers}
+
+    def accumulate(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        count, total, squares = float64_channel_sums(inputs[0].detach())
+        entry = sums[layer]
+        entry[0], entry[1], entry[2] = entry[0] + count, entry[1] + total, entry[2] + squares
+
+    hooks = [layer.register_forward_pre_hook(accumulate) for layer in layers]
+    for layer in layers:
+        layer.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            module(torch.stack([transform(img) for img in images[start : start + batch_size]]))
+    for hook in hooks:
+        hook.remove()
+    module.eval()
+    for layer in layers:
+        count, total, squares = sums[layer]
+        mean = total / count
+        variance = (squares / count - mean * mean).clamp_min(0) * (count / (count - 1))
+        layer.running_mean.copy_(mean.float())
+        layer.running_var.copy_(variance.float())
 
 
 def variant_pass(
@@ -56,17 +86,11 @@ def variant_pass(
     batch_size: int,
     variant: str,
 ) -> None:
-    """The harness's pass as ``variant`` runs it.
-
-    ``harness`` as is; ``whole`` with one chunk per batch (version 1's accumulation);
-    ``channels_last`` on the network converted to channels_last, which makes its
-    convolutions (and hence the batches' activations) channels_last.
-    """
-    if variant == "channels_last":
-        module.to(memory_format=torch.channels_last)
-    chunk = 2**62 if variant == "whole" else batchnorm.ACCUMULATION_CHUNK
-    with mock.patch.object(batchnorm, "ACCUMULATION_CHUNK", chunk):
+    """The harness's pass (``harness``) or version 2's (``version 2``)."""
+    if variant == "harness":
         recalibrate_batchnorm(module, images, transform, batch_size, CPU)
+    else:
+        version2_pass(module, images, transform, batch_size)
 
 
 def statistics_gap(a: nn.Module, b: nn.Module) -> tuple[float, float]:
@@ -117,11 +141,8 @@ def main() -> None:
         f"{args.threads} torch thread(s), median of {args.repeats}; "
         f"{platform.machine()}, torch {torch.__version__}\n"
     )
-    print(
-        "| model | harness s | whole s (ratio) | channels_last s (ratio) "
-        "| whole: float32 values differing | channels_last: mean gap / std, var gap |"
-    )
-    print("|---|---:|---:|---:|---|---|")
+    print("| model | harness (v3) s | version 2 s (ratio) | mean gap / std, var gap |")
+    print("|---|---:|---:|---|")
     for name in args.models:
         card = get_model_card(name)
         transform = eval_transform(card.preprocessing.with_input_size(args.input_size))
@@ -134,34 +155,30 @@ def main() -> None:
                 variant_pass(net, images, transform, args.batch_size, kind)
                 times[kind].append(time.perf_counter() - started)
                 nets[kind] = net
-        median = {kind: statistics.median(times[kind]) for kind in KINDS}
-        base = median["harness"]
-        differing = differing_values(nets["harness"], nets["whole"])
-        mean_gap, var_gap = statistics_gap(nets["harness"], nets["channels_last"])
+        base, old = (statistics.median(times[kind]) for kind in KINDS)
+        mean_gap, var_gap = statistics_gap(nets["version 2"], nets["harness"])
         print(
-            f"| {name} | {base:.2f} | {median['whole']:.2f} ({median['whole'] / base:.2f}x) "
-            f"| {median['channels_last']:.2f} ({median['channels_last'] / base:.2f}x) "
-            f"| {differing} | {mean_gap:.1e}, {var_gap:.1e} |"
+            f"| {name} | {base:.2f} | {old:.2f} ({old / base:.2f}x) "
+            f"| {mean_gap:.1e}, {var_gap:.1e} |"
         )
     if args.thread_check:
         thread_check(args.models[0], images, args.input_size, args.batch_size)
 
 
 def thread_check(name: str, images: np.ndarray, input_size: int, batch_size: int) -> None:
-    """Print whether the harness's and the channels_last pass are the same at 1 and 2 threads."""
+    """Print how many statistics of each pass differ between 1 and 2 torch threads."""
     card = get_model_card(name)
     transform = eval_transform(card.preprocessing.with_input_size(input_size))
     nets: dict[tuple[str, int], nn.Module] = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        for kind in ("harness", "channels_last"):
+        for kind in KINDS:
             net = build_model(card).module
             variant_pass(net, images, transform, batch_size, kind)
             nets[kind, threads] = net
-    print(f"\n{name}, statistics at 1 vs 2 torch threads:")
-    for kind in ("harness", "channels_last"):
-        same = differing_values(nets[kind, 1], nets[kind, 2]) == 0
-        print(f"- {kind}: {'the same bits' if same else 'different'}")
+    print(f"\n{name}, statistics differing between 1 and 2 torch threads:")
+    for kind in KINDS:
+        print(f"- {kind}: {differing_values(nets[kind, 1], nets[kind, 2])}")
 
 
 if __name__ == "__main__":
