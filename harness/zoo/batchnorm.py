@@ -111,9 +111,9 @@ def recalibrate_batchnorm(
         entry[0] += count
         entry[1] = entry[1] + total
         entry[2] = entry[2] + squares
-        mean = total / count
+        mean, variance = channel_statistics(count, total, squares, unbiased=False)
         layer.running_mean.copy_(mean)
-        layer.running_var.copy_((squares / count - mean * mean).clamp_min(0))
+        layer.running_var.copy_(variance)
 
     module.to(device).to(memory_format=torch.channels_last).eval()
     hooks = [layer.register_forward_pre_hook(normalise_by_batch) for layer in layers]
@@ -130,13 +130,25 @@ def recalibrate_batchnorm(
         count, total, squares = sums[layer]
         if count < 2:
             raise ValueError(f"batch-norm recalibration: layer {layer} saw {count} value(s)")
-        mean = total / count
-        variance = (squares / count - mean * mean).clamp_min(0) * (count / (count - 1))
+        mean, variance = channel_statistics(count, total, squares, unbiased=True)
         layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
         layer.running_var.copy_(variance.to(layer.running_var.dtype))
         if layer.num_batches_tracked is not None:
             layer.num_batches_tracked.fill_(len(range(0, len(images), batch_size)))
     return {"layers": len(layers), "images": len(images)}
+
+
+def channel_statistics(
+    count: int, total: torch.Tensor, squares: torch.Tensor, unbiased: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance from :func:`float64_channel_sums` (or their totals).
+
+    ``unbiased=False`` gives the variance batch norm normalises a batch by;
+    ``unbiased=True`` the one it keeps as running statistic.
+    """
+    mean = total / count
+    variance = (squares / count - mean * mean).clamp_min(0)
+    return mean, variance * (count / (count - 1)) if unbiased else variance
 
 
 def float64_channel_sums(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:

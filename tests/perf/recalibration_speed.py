@@ -38,6 +38,7 @@ from harness.data.transforms import eval_transform
 from harness.zoo import build_model
 from harness.zoo.batchnorm import (
     batchnorm_layers,
+    channel_statistics,
     float64_channel_sums,
     recalibrate_batchnorm,
     recalibration_indices,
@@ -72,9 +73,7 @@ def version2_pass(
         hook.remove()
     module.eval()
     for layer in layers:
-        count, total, squares = sums[layer]
-        mean = total / count
-        variance = (squares / count - mean * mean).clamp_min(0) * (count / (count - 1))
+        mean, variance = channel_statistics(*sums[layer], unbiased=True)
         layer.running_mean.copy_(mean.float())
         layer.running_var.copy_(variance.float())
 
