@@ -10,14 +10,14 @@ order, and then once more for the train+val refit: each fit starts from the coef
 of the fit before it (the refit from the last C of the sweep, not from the best one).
 
 With ``binary_multinomial`` a binary task is fitted as the peers' two-class softmax
-(``multi_class='multinomial'``; scikit-learn 1.8 removed the option). Its L2 penalty
-``(||w0||^2 + ||w1||^2) / 2`` over the two class vectors is smallest, for a given
-difference ``v = w1 - w0`` (all that the likelihood sees), at ``w1 = -w0 = v / 2``, where
-it equals ``||v||^2 / 4``; the unpenalised intercepts enter only through their difference.
-So the softmax fit at ``C`` is the binary logistic fit of ``v`` at ``2 C``, with the same
-probabilities and predictions (old scikit-learn stored ``coef_ = v / 2`` and predicted
-``softmax([-d, d])`` for ``d = x . v / 2``: the same ``sigmoid(x . v)``). A warm start
-carries ``v`` in both forms, so the binary fit at ``2 C`` starts where the peers' did.
+(``multi_class='multinomial'``; scikit-learn 1.8 removed the option). The sklearn solver
+fits that softmax itself (:class:`~harness.protocols.linear_softmax.TwoClassSoftmax`):
+the peers stop after 100 iterations, where the two parameterisations are not yet the
+same model. The path solver converges, and at the optimum the softmax fit at ``C`` is
+the binary logistic fit at ``2 C``: its L2 penalty ``(||w0||^2 + ||w1||^2) / 2`` is
+smallest, for a given difference ``v = w1 - w0`` (all that the likelihood sees), at
+``w1 = -w0 = v / 2``, where it equals ``||v||^2 / 4``; the unpenalised intercepts enter
+only through their difference. So :class:`PathFitter` solves the binary path at ``2 C``.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from sklearn.preprocessing import StandardScaler
 from harness.protocols.linear_basis import Basis, extend_basis, principal_basis
 from harness.protocols.linear_path import PathFit, solve_path
 from harness.protocols.linear_path_torch import principal_basis_on, resolve_solver_device
+from harness.protocols.linear_softmax import TwoClassSoftmax
 
 if TYPE_CHECKING:
     from harness.protocols.linear_config import LinearConfig
 
-Model = LogisticRegression | list[LogisticRegression] | PathFit | list[PathFit]
+Estimator = LogisticRegression | TwoClassSoftmax
+Model = Estimator | list[LogisticRegression] | PathFit | list[PathFit]
 Fitted = tuple[Model, int, bool]
 # One C of a sweep: validation probabilities, iterations, converged.
 Swept = tuple[np.ndarray, int, bool]
@@ -68,10 +70,10 @@ class Fitter:
             )
         self.task = task
         self.config = config
-        self._carried: LogisticRegression | None = None
+        self._carried: Estimator | None = None
 
     def fit_c(self, c: float) -> float:
-        """The C handed to scikit-learn for the probe's C (``2 C`` for a peer binary fit).
+        """The C handed to the estimator for the probe's C (the same C for this solver).
 
         Args:
             c: The probe's inverse regularisation strength.
@@ -79,7 +81,7 @@ class Fitter:
         Returns:
             The estimator's C.
         """
-        return 2.0 * c if self.config.binary_multinomial and self.task == "binary" else c
+        return c
 
     def sweep(
         self, x: np.ndarray, y: np.ndarray, sweep: list[float], x_val: np.ndarray
@@ -140,12 +142,17 @@ class Fitter:
         return models, n_iter, converged
 
     def _fit_one(
-        self, x: np.ndarray, y: np.ndarray, c: float, start: LogisticRegression | None
-    ) -> tuple[LogisticRegression, int, bool]:
+        self, x: np.ndarray, y: np.ndarray, c: float, start: Estimator | None
+    ) -> tuple[Estimator, int, bool]:
         config = self.config
         max_iter = config.max_iter
         while True:
-            if start is None:
+            model: Estimator
+            if start is None and config.binary_multinomial and self.task == "binary":
+                model = TwoClassSoftmax(
+                    C=c, max_iter=max_iter, tol=config.tol, warm_start=config.warm_start
+                )
+            elif start is None:
                 # L2 is the default penalty in every supported sklearn (``penalty`` is
                 # deprecated in 1.8+); lbfgs fits a multinomial model for > 2 classes.
                 model = LogisticRegression(
@@ -208,6 +215,10 @@ class PathFitter(Fitter):
         # The validation rows the sweep scored, and their rotation into its basis.
         self._scored: tuple[np.ndarray, np.ndarray] | None = None
         self._fits: dict[float, PathFit | list[PathFit]] = {}
+
+    def fit_c(self, c: float) -> float:
+        """The C of the binary path: ``2 C`` for a peer two-class softmax (module docstring)."""
+        return 2.0 * c if self.config.binary_multinomial and self.task == "binary" else c
 
     def _principal_basis(self, x: np.ndarray, rotate_rows: bool = False) -> Basis:
         if self.device == "cpu":

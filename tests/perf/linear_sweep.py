@@ -88,13 +88,15 @@ def synthetic(n: int, d: int, seed: int = 0, sep: float = 0.12, k: int = 5) -> S
     )
 
 
-def real_feature_sets(models: list[str]) -> Iterator[tuple[str, Splits, TaskInfo]]:
-    """The demo suite's linear cases: (name, splits, task)."""
+def real_feature_sets(
+    models: list[str], suite: str = "demo"
+) -> Iterator[tuple[str, Splits, TaskInfo]]:
+    """A suite's linear cases (the demo suite's by default): (name, splits, task)."""
     from harness.config.suites import load_suite
     from harness.protocols.case import CaseRun
 
     results = Path(tempfile.mkdtemp(prefix="medxfer-linear-sweep-"))
-    for case in load_suite("demo").cases():
+    for case in load_suite(suite).cases():
         if case.protocol != "linear" or (models and case.model.name not in models):
             continue
         case_run = CaseRun(case, results, device="cpu")
