@@ -25,7 +25,12 @@ from harness.data.npz import read_npz_meta
 from harness.data.pipeline import read_raw
 from harness.data.prepare import dataset_file, how_to_prepare, is_prepared, load_splits, prepare
 from harness.data.registry import READERS
-from harness.data.split_rules import SeededFractionsParams, seeded_fractions
+from harness.data.split_rules import (
+    PredefinedParams,
+    SeededFractionsParams,
+    predefined,
+    seeded_fractions,
+)
 from harness.data.table import DatasetContext, SplitInput
 
 CHEXPERT_HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "Edema", "Pleural Effusion"]
@@ -384,6 +389,34 @@ def _split(seed: int, labels: np.ndarray, groups: np.ndarray) -> dict[str, np.nd
     data = SplitInput(labels, groups, None, lambda rows: np.zeros((len(rows), 2, 2), np.uint8))
     ctx = DatasetContext("x.yaml", "x", "multiclass", ("a", "b", "c"), Path("."))
     return seeded_fractions(params, data, ctx)
+
+
+def test_predefined_numpy_shuffle_val_is_ssl_transfers_carve() -> None:
+    # Official test rows interleaved with 40 train rows; val is the first 10 of
+    # np.random.seed(3) shuffling the train positions, whole groups following their first row.
+    source = np.array(["train", "test"] * 40)[:60]
+    source[40:] = "train"
+    train = np.flatnonzero(source == "train")
+    ctx = DatasetContext("x.yaml", "x", "multiclass", ("a", "b"), Path("."))
+    labels = np.arange(60) % 2
+    params = PredefinedParams(val_fraction=0.25, seed=3, val_carve="numpy-shuffle")
+    split = predefined(params, SplitInput(labels, None, source, lambda r: r), ctx)
+    positions = list(range(len(train)))
+    np.random.seed(3)
+    np.random.shuffle(positions)
+    assert split["val"].tolist() == sorted(train[positions[:10]].tolist())
+    assert split["train"].tolist() == sorted(set(train.tolist()) - set(split["val"].tolist()))
+    assert split["test"].tolist() == np.flatnonzero(source == "test").tolist()
+    groups = np.arange(60) // 2  # pairs of rows
+    grouped = predefined(params, SplitInput(labels, groups, source, lambda r: r), ctx)
+    val_groups = set(groups[grouped["val"]].tolist())
+    assert val_groups and not val_groups & set(groups[grouped["train"]].tolist())
+    with pytest.raises(DatasetError, match="val_fraction"):
+        predefined(
+            PredefinedParams(val_fraction=0.01, val_carve="numpy-shuffle"),
+            SplitInput(labels, None, source, lambda r: r),
+            ctx,
+        )
 
 
 def test_seeded_fractions_grouped_stratified_deterministic() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from harness.data import DatasetError
 from harness.data.registry import register_split_rule
-from harness.data.split_rules import check_groups_disjoint
+from harness.data.split_rules import check_groups_disjoint, head_rows, numpy_shuffle_val
 from harness.data.table import DatasetContext, SplitInput
 
 
@@ -89,20 +89,16 @@ def shuffled_fraction(
     rank[np.random.RandomState(params.seed).permutation(n_source)] = np.arange(n_source)
     shuffled = rank[positions]
     groups = data.groups if params.grouped else None
-    is_train = _head(shuffled, cut, groups)
+    is_train = head_rows(shuffled, cut, groups)
     train = np.flatnonzero(is_train)
     train = train[np.argsort(shuffled[train], kind="stable")]  # the peer's train order
-    n_val = math.floor(params.val_fraction * len(train))
-    if n_val < 1:
-        raise DatasetError(
-            f"{ctx.card}: field 'split.val_fraction': {params.val_fraction} of {len(train)} "
-            "train images is no image"
-        )
-    carve = list(range(len(train)))
-    np.random.RandomState(params.val_seed).shuffle(carve)
-    val_rank = np.empty(len(train), dtype=np.int64)
-    val_rank[np.asarray(carve)] = np.arange(len(train))
-    is_val = _head(val_rank, n_val, None if groups is None else groups[train])
+    is_val = numpy_shuffle_val(
+        len(train),
+        params.val_fraction,
+        params.val_seed,
+        None if groups is None else groups[train],
+        ctx,
+    )
     out = {
         "train": np.sort(train[~is_val]),
         "val": np.sort(train[is_val]),
@@ -238,19 +234,6 @@ def group_kfold(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _head(rank: np.ndarray, cut: int, groups: np.ndarray | None) -> np.ndarray:
-    """Rows whose rank is below ``cut``; with groups, rows whose group's first row's is.
-
-    A group follows its first row (in index order): one draw per group, so groups of
-    every size land in the head with the same chance (the minimum rank would favour
-    large groups).
-    """
-    if groups is None:
-        return rank < cut
-    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    return rank[first][inverse.reshape(-1)] < cut
 
 
 def _check_folds(n_splits: int, fold: int, val_splits: int) -> None:

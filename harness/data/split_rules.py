@@ -11,6 +11,7 @@ reproduce the peers' splits (``shuffled_fraction``, ``kfold``, ``group_kfold``) 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -29,6 +30,48 @@ def check_split_keys(mapping: dict[str, str], field_name: str) -> None:
         raise ValueError(f"'{field_name}' keys must be among {', '.join(SPLITS)}, got {unknown}")
 
 
+def head_rows(rank: np.ndarray, cut: int, groups: np.ndarray | None) -> np.ndarray:
+    """Rows whose rank is below ``cut``; with groups, rows whose group's first row's is.
+
+    A group follows its first row (in index order): one draw per group, so groups of
+    every size land in the head with the same chance (the minimum rank would favour
+    large groups).
+    """
+    if groups is None:
+        return rank < cut
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    return rank[first][inverse.reshape(-1)] < cut
+
+
+def numpy_shuffle_val(
+    n_train: int, fraction: float, seed: int, groups: np.ndarray | None, ctx: DatasetContext
+) -> np.ndarray:
+    """ssl-transfer's validation carve: which of ``n_train`` train rows (in order) are val.
+
+    linusericsson/ssl-transfer@416913f:linear.py ``get_train_valid_loader`` (and
+    SSL_medicalimaging's copy): ``np.random.seed(seed)``, ``np.random.shuffle`` of
+    ``list(range(n_train))``, the first ``floor(fraction * n_train)`` positions are val.
+    With groups, a group goes where its first row goes.
+
+    Returns:
+        A boolean mask over the train rows.
+
+    Raises:
+        DatasetError: When the fraction gives no validation image.
+    """
+    n_val = math.floor(fraction * n_train)
+    if n_val < 1:
+        raise DatasetError(
+            f"{ctx.card}: field 'split.val_fraction': {fraction} of {n_train} train images "
+            "is no image"
+        )
+    carve = list(range(n_train))
+    np.random.RandomState(seed).shuffle(carve)
+    rank = np.empty(n_train, dtype=np.int64)
+    rank[np.asarray(carve)] = np.arange(n_train)
+    return head_rows(rank, n_val, groups)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PredefinedParams:
     """Splits as the source gives them (archive keys, split folders, per-split CSVs, a column).
@@ -36,15 +79,20 @@ class PredefinedParams:
     Attributes:
         names: our split -> the source's split name, for names that differ, e.g.
             ``{val: valid}``; a source split not named is left out.
-        val_fraction: when > 0, ``val`` is carved out of the source's ``train`` instead
-            (grouped and stratified like ``seeded_fractions``), for sources without one.
+        val_fraction: when > 0, ``val`` is carved out of the source's ``train`` instead,
+            for sources without one.
         seed: seed of that carving.
+        val_carve: how: ``stratified`` (grouped and stratified like
+            ``seeded_fractions``) or ``numpy-shuffle`` (ssl-transfer's
+            ``get_train_valid_loader``: :func:`numpy_shuffle_val` over the train rows in
+            source order).
     """
 
     NEEDS_SOURCE_SPLITS: ClassVar[bool] = True
     names: dict[str, str] = field(default_factory=dict)
     val_fraction: float = 0.0
     seed: int = 0
+    val_carve: Literal["stratified", "numpy-shuffle"] = "stratified"
 
     def validate(self) -> None:
         """Known split names; a fraction in [0, 1)."""
@@ -73,9 +121,12 @@ def predefined(
     if params.val_fraction > 0:
         train = out["train"]
         groups = None if data.groups is None else data.groups[train]
-        fractions = {"train": 1.0 - params.val_fraction, "val": params.val_fraction}
-        assigned = assign_fractions(data.labels[train], groups, fractions, params.seed, True)
-        out["train"], out["val"] = train[assigned == 0], train[assigned == 1]
+        if params.val_carve == "numpy-shuffle":
+            is_val = numpy_shuffle_val(len(train), params.val_fraction, params.seed, groups, ctx)
+        else:
+            fractions = {"train": 1.0 - params.val_fraction, "val": params.val_fraction}
+            is_val = assign_fractions(data.labels[train], groups, fractions, params.seed, True) == 1
+        out["train"], out["val"] = train[~is_val], train[is_val]
     return out
 
 
