@@ -80,6 +80,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="override the protocols' seed (medxfer calibrate runs one session per seed)",
     )
     add(
+        "--medxfer-episodes",
+        default=None,
+        metavar="FILE",
+        help="few-shot cases score these episodes instead of drawing them: pool row indices "
+        "(episodes, n_way, n_shot + n_query) in a .npy file (or 'episodes' in a .npz); "
+        "select one case with -k",
+    )
+    add(
         "--medxfer-regen",
         action="store_true",
         help="rewrite the expected values of failing, stale and missing cases with the measured ones",
@@ -266,6 +274,8 @@ def bench(request: pytest.FixtureRequest) -> Iterator[CaseRun]:
     session.share_cores()
     run = CaseRun(case, session.results_dir, session.option("device"), session.option("precision"))
     run.seed = session.option("seed")
+    episodes = session.option("episodes")
+    run.episodes_file = None if episodes is None else str(Path(episodes).resolve())
     run.retrain = session.option("retrain")
     run.rerun = session.option("rerun")
     if not session.option("record-only"):

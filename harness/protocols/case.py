@@ -98,6 +98,8 @@ class CaseRun:
         # Called with every stored record; the plugin checks it against the expected values.
         self.on_record: Callable[[ResultRecord], None] | None = None
         self.seed: int | None = None
+        # --medxfer-episodes: a few-shot case scores the episodes of this file
+        self.episodes_file: str | None = None
         self.retrain = False
         # Run again even when a finished case with the same key is stored.
         self.rerun = False
@@ -118,10 +120,12 @@ class CaseRun:
         return TaskInfo(card.task, card.num_classes, card.primary_metric, card.metrics)
 
     def configure(self, config: ConfigT) -> ConfigT:
-        """Return a protocol config with the session's seed override applied (if any)."""
-        if self.seed is None or not hasattr(config, "seed"):
-            return config
-        return dataclasses.replace(config, seed=self.seed)  # type: ignore[type-var]
+        """Return a protocol config with the session's seed and episodes overrides applied."""
+        if self.seed is not None and hasattr(config, "seed"):
+            config = dataclasses.replace(config, seed=self.seed)  # type: ignore[type-var]
+        if self.episodes_file is not None and hasattr(config, "episodes_file"):
+            config = dataclasses.replace(config, episodes_file=self.episodes_file)  # type: ignore[type-var]
+        return config
 
     def splits(self) -> dict[str, SplitData]:
         """Return the dataset's splits after the profile's subset (prepared on first use).

@@ -57,6 +57,7 @@ from harness.protocols.episodes import (
     small_class_message,
     summarize,
 )
+from harness.protocols.episodes_given import check_episodes, file_sha256, read_episodes
 from harness.protocols.fewshot_pool import POOLS, build_pool, make_pool, pool_splits
 from harness.protocols.inputs import check_split, require_single_label
 from harness.protocols.registry import CaseNotApplicable, register_protocol
@@ -99,6 +100,10 @@ class FewShotConfig:
         seed: Seed of the episode draw (and of the cap's shuffles).
         on_small_class: "error" to refuse a class with fewer than ``n_shot + n_query``
             images in the pool, "drop" to leave it out (recorded in the details).
+        episodes_file: Score these episodes instead of drawing them: pool row indices
+            (episodes, n_way, n_shot + n_query) in a ``.npy`` or ``.npz`` file
+            (:mod:`harness.protocols.episodes_given`); ``episodes`` and ``seed`` are then
+            not used, and the record keeps every episode's accuracy.
     """
 
     n_way: int | None = None
@@ -109,6 +114,7 @@ class FewShotConfig:
     pool_cap: int | None = None
     seed: int = 0
     on_small_class: str = "error"
+    episodes_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.n_way is not None and self.n_way < 2:
@@ -150,12 +156,17 @@ class FewShotConfig:
         """The configuration as a JSON-friendly dict.
 
         Returns:
-            Field name -> value; ``pool_cap`` only when set, so the default's dict (and the
-            records written before the cap existed) keep their keys.
+            Field name -> value; ``pool_cap`` and ``episodes_file`` only when set, so the
+            default's dict (and the records written before they existed) keep their keys.
+            An episodes file enters with the sha256 of its bytes, so a case is never
+            reused for other episodes under the same file name.
         """
         out = asdict(self)
-        if out["pool_cap"] is None:
-            del out["pool_cap"]
+        for name in ("pool_cap", "episodes_file"):
+            if out[name] is None:
+                del out[name]
+        if self.episodes_file is not None:
+            out["episodes_file_sha256"] = file_sha256(self.episodes_file)
         return out
 
 
@@ -218,6 +229,8 @@ def run(
         )
     per_episode = config.n_shot + config.n_query
     counts = np.bincount(y, minlength=task.num_classes)
+    if config.episodes_file is not None:
+        return _run_given(x, y, n_way, n_way_source, counts, config)
     small = [(c, int(n)) for c, n in enumerate(counts) if n < per_episode]
     if small and config.on_small_class == "error":
         raise ValueError(
@@ -243,12 +256,54 @@ def run(
     ]
     sampling_seconds = time.perf_counter() - started
 
+    result, _ = _score(x, y, episodes, n_way, n_way_source, counts, config)
+    result.details |= {
+        "seed": config.seed,
+        "on_small_class": config.on_small_class,
+        "dropped_classes": dropped,
+        "sampling_seconds": sampling_seconds,
+    }
+    return result
+
+
+def _run_given(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_way: int,
+    n_way_source: str,
+    counts: np.ndarray,
+    config: FewShotConfig,
+) -> ProtocolResult:
+    """Score the episodes of ``config.episodes_file`` (checked against the pool)."""
+    assert config.episodes_file is not None
+    given = read_episodes(config.episodes_file)
+    check_episodes(given, y, n_way, config.n_shot, config.n_query, config.episodes_file)
+    result, accuracies = _score(x, y, given, n_way, n_way_source, counts, config)
+    result.details |= {
+        "episodes_file": config.episodes_file,
+        "episodes_file_sha256": file_sha256(config.episodes_file),
+        "episode_accuracies": accuracies.tolist(),
+    }
+    return result
+
+
+def _score(
+    x: np.ndarray,
+    y: np.ndarray,
+    episodes: np.ndarray,
+    n_way: int,
+    n_way_source: str,
+    counts: np.ndarray,
+    config: FewShotConfig,
+) -> tuple[ProtocolResult, np.ndarray]:
+    """ProtoNet over ``episodes`` of the pool: the result and the per-episode accuracies."""
     started = time.perf_counter()
     accuracies = episode_accuracies(predict_episodes(x, episodes, config.n_shot))
     mean, ci95 = summarize(accuracies)
     evaluation_seconds = time.perf_counter() - started
+    n_episodes = len(episodes)
 
-    return ProtocolResult(
+    result = ProtocolResult(
         metrics={"accuracy": mean, interval_name("accuracy"): ci95},
         hyperparameters={"n_way": n_way},
         details={
@@ -260,10 +315,7 @@ def run(
             "n_way_source": n_way_source,
             "n_shot": config.n_shot,
             "n_query": config.n_query,
-            "episodes": config.episodes,
-            "seed": config.seed,
-            "on_small_class": config.on_small_class,
-            "dropped_classes": dropped,
+            "episodes": n_episodes,
             "episode_accuracy": {
                 "mean": mean,
                 "std": float(accuracies.std()),
@@ -277,13 +329,13 @@ def run(
             "episodes_sha256": hashlib.sha256(episodes.astype("<i8").tobytes()).hexdigest(),
             # one query's prediction moves the mean episode accuracy by this much
             "metric_notes": {
-                "resolution": {"accuracy": 1.0 / (config.episodes * n_way * config.n_query)}
+                "resolution": {"accuracy": 1.0 / (n_episodes * n_way * config.n_query)}
             },
             "distance": "nearest class-mean prototype, (squared) euclidean, float64",
-            "sampling_seconds": sampling_seconds,
             "evaluation_seconds": evaluation_seconds,
         },
     )
+    return result, accuracies
 
 
 def _check_inputs(pool: SplitFeatures, task: TaskInfo) -> tuple[np.ndarray, np.ndarray]:
