@@ -7,11 +7,14 @@ by path, ``np.random.seed(0)`` / ``torch.manual_seed(0)``, covariance rows from
 ``np.random.choice`` through a ``SubsetRandomSampler`` loader, ``np.cov`` + 1e-6 I, float32
 Cholesky of the inverse, and 100 ``next(iter(DataLoader(..., shuffle=True)))`` pairs. The
 preset's config, run through the protocol's ``run_case`` on a stand-in case, must give the
-same ``mean_cosine`` to 1e-6.
+same ``mean_cosine`` to 1e-6. The stand-in features are taken as given (``batchnorm =
+"eval"``); how the preset computes them, with the peer's training-mode batch norm, is
+checked against the peer's batches in ``tests/test_batch_statistics.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -53,6 +56,12 @@ class FakeCase:
 
     def cached_arrays(self, namespace: str, depends_on: dict[str, Any], compute: Any) -> Any:
         return compute(), False
+
+
+def given_features(config: mv.MultiviewConfig) -> mv.MultiviewConfig:
+    """The preset's procedure on the stand-in features themselves (no backbone to run)."""
+    assert config.batchnorm == "batch-statistics"
+    return dataclasses.replace(config, batchnorm="eval")
 
 
 def chexpert_pool(n_studies: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -144,7 +153,7 @@ def test_ssl_medicalimaging_preset_matches_the_peer(n_studies: int, seed: int) -
     paths, feats = chexpert_pool(n_studies, seed)
     assert (len(paths) >= 1000) == (n_studies == 900)
     case = as_case(paths, feats)
-    config = presets.ssl_medical_multiview(case)
+    config = given_features(presets.ssl_medical_multiview(case))
     state = torch.get_rng_state()
     result = mv.run_case(case, config)
     assert torch.equal(state, torch.get_rng_state())  # the protocol leaves torch's RNG alone
@@ -161,7 +170,7 @@ def test_few_candidates_are_drawn_with_replacement_like_the_peer() -> None:
     case = as_case(paths, feats)
     n_laterals = sum(p.endswith("lateral.jpg") for p in paths)
     assert n_laterals < 40
-    result = mv.run_case(case, presets.ssl_medical_multiview(case))
+    result = mv.run_case(case, given_features(presets.ssl_medical_multiview(case)))
     assert result.metrics["n_pairs"] == 100.0
     assert result.details["n_distinct_pairs"] <= n_laterals
     assert result.metrics["mean_cosine"] == pytest.approx(
@@ -197,6 +206,7 @@ def test_preset_is_registered_with_the_peers_transform() -> None:
     paths, feats = chexpert_pool(20, 1)
     config = preset.configure(as_case(paths, feats))
     assert (config.num_pairs, config.sampling, config.pool_splits) == (100, "legacy", SPLITS)
+    assert config.batchnorm == "batch-statistics" and preset.version == 2
     assert config.pairing_rule == "frontal_lateral"
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult
+from harness.protocols.batch_statistics import check_batchnorm_mode, multiview_batch_statistics
 from harness.protocols.pairing import (
     PAIRING_RULES,
     VIEW_RULES,
@@ -82,6 +83,10 @@ class MultiviewConfig:
         sampling: ``medxfer`` (pairs and covariance images drawn without replacement) or
             ``legacy`` (SSL_medicalimaging's draws with replacement, NumPy's legacy
             generator for the covariance and torch's ``DataLoader`` shuffle for the pairs).
+        batchnorm: ``eval`` (the cached features) or ``batch-statistics`` (the peer's
+            training-mode batch norm: each view in a batch of its own, the covariance
+            images in its loader's batches of 256; :mod:`harness.protocols.batch_statistics`).
+            Needs ``pool_splits`` or legacy sampling.
     """
 
     num_pairs: int = 100
@@ -94,10 +99,17 @@ class MultiviewConfig:
     pairing_rule: str = "same_group"
     pool_splits: tuple[str, ...] = ()
     sampling: str = "medxfer"
+    batchnorm: str = "eval"
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
             raise ValueError(f"MultiviewConfig.num_pairs must be >= 1, got {self.num_pairs}")
+        check_batchnorm_mode("MultiviewConfig", self.batchnorm)
+        if self.batchnorm != "eval" and not self.pool_splits and self.sampling == "medxfer":
+            raise ValueError(
+                "MultiviewConfig.batchnorm='batch-statistics' needs pool_splits or legacy "
+                "sampling (the peer's procedure)"
+            )
         check_cov_settings("MultiviewConfig", self.cov_images, self.cov_fraction)
         check_epsilon("MultiviewConfig", self.epsilon)
         if self.pairing_rule not in PAIRING_RULES:
@@ -136,10 +148,13 @@ class MultiviewConfig:
         """The configuration as a JSON-friendly dict.
 
         Returns:
-            Field name -> value.
+            Field name -> value; ``batchnorm`` only when not ``eval``, so the records
+            written before it existed keep their case keys.
         """
         out = asdict(self)
         out["pool_splits"] = list(self.pool_splits)
+        if self.batchnorm == "eval":
+            del out["batchnorm"]
         return out
 
 
@@ -290,13 +305,18 @@ def _run_pooled(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
         data = pooled_split(case.splits(), names)
     except PairingUnavailable as exc:
         raise CaseNotApplicable(str(exc)) from exc
-    per_split = case.features(tuple(dict.fromkeys((*names, *cov_names))))
-    features = np.concatenate([per_split[name].features for name in names])
-    cov_features = np.concatenate([per_split[name].features for name in cov_names])
+    batch_statistics = config.batchnorm == "batch-statistics"
+    if batch_statistics:
+        n_cov = sum(len(case.splits()[name].labels) for name in cov_names)
+    else:
+        per_split = case.features(tuple(dict.fromkeys((*names, *cov_names))))
+        features = np.concatenate([per_split[name].features for name in names])
+        cov_features = np.concatenate([per_split[name].features for name in cov_names])
+        n_cov = len(cov_features)
     if config.sampling == "legacy":
         candidates = candidate_pairs(data, config)
         cov_rows, picks = legacy_draws(
-            len(cov_features),
+            n_cov,
             len(candidates),
             config.num_pairs,
             config.cov_images,
@@ -306,15 +326,22 @@ def _run_pooled(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
         pairs = candidates[picks]
     else:
         pairs = split_pairs(data, config)
-        cov_rows = cov_indices(len(cov_features), config)
+        cov_rows = cov_indices(n_cov, config)
     rule = {
         "split": "+".join(cov_names),
         "cov_rule": [config.sampling, config.cov_images, config.cov_fraction, config.seed],
     }
+    groups = data.groups if data.groups is not None else data.studies
+    if batch_statistics:
+        features, pairs, cov_features = multiview_batch_statistics(
+            case, config, tuple(names), pairs, tuple(cov_names)
+        )
+        cov_rows = np.arange(len(cov_features))
+        rule["batchnorm"] = config.batchnorm
+        groups = None  # the different-group baseline would need every image alone
     stats, stats_hit = cached_feature_stats(
         cov_features[cov_rows], config.epsilon, rule, case.cached_arrays
     )
-    groups = data.groups if data.groups is not None else data.studies
     result = run_multiview(features, pairs, stats, config, groups=groups)
     result.details["stats_cache"] = "hit" if stats_hit else "miss"
     result.details["pool_splits"] = list(names)

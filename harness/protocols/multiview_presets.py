@@ -28,6 +28,11 @@ computes, read from its code:
   so only rounding differs); the reported number is ``np.nanmean`` over the draws:
   ``mean_cosine``. Not mean-centred without whitening, and no baseline: the cross-group
   baseline stays a medxfer detail.
+* Batch norm in training mode (version 2): models/backbones.py calls
+  ``self.model.train()`` and the script never calls ``eval()``, so each view is
+  normalised on its own statistics (a batch of one) and each covariance image on those
+  of its loader batch of 256: ``batchnorm = "batch-statistics"``
+  (:mod:`harness.protocols.batch_statistics`). Version 1 used the eval-mode features.
 * Transform: ``Resize(224, BICUBIC)``, ``CenterCrop(224)``, ``ToTensor``, then ImageNet
   normalisation (``--no-norm`` for SimCLR-v1; HistogramNormalize for the MIMIC-CheXpert
   models): the preprocessing below; the normalisation stays the model card's.
@@ -59,7 +64,7 @@ PEER_PREPROCESSING: dict[str, Any] = {
 @register_preset(
     "multiview",
     "ssl-medicalimaging",
-    version=1,
+    version=2,
     preprocessing=PEER_PREPROCESSING,
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances_multiview.py",
     summary=(
@@ -86,4 +91,5 @@ def ssl_medical_multiview(case: CaseRun) -> MultiviewConfig:
         pairing_rule=pairing_rule(card.pairing, card.source_file or card.name),
         pool_splits=("train", "val", "test"),
         sampling="legacy",
+        batchnorm="batch-statistics",
     )

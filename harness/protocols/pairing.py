@@ -29,6 +29,10 @@ class PairingUnavailable(ValueError):
     """The split lacks what a pairing rule needs (groups, views); the case does not apply."""
 
 
+#: The peers' ``--batch-size`` default, the covariance loader's batch.
+COV_BATCH_SIZE = 256
+
+
 def frontal_lateral_pairs(split: SplitData) -> np.ndarray:
     """Every lateral image with the first frontal image of its study.
 
@@ -271,15 +275,41 @@ def legacy_draws(
     if n_candidates < 1:
         raise ValueError("no image pairs can be formed")
     cov_rows = legacy_cov_indices(n_pool, cov_images, cov_fraction, seed)
-    subsampled = cov_images is not None and n_pool >= cov_images
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sampler = SubsetRandomSampler(cov_rows.tolist()) if subsampled else None
-        for _ in DataLoader(range(n_pool), batch_size=256, sampler=sampler):
-            pass  # consumes torch's generator as the peer's covariance loop does
+        _replay_cov_loader(n_pool, cov_rows, cov_images)  # consumes torch's generator
         loader = DataLoader(range(n_candidates), batch_size=1, shuffle=True)
         picks = [int(next(iter(loader))[0]) for _ in range(num_pairs)]
     return cov_rows, np.asarray(picks, dtype=np.int64)
+
+
+def legacy_cov_batches(
+    n_pool: int, cov_images: int | None, cov_fraction: float, seed: int
+) -> list[np.ndarray]:
+    """The batches of the peer's covariance loader: which pooled rows shared a forward pass.
+
+    The pool in order, 256 at a time, below ``cov_images``; else the rows of
+    :func:`~harness.protocols.invariance_sampling.legacy_cov_indices` in the order the
+    ``SubsetRandomSampler`` gives them after ``torch.manual_seed(seed)`` (see
+    :func:`legacy_draws`; torch's generator is restored afterwards).
+
+    Returns:
+        int64 pooled row indices of each batch, in loader order.
+    """
+    cov_rows = legacy_cov_indices(n_pool, cov_images, cov_fraction, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _replay_cov_loader(n_pool, cov_rows, cov_images)
+
+
+def _replay_cov_loader(
+    n_pool: int, cov_rows: np.ndarray, cov_images: int | None
+) -> list[np.ndarray]:
+    """Run the peer's covariance ``DataLoader`` over row indices; its batches, in order."""
+    subsampled = cov_images is not None and n_pool >= cov_images
+    sampler = SubsetRandomSampler(cov_rows.tolist()) if subsampled else None
+    loader = DataLoader(range(n_pool), batch_size=COV_BATCH_SIZE, sampler=sampler)
+    return [batch.numpy().astype(np.int64) for batch in loader]
 
 
 def _views_and_units(split: SplitData, rule: str) -> tuple[np.ndarray, np.ndarray]:
