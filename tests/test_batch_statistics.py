@@ -10,6 +10,7 @@ of 1000 or more), and each view of the 100 drawn pairs through the model alone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_invariance_presets import peer_hflip, peer_rotation
 from test_multiview_presets import MultiViews, as_case, chexpert_pool
 from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
@@ -24,6 +26,8 @@ from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 from harness.config.model_cards import Preprocessing
 from harness.data.npz import SplitData
 from harness.data.transforms import eval_transform
+from harness.protocols import invariance as inv
+from harness.protocols import invariance_presets
 from harness.protocols import multiview as mv
 from harness.protocols import multiview_presets as presets
 from harness.protocols.batch_statistics import batch_features, batch_statistics_module
@@ -186,3 +190,71 @@ def test_batch_statistics_needs_the_peers_pooling() -> None:
     with pytest.raises(ValueError, match="needs pool_splits or legacy sampling"):
         mv.MultiviewConfig(batchnorm="batch-statistics")
     assert "batchnorm" not in mv.MultiviewConfig().to_dict()  # old case keys unchanged
+
+
+class SyntheticCase(ImageCase):
+    """A synthetic-invariance stand-in: pooled splits of images, no pairing ids."""
+
+    def __init__(self, splits: dict[str, np.ndarray], net: nn.Module) -> None:
+        self.case = SimpleNamespace(dataset=SimpleNamespace(name="toy"))
+        self._splits = {
+            name: SplitData(images=images, labels=np.zeros(len(images), np.int64))
+            for name, images in splits.items()
+        }
+        self.net = net
+        self.device = "cpu"
+        self.computed = []
+
+
+def peer_invariance_train_mode(
+    pool: np.ndarray, net: nn.Module, kernel: Any, k: int, num_images: int = 100
+) -> float:
+    """invariances.py's similarity (a cached-covariance run), the backbone in training mode."""
+    transform = eval_transform(PRE)
+    model = batch_statistics_reference(net)
+    tensors = torch.stack([transform(image) for image in pool])
+    with torch.no_grad():
+        np.random.seed(0)
+        torch.manual_seed(0)
+        assert len(pool) < 1000  # the clean loader in pool order, 256 at a time
+        rows = torch.cat([model(x) for (x,) in DataLoader(TensorDataset(tensors), 256)])
+        mean = rows.mean(dim=0)
+        cov = np.cov(rows, rowvar=False) + 1e-6 * np.eye(rows.shape[1])
+        chol = torch.linalg.cholesky(torch.from_numpy(np.linalg.inv(cov)).to(torch.float32))
+        np.random.seed(0)
+        sampler = np.random.choice(np.arange(len(pool)), num_images)
+        S = np.zeros((num_images, k))
+        for i, index in enumerate(sampler):
+            clean = model(tensors[index][None])  # a batch of one
+            data = torch.stack([transform(kernel(pool[index], j)) for j in range(k)])
+            features = model(data)  # the k transformed copies together
+            a = (mean - clean) @ chol
+            for j in range(k):
+                b = (mean - features[j]) @ chol
+                S[i, j] = F.cosine_similarity(a, b, dim=-1).mean().item()
+    return float(np.nanmean(S, axis=0).mean())
+
+
+def test_synthetic_preset_features_are_the_peers_training_mode_batches() -> None:
+    rng = np.random.default_rng(5)
+    splits = {
+        name: rng.integers(0, 256, size=(n, 12, 12, 3), dtype=np.uint8)
+        for name, n in (("train", 30), ("val", 6), ("test", 14))
+    }
+    net = tiny_backbone(2)
+    case = SyntheticCase(splits, net)
+    config = invariance_presets.ssl_medical_invariance(case)
+    assert config.batchnorm == "batch-statistics"
+    four = tuple(("rotation", a) for a in (0.0, 90.0, 180.0, 270.0))
+    config = dataclasses.replace(config, transforms=(("hflip", 0.0), ("hflip", 1.0), *four))
+    result = inv.run_case(case, config)
+    pool = np.concatenate([splits["train"], splits["val"], splits["test"]])
+    hflip = peer_invariance_train_mode(pool, net, peer_hflip, 2)
+    rotation = peer_invariance_train_mode(pool, net, peer_rotation(4), 4)
+    assert result.metrics["cos_hflip"] == pytest.approx(hflip, abs=1e-5)
+    assert result.metrics["cos_rotation"] == pytest.approx(rotation, abs=1e-5)
+    # the identity entry comes from the transformed batch: not the clean feature's 1
+    assert result.details["per_magnitude"]["hflip_0"]["cos"] < 0.999
+    assert result.details["batchnorm"] == "batch-statistics"
+    with pytest.raises(ValueError, match="needs pool_splits or numpy-legacy"):
+        inv.InvarianceConfig(batchnorm="batch-statistics")

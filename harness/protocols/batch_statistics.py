@@ -32,12 +32,15 @@ from torch import nn
 
 from harness.data.transforms import describe
 from harness.features import extract, resolve_device
+from harness.protocols.image_transforms import applicable, apply_transform, transform_tag
 from harness.protocols.pairing import COV_BATCH_SIZE, legacy_cov_batches
-from harness.protocols.whitening import cov_indices
+from harness.protocols.whitening import cached_feature_stats, cov_indices
 
 if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
+    from harness.protocols.invariance import InvarianceConfig
     from harness.protocols.multiview import MultiviewConfig
+    from harness.protocols.whitening import CovarianceSettings
 
 #: The values of a config's ``batchnorm`` field.
 BATCHNORM_MODES = ("eval", "batch-statistics")
@@ -140,14 +143,91 @@ def multiview_batch_statistics(
     """
     unique, inverse = np.unique(pairs, return_inverse=True)
     views = single_image_features(case, pooled_images(case, names, unique), "multiview-views")
-    n_cov = sum(len(case.splits()[name].labels) for name in cov_names)
-    if config.sampling == "legacy":
+    legacy = config.sampling == "legacy"
+    cov_features = covariance_features(case, config, cov_names, legacy, "multiview-covariance")
+    return views, inverse.reshape(pairs.shape), cov_features
+
+
+def covariance_features(
+    case: CaseRun,
+    config: CovarianceSettings,
+    names: tuple[str, ...],
+    legacy: bool,
+    purpose: str,
+) -> np.ndarray:
+    """Features of the covariance images in the peer's loader batches (repeats kept).
+
+    Args:
+        case: The case.
+        config: Its covariance settings (``cov_images``, ``cov_fraction``, ``seed``).
+        names: The splits the covariance images come from, in order.
+        legacy: The peers' draws (:func:`~harness.protocols.pairing.legacy_cov_batches`);
+            else medxfer's rows (:func:`~harness.protocols.whitening.cov_indices`), 256 at
+            a time.
+        purpose: Names the extraction in the cache key.
+
+    Returns:
+        One float32 row per covariance row, in loader order.
+    """
+    n_cov = sum(len(case.splits()[name].labels) for name in names)
+    if legacy:
         batches = legacy_cov_batches(n_cov, config.cov_images, config.cov_fraction, config.seed)
     else:
         rows = cov_indices(n_cov, config)
         batches = [rows[i : i + COV_BATCH_SIZE] for i in range(0, len(rows), COV_BATCH_SIZE)]
     drawn, position = np.unique(np.concatenate(batches), return_inverse=True)
     local = np.split(position, np.cumsum([len(b) for b in batches])[:-1])
-    cov_images = pooled_images(case, cov_names, drawn)
-    cov_features = batch_features(case, cov_images, local, "multiview-covariance")
-    return views, inverse.reshape(pairs.shape), cov_features
+    return batch_features(case, pooled_images(case, names, drawn), local, purpose)
+
+
+def invariance_batch_statistics(
+    case: CaseRun, config: InvarianceConfig, subset: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray], dict[str, str]]:
+    """The peer's training-mode features of a synthetic-invariance case.
+
+    Each clean image goes through the model alone; the ``k`` entries of one transform
+    name (the identity included, transformed by the same kernel) of one image go through
+    together, as ``ManualTransform`` stacks them; the covariance images in the clean
+    loader's batches.
+
+    Args:
+        case: The invariance case.
+        config: Its config (``transforms``, ``transform_backend``, the pooling and draws).
+        subset: The distinct evaluated images.
+
+    Returns:
+        (statistics of the covariance features, clean features (n, D), features of each
+        applicable transform tag (n, D), skipped tags with the reason).
+    """
+    names = config.pool_splits or (config.cov_split,)
+    legacy = config.sampling == "numpy-legacy"
+    cov = covariance_features(case, config, names, legacy, "invariance-covariance")
+    rule = {
+        "split": "+".join(names),
+        "cov_rule": [config.sampling, config.cov_images, config.cov_fraction, config.seed],
+        "batchnorm": config.batchnorm,
+    }
+    stats, _ = cached_feature_stats(cov, config.epsilon, rule, case.cached_arrays)
+    clean = single_image_features(case, subset, "invariance-clean")
+    entries: dict[str, list[tuple[str, float]]] = {}
+    skipped: dict[str, str] = {}
+    for name, magnitude in config.transforms:
+        tag = transform_tag(name, magnitude)
+        reason = applicable(name, subset)
+        if reason is not None:
+            skipped[tag] = reason
+        else:
+            entries.setdefault(name, []).append((tag, magnitude))
+    transformed: dict[str, np.ndarray] = {}
+    for name, sweep in entries.items():
+        copies = np.stack(
+            [apply_transform(name, subset, m, config.transform_backend) for _, m in sweep], axis=1
+        )
+        k = len(sweep)
+        batches = [np.arange(u * k, (u + 1) * k) for u in range(len(subset))]
+        flat = copies.reshape(-1, *copies.shape[2:])
+        features = batch_features(case, flat, batches, f"invariance-{name}")
+        features = features.reshape(len(subset), k, -1)
+        for j, (tag, _) in enumerate(sweep):
+            transformed[tag] = features[:, j]
+    return stats, clean, transformed, skipped

@@ -68,6 +68,7 @@ import numpy as np
 
 from harness.config.profiles import check_profile
 from harness.protocols.base import ProtocolResult
+from harness.protocols.batch_statistics import check_batchnorm_mode, invariance_batch_statistics
 from harness.protocols.image_transforms import (
     BACKENDS,
     DEFAULT_TRANSFORMS,
@@ -130,6 +131,11 @@ class InvarianceConfig:
             images; the per-entry values go to ``details``).
         transform_backend: Whose transform kernels: a key of
             :data:`image_transforms.BACKENDS`.
+        batchnorm: ``eval`` (the cached features) or ``batch-statistics`` (the peer's
+            training-mode batch norm: each clean image alone, an image's transformed
+            copies of one transform together, the covariance images in the loader's
+            batches of 256; :mod:`harness.protocols.batch_statistics`). Needs
+            ``pool_splits`` or legacy sampling.
     """
 
     transforms: tuple[tuple[str, float], ...] = DEFAULT_TRANSFORMS
@@ -144,6 +150,7 @@ class InvarianceConfig:
     sampling: str = "medxfer"
     aggregate: str = "entry"
     transform_backend: str = "medxfer"
+    batchnorm: str = "eval"
 
     def __post_init__(self) -> None:
         transforms = tuple((str(name), float(magnitude)) for name, magnitude in self.transforms)
@@ -176,6 +183,12 @@ class InvarianceConfig:
             raise ValueError(f"InvarianceConfig.num_images must be >= 1, got {self.num_images}")
         check_cov_settings("InvarianceConfig", self.cov_images, self.cov_fraction)
         check_epsilon("InvarianceConfig", self.epsilon)
+        check_batchnorm_mode("InvarianceConfig", self.batchnorm)
+        if self.batchnorm != "eval" and is_default(self):
+            raise ValueError(
+                "InvarianceConfig.batchnorm='batch-statistics' needs pool_splits or "
+                "numpy-legacy sampling (the peer's procedure)"
+            )
 
     @classmethod
     def for_profile(cls, profile: str) -> InvarianceConfig:
@@ -214,6 +227,8 @@ class InvarianceConfig:
         out = asdict(self)
         out["transforms"] = [[name, magnitude] for name, magnitude in self.transforms]
         out["pool_splits"] = list(self.pool_splits)
+        if self.batchnorm == "eval":
+            del out["batchnorm"]  # records from before the field keep their case keys
         return out
 
 
@@ -340,12 +355,19 @@ def _by_name(
 def run_case(case: CaseRun, config: InvarianceConfig) -> ProtocolResult:
     """One invariance case: a seeded draw of ``config.split`` (or the pooled splits) under
     every transform."""
-    stats, stats_hit = invariance_stats(case, config)
     images = pooled_images(case, config)
     index = image_indices(len(images), config)
     # a draw with replacement repeats images: transform each once, expand afterwards
     unique, inverse = np.unique(index, return_inverse=True)
     subset = images[unique]
+    if config.batchnorm == "batch-statistics":
+        stats, clean, transformed, skipped = invariance_batch_statistics(case, config, subset)
+        order = [tag for tag in config.tags() if tag in transformed]
+        transformed = {tag: transformed[tag][inverse] for tag in order}
+        result = run_synthetic(clean[inverse], transformed, stats, config, skipped=skipped)
+        result.details["batchnorm"] = config.batchnorm
+        return result
+    stats, stats_hit = invariance_stats(case, config)
     sets, skipped, identities = {"identity": subset}, {}, []
     for name, magnitude in config.transforms:
         tag = transform_tag(name, magnitude)

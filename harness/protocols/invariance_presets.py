@@ -24,6 +24,12 @@ read from its code:
   ``linspace(0, 360, k + 1)[:k]`` degrees; ``hue`` ``linspace(-0.5, 0.5, k)``, float32.
   Runner k: hue 5; rotation 20 on EyePACS (``diabetic_retinopathy``), else the default
   256; h_flip 2.
+* Batch norm in training mode (version 2): models/backbones.py calls
+  ``self.model.train()`` and invariances.py never calls ``eval()``, so each clean image
+  is normalised on its own statistics (a batch of one), an image's ``k`` transformed
+  copies on theirs (one batch; the identity entry is therefore not the clean feature),
+  and each covariance image on its loader batch of 256: ``batchnorm = "batch-statistics"``
+  (:mod:`harness.protocols.batch_statistics`). Version 1 used eval-mode features.
 * Kernels: ``torchvision.transforms.functional`` on the native-resolution PIL image
   (rotation nearest-neighbour, corners black), then ``Resize(256)`` (bilinear) and
   ``CenterCrop(224)``: the ``torchvision-pil`` backend and the preprocessing below.
@@ -92,7 +98,7 @@ def ssl_medical_transforms(dataset: str) -> tuple[tuple[str, float], ...]:
 @register_preset(
     "invariance",
     "ssl-medicalimaging",
-    version=1,
+    version=2,
     preprocessing=PEER_PREPROCESSING,
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py",
     summary=(
@@ -120,4 +126,5 @@ def ssl_medical_invariance(case: CaseRun) -> InvarianceConfig:
         sampling="numpy-legacy",
         aggregate="name",
         transform_backend="torchvision-pil",
+        batchnorm="batch-statistics",
     )
