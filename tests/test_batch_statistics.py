@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_invariance_presets import peer_hflip, peer_rotation
-from test_multiview_presets import MultiViews, as_case, chexpert_pool
+from test_multiview_presets import MultiViews, as_case, chexpert_pool, peer_clean_loader
 from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
@@ -105,13 +105,7 @@ def peer_multiview(
     model = batch_statistics_reference(net) if train_mode else net.eval()
     clean = TensorDataset(tensors, torch.zeros(len(tensors)))
     multi = MultiViews(paths, tensors.numpy())
-    np.random.seed(0)
-    torch.manual_seed(0)
-    if len(clean) < 1000:
-        loader = DataLoader(clean, batch_size=256)
-    else:
-        idx = np.random.choice(np.arange(len(clean)), max(1000, int(0.1 * len(clean))))
-        loader = DataLoader(clean, batch_size=256, sampler=SubsetRandomSampler(idx))
+    loader = peer_clean_loader(clean)
     with torch.no_grad():
         rows = torch.cat([model(x) for x, _ in loader])
         mean = rows.mean(dim=0)

@@ -121,18 +121,22 @@ class MultiViews(Dataset):
         return (self.feats[self.row[path]], self.feats[self.row[frontal]]), 0.0
 
 
+def peer_clean_loader(clean: Dataset) -> DataLoader:
+    """The peer's seeds, then its covariance loader: in order below 1000 images, else
+    ``np.random.choice`` rows through a ``SubsetRandomSampler``; batches of 256."""
+    np.random.seed(0)
+    torch.manual_seed(0)
+    if len(clean) < 1000:
+        return DataLoader(clean, batch_size=256)
+    idx = np.random.choice(np.arange(len(clean)), max(1000, int(0.1 * len(clean))))
+    return DataLoader(clean, batch_size=256, sampler=SubsetRandomSampler(idx))
+
+
 def peer_multiview(paths: list[str], feats: np.ndarray, num_images: int = 100) -> dict:
     """SSL_medicalimaging's multi-view similarity and distance, step by step."""
     clean = TensorDataset(torch.from_numpy(feats), torch.zeros(len(feats)))
     multi = MultiViews(paths, feats)
-    np.random.seed(0)
-    torch.manual_seed(0)
-    if len(clean) < 1000:
-        loader = DataLoader(clean, batch_size=256)
-    else:
-        idx = np.random.choice(np.arange(len(clean)), max(1000, int(0.1 * len(clean))))
-        loader = DataLoader(clean, batch_size=256, sampler=SubsetRandomSampler(idx))
-    rows = torch.cat([x for x, _ in loader])
+    rows = torch.cat([x for x, _ in peer_clean_loader(clean)])
     mean = rows.mean(dim=0)
     cov = np.cov(rows, rowvar=False) + 1e-6 * np.eye(rows.shape[1])
     inv = np.linalg.inv(cov)
