@@ -13,6 +13,7 @@ order, after ``pool_cap``. ``.npy`` files hold the array; ``.npz`` files hold it
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 
@@ -33,14 +34,15 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
-def read_episodes(path: str | Path) -> np.ndarray:
+def read_episodes(path: str | Path) -> tuple[np.ndarray, str]:
     """The episode array of a ``.npy`` file, or of ``episodes`` in a ``.npz`` file.
 
     Args:
         path: The file.
 
     Returns:
-        The array as int64 (not yet checked against a pool: :func:`check_episodes`).
+        The array as int64 (not yet checked against a pool: :func:`check_episodes`) and
+        the sha256 of the bytes it was read from.
 
     Raises:
         FileNotFoundError: When the file does not exist.
@@ -50,8 +52,9 @@ def read_episodes(path: str | Path) -> np.ndarray:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"few-shot episodes file {source}: no such file")
+    data = source.read_bytes()
     try:
-        loaded = np.load(source, allow_pickle=False)
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 if EPISODES_KEY not in loaded.files:
@@ -67,7 +70,7 @@ def read_episodes(path: str | Path) -> np.ndarray:
         raise ValueError(
             f"few-shot episodes file {source}: pool row indices must be integers, got {array.dtype}"
         )
-    return array.astype(np.int64)
+    return array.astype(np.int64), hashlib.sha256(data).hexdigest()
 
 
 def check_episodes(

@@ -276,12 +276,12 @@ def _run_given(
 ) -> ProtocolResult:
     """Score the episodes of ``config.episodes_file`` (checked against the pool)."""
     assert config.episodes_file is not None
-    given = read_episodes(config.episodes_file)
+    given, sha256 = read_episodes(config.episodes_file)
     check_episodes(given, y, n_way, config.n_shot, config.n_query, config.episodes_file)
     result, accuracies = _score(x, y, given, n_way, n_way_source, counts, config)
     result.details |= {
         "episodes_file": config.episodes_file,
-        "episodes_file_sha256": file_sha256(config.episodes_file),
+        "episodes_file_sha256": sha256,
         "episode_accuracies": accuracies.tolist(),
     }
     return result
