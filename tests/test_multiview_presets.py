@@ -147,7 +147,7 @@ def peer_multiview(paths: list[str], feats: np.ndarray, num_images: int = 100) -
         (v1, v2), _ = next(iter(views))
         a, b = (mean - v1) @ chol, (mean - v2) @ chol
         sims[i] = F.cosine_similarity(a, b, dim=-1).mean()
-        dists[i] = mahalanobis(v1[0].double(), v2[0].double(), inv)
+        dists[i] = mahalanobis(v1[0], v2[0], inv)
     return {"cosine": float(np.nanmean(sims)), "mahalanobis": float(np.nanmean(dists))}
 
 
@@ -210,7 +210,8 @@ def test_preset_is_registered_with_the_peers_transform() -> None:
     paths, feats = chexpert_pool(20, 1)
     config = preset.configure(as_case(paths, feats))
     assert (config.num_pairs, config.sampling, config.pool_splits) == (100, "legacy", SPLITS)
-    assert config.batchnorm == "batch-statistics" and preset.version == 2
+    assert config.batchnorm == "batch-statistics" and preset.version == 3
+    assert config.whitening == "float32-cholesky"
     assert config.pairing_rule == "frontal_lateral"
 
 

@@ -207,7 +207,7 @@ def invariance_batch_statistics(
         "cov_rule": [config.sampling, config.cov_images, config.cov_fraction, config.seed],
         "batchnorm": config.batchnorm,
     }
-    stats, _ = cached_feature_stats(cov, config.epsilon, rule, case.cached_arrays)
+    stats, _ = cached_feature_stats(cov, config.epsilon, rule, case.cached_arrays, config.whitening)
     clean = single_image_features(case, subset, "invariance-clean")
     entries: dict[str, list[tuple[str, float]]] = {}
     skipped: dict[str, str] = {}

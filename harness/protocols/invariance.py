@@ -20,12 +20,12 @@ SSL_medicalimaging):
 Choices that differ from the peers, and why:
 
 * ``W`` comes from an eigendecomposition of ``Sigma`` in float64 (eigenvalues clipped at 0,
-  then ``W = V diag((lambda + epsilon)^-1/2)``) instead of ssl-invariances' and
-  SSL_medicalimaging's float32 ``cholesky(inv(Sigma))``. Any ``W`` with ``W W^T = (Sigma +
-  epsilon I)^-1`` gives the same cosines and distances (``a W (b W)^T = a (Sigma + epsilon
-  I)^-1 b^T``), so the measure is the peers'; the eigendecomposition does not fail or lose
-  digits when ``Sigma`` is rank-deficient, which it is whenever there are fewer images than
-  feature dimensions.
+  then ``W = V diag((lambda + epsilon)^-1/2)``) instead of the peers' float32
+  ``cholesky(inv(Sigma))`` (``whitening="float32-cholesky"``,
+  :mod:`harness.protocols.whitening_peer`). Any ``W`` with ``W W^T = (Sigma + epsilon
+  I)^-1`` gives the same cosines and distances, so the measure is the peers'; the
+  eigendecomposition does not fail or lose digits when ``Sigma`` is rank-deficient, which
+  it is whenever there are fewer images than feature dimensions.
 * Covariance images: all images of ``cov_split`` when it has at most ``cov_images`` (1000)
   of them; otherwise ``max(cov_images, ceil(cov_fraction * N))`` of them drawn **without**
   replacement (seeded). SSL_medicalimaging draws ``max(1000, 10%)`` with replacement, which
@@ -97,6 +97,7 @@ from harness.protocols.whitening import (
     similarity,
     stats_details,
 )
+from harness.protocols.whitening_peer import WHITENINGS, check_whitening
 
 if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
@@ -136,6 +137,8 @@ class InvarianceConfig:
             copies of one transform together, the covariance images in the loader's
             batches of 256; :mod:`harness.protocols.batch_statistics`). Needs
             ``pool_splits`` or legacy sampling.
+        whitening: ``float64-eigh`` (medxfer) or ``float32-cholesky`` (the peers'
+            arithmetic; :mod:`harness.protocols.whitening_peer`).
     """
 
     transforms: tuple[tuple[str, float], ...] = DEFAULT_TRANSFORMS
@@ -151,6 +154,7 @@ class InvarianceConfig:
     aggregate: str = "entry"
     transform_backend: str = "medxfer"
     batchnorm: str = "eval"
+    whitening: str = WHITENINGS[0]
 
     def __post_init__(self) -> None:
         transforms = tuple((str(name), float(magnitude)) for name, magnitude in self.transforms)
@@ -184,6 +188,7 @@ class InvarianceConfig:
         check_cov_settings("InvarianceConfig", self.cov_images, self.cov_fraction)
         check_epsilon("InvarianceConfig", self.epsilon)
         check_batchnorm_mode("InvarianceConfig", self.batchnorm)
+        check_whitening("InvarianceConfig", self.whitening)
         if self.batchnorm != "eval" and is_default(self):
             raise ValueError(
                 "InvarianceConfig.batchnorm='batch-statistics' needs pool_splits or "
@@ -227,8 +232,11 @@ class InvarianceConfig:
         out = asdict(self)
         out["transforms"] = [[name, magnitude] for name, magnitude in self.transforms]
         out["pool_splits"] = list(self.pool_splits)
+        # records from before these fields keep their case keys
         if self.batchnorm == "eval":
-            del out["batchnorm"]  # records from before the field keep their case keys
+            del out["batchnorm"]
+        if self.whitening == WHITENINGS[0]:
+            del out["whitening"]
         return out
 
 

@@ -18,8 +18,11 @@ read from its code:
 * Per image ``i`` and magnitude ``j`` of a sweep of ``k`` magnitudes that includes the
   identity, ``S[i, j]`` is the cosine of ``(mu - f) chol((Sigma + eps I)^-1)`` for the
   clean and transformed features; the reported number is ``nanmean(S, axis=0).mean()``:
-  ``aggregate = name``. The Cholesky factor is float32 in the peer; any factor gives the
-  same cosine, so only rounding differs.
+  ``aggregate = name``. The Cholesky factor of the float64 inverse is float32 in the
+  peer, and the whitened vectors and cosines are float32 products: ``whitening =
+  "float32-cholesky"`` (version 3; :mod:`harness.protocols.whitening_peer`). Any factor
+  gives the same cosine in exact arithmetic, but with fewer covariance images than
+  feature dimensions the float32 factor moves single cosines by up to about 5e-4.
 * Sweeps (``ManualTransform``): ``h_flip`` ``[False, True]``; ``rotation``
   ``linspace(0, 360, k + 1)[:k]`` degrees; ``hue`` ``linspace(-0.5, 0.5, k)``, float32.
   Runner k: hue 5; rotation 20 on EyePACS (``diabetic_retinopathy``), else the default
@@ -98,7 +101,7 @@ def ssl_medical_transforms(dataset: str) -> tuple[tuple[str, float], ...]:
 @register_preset(
     "invariance",
     "ssl-medicalimaging",
-    version=2,
+    version=3,
     preprocessing=PEER_PREPROCESSING,
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py",
     summary=(
@@ -127,4 +130,5 @@ def ssl_medical_invariance(case: CaseRun) -> InvarianceConfig:
         aggregate="name",
         transform_backend="torchvision-pil",
         batchnorm="batch-statistics",
+        whitening="float32-cholesky",
     )

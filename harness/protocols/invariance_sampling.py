@@ -51,6 +51,7 @@ class SamplingSettings(Protocol):
     seed: int
     pool_splits: tuple[str, ...]
     sampling: str
+    whitening: str
 
 
 def legacy_cov_indices(
@@ -141,4 +142,6 @@ def invariance_stats(case: CaseRun, config: SamplingSettings) -> tuple[dict[str,
         "split": "+".join(names),
         "cov_rule": [config.sampling, config.cov_images, config.cov_fraction, config.seed],
     }
-    return cached_feature_stats(features[index], config.epsilon, rule, case.cached_arrays)
+    return cached_feature_stats(
+        features[index], config.epsilon, rule, case.cached_arrays, config.whitening
+    )

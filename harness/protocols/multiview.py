@@ -53,6 +53,7 @@ from harness.protocols.whitening import (
     similarity,
     stats_details,
 )
+from harness.protocols.whitening_peer import WHITENINGS, check_whitening
 
 if TYPE_CHECKING:
     from harness.data.npz import SplitData
@@ -87,6 +88,8 @@ class MultiviewConfig:
             training-mode batch norm: each view in a batch of its own, the covariance
             images in its loader's batches of 256; :mod:`harness.protocols.batch_statistics`).
             Needs ``pool_splits`` or legacy sampling.
+        whitening: ``float64-eigh`` (medxfer) or ``float32-cholesky`` (the peers'
+            arithmetic; :mod:`harness.protocols.whitening_peer`).
     """
 
     num_pairs: int = 100
@@ -100,11 +103,13 @@ class MultiviewConfig:
     pool_splits: tuple[str, ...] = ()
     sampling: str = "medxfer"
     batchnorm: str = "eval"
+    whitening: str = WHITENINGS[0]
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
             raise ValueError(f"MultiviewConfig.num_pairs must be >= 1, got {self.num_pairs}")
         check_batchnorm_mode("MultiviewConfig", self.batchnorm)
+        check_whitening("MultiviewConfig", self.whitening)
         if self.batchnorm != "eval" and not self.pool_splits and self.sampling == "medxfer":
             raise ValueError(
                 "MultiviewConfig.batchnorm='batch-statistics' needs pool_splits or legacy "
@@ -148,13 +153,15 @@ class MultiviewConfig:
         """The configuration as a JSON-friendly dict.
 
         Returns:
-            Field name -> value; ``batchnorm`` only when not ``eval``, so the records
-            written before it existed keep their case keys.
+            Field name -> value; ``batchnorm`` and ``whitening`` only when not at their
+            defaults, so the records written before they existed keep their case keys.
         """
         out = asdict(self)
         out["pool_splits"] = list(self.pool_splits)
         if self.batchnorm == "eval":
             del out["batchnorm"]
+        if self.whitening == WHITENINGS[0]:
+            del out["whitening"]
         return out
 
 
@@ -340,7 +347,7 @@ def _run_pooled(case: CaseRun, config: MultiviewConfig) -> ProtocolResult:
         rule["batchnorm"] = config.batchnorm
         groups = None  # the different-group baseline would need every image alone
     stats, stats_hit = cached_feature_stats(
-        cov_features[cov_rows], config.epsilon, rule, case.cached_arrays
+        cov_features[cov_rows], config.epsilon, rule, case.cached_arrays, config.whitening
     )
     result = run_multiview(features, pairs, stats, config, groups=groups)
     result.details["stats_cache"] = "hit" if stats_hit else "miss"

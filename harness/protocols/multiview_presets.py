@@ -24,8 +24,11 @@ computes, read from its code:
   shuffle=True)))``: a fresh shuffle per pair, so 100 draws **with** replacement.
   ``sampling = "legacy"`` replays these loaders (:func:`harness.protocols.pairing.legacy_draws`).
 * Per pair, the cosine of ``(mu - f) chol((Sigma + eps I)^-1)`` of the two views
-  (``F.cosine_similarity``, float32 Cholesky: any whitening factor gives the same cosine,
-  so only rounding differs); the reported number is ``np.nanmean`` over the draws:
+  (``F.cosine_similarity`` of float32 products with the float32 Cholesky factor of the
+  float64 inverse: ``whitening = "float32-cholesky"``, version 3,
+  :mod:`harness.protocols.whitening_peer`; any factor gives the same cosine in exact
+  arithmetic, but this one moves single cosines by up to about 5e-4 when there are fewer
+  covariance images than feature dimensions); the reported number is ``np.nanmean`` over the draws:
   ``mean_cosine``. Not mean-centred without whitening, and no baseline: the cross-group
   baseline stays a medxfer detail.
 * Batch norm in training mode (version 2): models/backbones.py calls
@@ -64,7 +67,7 @@ PEER_PREPROCESSING: dict[str, Any] = {
 @register_preset(
     "multiview",
     "ssl-medicalimaging",
-    version=2,
+    version=3,
     preprocessing=PEER_PREPROCESSING,
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances_multiview.py",
     summary=(
@@ -92,4 +95,5 @@ def ssl_medical_multiview(case: CaseRun) -> MultiviewConfig:
         pool_splits=("train", "val", "test"),
         sampling="legacy",
         batchnorm="batch-statistics",
+        whitening="float32-cholesky",
     )

@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from harness.protocols.whitening_peer import (
+    PEER_WHITENING,
+    WHITENINGS,
+    PeerCholeskyError,
+    check_whitening,
+    peer_decompose,
+    peer_similarity,
+)
+
 if TYPE_CHECKING:
     from harness.protocols.case import CaseRun
 
@@ -32,6 +41,7 @@ class CovarianceSettings(Protocol):
     cov_split: str
     epsilon: float
     seed: int
+    whitening: str
 
 
 ArrayStore = Callable[
@@ -145,32 +155,75 @@ def _decompose(features: np.ndarray, epsilon: float) -> dict[str, np.ndarray]:
     }
 
 
-def _expand(decomposed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    eigenvalues = np.asarray(decomposed["eigenvalues"], dtype=np.float64)
-    eigenvectors = np.asarray(decomposed["eigenvectors"], dtype=np.float64)
-    epsilon = float(decomposed["epsilon"])
-    with threadpool_limits(limits=1):
-        whitening = eigenvectors / np.sqrt(eigenvalues + epsilon)
-        covariance = (eigenvectors * eigenvalues) @ eigenvectors.T
+def _rank_facts(eigenvalues: np.ndarray, epsilon: float) -> dict[str, np.ndarray]:
     tolerance = eigenvalues.max(initial=0.0) * len(eigenvalues) * np.finfo(np.float64).eps
     return {
-        "mean": np.asarray(decomposed["mean"], dtype=np.float64),
-        "covariance": covariance,
-        "whitening": whitening,
-        "eigenvalues": eigenvalues,
-        "n": np.asarray(decomposed["n"]),
-        "epsilon": np.asarray(epsilon),
         "rank": np.array(int(np.sum(eigenvalues > tolerance))),
         "dims_below_epsilon": np.array(int(np.sum(eigenvalues <= epsilon))),
     }
 
 
-def feature_stats(features: np.ndarray, epsilon: float) -> dict[str, np.ndarray]:
+def _expand(decomposed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    eigenvalues = np.asarray(decomposed["eigenvalues"], dtype=np.float64)
+    epsilon = float(decomposed["epsilon"])
+    common = {
+        "eigenvalues": eigenvalues,
+        "n": np.asarray(decomposed["n"]),
+        "epsilon": np.asarray(epsilon),
+        **_rank_facts(eigenvalues, epsilon),
+    }
+    if "cholesky32" in decomposed:
+        return {
+            **common,
+            "arithmetic": np.array(PEER_WHITENING),
+            "mean": np.asarray(decomposed["mean32"], dtype=np.float64),
+            "mean32": np.asarray(decomposed["mean32"], dtype=np.float32),
+            "cholesky32": np.asarray(decomposed["cholesky32"], dtype=np.float32),
+            "precision": np.asarray(decomposed["precision"], dtype=np.float64),
+        }
+    if "whitening_note" in decomposed:
+        common["whitening_note"] = np.asarray(decomposed["whitening_note"])
+    eigenvectors = np.asarray(decomposed["eigenvectors"], dtype=np.float64)
+    with threadpool_limits(limits=1):
+        whitening = eigenvectors / np.sqrt(eigenvalues + epsilon)
+        covariance = (eigenvectors * eigenvalues) @ eigenvectors.T
+    return {
+        **common,
+        "arithmetic": np.array(WHITENINGS[0]),
+        "mean": np.asarray(decomposed["mean"], dtype=np.float64),
+        "covariance": covariance,
+        "whitening": whitening,
+    }
+
+
+def _decompose_as(features: np.ndarray, epsilon: float, whitening: str) -> dict[str, np.ndarray]:
+    if whitening == PEER_WHITENING:
+        check_epsilon("feature_stats", epsilon)
+        x = as_features("covariance features", features)
+        if len(x) < 2:
+            raise ValueError(f"the covariance needs at least 2 feature vectors, got {len(x)}")
+        try:
+            return peer_decompose(x, epsilon)
+        except PeerCholeskyError as exc:
+            return {
+                **_decompose(x, epsilon),
+                "whitening_note": np.array(f"{exc}; float64-eigh used"),
+            }
+    return _decompose(features, epsilon)
+
+
+def feature_stats(
+    features: np.ndarray, epsilon: float, whitening: str = WHITENINGS[0]
+) -> dict[str, np.ndarray]:
     """Feature mean, covariance and whitening matrix.
 
     Args:
         features: (n, D) feature vectors the statistics are estimated from (n >= 2).
         epsilon: Added to the covariance's diagonal (>= 0; > 0 when n <= D).
+        whitening: ``float64-eigh`` (medxfer) or ``float32-cholesky`` (the peers'
+            arithmetic, :mod:`harness.protocols.whitening_peer`: the returned mapping then
+            holds ``mean32``, ``cholesky32`` and ``precision`` instead of ``covariance``
+            and ``whitening``).
 
     Returns:
         ``mean`` (D,), ``covariance`` (D, D) (sample covariance, ddof 1, projected onto
@@ -184,7 +237,8 @@ def feature_stats(features: np.ndarray, epsilon: float) -> dict[str, np.ndarray]
         ValueError: On fewer than 2 vectors, non-finite features, a negative epsilon, or a
             singular covariance with ``epsilon == 0``.
     """
-    return _expand(_decompose(features, epsilon))
+    check_whitening("feature_stats", whitening)
+    return _expand(_decompose_as(features, epsilon, whitening))
 
 
 def cached_feature_stats(
@@ -192,6 +246,7 @@ def cached_feature_stats(
     epsilon: float,
     depends_on: Mapping[str, Any],
     store: ArrayStore,
+    whitening: str = WHITENINGS[0],
 ) -> tuple[dict[str, np.ndarray], bool]:
     """:func:`feature_stats` through the statistics cache.
 
@@ -208,6 +263,7 @@ def cached_feature_stats(
         store: The statistics cache: a case's
             :meth:`harness.protocols.case.CaseRun.cached_arrays`, which adds the model,
             weights and dataset to the key.
+        whitening: As :func:`feature_stats` (keyed when not the default).
 
     Returns:
         The statistics (as :func:`feature_stats`) and whether they came from the cache.
@@ -221,7 +277,10 @@ def cached_feature_stats(
         "shape": list(x.shape),
         "features": x,
     }
-    arrays, hit = store(STATS_NAMESPACE, payload, lambda: _decompose(x, epsilon))
+    check_whitening("feature_stats", whitening)
+    if whitening != WHITENINGS[0]:
+        payload["whitening"] = whitening
+    arrays, hit = store(STATS_NAMESPACE, payload, lambda: _decompose_as(x, epsilon, whitening))
     return _expand(arrays), hit
 
 
@@ -239,7 +298,9 @@ def covariance_stats(
         "split": config.cov_split,
         "cov_rule": [config.cov_images, config.cov_fraction, config.seed],
     }
-    return cached_feature_stats(features[index], config.epsilon, rule, case.cached_arrays)
+    return cached_feature_stats(
+        features[index], config.epsilon, rule, case.cached_arrays, config.whitening
+    )
 
 
 def whiten(features: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -247,7 +308,7 @@ def whiten(features: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
 
     Args:
         features: (N, D) feature vectors.
-        stats: From :func:`feature_stats`.
+        stats: From :func:`feature_stats` in the default arithmetic.
 
     Returns:
         float64 (N, D).
@@ -279,8 +340,18 @@ def similarity(
     Returns:
         ``cosine`` (N,): cosine between ``(mean - clean) W`` and ``(mean - transformed) W``,
         NaN where a whitened vector is zero; ``mahalanobis`` (N,):
-        ``sqrt((c - t)^T (Sigma + epsilon I)^-1 (c - t))``.
+        ``sqrt((c - t)^T (Sigma + epsilon I)^-1 (c - t))``. With the peers' statistics,
+        their float32 arithmetic (:func:`~harness.protocols.whitening_peer.peer_similarity`).
     """
+    if str(stats["arithmetic"]) == PEER_WHITENING:
+        dim = len(stats["mean"])
+        c = as_features("features", clean, dim)
+        t = as_features("features", transformed, dim)
+        if c.shape != t.shape:
+            raise ValueError(
+                f"clean and transformed features differ in shape: {c.shape}, {t.shape}"
+            )
+        return peer_similarity(c, t, stats)
     a = whiten(clean, stats)
     b = whiten(transformed, stats)
     if a.shape != b.shape:
@@ -315,6 +386,7 @@ def stats_details(stats: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "epsilon": float(stats["epsilon"]),
         "cov_n": int(stats["n"]),
         "feature_dim": len(stats["mean"]),
+        "whitening": str(stats["arithmetic"]),
         "cov_rank": int(stats["rank"]),
         "cov_dims_below_epsilon": int(stats["dims_below_epsilon"]),
-    }
+    } | ({"whitening_note": str(stats["whitening_note"])} if "whitening_note" in stats else {})
