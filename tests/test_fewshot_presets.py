@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from harness.config.cards import get_model_card
 from harness.protocols.base import SplitFeatures, TaskInfo
 from harness.protocols.episodes import episode_accuracies, predict_episodes, sample_episodes
 from harness.protocols.fewshot import FewShotConfig, run, run_case
@@ -271,12 +272,15 @@ def test_registered_presets_and_their_image_transform() -> None:
     assert sm.source.startswith("jonahanton/SSL_medicalimaging@77fceef:")
 
     def case_of(dataset: str) -> SimpleNamespace:
-        return SimpleNamespace(case=SimpleNamespace(dataset=SimpleNamespace(name=dataset)))
+        model = get_model_card("resnet50.tv_in1k")  # ImageNet's mean / std, as the peers'
+        return SimpleNamespace(
+            case=SimpleNamespace(dataset=SimpleNamespace(name=dataset), model=model)
+        )
 
     squash = st.overrides(case_of("shenzhen"))
-    assert (
-        squash == sm.overrides(case_of("shenzhen")) == ssl_medicalimaging_preprocessing("shenzhen")
-    )
+    imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    assert squash == ssl_medicalimaging_preprocessing("shenzhen")
+    assert sm.overrides(case_of("shenzhen")) == squash | imagenet
     assert sm.overrides(case_of("eyepacs"))["interpolation"] == "bicubic"  # a sub_meta dataset
     assert st.overrides(case_of("eyepacs")) == squash
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.spatial.distance import mahalanobis
 
+from harness.config.cards import get_model_card
 from harness.protocols import image_transforms as tr
 from harness.protocols import invariance as inv
 from harness.protocols import invariance_presets as presets
@@ -150,13 +151,16 @@ def test_preset_is_registered_with_the_peers_preprocessing() -> None:
     preset = get_preset("invariance", "ssl-medicalimaging")
     assert preset is not None and preset.version == 3
     assert preset.source.startswith("jonahanton/SSL_medicalimaging@77fceef:")
-    assert dict(preset.preprocessing) == {
+    case = FakeCase("shenzhen", {}, ToyModel(4, 2))
+    case.case.model = get_model_card("resnet50.moco_v2")
+    assert preset.overrides(case) == {
         "input_size": 224,
         "interpolation": "bilinear",
         "crop_pct": 0.875,
         "crop_mode": "center",
+        "mean": (0.485, 0.456, 0.406),  # ImageNet's, except for --no-norm runs
+        "std": (0.229, 0.224, 0.225),
     }
-    case = FakeCase("shenzhen", {}, ToyModel(4, 2))
     config = preset.configure(case)
     assert config == presets.ssl_medical_invariance(case)
     assert (config.num_images, config.cov_images, config.cov_fraction) == (100, 1000, 0.1)

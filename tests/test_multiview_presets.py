@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy.spatial.distance import mahalanobis
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler, TensorDataset
 
+from harness.config.cards import get_model_card
 from harness.data.npz import SplitData
 from harness.protocols import multiview as mv
 from harness.protocols import multiview_presets as presets
@@ -200,11 +201,14 @@ def test_pooled_medxfer_sampling_differs_from_legacy_and_default_is_unchanged() 
 def test_preset_is_registered_with_the_peers_transform() -> None:
     preset = get_preset("multiview", "ssl-medicalimaging")
     assert preset is not None
-    assert preset.overrides(None) == {
+    simclr = SimpleNamespace(case=SimpleNamespace(model=get_model_card("resnet50.simclr_v1")))
+    assert preset.overrides(simclr) == {
         "input_size": 224,
         "interpolation": "bicubic",
         "crop_pct": 1.0,
         "crop_mode": "center",
+        "mean": (0.0, 0.0, 0.0),  # the runner's --no-norm
+        "std": (1.0, 1.0, 1.0),
     }
     assert "invariances_multiview.py" in preset.source
     paths, feats = chexpert_pool(20, 1)

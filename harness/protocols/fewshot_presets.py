@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harness.protocols.fewshot import FewShotConfig
+from harness.protocols.peer_normalisation import ssl_medicalimaging_normalisation
 from harness.protocols.registry import register_preset
 
 if TYPE_CHECKING:
@@ -139,8 +140,12 @@ def ssl_transfer_fewshot(case: CaseRun) -> FewShotConfig:
 @register_preset(
     "fewshot",
     "ssl-medicalimaging",
-    version=1,
-    preprocessing=lambda case: ssl_medicalimaging_preprocessing(case.case.dataset.name),
+    version=2,
+    # the runner passes --no-norm to few_shot.py for SimCLR-v1 only
+    preprocessing=lambda case: {
+        **ssl_medicalimaging_preprocessing(case.case.dataset.name),
+        **ssl_medicalimaging_normalisation(case.case.model.preprocessing, "raw-input-models"),
+    },
     source="jonahanton/SSL_medicalimaging@77fceef:few_shot.py",
     summary=(
         "SSL_medicalimaging's runner: the card's n-way, 20-shot, 15 queries, 600 episodes "
@@ -160,6 +165,9 @@ def ssl_medicalimaging_fewshot(case: CaseRun) -> FewShotConfig:
     script as committed calls an undefined ``get_train_valid_test_dset``; the pickles came
     from its working twin ``get_train_val_test_dset``). Those four were also transformed
     by prepare_submeta.py, not by few_shot.py: see :func:`ssl_medicalimaging_preprocessing`.
+    Mean and std are ImageNet's except for the runner's ``--no-norm`` (SimCLR-v1) and the
+    histogram-normalised MIMIC-CheXpert models (version 2,
+    :mod:`harness.protocols.peer_normalisation`; version 1 kept the card's).
 
     Args:
         case: The case; reads ``case.case.dataset`` (``name``, ``fewshot``) and

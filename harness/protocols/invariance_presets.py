@@ -35,7 +35,11 @@ read from its code:
   (:mod:`harness.protocols.batch_statistics`). Version 1 used eval-mode features.
 * Kernels: ``torchvision.transforms.functional`` on the native-resolution PIL image
   (rotation nearest-neighbour, corners black), then ``Resize(256)`` (bilinear) and
-  ``CenterCrop(224)``: the ``torchvision-pil`` backend and the preprocessing below.
+  ``CenterCrop(224)``: the ``torchvision-pil`` backend and the preprocessing below. Mean
+  and std are ImageNet's except for the runner's ``--no-norm`` (SimCLR-v1) and the
+  histogram-normalised MIMIC-CheXpert models (:mod:`harness.protocols.peer_normalisation`,
+  version 3). For the latter the peer ImageNet-normalises the transformed images
+  (``ManualTransform.T``) but not the clean ones; here both are histogram-normalised.
 
 Left out: translation. The peer's translation sweep is a 2-D grid of pixel shifts
 (``a * 256`` native pixels) with a 1 degree x-shear in every entry (its ``shear`` values
@@ -53,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.protocols.invariance import InvarianceConfig
+from harness.protocols.peer_normalisation import with_normalisation
 from harness.protocols.registry import register_preset
 
 if TYPE_CHECKING:
@@ -102,7 +107,8 @@ def ssl_medical_transforms(dataset: str) -> tuple[tuple[str, float], ...]:
     "invariance",
     "ssl-medicalimaging",
     version=3,
-    preprocessing=PEER_PREPROCESSING,
+    # the runner passes --no-norm for SimCLR-v1 only
+    preprocessing=with_normalisation(PEER_PREPROCESSING, "raw-input-models"),
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py",
     summary=(
         "SSL_medicalimaging's synthetic invariance: train+test pooled, legacy NumPy draws "

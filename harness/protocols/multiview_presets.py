@@ -38,7 +38,8 @@ computes, read from its code:
   (:mod:`harness.protocols.batch_statistics`). Version 1 used the eval-mode features.
 * Transform: ``Resize(224, BICUBIC)``, ``CenterCrop(224)``, ``ToTensor``, then ImageNet
   normalisation (``--no-norm`` for SimCLR-v1; HistogramNormalize for the MIMIC-CheXpert
-  models): the preprocessing below; the normalisation stays the model card's.
+  models): the preprocessing below, its mean / std from
+  :mod:`harness.protocols.peer_normalisation` (version 3: before, the card's).
 
 Exact rows: the draws index the pooled candidate pairs, so they pick the peer's pairs only
 where the pooled order matches the peer's (CheXpert laterals in its shuffled CSV order; its
@@ -50,6 +51,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harness.protocols.multiview import MultiviewConfig, pairing_rule
+from harness.protocols.peer_normalisation import with_normalisation
 from harness.protocols.registry import register_preset
 
 if TYPE_CHECKING:
@@ -68,7 +70,8 @@ PEER_PREPROCESSING: dict[str, Any] = {
     "multiview",
     "ssl-medicalimaging",
     version=3,
-    preprocessing=PEER_PREPROCESSING,
+    # the runner passes --no-norm for SimCLR-v1 only
+    preprocessing=with_normalisation(PEER_PREPROCESSING, "raw-input-models"),
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances_multiview.py",
     summary=(
         "SSL_medicalimaging's multi-view invariance: train+test pooled, covariance rows "

@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.config.cards import Preprocessing
 from harness.protocols.finetune.config import FinetuneConfig
+from harness.protocols.peer_normalisation import with_normalisation
 from harness.protocols.registry import register_preset
 
 if TYPE_CHECKING:
@@ -130,8 +131,11 @@ def ssl_transfer(case: CaseRun) -> FinetuneConfig:
 @register_preset(
     "finetune",
     "ssl-medicalimaging",
-    version=1,
-    preprocessing={"input_size": 224, "interpolation": "bicubic", "crop_pct": 1.0},
+    version=2,
+    # the runner never passes --no-norm to finetune.py, SimCLR-v1's runs included
+    preprocessing=with_normalisation(
+        {"input_size": 224, "interpolation": "bicubic", "crop_pct": 1.0}, "never"
+    ),
     source=SSL_MEDICAL,
     summary="lr 1e-2, wd 1e-8, early stopping every 200 steps (patience 3, ties improve) "
     "that restores nothing: the last weights are scored",
@@ -147,9 +151,11 @@ def ssl_medicalimaging(case: CaseRun) -> FinetuneConfig:
     nothing and the weights at the stopping step (or step 5000) are scored
     (``restore_best=False``; both bugs kept as they change the number); epoch loaders
     with partial batches; RandomResizedCrop bicubic at 224 + flip; eval Resize(224,
-    bicubic) + CenterCrop(224); float32 training. Same as the default: SGD Nesterov 0.9,
-    cosine over 5000 steps, batch 64, lr 1e-2, wd 1e-8, validation every 200 steps,
-    patience 3, cross-entropy.
+    bicubic) + CenterCrop(224); ImageNet's mean / std for every model that is not
+    histogram-normalised, SimCLR-v1 included (the runner never passes ``--no-norm`` to
+    finetune.py; version 2, :mod:`harness.protocols.peer_normalisation`); float32
+    training. Same as the default: SGD Nesterov 0.9, cosine over 5000 steps, batch 64,
+    lr 1e-2, wd 1e-8, validation every 200 steps, patience 3, cross-entropy.
     """
     return _scaled(
         case,
