@@ -279,8 +279,8 @@ def test_registered_presets_and_their_image_transform() -> None:
 
     squash = st.overrides(case_of("shenzhen"))
     imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    assert squash == ssl_medicalimaging_preprocessing("shenzhen")
-    assert sm.overrides(case_of("shenzhen")) == squash | imagenet
+    assert squash == ssl_medicalimaging_preprocessing("shenzhen") | imagenet
+    assert sm.overrides(case_of("shenzhen")) == squash
     assert sm.overrides(case_of("eyepacs"))["interpolation"] == "bicubic"  # a sub_meta dataset
     assert st.overrides(case_of("eyepacs")) == squash
 

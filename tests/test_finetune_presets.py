@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from harness.config.cards import Preprocessing
+from harness.config.cards import Preprocessing, get_model_card
 from harness.data.npz import SplitData
 from harness.protocols.base import TaskInfo
 from harness.protocols.finetune import FinetuneConfig, run
@@ -399,10 +399,13 @@ def test_presets_are_registered_with_the_peers_settings() -> None:
     assert st.grid_lrs == (0.1, 0.01, 0.001, 0.0001)
     assert st.grid_ws == (0.0, 1e-6, 1e-5, 1e-4, 1e-3)
     assert (st.optimizer, st.schedule, st.nesterov, st.momentum) == ("sgd", "cosine", True, 0.9)
-    assert dict(presets["ssl-transfer"].preprocessing) == {
+    moco = SimpleNamespace(case=SimpleNamespace(model=get_model_card("resnet50.moco_v2")))
+    assert presets["ssl-transfer"].overrides(moco) == {
         "input_size": 224,
         "interpolation": "bicubic",
         "crop_pct": 1.0,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
     }
 
     sm = presets["ssl-medicalimaging"].configure(_case("paper"))

@@ -37,6 +37,7 @@ from sklearn.linear_model._linear_loss import LinearModelLoss
 from sklearn.metrics import confusion_matrix
 from threadpoolctl import threadpool_limits
 
+from harness.config.cards import get_model_card
 from harness.protocols.base import SplitFeatures, TaskInfo
 from harness.protocols.linear import LinearConfig, run
 from harness.protocols.linear_fit import Fitter, predict_proba
@@ -286,14 +287,16 @@ def test_peer_grid_is_torch_logspace_in_sweep_order() -> None:
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_registration_and_configuration(name: str) -> None:
     preset = get_preset("linear", name)
-    assert preset is not None and preset.version == 2
+    assert preset is not None and preset.version == {"ssl-transfer": 3}.get(name, 2)
     no_norm = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # SSL_medicalimaging's --no-norm
-    assert dict(preset.preprocessing) == {
+    imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    moco = SimpleNamespace(case=SimpleNamespace(model=get_model_card("resnet50.moco_v2")))
+    assert preset.overrides(moco) == {
         "input_size": 224,
         "interpolation": "bicubic",
         "crop_pct": 1.0,
         "crop_mode": "center",
-        **(no_norm if name == "ssl-medicalimaging" else {}),
+        **(no_norm if name == "ssl-medicalimaging" else imagenet),
     }
     assert preset.source.endswith(":linear.py")
     eyepacs = TaskInfo("ordinal", 5, "mean_per_class_accuracy", ("accuracy",))

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from harness.protocols.fewshot import FewShotConfig
-from harness.protocols.peer_normalisation import ssl_medicalimaging_normalisation
+from harness.protocols.peer_normalisation import peer_normalisation, with_normalisation
 from harness.protocols.registry import register_preset
 
 if TYPE_CHECKING:
@@ -102,8 +102,9 @@ def ssl_medicalimaging_preprocessing(dataset: str) -> dict[str, Any]:
 @register_preset(
     "fewshot",
     "ssl-transfer",
-    version=1,
-    preprocessing=SQUASH_257_BILINEAR,
+    version=2,
+    # its readme: --no-norm for SimCLR-v1 / -v2 only
+    preprocessing=with_normalisation(SQUASH_257_BILINEAR, "raw-input-models"),
     source="linusericsson/ssl-transfer@416913f:few_shot.py",
     summary=(
         "ssl-transfer's few_shot.py defaults: 5-way (fewer when the dataset has fewer "
@@ -144,7 +145,7 @@ def ssl_transfer_fewshot(case: CaseRun) -> FewShotConfig:
     # the runner passes --no-norm to few_shot.py for SimCLR-v1 only
     preprocessing=lambda case: {
         **ssl_medicalimaging_preprocessing(case.case.dataset.name),
-        **ssl_medicalimaging_normalisation(case.case.model.preprocessing, "raw-input-models"),
+        **peer_normalisation(case.case.model.preprocessing, "raw-input-models"),
     },
     source="jonahanton/SSL_medicalimaging@77fceef:few_shot.py",
     summary=(

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from harness.protocols.linear import LinearConfig
+from harness.protocols.peer_normalisation import with_normalisation
 from harness.protocols.registry import CaseNotApplicable, register_preset
 
 if TYPE_CHECKING:
@@ -121,8 +122,9 @@ def peer_linear_config(task: str, primary_metric: str, preset: str) -> LinearCon
 @register_preset(
     "linear",
     "ssl-transfer",
-    version=2,
-    preprocessing=PREPROCESSING,
+    version=3,
+    # its readme: --no-norm for SimCLR-v1 / -v2 only
+    preprocessing=with_normalisation(PREPROCESSING, "raw-input-models"),
     source="linusericsson/ssl-transfer@416913f:linear.py",
     summary=(
         "ssl-transfer's linear.py: raw features, one warm-started lbfgs estimator "

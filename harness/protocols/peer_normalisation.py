@@ -1,4 +1,11 @@
-"""SSL_medicalimaging's input normalisation, script by script, as its runner calls them.
+"""The peers' input normalisation, script by script, as their runners call them.
+
+linusericsson/ssl-transfer@416913f (``linear.py``, ``few_shot.py``, ``finetune.py``)
+normalises with ImageNet's mean / std after ``ToTensor`` unless ``--no-norm`` is passed
+(then mean 0, std 1); its readme and ``run_linear.sh`` pass ``--no-norm`` for SimCLR-v1
+and -v2, whose converted TensorFlow weights take [0, 1] input, and for nothing else. Its
+presets use the ``raw-input-models`` rule: mean 0, std 1 where the card says so (the
+SimCLR cards), ImageNet's values everywhere else.
 
 Every script of jonahanton/SSL_medicalimaging@77fceef (``linear.py``, ``few_shot.py``,
 ``finetune.py``, ``finetune_auc.py``, ``invariances/invariances.py``,
@@ -41,8 +48,8 @@ def takes_raw_input(preprocessing: Any) -> bool:
     )
 
 
-def ssl_medicalimaging_normalisation(card_preprocessing: Any, no_norm: str) -> dict[str, Any]:
-    """The mean / std overrides of one SSL_medicalimaging script for a model.
+def peer_normalisation(card_preprocessing: Any, no_norm: str) -> dict[str, Any]:
+    """The mean / std overrides of one peer script for a model.
 
     Args:
         card_preprocessing: The model card's preprocessing (``mean``, ``std``,
@@ -73,7 +80,7 @@ def with_normalisation(base: dict[str, Any], no_norm: str) -> Any:
 
     Args:
         base: The geometric overrides (``input_size``, ``interpolation``, ...).
-        no_norm: As :func:`ssl_medicalimaging_normalisation`.
+        no_norm: As :func:`peer_normalisation`.
 
     Returns:
         ``case -> overrides`` for :func:`harness.protocols.registry.register_preset`.
@@ -81,6 +88,6 @@ def with_normalisation(base: dict[str, Any], no_norm: str) -> Any:
 
     def overrides(case: Any) -> dict[str, Any]:
         card = case.case.model.preprocessing
-        return {**base, **ssl_medicalimaging_normalisation(card, no_norm)}
+        return {**base, **peer_normalisation(card, no_norm)}
 
     return overrides

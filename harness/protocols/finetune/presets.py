@@ -92,8 +92,11 @@ def _scaled(case: CaseRun, **peer: Any) -> FinetuneConfig:
 @register_preset(
     "finetune",
     "ssl-transfer",
-    version=1,
-    preprocessing={"input_size": 224, "interpolation": "bicubic", "crop_pct": 1.0},
+    version=2,
+    # its readme: --no-norm for SimCLR-v1 / -v2 only
+    preprocessing=with_normalisation(
+        {"input_size": 224, "interpolation": "bicubic", "crop_pct": 1.0}, "raw-input-models"
+    ),
     source=SSL_TRANSFER,
     summary="lr x w grid, each point trained all 5000 steps and scored on its last weights; "
     "retrain on train+val for 5000 steps",
