@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,3 +51,22 @@ class ProtocolResult:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     primary_metric: str | None = None
+
+
+def without_defaults(out: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop the fields of a config dict that hold the given inert defaults.
+
+    A field added to a config after records were written is left out of ``to_dict`` at
+    its inert default, so those records keep their case keys.
+
+    Args:
+        out: The config as a dict (changed in place).
+        defaults: Field -> the value at which it is left out.
+
+    Returns:
+        ``out``.
+    """
+    for name, default in defaults.items():
+        if out[name] == default:
+            del out[name]
+    return out

@@ -49,7 +49,7 @@ import numpy as np
 
 from harness.config.profiles import check_profile
 from harness.config.vocabulary import interval_name
-from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
+from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo, without_defaults
 from harness.protocols.episodes import (
     episode_accuracies,
     predict_episodes,
@@ -161,10 +161,7 @@ class FewShotConfig:
             An episodes file enters with the sha256 of its bytes, so a case is never
             reused for other episodes under the same file name.
         """
-        out = asdict(self)
-        for name in ("pool_cap", "episodes_file"):
-            if out[name] is None:
-                del out[name]
+        out = without_defaults(asdict(self), {"pool_cap": None, "episodes_file": None})
         if self.episodes_file is not None:
             out["episodes_file_sha256"] = file_sha256(self.episodes_file)
         return out

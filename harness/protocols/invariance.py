@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.config.profiles import check_profile
-from harness.protocols.base import ProtocolResult
+from harness.protocols.base import ProtocolResult, without_defaults
 from harness.protocols.batch_statistics import check_batchnorm_mode, invariance_batch_statistics
 from harness.protocols.image_transforms import (
     BACKENDS,
@@ -232,12 +232,7 @@ class InvarianceConfig:
         out = asdict(self)
         out["transforms"] = [[name, magnitude] for name, magnitude in self.transforms]
         out["pool_splits"] = list(self.pool_splits)
-        # records from before these fields keep their case keys
-        if self.batchnorm == "eval":
-            del out["batchnorm"]
-        if self.whitening == WHITENINGS[0]:
-            del out["whitening"]
-        return out
+        return without_defaults(out, {"batchnorm": "eval", "whitening": WHITENINGS[0]})
 
 
 def run_synthetic(

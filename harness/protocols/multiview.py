@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.config.profiles import check_profile
-from harness.protocols.base import ProtocolResult
+from harness.protocols.base import ProtocolResult, without_defaults
 from harness.protocols.batch_statistics import check_batchnorm_mode, multiview_batch_statistics
 from harness.protocols.pairing import (
     PAIRING_RULES,
@@ -158,11 +158,7 @@ class MultiviewConfig:
         """
         out = asdict(self)
         out["pool_splits"] = list(self.pool_splits)
-        if self.batchnorm == "eval":
-            del out["batchnorm"]
-        if self.whitening == WHITENINGS[0]:
-            del out["whitening"]
-        return out
+        return without_defaults(out, {"batchnorm": "eval", "whitening": WHITENINGS[0]})
 
 
 def pairing_rule(pairing: Mapping[str, Any], source: str) -> str:

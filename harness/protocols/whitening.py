@@ -128,13 +128,20 @@ def as_features(name: str, features: np.ndarray, dim: int | None = None) -> np.n
     return np.ascontiguousarray(x, dtype=np.float64)
 
 
-def _decompose(features: np.ndarray, epsilon: float) -> dict[str, np.ndarray]:
-    """Mean and eigendecomposition of the sample covariance (ddof 1), float64."""
+def _covariance_input(features: np.ndarray, epsilon: float) -> np.ndarray:
     x = as_features("covariance features", features)
-    n, dim = x.shape
-    if n < 2:
-        raise ValueError(f"the covariance needs at least 2 feature vectors, got {n}")
+    if len(x) < 2:
+        raise ValueError(f"the covariance needs at least 2 feature vectors, got {len(x)}")
     check_epsilon("feature_stats", epsilon)
+    return x
+
+
+def _decompose(x: np.ndarray, epsilon: float) -> dict[str, np.ndarray]:
+    """Mean and eigendecomposition of the sample covariance (ddof 1), float64.
+
+    ``x`` comes from :func:`_covariance_input`.
+    """
+    n, dim = x.shape
     with threadpool_limits(limits=1):
         mean = x.mean(axis=0)
         centred = x - mean
@@ -176,8 +183,7 @@ def _expand(decomposed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {
             **common,
             "arithmetic": np.array(PEER_WHITENING),
-            "mean": np.asarray(decomposed["mean32"], dtype=np.float64),
-            "mean32": np.asarray(decomposed["mean32"], dtype=np.float32),
+            "mean": np.asarray(decomposed["mean32"], dtype=np.float64),  # float32 values
             "cholesky32": np.asarray(decomposed["cholesky32"], dtype=np.float32),
             "precision": np.asarray(decomposed["precision"], dtype=np.float64),
         }
@@ -197,19 +203,13 @@ def _expand(decomposed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _decompose_as(features: np.ndarray, epsilon: float, whitening: str) -> dict[str, np.ndarray]:
-    if whitening == PEER_WHITENING:
-        check_epsilon("feature_stats", epsilon)
-        x = as_features("covariance features", features)
-        if len(x) < 2:
-            raise ValueError(f"the covariance needs at least 2 feature vectors, got {len(x)}")
-        try:
-            return peer_decompose(x, epsilon)
-        except PeerCholeskyError as exc:
-            return {
-                **_decompose(x, epsilon),
-                "whitening_note": np.array(f"{exc}; float64-eigh used"),
-            }
-    return _decompose(features, epsilon)
+    x = _covariance_input(features, epsilon)
+    if whitening != PEER_WHITENING:
+        return _decompose(x, epsilon)
+    try:
+        return peer_decompose(x, epsilon)
+    except PeerCholeskyError as exc:
+        return {**_decompose(x, epsilon), "whitening_note": np.array(f"{exc}; float64-eigh used")}
 
 
 def feature_stats(
@@ -222,8 +222,8 @@ def feature_stats(
         epsilon: Added to the covariance's diagonal (>= 0; > 0 when n <= D).
         whitening: ``float64-eigh`` (medxfer) or ``float32-cholesky`` (the peers'
             arithmetic, :mod:`harness.protocols.whitening_peer`: the returned mapping then
-            holds ``mean32``, ``cholesky32`` and ``precision`` instead of ``covariance``
-            and ``whitening``).
+            holds ``cholesky32`` and ``precision`` instead of ``covariance`` and
+            ``whitening``).
 
     Returns:
         ``mean`` (D,), ``covariance`` (D, D) (sample covariance, ddof 1, projected onto
@@ -313,10 +313,14 @@ def whiten(features: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     Returns:
         float64 (N, D).
     """
-    mean = np.asarray(stats["mean"], dtype=np.float64)
-    x = as_features("features", features, len(mean))
+    return _whitened(as_features("features", features, len(stats["mean"])), stats)
+
+
+def _whitened(x: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     with threadpool_limits(limits=1):
-        return (mean - x) @ np.asarray(stats["whitening"], dtype=np.float64)
+        return (np.asarray(stats["mean"], np.float64) - x) @ np.asarray(
+            stats["whitening"], np.float64
+        )
 
 
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -343,19 +347,14 @@ def similarity(
         ``sqrt((c - t)^T (Sigma + epsilon I)^-1 (c - t))``. With the peers' statistics,
         their float32 arithmetic (:func:`~harness.protocols.whitening_peer.peer_similarity`).
     """
+    dim = len(stats["mean"])
+    c = as_features("features", clean, dim)
+    t = as_features("features", transformed, dim)
+    if c.shape != t.shape:
+        raise ValueError(f"clean and transformed features differ in shape: {c.shape}, {t.shape}")
     if str(stats["arithmetic"]) == PEER_WHITENING:
-        dim = len(stats["mean"])
-        c = as_features("features", clean, dim)
-        t = as_features("features", transformed, dim)
-        if c.shape != t.shape:
-            raise ValueError(
-                f"clean and transformed features differ in shape: {c.shape}, {t.shape}"
-            )
         return peer_similarity(c, t, stats)
-    a = whiten(clean, stats)
-    b = whiten(transformed, stats)
-    if a.shape != b.shape:
-        raise ValueError(f"clean and transformed features differ in shape: {a.shape}, {b.shape}")
+    a, b = _whitened(c, stats), _whitened(t, stats)
     return _row_cosine(a, b), np.linalg.norm(a - b, axis=1)
 
 

@@ -105,13 +105,14 @@ def peer_similarity(
     Args:
         clean: (N, D) features of the clean images (or first views).
         transformed: (N, D) features paired row by row with ``clean``.
-        stats: From :func:`peer_decompose` (as cached).
+        stats: :func:`peer_decompose`'s arrays as :func:`harness.protocols.whitening.feature_stats`
+            returns them (``mean``, ``cholesky32``, ``precision``).
 
     Returns:
         ``cosine`` and ``mahalanobis`` (N,): float64 arrays holding float32 values, as
         the peers' ``S`` and ``L`` tensors hold them.
     """
-    mean = torch.from_numpy(np.asarray(stats["mean32"], dtype=np.float32))
+    mean = torch.from_numpy(np.asarray(stats["mean"], dtype=np.float32))  # float32 values
     factor = torch.from_numpy(np.asarray(stats["cholesky32"], dtype=np.float32))
     a32 = np.ascontiguousarray(clean, dtype=np.float32)
     b32 = np.ascontiguousarray(transformed, dtype=np.float32)
