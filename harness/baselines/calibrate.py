@@ -80,6 +80,17 @@ KERNEL_VARIANTS: tuple[KernelVariant, ...] = (
         "onednn-avx+openblas-sandybridge",
         {"ONEDNN_MAX_CPU_ISA": "AVX", "OPENBLAS_CORETYPE": "Sandybridge"},
     ),
+    # An AVX-512 machine computing like the common AVX2 ones (on those, the native run).
+    # No variant makes an AVX2 machine compute like an AVX-512 one: calibrate on AVX-512
+    # where there is one (docs/reproducibility.md).
+    KernelVariant(
+        "avx2",
+        {
+            "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "ATEN_CPU_CAPABILITY": "avx2",
+        },
+    ),
 )
 
 
