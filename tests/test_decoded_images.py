@@ -23,6 +23,9 @@ PRESETS = {
         32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 1.0, crop_mode="squash"
     ),
     "histogram": Preprocessing(32, (0, 0, 0), (1, 1, 1), "bicubic", 0.9, histogram_normalize=True),
+    "grey_first": Preprocessing(
+        32, (0.286,) * 3, (0.267,) * 3, "bilinear", 0.875, crop_mode="squash", channels="grey-first"
+    ),
 }
 
 

@@ -201,7 +201,9 @@ def test_feature_reuse_knn_preset_matches_the_peer() -> None:
     case = SimpleNamespace(profile=SimpleNamespace(name="smoke"))
     config = preset.configure(case)
     assert (config.ks, config.temperature, config.bank) == ((200,), 0.1, "train")
-    assert dict(preset.preprocessing)["crop_mode"] == "squash"
+    target = SimpleNamespace(case=SimpleNamespace(dataset=SimpleNamespace(name="isic2019")))
+    overrides = preset.overrides(target)
+    assert overrides["crop_mode"] == "squash" and overrides["mean"][0] == 0.66776717
     rng = np.random.default_rng(4)
     means = 1.5 * np.eye(3, 8)
     train, val, test = _blobs(rng, 240, means), _blobs(rng, 60, means), _blobs(rng, 45, means)

@@ -51,12 +51,21 @@ BATCHNORM_RULES = {
     "pretrained": ("checkpoint", "target_train"),
 }
 TIMM_PREFIX = "timm:"
+# How an image's channels reach the model (Preprocessing.channels).
+CHANNEL_RULES = ("rgb", "grey-first")
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images are fed to a model: the model's own pretrained config."""
+    """How images are fed to a model: the model's own pretrained config.
+
+    ``channels`` is ``rgb`` (three channels, grey replicated) or ``grey-first``: the grey
+    image in the first channel and nothing in the other two, which is what a network sees
+    whose first layer was cut to one input channel keeping the first (red) channel's
+    pretrained weights (feature-reuse's single-channel targets,
+    :mod:`harness.protocols.peer_normalisation`).
+    """
 
     input_size: int
     mean: tuple[float, float, float]
@@ -65,6 +74,7 @@ class Preprocessing:
     crop_pct: float = 0.875
     histogram_normalize: bool = False
     crop_mode: str = "center"
+    channels: str = "rgb"
 
     def with_input_size(self, size: int | None) -> Preprocessing:
         """Return a copy with another input size (profiles scale image size)."""
@@ -73,13 +83,16 @@ class Preprocessing:
         return dataclasses.replace(self, input_size=size)
 
     def key_payload(self) -> dict[str, Any]:
-        """The fields as a dict for cache keys; ``histogram_normalize`` and ``crop_mode`` only
-        when not their defaults, so the keys of cards written before them do not change."""
+        """The fields as a dict for cache keys; ``histogram_normalize``, ``crop_mode`` and
+        ``channels`` only when not their defaults, so the keys of cards written before them
+        do not change."""
         payload = asdict(self)
         if not self.histogram_normalize:
             payload.pop("histogram_normalize")
         if self.crop_mode == "center":
             payload.pop("crop_mode")
+        if self.channels == "rgb":
+            payload.pop("channels")
         return payload
 
 

@@ -10,10 +10,13 @@ import torch
 from PIL import Image
 
 from harness.config.cards import Preprocessing
+from harness.config.model_cards import CHANNEL_RULES
 from harness.data.pil_resize import width_first_steps
 
 TRANSFORM_VERSION = 2  # 2: resizes width first (harness.data.pil_resize)
 HISTOGRAM_BINS = 256
+# Pillow's "L" conversion weights (ITU-R 601-2 luma).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
@@ -33,9 +36,9 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
         A function from a uint8 image array (H, W) or (H, W, 3) to a float tensor (3, S, S).
     """
     steps = eval_steps(pre)
-    if pre.histogram_normalize:
+    if needs_preparation(pre):
         at = next(i for i, step in enumerate(steps) if type(step).__name__ == "Normalize")
-        steps.insert(at, histogram_normalize)
+        steps.insert(at, lambda x: prepare_for_normalise(x, pre))
 
     def apply(image: np.ndarray) -> torch.Tensor:
         out = to_pil_rgb(image)
@@ -84,7 +87,86 @@ def describe(pre: Preprocessing) -> dict[str, object]:
         out["histogram_normalize"] = HISTOGRAM_BINS
     if crop_mode(pre) != "center":
         out["crop_mode"] = crop_mode(pre)
+    if channel_rule(pre) != "rgb":
+        out["channels"] = channel_rule(pre)
     return out
+
+
+def channel_rule(pre: Preprocessing) -> str:
+    """A value of :data:`CHANNEL_RULES`: how the image's channels reach the model."""
+    rule = str(getattr(pre, "channels", "rgb"))
+    if rule not in CHANNEL_RULES:
+        raise ValueError(f"channels must be one of {CHANNEL_RULES}, got {rule!r}")
+    return rule
+
+
+def needs_preparation(pre: Preprocessing) -> bool:
+    """Whether :func:`prepare_for_normalise` changes anything for ``pre``."""
+    return bool(pre.histogram_normalize) or channel_rule(pre) != "rgb"
+
+
+def prepare_for_normalise(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """What runs between ``ToTensor`` and ``Normalize``: histogram equalisation (per
+    image) and the channel rule.
+
+    Args:
+        x: Float images in [0, 1], ``(3, H, W)`` or ``(N, 3, H, W)``.
+        pre: The preprocessing.
+
+    Returns:
+        The tensor ``Normalize(pre.mean, pre.std)`` is to see, of the same shape.
+    """
+    if pre.histogram_normalize:
+        x = (
+            histogram_normalize(x)
+            if x.dim() == 3
+            else torch.stack([histogram_normalize(img.cpu()) for img in x]).to(x.device)
+        )
+    if channel_rule(pre) == "grey-first":
+        x = grey_in_first_channel(x, pre.mean)
+    return x
+
+
+def normalise(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """``ToTensor`` output to the model's input: :func:`prepare_for_normalise`, then the
+    mean / std.
+
+    Args:
+        x: A float image in [0, 1], ``(3, H, W)``.
+        pre: The preprocessing.
+
+    Returns:
+        The normalised float tensor.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    return F.normalize(prepare_for_normalise(x, pre), list(pre.mean), list(pre.std))
+
+
+def grey_in_first_channel(x: torch.Tensor, mean: tuple[float, ...]) -> torch.Tensor:
+    """The grey image in channel 0 and each other channel at its mean, which the
+    normalisation then makes exactly 0.
+
+    A network fed this computes what one with a single-channel first layer holding the
+    pretrained first-channel weights computes on the grey image
+    (ChrisMats/feature-reuse@736d31b:defaults/models.py ``modify_first_layer``: the
+    weight ``repeat(1, 4, 1, 1)[:, :1]``, bias kept). Grey images replicated to three
+    channels keep their grey values exactly; colour images become Pillow's "L" luma.
+
+    Args:
+        x: Float images ``(..., 3, H, W)``.
+        mean: The normalisation's per-channel mean.
+
+    Returns:
+        A tensor of the same shape.
+    """
+    red, green, blue = x.unbind(-3)
+    if torch.equal(red, green) and torch.equal(green, blue):
+        grey = red
+    else:
+        grey = sum(w * c for w, c in zip(LUMA_WEIGHTS, (red, green, blue), strict=True))
+    others = [torch.full_like(grey, float(value)) for value in mean[1:]]
+    return torch.stack([grey, *others], dim=-3)
 
 
 def crop_mode(pre: Preprocessing) -> str:

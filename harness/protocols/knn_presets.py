@@ -15,7 +15,9 @@ from leftthomas/SimCLR, with ``build_feature_bank`` and ``test``), run with ``--
   is unchanged, ROC AUC of a multi-class task moves; every metric is rounded to 3
   decimals (``round(value, 3)``).
 * Features: Resize((256, 256)) then CenterCrop(224) (bilinear), the dataset's
-  normalisation (params.json ``val_transforms`` / ``test_transforms``).
+  normalisation (params.json ``val_transforms`` / ``test_transforms``; version 2: the
+  target's statistics and single-channel rule,
+  :data:`harness.protocols.peer_normalisation.FEATURE_REUSE_STATS`).
 
 Not reproduced (recorded in docs/protocols.md): the peer's ``topk(k=200)`` fails on a bank
 of fewer than 200 images, where k is clamped here; its multi-class ROC AUC is one-vs-one
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from harness.protocols.finetune.presets import FEATURE_REUSE_PREPROCESSING
 from harness.protocols.knn import KnnConfig
 from harness.protocols.registry import register_preset
 
@@ -36,22 +39,17 @@ FEATURE_REUSE = (
     "ChrisMats/feature-reuse@736d31b:defaults/trainer.py (knn_predict, build_feature_bank)"
     " + utils/metrics.py + defaults/datasets.py"
 )
-FEATURE_REUSE_EVAL = {
-    "input_size": 224,
-    "interpolation": "bilinear",
-    "crop_pct": 0.875,
-    "crop_mode": "squash",
-}
 
 
 @register_preset(
     "knn",
     "feature-reuse",
-    version=1,
-    preprocessing=FEATURE_REUSE_EVAL,
+    version=2,
+    preprocessing=FEATURE_REUSE_PREPROCESSING,
     source=FEATURE_REUSE,
     summary="k = 200, T = 0.1, cosine, train-only memory bank, softmax over the vote "
-    "probabilities, metrics rounded to 3 decimals; Resize(256, 256) + CenterCrop(224)",
+    "probabilities, metrics rounded to 3 decimals; Resize(256, 256) + CenterCrop(224), the "
+    "target's mean / std",
 )
 def feature_reuse(case: CaseRun) -> KnnConfig:
     """feature-reuse's k-NN evaluation (the same under every profile).
@@ -59,7 +57,7 @@ def feature_reuse(case: CaseRun) -> KnnConfig:
     Differences from the medxfer default: ``ks=(200,)``, ``primary_k=200`` (default 20 and
     200, 20 primary); ``temperature=0.1`` (0.07); ``bank="train"`` (train+val);
     ``softmax_scores=True``; ``round_metrics=3``; preprocessing 224 px, bilinear, square
-    resize to 256 then centre crop 224. Same: cosine similarity (``normalize=True``),
+    resize to 256 then centre crop 224, normalised by the target's statistics. Same: cosine similarity (``normalize=True``),
     exponential vote weights normalised to probabilities.
     """
     return KnnConfig(

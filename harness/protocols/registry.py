@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from harness.config.model_cards import CHANNEL_RULES
 from harness.config.names import did_you_mean
 
 if TYPE_CHECKING:
@@ -180,7 +181,16 @@ _PRESETS: dict[tuple[str, str], Preset] = {}
 _DISCOVERED = False
 DEFAULT_PRESET = "medxfer"
 PRESET_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
-PREPROCESSING_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+PREPROCESSING_KEYS = (
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "histogram_normalize",
+    "channels",
+)
 CROP_MODES = ("center", "squash")
 
 
@@ -293,6 +303,8 @@ def _check_preprocessing(overrides: dict[str, Any], where: str) -> None:
         )
     if overrides.get("crop_mode", "center") not in CROP_MODES:
         raise ProtocolError(f"{where}: crop_mode must be one of {', '.join(CROP_MODES)}")
+    if overrides.get("channels", "rgb") not in CHANNEL_RULES:
+        raise ProtocolError(f"{where}: channels must be one of {', '.join(CHANNEL_RULES)}")
     for key in ("mean", "std"):
         value = overrides.get(key)
         if value is not None and (not isinstance(value, tuple) or len(value) != 3):

@@ -21,7 +21,7 @@ from torchvision.transforms import functional as F
 from harness.config.cards import Preprocessing
 from harness.data.pil_resize import WidthFirstResize, WidthFirstResizedCrop
 from harness.data.resize_tf import tf1_bilinear_resize
-from harness.data.transforms import histogram_normalize, to_pil_rgb
+from harness.data.transforms import normalise, to_pil_rgb
 from harness.protocols.finetune.keras import keras_augment
 
 Transform = Callable[[np.ndarray], torch.Tensor]
@@ -48,12 +48,6 @@ def torchvision_interpolation(pre: Preprocessing, transform: str) -> Interpolati
             "tf-bilinear use augmentation 'none' and no TenCrop, as the vtab preset does"
         )
     return InterpolationMode(pre.interpolation)
-
-
-def _normalized(pre: Preprocessing, x: torch.Tensor) -> torch.Tensor:
-    if pre.histogram_normalize:
-        x = histogram_normalize(x)
-    return F.normalize(x, list(pre.mean), list(pre.std))
 
 
 def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> Transform:
@@ -91,7 +85,7 @@ def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> T
     )
 
     def apply(image: np.ndarray) -> torch.Tensor:
-        return _normalized(pre, transform(to_pil_rgb(image)))
+        return normalise(transform(to_pil_rgb(image)), pre)
 
     return apply
 
@@ -137,7 +131,7 @@ def transferability_transform(
     def apply(image: np.ndarray) -> torch.Tensor:
         # ToTensor's own division by 255: equalize bins the float image to uint8 levels,
         # where another rounding of x / 255 can move a pixel to the next level.
-        return _normalized(pre, transform(F.to_tensor(to_pil_rgb(image))))
+        return normalise(transform(F.to_tensor(to_pil_rgb(image))), pre)
 
     return apply
 
@@ -168,7 +162,7 @@ def keras_transform(
         size = [pre.input_size, pre.input_size]
         resized = F.resize(to_pil_rgb(image), size, InterpolationMode.NEAREST)
         x = keras_augment(F.to_tensor(resized), rotation, shift, shear, zoom, hflip)
-        return _normalized(pre, x)
+        return normalise(x, pre)
 
     return apply
 
@@ -194,6 +188,6 @@ def tf_resize_transform(pre: Preprocessing) -> Transform:
         x = torch.from_numpy(tf1_bilinear_resize(image, pre.input_size))
         x = x.permute(2, 0, 1) if x.ndim == 3 else x.unsqueeze(0)
         x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
-        return _normalized(pre, x / 255.0)
+        return normalise(x / 255.0, pre)
 
     return apply

@@ -15,6 +15,7 @@ feature-reuse's loader drops it (``drop_last=True``: ``n // B`` batches an epoch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 
@@ -25,7 +26,7 @@ from torchvision.transforms import v2
 
 from harness.config.cards import Preprocessing
 from harness.data.pil_resize import WidthFirstResizedCrop
-from harness.data.transforms import eval_transform, histogram_normalize, to_pil_rgb
+from harness.data.transforms import eval_transform, normalise, to_pil_rgb
 from harness.protocols.finetune.augment import (
     TF_BILINEAR,
     feature_reuse_transform,
@@ -89,8 +90,7 @@ def train_transform(
             *([v2.RandomRotation(rotation)] if rotation else []),
             v2.PILToTensor(),
             v2.ToDtype(torch.float32, scale=True),
-            *([v2.Lambda(histogram_normalize)] if pre.histogram_normalize else []),
-            v2.Normalize(list(pre.mean), list(pre.std)),
+            v2.Lambda(functools.partial(normalise, pre=pre)),
         ]
     )
 

@@ -24,7 +24,11 @@ import numpy as np
 
 from harness.config.cards import Preprocessing
 from harness.protocols.finetune.config import FinetuneConfig
-from harness.protocols.peer_normalisation import with_normalisation
+from harness.protocols.peer_normalisation import (
+    FEATURE_REUSE_STATS,
+    with_normalisation,
+    with_target_normalisation,
+)
 from harness.protocols.registry import register_preset
 
 if TYPE_CHECKING:
@@ -179,16 +183,16 @@ def ssl_medicalimaging(case: CaseRun) -> FinetuneConfig:
 @register_preset(
     "finetune",
     "benchmark-transfer",
-    version=1,
-    preprocessing={
-        "input_size": 224,
-        "interpolation": "bilinear",
-        "crop_pct": 0.875,
-        "crop_mode": "squash",
-    },
+    version=2,
+    # --normalization imagenet (its default) for every model
+    preprocessing=with_normalisation(
+        {"input_size": 224, "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "squash"},
+        "never",
+        honours_histogram=False,
+    ),
     source=BENCHMARK_TRANSFER,
     summary="Adam 2e-4, ReduceLROnPlateau on val loss, early stop on val loss (patience 10), "
-    "sigmoid + BCE, rotation 7, test TenCrop",
+    "sigmoid + BCE, rotation 7, test TenCrop; ImageNet mean / std for every model",
 )
 def benchmark_transfer(case: CaseRun) -> FinetuneConfig:
     """BenchmarkTransferLearning's classification engine (Version1, one trial).
@@ -203,7 +207,9 @@ def benchmark_transfer(case: CaseRun) -> FinetuneConfig:
     RandomResizedCrop(224, bilinear) + flip + RandomRotation(7); validation on
     Resize((256, 256)) + CenterCrop(224); test on Resize((256, 256)) + TenCrop(224),
     the ten Sigmoid outputs averaged (the model ends in ``nn.Sigmoid``, so probabilities
-    are averaged, not logits); batch 32; float32 training. BTL's validation loss is the
+    are averaged, not logits); ImageNet's mean / std for every model, none
+    histogram-normalised (version 2; :mod:`harness.protocols.peer_normalisation`); batch
+    32; float32 training. BTL's validation loss is the
     mean of per-batch BCE weighted by batch size (its double ``update`` does not change
     the mean), which equals the BCE over the whole split computed here.
     """
@@ -245,6 +251,8 @@ FEATURE_REUSE_EVAL = {
     "crop_pct": 0.875,
     "crop_mode": "squash",
 }
+#: feature-reuse's eval geometry and its target's normalisation (k-NN uses it too).
+FEATURE_REUSE_PREPROCESSING = with_target_normalisation(FEATURE_REUSE_EVAL, FEATURE_REUSE_STATS)
 # feature-reuse's run length and warmup under the small profiles (paper: params.json).
 _FR_SMALL = {"smoke": {"epochs": 2, "warmup": 5}, "demo": {"epochs": 6, "warmup": 20}}
 
@@ -252,12 +260,13 @@ _FR_SMALL = {"smoke": {"epochs": 2, "warmup": 5}, "demo": {"epochs": 6, "warmup"
 @register_preset(
     "finetune",
     "feature-reuse",
-    version=1,
-    preprocessing=FEATURE_REUSE_EVAL,
+    version=2,
+    preprocessing=FEATURE_REUSE_PREPROCESSING,
     source=FEATURE_REUSE,
     summary="LR finder (25 lrs in 1e-5..1e-2, 5 epochs each, lowest val loss), Adam wd 1e-5, "
     "LinearWarmup from 1e-8 per iteration + ReduceLROnPlateau (max, 0.1, 3) once an epoch, "
-    "grad clip 1, best val metric (rounded to 3) restored",
+    "grad clip 1, best val metric (rounded to 3) restored; the target's mean / std, "
+    "single-channel targets as grey in the first channel",
 )
 def feature_reuse(case: CaseRun) -> FinetuneConfig:
     """feature-reuse's supervised fine-tuning (``classification.py`` with params.json).
@@ -276,7 +285,9 @@ def feature_reuse(case: CaseRun) -> FinetuneConfig:
     no early stopping, the best (strictly higher) validation weights scored on test;
     augmentation Resize(256, 256) -> RandomResizedCrop(224, scale (0.8, 1.2)) -> vertical
     and horizontal flips -> ColorJitter(0.2, 0.2, 0.1, 0.1) with p 0.2 -> RandomGrayscale
-    (0.2); eval Resize(256, 256) + CenterCrop(224); float32.
+    (0.2); eval Resize(256, 256) + CenterCrop(224); normalised by the target's statistics,
+    not the model's, and single-channel targets fed as grey in the first channel (version
+    2; :data:`harness.protocols.peer_normalisation.FEATURE_REUSE_STATS`); float32.
 
     ``epochs`` is params.json's (2): the repository does not record the study's per-target
     run lengths. Not reproduced: the peer's multi-class ROC AUC is one-vs-one (the

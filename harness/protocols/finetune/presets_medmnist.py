@@ -21,9 +21,11 @@ What the code does (7e308c4, ``src/fine-tuning.py``):
   best validation AUC is reloaded and scored on the test split.
 * Training transform (``v2.Compose``): ToTensor, RandomHorizontalFlip(0.5),
   RandomResizedCrop(224) (scale (0.08, 1), bilinear, antialias), RandomRotation((0, 5)),
-  RandomAdjustSharpness(2), RandomAutocontrast(), RandomEqualize(), ImageNet Normalize;
-  grey images converted to RGB. Eval transform: ToTensor + ImageNet Normalize, no resize:
-  the images are MedMNIST+'s 224 px release (``<flag>_224.npz``).
+  RandomAdjustSharpness(2), RandomAutocontrast(), RandomEqualize(), Normalize; grey
+  images converted to RGB. Eval transform: ToTensor + Normalize, no resize: the images
+  are MedMNIST+'s 224 px release (``<flag>_224.npz``). Normalize is ImageNet's mean / std
+  for ``--source_flag imagenet`` and 0.5 / 0.5 for the other sources, i.e. each source's
+  own pretraining values: the model card's, which the presets keep.
 * ``getAUC``: binary = ``roc_auc_score`` of the last softmax column; multi-class (and
   RetinaMNIST's ordinal grades) = the unweighted mean over classes of one-vs-rest
   ``roc_auc_score``; multi-label = the mean of the per-label AUCs. That is medxfer's

@@ -18,7 +18,7 @@ from torchvision.transforms import functional as F
 
 from harness.config.cards import Preprocessing
 from harness.data.pil_resize import pil_filter, resize_width_first
-from harness.data.transforms import histogram_normalize, to_pil_rgb
+from harness.data.transforms import normalise, to_pil_rgb
 from harness.protocols.finetune.augment import torchvision_interpolation
 from harness.protocols.finetune.data import EvalSet
 
@@ -55,10 +55,7 @@ def tencrop_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor
         resized = resize_width_first(to_pil_rgb(image), (side, side), pil_filter(interpolation))
         crops = []
         for crop in F.ten_crop(resized, [pre.input_size, pre.input_size]):
-            x = F.to_tensor(crop)
-            if pre.histogram_normalize:
-                x = histogram_normalize(x)
-            crops.append(F.normalize(x, list(pre.mean), list(pre.std)))
+            crops.append(normalise(F.to_tensor(crop), pre))
         return torch.stack(crops)
 
     return apply
