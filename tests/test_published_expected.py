@@ -32,7 +32,7 @@ PLANNED_PRESETS = {
     **{(p, "ssl-medicalimaging"): 1 for p in ("linear", "fewshot", "invariance", "finetune")},
     ("multiview", "ssl-medicalimaging"): 1,
     **{(p, "ssl-transfer"): 1 for p in ("linear", "fewshot", "finetune")},
-    ("finetune", "feature-reuse"): 1,
+    ("finetune", "medical-transformers"): 1,
 }
 SOURCE_FIELDS = ("repository", "commit", "file", "row", "column")
 
@@ -106,9 +106,11 @@ def test_paper_medical_covers_its_suite_exactly() -> None:
     assert entries["multiview/eyepacs/resnet50.pirl"].metric == "mean_cosine"
 
 
-def test_feature_reuse_entries_use_median_and_runs() -> None:
-    entries = load_expected(EXPECTED_DIR / "feature-reuse.yaml", "feature-reuse").entries
+def test_medical_transformers_entries_use_median_and_runs() -> None:
+    path = EXPECTED_DIR / "medical-transformers.yaml"
+    entries = load_expected(path, "medical-transformers").entries
     assert len(entries) == 12
+    assert {(e.preset, e.preset_version) for e in entries.values()} == {("medical-transformers", 1)}
     kappa = entries["finetune/aptos2019/resnet50.tv_in1k"]
     assert (kappa.metric, kappa.value) == ("quadratic_kappa", 0.893)
     assert kappa.source["interval"] == {"kind": "std", "value": 0.004, "runs": 5,

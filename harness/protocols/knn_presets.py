@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.protocols.finetune.presets import FEATURE_REUSE_PREPROCESSING
+from harness.protocols.finetune.presets_feature_reuse import FEATURE_REUSE_PREPROCESSING
 from harness.protocols.knn import KnnConfig
 from harness.protocols.registry import register_preset
 

@@ -5,7 +5,7 @@ study's own row label and column header so a reviewer can check it against the s
 
 * ``ssl_medicalimaging_full_data.csv``: jonahanton/SSL_medicalimaging, ``results/full_data.csv``
   (few-shot accuracy ± 95% CI, linear and fine-tune accuracy, multi-view invariance);
-* ``feature_reuse_table1.csv``: ChrisMats/medical_transformers, ``misc/table1.png``
+* ``medical_transformers_table1.csv``: ChrisMats/medical_transformers, ``misc/table1.png``
   (fine-tuning, median ± std over 5 runs);
 * ``revisiting_transfer_auc_mean.csv``: DovileDo/revisiting-transfer, ``results/AUC_mean.csv``
   (AUC mean ± std over 5 folds; the ``suite`` column splits plain fine-tuning from
@@ -131,17 +131,17 @@ TABLES = (
         n_way={"eyepacs": 5, "chestxray14_7class": 5},
     ),
     PublishedTable(
-        suite="feature-reuse",
-        transcription="feature_reuse_table1.csv",
+        suite="medical-transformers",
+        transcription="medical_transformers_table1.csv",
         repository="ChrisMats/medical_transformers",
         commit="19323dd01a92acccfd9eb3878a88c84417e9a272",
         file="misc/table1.png",
         paper="Matsoukas et al., Is it Time to Replace CNNs with Transformers for Medical "
         "Images?, ICCV-W CVAMD 2021, table 1",
-        presets={"finetune": "feature-reuse"},
+        presets={"finetune": "medical-transformers"},
         settings={
-            "finetune": "full fine-tuning, Adam (LR finder), wd 1e-5, batch 64, warm-up then "
-            "plateau decay; median ± std over 5 runs",
+            "finetune": "full fine-tuning, Adam (LR finder), wd 1e-5, batch 64, 25 epochs, "
+            "warm-up then cosine decay; median ± std over 5 runs",
         },
     ),
 )

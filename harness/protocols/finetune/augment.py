@@ -50,18 +50,27 @@ def torchvision_interpolation(pre: Preprocessing, transform: str) -> Interpolati
     return InterpolationMode(pre.interpolation)
 
 
-def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> Transform:
+def feature_reuse_transform(
+    pre: Preprocessing,
+    scale: tuple[float, float],
+    jitter_p: float = 0.2,
+    grayscale_p: float = 0.2,
+) -> Transform:
     """feature-reuse's training augmentation (params.json ``train_transforms``).
 
     ChrisMats/feature-reuse@736d31b:defaults/bases.py (``get_trans_list``) in its order:
     Resize to a square of ``floor(input_size / crop_pct)`` (256 for 224 at 0.875),
     RandomResizedCrop(input_size, ``scale``, bilinear) with the peer's (0.8, 1.2), vertical
     and horizontal flips (p 0.5 each), ColorJitter(0.2, 0.2, 0.1, 0.1) applied with p 0.2,
-    RandomGrayscale(0.2), then normalise.
+    RandomGrayscale(0.2), then normalise. medical_transformers@ecd460a's params.json
+    applies the jitter with p 0.8 and no RandomGrayscale (``grayscale_p=0``: the step is
+    left out, drawing nothing).
 
     Args:
         pre: The preprocessing (size, crop_pct, interpolation of the resize, mean/std).
         scale: RandomResizedCrop's area range.
+        jitter_p: Probability of the colour jitter.
+        grayscale_p: Probability of RandomGrayscale (0: no such step).
 
     Returns:
         Image array -> float tensor (3, S, S), drawing from torch's global RNG.
@@ -78,8 +87,8 @@ def feature_reuse_transform(pre: Preprocessing, scale: tuple[float, float]) -> T
             ),
             v1.RandomVerticalFlip(0.5),
             v1.RandomHorizontalFlip(0.5),
-            v1.RandomApply([v1.ColorJitter(0.2, 0.2, 0.1, 0.1)], p=0.2),
-            v1.RandomGrayscale(0.2),
+            v1.RandomApply([v1.ColorJitter(0.2, 0.2, 0.1, 0.1)], p=jitter_p),
+            *([v1.RandomGrayscale(grayscale_p)] if grayscale_p > 0 else []),
             v1.ToTensor(),
         ]
     )

@@ -10,12 +10,15 @@ from typing import Any
 import numpy as np
 
 from harness.config.profiles import check_profile
+from harness.protocols.base import without_defaults
 from harness.protocols.finetune.spec import EPOCH_SCHEDULES, SCHEDULES
 from harness.protocols.finetune.sweep_axes import normalize_sweep, sweep_points, sweep_problems
 
 VERSION = 2
 
 _CLASS_WEIGHTING = ("none", "inverse_frequency", "balanced")
+# augmentations whose RandomResizedCrop may zoom out (feature-reuse's scale (0.8, 1.2))
+_SCALE_ABOVE_ONE = ("feature-reuse", "medical-transformers")
 _AMP = ("auto", "none", "bf16", "fp16")
 _CHOICES = {
     "optimizer": ("sgd", "adam", "keras-adam"),
@@ -25,7 +28,14 @@ _CHOICES = {
     "select_on": ("metric", "loss"),
     "grid_score": ("best", "last"),
     "loss": ("auto", "bce"),
-    "augmentation": ("crop-flip", "feature-reuse", "keras", "transferability", "none"),
+    "augmentation": (
+        "crop-flip",
+        "feature-reuse",
+        "medical-transformers",
+        "keras",
+        "transferability",
+        "none",
+    ),
     "head_init": ("default", "zeros"),
     "lr_finder_select": ("val", "loss", "val_loss"),
     "auc_average": ("macro", "weighted"),
@@ -58,14 +68,17 @@ class FinetuneConfig:
             as DovileDo/transferability-in-medical-imaging), "constant", "plateau" (torch's
             ReduceLROnPlateau, stepped at every validation on the validation quantity) or
             "warmup-plateau" (feature-reuse's LinearWarmup stepped every iteration, then
-            ReduceLROnPlateau stepped once an epoch, :mod:`.warmup`) or "step" (VTAB's:
+            ReduceLROnPlateau stepped once an epoch, :mod:`.warmup`), "warmup-cosine"
+            (medical_transformers': the same warmup, then CosineAnnealingLR to
+            ``cosine_floor`` stepped every iteration) or "step" (VTAB's:
             linear warmup from 0 over ``warmup_steps``, then the lr times ``decay_factor``
             after each ``decay_at`` fraction of the run, :func:`.warmup.step_lr_factor`).
         decay_at: Fractions of the run after which the "step" schedule decays.
         decay_factor: The "step" schedule's decay factor.
         warmup_steps: The "step" schedule's linear warmup from 0 (0: none).
-        warmup_iters: LinearWarmup's iterations ("warmup-plateau").
+        warmup_iters: LinearWarmup's iterations ("warmup-plateau", "warmup-cosine").
         warmup_start: LinearWarmup's starting lr (its ``eta_min``).
+        cosine_floor: The "warmup-cosine" schedule's ``eta_min``.
         plateau_factor: ReduceLROnPlateau's factor.
         plateau_patience: ReduceLROnPlateau's patience (validations).
         plateau_threshold: ReduceLROnPlateau's relative threshold.
@@ -206,6 +219,7 @@ class FinetuneConfig:
     warmup_steps: int = 0
     warmup_iters: int = 1000
     warmup_start: float = 1e-8
+    cosine_floor: float = 0.0
     grid_search: bool = False
     grid_score: str = "best"
     grid_lrs: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
@@ -286,8 +300,8 @@ class FinetuneConfig:
             problems.append("class_weighting='balanced' (Keras class_weight) needs folds")
         if self.schedule in EPOCH_SCHEDULES and self.sampling not in _EPOCH_SAMPLING:
             problems.append(f"schedule={self.schedule!r} steps once an epoch: needs epoch sampling")
-        if self.warmup_iters < 1 or not 0 <= self.warmup_start < self.lr:
-            problems.append("warmup_iters must be >= 1 and 0 <= warmup_start < lr")
+        if self.warmup_iters < 1 or not 0 <= self.warmup_start < self.lr or self.cosine_floor < 0:
+            problems.append("warmup_iters must be >= 1, 0 <= warmup_start < lr, cosine_floor >= 0")
         if not 0 <= self.head_dropout < 1 or min(self.shift, self.shear, self.zoom) < 0:
             problems.append("head_dropout must lie in [0, 1); shift, shear, zoom be >= 0")
         if self.freeze_stage and (self.grid_search or self.lr_finder or self.freeze_steps):
@@ -301,10 +315,10 @@ class FinetuneConfig:
         ):
             problems.append("lr_finder_epochs must be >= 1 and needs epoch sampling")
         low, high = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
-        if not 0 < low <= high or (high > 1 and self.augmentation != "feature-reuse"):
+        if not 0 < low <= high or (high > 1 and self.augmentation not in _SCALE_ABOVE_ONE):
             problems.append(
                 f"crop_scale must be (a, b) with 0 < a <= b <= 1 (b > 1 only with "
-                f"augmentation='feature-reuse'): {self.crop_scale}"
+                f"augmentation in {_SCALE_ABOVE_ONE}): {self.crop_scale}"
             )
         if self.input_size is not None and self.input_size < 8:
             problems.append(f"input_size must be >= 8, got {self.input_size}")
@@ -410,7 +424,7 @@ class FinetuneConfig:
         Returns:
             Field name -> value.
         """
-        out = asdict(self)
+        out = without_defaults(asdict(self), {"cosine_floor": 0.0})
         for name, value in out.items():
             if isinstance(value, tuple):
                 out[name] = list(value)

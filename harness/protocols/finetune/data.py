@@ -61,7 +61,8 @@ def train_transform(
         pre: The model's preprocessing (input size possibly overridden by the profile).
         scale: RandomResizedCrop's area range (torchvision's default is ``(0.08, 1.0)``).
         rotation: RandomRotation degrees (0: none); Keras' ``rotation_range``.
-        augmentation: "crop-flip", "feature-reuse" (:func:`feature_reuse_transform`),
+        augmentation: "crop-flip", "feature-reuse" or "medical-transformers"
+            (:func:`feature_reuse_transform`),
             "keras" (:func:`keras_transform`), "transferability"
             (:func:`transferability_transform`) or "none" (the eval transform, VTAB's).
         keras: ``(hflip, shift, shear, zoom)`` of the Keras augmentation.
@@ -72,6 +73,8 @@ def train_transform(
     """
     if augmentation == "feature-reuse":
         return feature_reuse_transform(pre, scale)
+    if augmentation == "medical-transformers":
+        return feature_reuse_transform(pre, scale, jitter_p=0.8, grayscale_p=0.0)
     if augmentation == "keras":
         return keras_transform(pre, rotation, *keras)
     if augmentation == "transferability":

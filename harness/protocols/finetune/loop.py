@@ -44,7 +44,7 @@ from harness.protocols.finetune.keras import KerasAdam
 from harness.protocols.finetune.network import Classifier, clone_state, param_groups
 from harness.protocols.finetune.runtime import Runtime, capture_rng, restore_rng
 from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
-from harness.protocols.finetune.warmup import WarmupPlateau
+from harness.protocols.finetune.warmup import WarmupCosine, WarmupPlateau
 
 if TYPE_CHECKING:
     from harness.cache.runs import Checkpoint
@@ -198,6 +198,7 @@ Scheduler = (
     torch.optim.lr_scheduler.LRScheduler
     | torch.optim.lr_scheduler.ReduceLROnPlateau
     | WarmupPlateau
+    | WarmupCosine
 )
 
 
@@ -213,6 +214,15 @@ def _scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer) -> Scheduler:
             factor=spec.plateau_factor,
             patience=spec.plateau_patience,
             threshold=spec.plateau_threshold,
+        )
+    if spec.schedule == "warmup-cosine":
+        return WarmupCosine(
+            optimizer,
+            max_lr=spec.lr,
+            warmup_iters=spec.warmup_iters,
+            warmup_start=spec.warmup_start,
+            horizon=spec.horizon,
+            floor=spec.cosine_floor,
         )
     if spec.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -127,6 +127,7 @@ class Context:
             val_round=c.val_round,
             warmup_iters=c.warmup_iters,
             warmup_start=c.warmup_start,
+            cosine_floor=c.cosine_floor,
             steps_per_epoch=max(per_epoch, 1),
             freeze_steps=c.freeze_steps,
             momentum=c.momentum,

@@ -13,7 +13,15 @@ from harness.protocols.finetune.network import Classifier
 from harness.protocols.finetune.warmup import step_lr_factor
 
 #: Learning-rate schedules a run knows (see :class:`RunSpec`).
-SCHEDULES = ("cosine", "cosine-epoch", "constant", "plateau", "warmup-plateau", "step")
+SCHEDULES = (
+    "cosine",
+    "cosine-epoch",
+    "constant",
+    "plateau",
+    "warmup-plateau",
+    "warmup-cosine",
+    "step",
+)
 #: Schedules that step once an epoch (they need epoch sampling and ``steps_per_epoch``).
 EPOCH_SCHEDULES = ("warmup-plateau", "cosine-epoch")
 
@@ -33,7 +41,9 @@ class RunSpec:
             constant over each epoch: ``CosineAnnealingLR(T_max=epochs)`` stepped once an
             epoch), "constant", "plateau"
             (ReduceLROnPlateau stepped at every validation) or "warmup-plateau"
-            (feature-reuse's LinearWarmup + once-an-epoch ReduceLROnPlateau) or "step"
+            (feature-reuse's LinearWarmup + once-an-epoch ReduceLROnPlateau),
+            "warmup-cosine" (medical_transformers' LinearWarmup + per-iteration
+            CosineAnnealingLR over ``horizon`` to ``cosine_floor``) or "step"
             (VTAB's warmup and step decays over ``horizon``).
         decay_at: "step": fractions of ``horizon`` after which the lr decays.
         decay_factor: "step": the decay factor.
@@ -67,7 +77,8 @@ class RunSpec:
         head_only: Train the head alone for the whole run (backbone frozen, in eval mode);
             unlike ``freeze_steps`` its validations count towards ``patience``.
         val_round: Decimals validation scores are rounded to, or None.
-        warmup_iters: LinearWarmup iterations ("warmup-plateau").
+        warmup_iters: LinearWarmup iterations ("warmup-plateau", "warmup-cosine").
+        cosine_floor: "warmup-cosine": the cosine's ``eta_min``.
         warmup_start: LinearWarmup's starting lr.
         steps_per_epoch: Steps of an epoch (the once-an-epoch plateau step of
             "warmup-plateau", the epochs of "cosine-epoch"); 0 when the run is not
@@ -113,6 +124,7 @@ class RunSpec:
     val_round: int | None = None
     warmup_iters: int = 1000
     warmup_start: float = 1e-8
+    cosine_floor: float = 0.0
     steps_per_epoch: int = 0
     freeze_steps: int = 0
     momentum: float = 0.9
@@ -133,6 +145,11 @@ class RunSpec:
             raise ValueError(f"run {self.name}: need 1 <= steps <= horizon")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"run {self.name}: unknown schedule {self.schedule!r}")
+        if self.schedule == "warmup-cosine" and not 1 <= self.warmup_iters < self.horizon:
+            raise ValueError(
+                f"run {self.name}: warmup-cosine needs 1 <= warmup_iters ({self.warmup_iters}) "
+                f"< the run's {self.horizon} steps"
+            )
         if self.schedule in EPOCH_SCHEDULES and self.steps_per_epoch < 1:
             raise ValueError(f"run {self.name}: {self.schedule!r} needs steps_per_epoch >= 1")
 

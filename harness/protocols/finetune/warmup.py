@@ -1,4 +1,5 @@
-"""feature-reuse's learning-rate schedule: LinearWarmup per iteration, then ReduceLROnPlateau.
+"""feature-reuse's learning-rate schedules: LinearWarmup per iteration, then ReduceLROnPlateau
+(or CosineAnnealingLR).
 
 ChrisMats/feature-reuse@736d31b:utils/_utils.py (``LinearWarmup``, ``MixedLRScheduler``)
 with params.json's ``["LinearWarmup", "ReduceLROnPlateau"]``, as its trainer
@@ -14,6 +15,15 @@ with params.json's ``["LinearWarmup", "ReduceLROnPlateau"]``, as its trainer
   iteration before the epoch ends, with the last validation score computed so far (the
   trainer's ``val_target``, 0 before the first validation). Its reductions multiply the
   group's lr, on which a still-running warmup keeps adding.
+
+medical_transformers@ecd460a (the code of feature-reuse's earlier study, whose table 1
+holds the published numbers) runs the same ``MixedLRScheduler`` with its params.json's
+``["LinearWarmup", "CosineAnnealingLR"]`` (:class:`WarmupCosine`): the same warmup (500
+iterations), then torch's ``CosineAnnealingLR(T_max=steps_per_epoch * epochs -
+warmup_iters, eta_min=1e-6)`` stepped every iteration once the iteration count exceeds
+the warmup's. It is torch's chainable form, so it anneals from the lr the warmup left
+(one increment above ``max_lr``); its ``initial_lr`` is the warmup's ``eta_min``, used
+only at a restart past the run's end.
 
 VTAB's schedule (:func:`step_lr_factor`, the ``"step"`` schedule) is a linear warmup from 0
 followed by step decays, as google-research/task_adaptation@d7630d3:task_adaptation/trainer.py
@@ -97,6 +107,62 @@ class WarmupPlateau:
         self.iteration = int(state["iteration"])
         self.value = float(state["value"])
         self.plateau.load_state_dict(state["plateau"])
+
+
+class WarmupCosine:
+    """medical_transformers' ``MixedLRScheduler`` of LinearWarmup and CosineAnnealingLR."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_lr: float,
+        warmup_iters: int,
+        warmup_start: float,
+        horizon: int,
+        floor: float,
+    ) -> None:
+        """Set the groups' lr to the warmup's first value (``warmup_start + delta``).
+
+        Args:
+            optimizer: The optimizer whose groups are scheduled.
+            max_lr: The lr the warmup climbs to (the base lr).
+            warmup_iters: Iterations of the warmup.
+            warmup_start: The warmup's ``eta_min``.
+            horizon: Iterations of the whole run (``steps_per_epoch * epochs``).
+            floor: The cosine's ``eta_min``.
+        """
+        if not 1 <= warmup_iters < horizon:
+            raise ValueError("WarmupCosine needs 1 <= warmup_iters < horizon")
+        self.optimizer = optimizer
+        self.delta = (max_lr - warmup_start) / warmup_iters
+        self.warmup_iters = warmup_iters
+        self.iteration = 0
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_start
+        # built where the peer builds it: its initial_lr is the warmup's eta_min
+        self.cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=horizon - warmup_iters, eta_min=floor
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_start + self.delta  # the warmup's constructor step
+
+    def step(self) -> None:
+        """One training iteration: warm up, then anneal."""
+        self.iteration += 1
+        if self.iteration <= self.warmup_iters:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] + self.delta
+        else:
+            self.cosine.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """State for checkpoints."""
+        return {"iteration": self.iteration, "cosine": self.cosine.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state (the groups' lrs come with the optimizer)."""
+        self.iteration = int(state["iteration"])
+        self.cosine.load_state_dict(state["cosine"])
 
 
 def decay_boundaries(horizon: int, decay_at: tuple[float, ...]) -> list[int]:
