@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -11,37 +10,11 @@ import numpy as np
 
 from harness.config.profiles import check_profile
 from harness.protocols.base import without_defaults
-from harness.protocols.finetune.spec import EPOCH_SCHEDULES, SCHEDULES
-from harness.protocols.finetune.sweep_axes import normalize_sweep, sweep_points, sweep_problems
+from harness.protocols.finetune.config_checks import config_problems
+from harness.protocols.finetune.sweep_axes import normalize_sweep, sweep_points
 
 VERSION = 2
 
-_CLASS_WEIGHTING = ("none", "inverse_frequency", "balanced")
-# augmentations whose RandomResizedCrop may zoom out (feature-reuse's scale (0.8, 1.2))
-_SCALE_ABOVE_ONE = ("feature-reuse", "medical-transformers")
-_AMP = ("auto", "none", "bf16", "fp16")
-_CHOICES = {
-    "optimizer": ("sgd", "adam", "keras-adam"),
-    "schedule": SCHEDULES,
-    "sampling": ("stream", "epochs", "drop_last"),
-    "val_unit": ("steps", "epochs"),
-    "select_on": ("metric", "loss"),
-    "grid_score": ("best", "last"),
-    "loss": ("auto", "bce"),
-    "augmentation": (
-        "crop-flip",
-        "feature-reuse",
-        "medical-transformers",
-        "keras",
-        "transferability",
-        "none",
-    ),
-    "head_init": ("default", "zeros"),
-    "lr_finder_select": ("val", "loss", "val_loss"),
-    "auc_average": ("macro", "weighted"),
-    "sweep_select": ("val_loss", "metric"),
-}
-_EPOCH_SAMPLING = ("epochs", "drop_last")
 #: The fields ``smoke`` and ``demo`` change (``paper`` is the defaults).
 _PROFILE_SCALE: dict[str, dict[str, Any]] = {
     "smoke": {"steps": 30, "batch_size": 16, "val_every": 10, "eval_batch_size": 64},
@@ -262,108 +235,7 @@ class FinetuneConfig:
         object.__setattr__(self, "sweep", normalize_sweep(self.sweep))
         if self.eval_labels is not None:
             object.__setattr__(self, "eval_labels", tuple(int(v) for v in self.eval_labels))
-        problems = []
-        if self.steps < 1 or self.batch_size < 1:
-            problems.append("steps and batch_size must be >= 1")
-        whole = float(self.val_every).is_integer() and self.val_every >= 1
-        if not (whole or (self.val_unit == "epochs" and self.val_every > 0)):
-            problems.append(
-                f"val_every must be an integer >= 1 (a positive fraction of an epoch under "
-                f"val_unit='epochs'), got {self.val_every}"
-            )
-        if self.val_round is not None and self.val_round < 0:
-            problems.append(f"val_round must be >= 0 or None, got {self.val_round}")
-        if self.patience is not None and self.patience < 1:
-            problems.append(f"patience must be >= 1 or None, got {self.patience}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
-            problems.append("lr must be > 0 and weight_decay >= 0")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.sampling not in _EPOCH_SAMPLING and (
-            self.epochs is not None or self.val_unit == "epochs"
-        ):
-            problems.append("epochs and val_unit='epochs' need sampling 'epochs' or 'drop_last'")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append(f"epochs must be >= 1 or None, got {self.epochs}")
-        if self.epochs is not None and self.grid_search:
-            problems.append("epochs is not supported with grid_search: use steps")
-        if self.schedule in ("plateau", "warmup-plateau") and self.grid_search:
-            problems.append("plateau schedules step on validations: not with grid_search")
-        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
-            problems.append("plateau_factor must lie in (0, 1) and plateau_patience be >= 0")
-        if self.plateau_threshold < 0 or not 0 <= self.rotation <= 180:
-            problems.append("plateau_threshold must be >= 0 and rotation lie in [0, 180]")
-        if self.loss == "bce" and self.class_weighting == "inverse_frequency":
-            problems.append("loss='bce' does not support class_weighting='inverse_frequency'")
-        if self.class_weighting == "balanced" and not self.folds:
-            problems.append("class_weighting='balanced' (Keras class_weight) needs folds")
-        if self.schedule in EPOCH_SCHEDULES and self.sampling not in _EPOCH_SAMPLING:
-            problems.append(f"schedule={self.schedule!r} steps once an epoch: needs epoch sampling")
-        if self.warmup_iters < 1 or not 0 <= self.warmup_start < self.lr or self.cosine_floor < 0:
-            problems.append("warmup_iters must be >= 1, 0 <= warmup_start < lr, cosine_floor >= 0")
-        if not 0 <= self.head_dropout < 1 or min(self.shift, self.shear, self.zoom) < 0:
-            problems.append("head_dropout must lie in [0, 1); shift, shear, zoom be >= 0")
-        if self.freeze_stage and (self.grid_search or self.lr_finder or self.freeze_steps):
-            problems.append("freeze_stage excludes grid_search, lr_finder and freeze_steps")
-        if self.freeze_lr <= 0 or self.freeze_patience < 1:
-            problems.append("freeze_lr must be > 0 and freeze_patience >= 1")
-        if self.folds == 1 or self.folds < 0 or (self.folds and self.grid_search):
-            problems.append(f"folds must be 0 (off) or >= 2, without grid_search: {self.folds}")
-        if self.lr_finder_epochs is not None and (
-            self.lr_finder_epochs < 1 or self.sampling not in _EPOCH_SAMPLING
-        ):
-            problems.append("lr_finder_epochs must be >= 1 and needs epoch sampling")
-        low, high = self.crop_scale if len(self.crop_scale) == 2 else (0.0, -1.0)
-        if not 0 < low <= high or (high > 1 and self.augmentation not in _SCALE_ABOVE_ONE):
-            problems.append(
-                f"crop_scale must be (a, b) with 0 < a <= b <= 1 (b > 1 only with "
-                f"augmentation in {_SCALE_ABOVE_ONE}): {self.crop_scale}"
-            )
-        if self.input_size is not None and self.input_size < 8:
-            problems.append(f"input_size must be >= 8, got {self.input_size}")
-        if not 0 <= self.freeze_steps < self.steps:
-            problems.append(f"freeze_steps must lie in [0, steps), got {self.freeze_steps}")
-        if self.grid_search and self.lr_finder:
-            problems.append("grid_search and lr_finder are alternatives; enable one")
-        problems += sweep_problems(self.sweep)
-        if self.sweep and (self.grid_search or self.lr_finder or self.folds or self.freeze_stage):
-            problems.append("sweep excludes grid_search, lr_finder, folds and freeze_stage")
-        if not self.grid_lrs or any(lr <= 0 for lr in self.grid_lrs):
-            problems.append("grid_lrs must be positive and not empty")
-        if not self.grid_ws or any(w < 0 for w in self.grid_ws):
-            problems.append("grid_ws must be >= 0 and not empty")
-        if any(n <= self.freeze_steps for n in self.grid_steps) or (
-            self.grid_steps and not self.grid_search
-        ):
-            problems.append(f"grid_steps needs grid_search, each > freeze_steps: {self.grid_steps}")
-        fractions = (0.0, *self.decay_at, 1.0)
-        if any(a >= b for a, b in itertools.pairwise(fractions)):
-            problems.append(f"decay_at must be increasing fractions in (0, 1): {self.decay_at}")
-        if not 0 < self.decay_factor <= 1 or self.warmup_steps < 0:
-            problems.append("decay_factor must lie in (0, 1] and warmup_steps be >= 0")
-        if not 0 < self.lr_finder_min < self.lr_finder_max or self.lr_finder_points < 2:
-            problems.append("the LR finder needs 0 < lr_finder_min < lr_finder_max, >= 2 points")
-        if self.lr_finder_steps < 1:
-            problems.append("lr_finder_steps must be >= 1")
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            problems.append(f"layer_decay must lie in (0, 1], got {self.layer_decay}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            problems.append(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.class_weighting not in _CLASS_WEIGHTING:
-            problems.append(f"class_weighting must be one of {_CLASS_WEIGHTING}")
-        if self.amp not in _AMP:
-            problems.append(f"amp must be one of {_AMP}, got {self.amp!r}")
-        if self.eval_labels is not None and (
-            not self.eval_labels
-            or min(self.eval_labels) < 0
-            or len(set(self.eval_labels)) != len(self.eval_labels)
-        ):
-            problems.append(f"eval_labels must be distinct indices >= 0: {self.eval_labels}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            problems.append(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
-        if self.eval_batch_size < 1 or self.num_workers < 0:
-            problems.append("eval_batch_size must be >= 1 and num_workers >= 0")
+        problems = config_problems(self)
         if problems:
             raise ValueError("FinetuneConfig: " + "; ".join(problems))
 
