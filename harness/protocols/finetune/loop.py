@@ -203,12 +203,15 @@ Scheduler = (
 
 
 def _scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer) -> Scheduler:
+    warmup = {
+        "max_lr": spec.lr,
+        "warmup_iters": spec.warmup_iters,
+        "warmup_start": spec.warmup_start,
+    }
     if spec.schedule == "warmup-plateau":
         return WarmupPlateau(
             optimizer,
-            max_lr=spec.lr,
-            warmup_iters=spec.warmup_iters,
-            warmup_start=spec.warmup_start,
+            **warmup,
             steps_per_epoch=spec.steps_per_epoch,
             mode="max" if spec.select_on == "metric" else "min",
             factor=spec.plateau_factor,
@@ -216,14 +219,7 @@ def _scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer) -> Scheduler:
             threshold=spec.plateau_threshold,
         )
     if spec.schedule == "warmup-cosine":
-        return WarmupCosine(
-            optimizer,
-            max_lr=spec.lr,
-            warmup_iters=spec.warmup_iters,
-            warmup_start=spec.warmup_start,
-            horizon=spec.horizon,
-            floor=spec.cosine_floor,
-        )
+        return WarmupCosine(optimizer, **warmup, horizon=spec.horizon, floor=spec.cosine_floor)
     if spec.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,

@@ -37,7 +37,37 @@ from typing import Any
 import torch
 
 
-class WarmupPlateau:
+class _LinearWarmup:
+    """feature-reuse's ``LinearWarmup`` as its ``MixedLRScheduler`` steps it."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_lr: float,
+        warmup_iters: int,
+        warmup_start: float,
+    ) -> None:
+        self.optimizer = optimizer
+        self.delta = (max_lr - warmup_start) / warmup_iters
+        self.warmup_iters = warmup_iters
+        self.iteration = 0
+        self._set_lr(warmup_start + self.delta)  # eta_min, then the constructor's step
+
+    def _set_lr(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
+
+    def _advance(self) -> bool:
+        """Count an iteration; while the warmup lasts add its increment and return True."""
+        self.iteration += 1
+        if self.iteration > self.warmup_iters:
+            return False
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] + self.delta
+        return True
+
+
+class WarmupPlateau(_LinearWarmup):
     """The two schedulers of feature-reuse's ``MixedLRScheduler``, stepped as it steps them."""
 
     def __init__(
@@ -69,24 +99,16 @@ class WarmupPlateau:
         """
         if warmup_iters < 1 or steps_per_epoch < 1:
             raise ValueError("WarmupPlateau needs warmup_iters >= 1 and steps_per_epoch >= 1")
-        self.optimizer = optimizer
-        self.delta = (max_lr - warmup_start) / warmup_iters
-        self.warmup_iters = warmup_iters
+        super().__init__(optimizer, max_lr, warmup_iters, warmup_start)
         self.steps_per_epoch = steps_per_epoch
-        self.iteration = 0
         self.value = float(initial_value)
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_start + self.delta  # eta_min, then the constructor's step
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold
         )
 
     def step(self) -> None:
         """One training iteration: warm up, and step the plateau once an epoch."""
-        self.iteration += 1
-        if self.iteration <= self.warmup_iters:
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] + self.delta
+        self._advance()
         if (self.iteration + 1) % self.steps_per_epoch == 0:
             self.plateau.step(self.value)
 
@@ -109,7 +131,7 @@ class WarmupPlateau:
         self.plateau.load_state_dict(state["plateau"])
 
 
-class WarmupCosine:
+class WarmupCosine(_LinearWarmup):
     """medical_transformers' ``MixedLRScheduler`` of LinearWarmup and CosineAnnealingLR."""
 
     def __init__(
@@ -133,26 +155,18 @@ class WarmupCosine:
         """
         if not 1 <= warmup_iters < horizon:
             raise ValueError("WarmupCosine needs 1 <= warmup_iters < horizon")
-        self.optimizer = optimizer
-        self.delta = (max_lr - warmup_start) / warmup_iters
-        self.warmup_iters = warmup_iters
-        self.iteration = 0
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_start
-        # built where the peer builds it: its initial_lr is the warmup's eta_min
+        super().__init__(optimizer, max_lr, warmup_iters, warmup_start)
+        # built after the warmup as the peer builds it: its initial_lr is the warmup's
+        # eta_min (used only at a restart past the run's end)
+        self._set_lr(warmup_start)
         self.cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=horizon - warmup_iters, eta_min=floor
         )
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_start + self.delta  # the warmup's constructor step
+        self._set_lr(warmup_start + self.delta)
 
     def step(self) -> None:
         """One training iteration: warm up, then anneal."""
-        self.iteration += 1
-        if self.iteration <= self.warmup_iters:
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] + self.delta
-        else:
+        if not self._advance():
             self.cosine.step()
 
     def state_dict(self) -> dict[str, Any]:
