@@ -146,7 +146,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return 0
     work_dir = Path(args.work_dir) if args.work_dir else None
     calibrate(
-        args.suite, args.seeds, args.pytest_args, out, args.kernel_runs, work_dir, args.resume
+        args.suite,
+        args.seeds,
+        args.pytest_args,
+        out,
+        args.kernel_runs,
+        work_dir,
+        args.resume,
+        args.merge,
     )
     return 0
 
@@ -327,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="with --work-dir: reuse the sessions an interrupted calibration finished",
+    )
+    p_cal.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of the other machines each entry was calibrated on, so the "
+        "tolerance covers them too (source.other_hardware)",
     )
     p_cal.add_argument(
         "--cross-device",

@@ -136,3 +136,48 @@ def test_resume_reruns_only_unfinished_sessions_each_on_a_fresh_cache(
     assert calls == ["seed 0", "seed 1", "kernels onednn-sse41"]
     with pytest.raises(ValueError, match="work-dir"):
         cal.calibrate("smoke", 1, (), out, kernel_runs=0, resume=True)
+
+
+def _record(value: float, cpu: str, kernel_env: dict | None = None) -> dict:
+    """A minimal record of one run: accuracy primary, ROC AUC beside it."""
+    return {
+        "case_id": "knn/demo_modality/tf_efficientnet_lite0.random",
+        "profile": "demo",
+        "protocol": {"name": "knn", "version": 1},
+        "dataset": {"version": 1},
+        "primary_metric": "accuracy",
+        "primary_value": value,
+        "metrics": {"accuracy": value, "roc_auc": 0.66 + value / 10},
+        "hardware": {"cpu_count": 2, "cpu_model": cpu, "kernel_env": kernel_env or {}},
+        "details": {"metric_notes": {"accuracy": {"resolution": 1 / 300}}},
+    }
+
+
+def test_merge_keeps_the_runs_of_the_machine_the_entry_was_calibrated_on() -> None:
+    # the entry as an AVX2 machine calibrated it: every run 0.3133
+    epyc = cal.calibrated_entry(
+        [_record(0.313333, "EPYC")] * 3, None, [_record(0.313333, "EPYC")] * 2, ["a", "b"]
+    )
+    assert epyc.tolerance == 0.005
+    xeon_runs = [_record(0.32, "Xeon")] * 3
+    xeon_kernels = [_record(0.32, "Xeon")] * 2
+    alone = cal.calibrated_entry(xeon_runs, epyc, xeon_kernels, ["a", "b"])
+    assert abs(alone.value - epyc.value) > alone.tolerance  # the EPYC would fail
+    assert "other_hardware" not in alone.source
+
+    merged = cal.calibrated_entry(xeon_runs, epyc, xeon_kernels, ["a", "b"], merge=True)
+    assert merged.value == 0.32 and abs(merged.value - epyc.value) <= merged.tolerance
+    assert merged.tolerance_components["extraction_runs"] == 3 + 3 + 2
+    (other,) = merged.source["other_hardware"]
+    assert other["hardware"] == epyc.source["hardware"] != merged.source["hardware"]
+    assert other["values"] == [0.313333] * 3 and other["kernel_runs"] == {
+        "a": 0.313333,
+        "b": 0.313333,
+    }
+    roc = merged.others["roc_auc"]
+    assert abs(roc.value - epyc.others["roc_auc"].value) <= roc.tolerance
+
+    # recalibrating on the Xeon again keeps the EPYC's runs once, and not the Xeon's own
+    again = cal.calibrated_entry(xeon_runs, merged, xeon_kernels, ["a", "b"], merge=True)
+    assert again.source["other_hardware"] == merged.source["other_hardware"]
+    assert again.tolerance == merged.tolerance

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.baselines.calibrate_merge import machine_values, other_machines
 from harness.baselines.check import record_device
 from harness.baselines.expected import (
     Expectation,
@@ -202,6 +203,7 @@ def calibrated_entry(
     previous: Expectation | None,
     kernel_records: Sequence[dict[str, Any]] = (),
     kernel_labels: Sequence[str] = (),
+    merge: bool = False,
 ) -> Expectation:
     """Build one case's expected entry from its seed runs and its kernel runs.
 
@@ -210,19 +212,23 @@ def calibrated_entry(
         previous: The entry being replaced, if any.
         kernel_records: Seed-0 records from fresh caches under other kernels.
         kernel_labels: The kernel variant of each of ``kernel_records``.
+        merge: Keep the runs of the other machines ``previous`` was calibrated on as
+            further extraction runs (:mod:`harness.baselines.calibrate_merge`).
     """
     first = records[0]
     metric = first["primary_metric"]
     values = [float(r["primary_value"]) for r in records]
+    source = regenerated_source(first, seeds=len(records))
+    machines = other_machines(previous, source["hardware"]) if merge else []
     extraction = [values[0], *(float(r["primary_value"]) for r in kernel_records)]
-    if not kernel_records:
+    extraction += machine_values(machines)
+    if len(extraction) == 1:
         extraction = []
     value = statistics.fmean(values)
     intervals = [i for i in (interval_of(r, metric) for r in records) if i is not None]
     interval = max(intervals) if intervals else None
     resolution = max(resolution_of(r, metric) for r in records)
     components = TOLERANCE_RULE.components(values, extraction, interval, value, resolution)
-    source = regenerated_source(first, seeds=len(records))
     source["values"] = [round(v, 6) for v in values]
     source["std"] = components["seed_std"]
     if kernel_records:
@@ -230,6 +236,8 @@ def calibrated_entry(
             label: round(float(r["primary_value"]), 6)
             for label, r in zip(kernel_labels, kernel_records, strict=True)
         }
+    if machines:
+        source["other_hardware"] = machines
     entry = entry_from_record(
         {**first, "primary_value": value},
         previous,
@@ -241,9 +249,12 @@ def calibrated_entry(
         if name == metric or is_interval_name(name):
             continue
         series = _metric_values(records, name)
-        kernel_series = _metric_values([first, *kernel_records], name) if kernel_records else []
+        kernel_series = _metric_values([first, *kernel_records], name)
         if series is None or kernel_series is None:
             continue
+        kernel_series += machine_values(machines, name)
+        if len(kernel_series) == 1:
+            kernel_series = []
         mean = statistics.fmean(series)
         step = max(resolution_of(r, name) for r in records)
         other = TOLERANCE_RULE.components(series, kernel_series, None, mean, step)
@@ -287,6 +298,7 @@ def calibrate(
     kernel_runs: int = len(KERNEL_VARIANTS),
     work_dir: Path | None = None,
     resume: bool = False,
+    merge: bool = False,
 ) -> ExpectedFile:
     """Run ``suite`` under ``seeds`` seeds and ``kernel_runs`` kernel variants; write expected values.
 
@@ -301,6 +313,8 @@ def calibrate(
         work_dir: keep every run's cache and records there (default: a temporary folder,
             removed afterwards).
         resume: skip sessions in ``work_dir`` that finished earlier with the same settings.
+        merge: keep the runs of the other machines each entry was calibrated on
+            (:mod:`harness.baselines.calibrate_merge`).
 
     Raises:
         ValueError: ``resume`` without ``work_dir``.
@@ -351,6 +365,7 @@ def calibrate(
             expected.entries.get(case_id),
             [record for _, record in present],
             [label for label, _ in present],
+            merge,
         )
     expected.save()
     print(
