@@ -87,13 +87,13 @@ def test_cli_options_after_the_suite_are_read_and_pytest_args_follow_a_bare_dash
 
     seen = {}
 
-    def fake(suite, seeds, pytest_args, out, kernel_runs, work_dir, resume):
+    def fake(suite, seeds, pytest_args, out, kernel_runs, work_dir, resume, merge):
         seen.update(suite=suite, seeds=seeds, args=pytest_args, kernels=kernel_runs, work=work_dir)
-        seen["resume"] = resume
+        seen.update(resume=resume, merge=merge)
 
     monkeypatch.setattr(cal, "calibrate", fake)
     argv = ["calibrate", "smoke", "--seeds", "2", "--kernel-runs", "1", "--work-dir", str(tmp_path)]
-    assert cli.main([*argv, "--resume", "--", "-n", "2"]) == 0
+    assert cli.main([*argv, "--resume", "--merge", "--", "-n", "2"]) == 0
     assert seen == {
         "suite": "smoke",
         "seeds": 2,
@@ -101,6 +101,7 @@ def test_cli_options_after_the_suite_are_read_and_pytest_args_follow_a_bare_dash
         "kernels": 1,
         "work": tmp_path,
         "resume": True,
+        "merge": True,
     }
 
 

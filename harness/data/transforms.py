@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ def eval_transform(pre: Preprocessing) -> Callable[[np.ndarray], torch.Tensor]:
     steps = eval_steps(pre)
     if needs_preparation(pre):
         at = next(i for i, step in enumerate(steps) if type(step).__name__ == "Normalize")
-        steps.insert(at, lambda x: prepare_for_normalise(x, pre))
+        steps.insert(at, functools.partial(prepare_for_normalise, pre=pre))
 
     def apply(image: np.ndarray) -> torch.Tensor:
         out = to_pil_rgb(image)
