@@ -619,3 +619,25 @@ def test_run_leaves_the_callers_rng_and_model_alone() -> None:
     after = backbone.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert finetune.VERSION >= 1
+
+
+def test_val_drop_last_scores_each_validation_on_a_fresh_subset_of_full_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.protocols.finetune import val_subset
+
+    drawn: list[np.ndarray] = []
+    original = val_subset.DroppedLastBatch.next_indices
+
+    def record(self: val_subset.DroppedLastBatch) -> np.ndarray:
+        drawn.append(original(self))
+        return drawn[-1]
+
+    monkeypatch.setattr(val_subset.DroppedLastBatch, "next_indices", record)
+    config = FinetuneConfig(**{**TINY.__dict__, "val_drop_last": True, "eval_batch_size": 8})
+    fitted = fine_tune(_backbone(), _split(32, 0), _split(20, 1), BINARY, config, PRE)
+    assert len(drawn) == len(fitted.details["val_curve"]) >= 2
+    assert all(len(kept) == 16 for kept in drawn)  # 20 images, batches of 8: 2 full ones
+    assert any(set(a.tolist()) != set(b.tolist()) for a, b in itertools.pairwise(drawn))
+    plain = fine_tune(_backbone(), _split(32, 0), _split(20, 1), BINARY, TINY, PRE)
+    assert len(drawn) == len(plain.details["val_curve"])  # the plain run draws nothing

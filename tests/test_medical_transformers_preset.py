@@ -83,11 +83,14 @@ def test_the_preset_is_feature_reuse_with_the_studys_params() -> None:
     )
     assert (mt.epochs, mt.val_unit, mt.val_every) == (25, "epochs", 1)
     assert mt.augmentation == "medical-transformers" and mt.crop_scale == (0.8, 1.2)
+    assert mt.val_drop_last and not fr.val_drop_last
     changed = {"schedule", "warmup_iters", "cosine_floor", "epochs", "val_every", "augmentation"}
+    changed.add("val_drop_last")
     same = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in changed]
     assert {name: getattr(mt, name) for name in same} == {name: getattr(fr, name) for name in same}
     smoke = preset.configure(case_of("smoke"))
     assert (smoke.epochs, smoke.warmup_iters, smoke.lr_finder_epochs) == (2, 5, 1)
+    assert not smoke.val_drop_last
     overrides = preset.overrides(case_of("paper", "cbis_ddsm"))
     assert overrides["channels"] == "grey-first" and overrides["mean"] == (0.286,) * 3
 
@@ -132,3 +135,16 @@ def test_the_schedule_drives_a_training_run() -> None:
     np.testing.assert_allclose(fitted.details["final_lrs"], [1e-6], rtol=1e-9)
     assert "cosine_floor" not in dataclasses.replace(config, cosine_floor=0.0).to_dict()
     assert config.to_dict()["cosine_floor"] == 1e-6
+
+
+def test_each_validation_scores_a_fresh_shuffled_set_of_full_batches() -> None:
+    from harness.protocols.finetune.val_subset import DroppedLastBatch
+
+    draws = DroppedLastBatch(150, 64, seed=0)
+    first, second = draws.next_indices(), draws.next_indices()
+    assert len(first) == len(second) == 128 and len(set(first.tolist())) == 128
+    assert set(first.tolist()) != set(second.tolist())  # 22 images left out, a new 22 each time
+    again = DroppedLastBatch(150, 64, seed=0)
+    assert np.array_equal(again.next_indices(), first)
+    with pytest.raises(ValueError, match="40 validation images make no full batch of 64"):
+        DroppedLastBatch(40, 64, seed=0)

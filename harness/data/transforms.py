@@ -152,7 +152,11 @@ def grey_in_first_channel(x: torch.Tensor, mean: tuple[float, ...]) -> torch.Ten
     pretrained first-channel weights computes on the grey image
     (ChrisMats/feature-reuse@736d31b:defaults/models.py ``modify_first_layer``: the
     weight ``repeat(1, 4, 1, 1)[:, :1]``, bias kept). Grey images replicated to three
-    channels keep their grey values exactly; colour images become Pillow's "L" luma.
+    channels keep their grey values exactly; colour images become Pillow's "L" luma. For
+    a randomly initialised network the peer draws that layer for one input channel: with
+    torchvision ResNet's fan-out init the same distribution as the first slice of the
+    three-channel layer used here, with a fan-in init (DeiT's patch embedding) one
+    sqrt(3) times wider.
 
     Args:
         x: Float images ``(..., 3, H, W)``.

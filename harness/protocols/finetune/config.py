@@ -149,6 +149,9 @@ class FinetuneConfig:
         channels_last: Channels-last memory format.
         deterministic: Deterministic kernels where cheap.
         eval_batch_size: Images per evaluation forward pass.
+        val_drop_last: Each validation scores a fresh random ``eval_batch_size * (n //
+            eval_batch_size)`` of the validation images, as a shuffled loader with
+            ``drop_last`` does (medical_transformers, :mod:`.val_subset`).
         num_workers: DataLoader workers for training batches.
         cpu_threads: torch threads while fine-tuning on CPU (None: leave torch's setting).
             One thread per case is much faster than two on a loaded 2-core machine
@@ -224,6 +227,7 @@ class FinetuneConfig:
     channels_last: bool = True
     deterministic: bool = True
     eval_batch_size: int = 128
+    val_drop_last: bool = False
     num_workers: int = 0
     cpu_threads: int | None = None
     seed: int = 0
@@ -296,7 +300,7 @@ class FinetuneConfig:
         Returns:
             Field name -> value.
         """
-        out = without_defaults(asdict(self), {"cosine_floor": 0.0})
+        out = without_defaults(asdict(self), {"cosine_floor": 0.0, "val_drop_last": False})
         for name, value in out.items():
             if isinstance(value, tuple):
                 out[name] = list(value)
