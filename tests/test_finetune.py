@@ -624,16 +624,16 @@ def test_run_leaves_the_callers_rng_and_model_alone() -> None:
 def test_val_drop_last_scores_each_validation_on_a_fresh_subset_of_full_batches(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from harness.protocols.finetune import val_subset
+    from harness.protocols.finetune import validation
 
     drawn: list[np.ndarray] = []
-    original = val_subset.DroppedLastBatch.next_indices
+    original = validation.DroppedLastBatch.next_indices
 
-    def record(self: val_subset.DroppedLastBatch) -> np.ndarray:
+    def record(self: validation.DroppedLastBatch) -> np.ndarray:
         drawn.append(original(self))
         return drawn[-1]
 
-    monkeypatch.setattr(val_subset.DroppedLastBatch, "next_indices", record)
+    monkeypatch.setattr(validation.DroppedLastBatch, "next_indices", record)
     config = FinetuneConfig(**{**TINY.__dict__, "val_drop_last": True, "eval_batch_size": 8})
     fitted = fine_tune(_backbone(), _split(32, 0), _split(20, 1), BINARY, config, PRE)
     assert len(drawn) == len(fitted.details["val_curve"]) >= 2

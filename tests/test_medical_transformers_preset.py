@@ -138,7 +138,7 @@ def test_the_schedule_drives_a_training_run() -> None:
 
 
 def test_each_validation_scores_a_fresh_shuffled_set_of_full_batches() -> None:
-    from harness.protocols.finetune.val_subset import DroppedLastBatch
+    from harness.protocols.finetune.validation import DroppedLastBatch
 
     draws = DroppedLastBatch(150, 64, seed=0)
     first, second = draws.next_indices(), draws.next_indices()

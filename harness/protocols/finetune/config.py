@@ -151,7 +151,7 @@ class FinetuneConfig:
         eval_batch_size: Images per evaluation forward pass.
         val_drop_last: Each validation scores a fresh random ``eval_batch_size * (n //
             eval_batch_size)`` of the validation images, as a shuffled loader with
-            ``drop_last`` does (medical_transformers, :mod:`.val_subset`).
+            ``drop_last`` does (medical_transformers, :mod:`.validation`).
         num_workers: DataLoader workers for training batches.
         cpu_threads: torch threads while fine-tuning on CPU (None: leave torch's setting).
             One thread per case is much faster than two on a loaded 2-core machine

@@ -24,16 +24,15 @@ from harness.protocols.base import ProtocolResult, TaskInfo
 from harness.protocols.finetune.config import VERSION, FinetuneConfig
 from harness.protocols.finetune.data import EvalSet, inverse_frequency_weights
 from harness.protocols.finetune.modes import Context, FineTuned, grid_search, select_on_val
-from harness.protocols.finetune.network import make_criterion, predict, validation_loss
+from harness.protocols.finetune.network import make_criterion, predict
 from harness.protocols.finetune.runtime import Runtime, deterministic, resolve_runtime, seeded
 from harness.protocols.finetune.spec import StepInfo
 from harness.protocols.finetune.sweep import sweep_select
 from harness.protocols.finetune.tencrop import TenCropSet
-from harness.protocols.finetune.val_subset import DroppedLastBatch
+from harness.protocols.finetune.validation import make_validate
 from harness.protocols.inputs import check_images, check_labels
 from harness.protocols.metrics import (
     check_metric_names,
-    compute_metrics,
     compute_metrics_with_notes,
 )
 from harness.zoo import LoadedModel
@@ -295,23 +294,7 @@ def fine_tune(
     if train.soft is not None and np.asarray(train.soft.mask).any():
         y_train, soft_range = _soft_coded(y_train, train.soft, task, config)
     criterion = make_criterion(task.task, weights, runtime.device, config.loss)
-    val_set = EvalSet(val.images, pre)
-    subsets = (
-        DroppedLastBatch(len(val), config.eval_batch_size, config.seed)
-        if config.val_drop_last
-        else None
-    )
-
-    def validate(net: torch.nn.Module) -> float:
-        probs = predict(net, val_set, task.task, runtime, config.eval_batch_size, config.loss)
-        y_scored = y_val
-        if subsets is not None:
-            kept = subsets.next_indices()
-            y_scored, probs = y_val[kept], probs[kept]
-        if config.select_on == "loss":  # higher is better: the negated loss, all outputs
-            return -validation_loss(task.task, config.loss, y_scored, probs)
-        y, p = (y_scored[:, columns], probs[:, columns]) if columns else (y_scored, probs)
-        return compute_metrics(task.task, y, p, (task.primary_metric,))[task.primary_metric]
+    validate = make_validate(EvalSet(val.images, pre), y_val, task, config, runtime, columns)
 
     ctx = Context(
         model,

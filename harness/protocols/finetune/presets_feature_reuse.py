@@ -155,7 +155,7 @@ def medical_transformers(case: CaseRun) -> FinetuneConfig:
     ``medical-transformers`` (ColorJitter(0.2, 0.2, 0.1, 0.1) with p 0.8, no
     RandomGrayscale); ``val_drop_last``: its validation loader shuffles and drops the last
     partial batch, so each validation scores a fresh random ``64 * (n // 64)`` of the
-    validation images (:mod:`harness.protocols.finetune.val_subset`; the draws are
+    validation images (:mod:`harness.protocols.finetune.validation`; the draws are
     medxfer's, seeded, not the peer's). Under smoke / demo: 2 / 6 epochs, warmup 5 / 20
     iterations, the LR finder's 25 lrs at 1 epoch each, every validation on the whole
     (small) split.
