@@ -19,13 +19,14 @@ from harness.data.npz import SplitData
 from harness.protocols.base import TaskInfo
 from harness.protocols.finetune import FinetuneConfig, run
 from harness.protocols.finetune.data import EpochBatchSampler, train_loader
-from harness.protocols.finetune.loop import _optimizer, train_run
+from harness.protocols.finetune.loop import train_run
 from harness.protocols.finetune.network import (
     Classifier,
     clone_state,
     predict,
     validation_loss,
 )
+from harness.protocols.finetune.optim import make_optimizer
 from harness.protocols.finetune.presets import peer_grid, with_overrides
 from harness.protocols.finetune.runtime import Runtime
 from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
@@ -236,7 +237,7 @@ def test_adam_matches_torch_adam() -> None:
     model = Classifier(TinyNet(), 4, 2)
     twin = Classifier(TinyNet(), 4, 2)
     twin.load_state_dict(model.state_dict())
-    ours = _optimizer(_spec(optimizer="adam", lr=1e-3, weight_decay=1e-4), model)
+    ours = make_optimizer(_spec(optimizer="adam", lr=1e-3, weight_decay=1e-4), model)
     reference = torch.optim.Adam(twin.parameters(), lr=1e-3, weight_decay=1e-4)
     for _ in range(3):
         for a, b in zip(model.parameters(), twin.parameters(), strict=True):

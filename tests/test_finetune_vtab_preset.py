@@ -22,9 +22,10 @@ from harness.data.npz import SplitData
 from harness.protocols.finetune import FinetuneConfig, run
 from harness.protocols.finetune.augment import TF_BILINEAR, tf_resize_transform
 from harness.protocols.finetune.data import EvalSet, train_transform
-from harness.protocols.finetune.loop import _scheduler, train_run
+from harness.protocols.finetune.loop import train_run
 from harness.protocols.finetune.modes import Context, grid_search
 from harness.protocols.finetune.network import Classifier, clone_state, make_criterion
+from harness.protocols.finetune.optim import make_scheduler
 from harness.protocols.finetune.presets_vtab import VTAB_EVAL
 from harness.protocols.finetune.spec import RunSpec, StepInfo
 from harness.protocols.finetune.tencrop import tencrop_transform
@@ -85,7 +86,7 @@ def test_step_schedule_is_vtabs_piecewise_constant_with_warmup(
     target = torch.linspace(-1.0, 1.0, 5)
     w = nn.Parameter(torch.zeros(5))
     opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, nesterov=False)
-    sched = _scheduler(spec, opt)
+    sched = make_scheduler(spec, opt)
     w_ref, accum = torch.zeros(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
     for s in range(min(steps, 1200)):
         assert opt.param_groups[0]["lr"] == pytest.approx(_vtab_lr(s, 0.1, boundaries, warmup))

@@ -40,11 +40,11 @@ from tqdm import tqdm
 
 from harness.config.cards import Preprocessing
 from harness.protocols.finetune.data import train_loader
-from harness.protocols.finetune.keras import KerasAdam
-from harness.protocols.finetune.network import Classifier, clone_state, param_groups
+from harness.protocols.finetune.network import Classifier, clone_state
+from harness.protocols.finetune.optim import Scheduler, make_optimizer, make_scheduler
 from harness.protocols.finetune.runtime import Runtime, capture_rng, restore_rng
 from harness.protocols.finetune.spec import RunOutcome, RunSpec, StepInfo
-from harness.protocols.finetune.warmup import WarmupCosine, WarmupPlateau
+from harness.protocols.finetune.warmup import WarmupPlateau
 
 if TYPE_CHECKING:
     from harness.cache.runs import Checkpoint
@@ -123,8 +123,8 @@ def train_run(
     model.to(runtime.device)
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(spec, model)
-    scheduler = _scheduler(spec, optimizer)
+    optimizer = make_optimizer(spec, model)
+    scheduler = make_scheduler(spec, optimizer)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     state = _State()
 
@@ -175,60 +175,6 @@ def train_run(
         val_score=_scored_val(spec, state, keep_best),
         lrs=[float(g["lr"]) for g in optimizer.param_groups],
     )
-
-
-def _optimizer(spec: RunSpec, model: Classifier) -> torch.optim.Optimizer:
-    groups = param_groups(model, spec.lr, spec.weight_decay, spec.layer_decay)
-    if spec.optimizer == "keras-adam":
-        if spec.weight_decay:
-            raise ValueError(f"run {spec.name}: Keras' Adam has no weight decay")
-        return KerasAdam(groups, lr=spec.lr)
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.SGD(
-        groups,
-        lr=spec.lr,
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-    )
-
-
-Scheduler = (
-    torch.optim.lr_scheduler.LRScheduler
-    | torch.optim.lr_scheduler.ReduceLROnPlateau
-    | WarmupPlateau
-    | WarmupCosine
-)
-
-
-def _scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer) -> Scheduler:
-    warmup = {
-        "max_lr": spec.lr,
-        "warmup_iters": spec.warmup_iters,
-        "warmup_start": spec.warmup_start,
-    }
-    if spec.schedule == "warmup-plateau":
-        return WarmupPlateau(
-            optimizer,
-            **warmup,
-            steps_per_epoch=spec.steps_per_epoch,
-            mode="max" if spec.select_on == "metric" else "min",
-            factor=spec.plateau_factor,
-            patience=spec.plateau_patience,
-            threshold=spec.plateau_threshold,
-        )
-    if spec.schedule == "warmup-cosine":
-        return WarmupCosine(optimizer, **warmup, horizon=spec.horizon, floor=spec.cosine_floor)
-    if spec.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max" if spec.select_on == "metric" else "min",
-            factor=spec.plateau_factor,
-            patience=spec.plateau_patience,
-            threshold=spec.plateau_threshold,
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, spec.lr_factor)
 
 
 def _scored_val(spec: RunSpec, state: _State, keep_best: bool) -> float:
