@@ -30,7 +30,6 @@ from harness.config.cards import Preprocessing
 from harness.data.transforms import (
     crop_mode,
     eval_steps,
-    needs_preparation,
     prepare_for_normalise,
     to_pil_rgb,
 )
@@ -143,8 +142,7 @@ def normalise_batch(batch: torch.Tensor, pre: Preprocessing, device: torch.devic
     mean, divide by the std, in float32), so the result equals the per-image transform's.
     """
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).to(torch.float32).div(255)
-    if needs_preparation(pre):
-        x = prepare_for_normalise(x, pre)
+    x = prepare_for_normalise(x, pre)
     mean, std = _channel_stats(tuple(pre.mean), tuple(pre.std), device)
     return x.sub(mean).div(std).contiguous(memory_format=torch.channels_last)
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from harness.config.cards import Preprocessing
 from harness.config.model_cards import CHANNEL_RULES
@@ -139,8 +140,6 @@ def normalise(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     Returns:
         The normalised float tensor.
     """
-    from torchvision.transforms.v2 import functional as F
-
     return F.normalize(prepare_for_normalise(x, pre), list(pre.mean), list(pre.std))
 
 

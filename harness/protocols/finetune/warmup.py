@@ -51,11 +51,8 @@ class _LinearWarmup:
         self.delta = (max_lr - warmup_start) / warmup_iters
         self.warmup_iters = warmup_iters
         self.iteration = 0
-        self._set_lr(warmup_start + self.delta)  # eta_min, then the constructor's step
-
-    def _set_lr(self, value: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = value
+        for group in optimizer.param_groups:
+            group["lr"] = warmup_start + self.delta  # eta_min, then the constructor's step
 
     def _advance(self) -> bool:
         """Count an iteration; while the warmup lasts add its increment and return True."""
@@ -156,13 +153,13 @@ class WarmupCosine(_LinearWarmup):
         if not 1 <= warmup_iters < horizon:
             raise ValueError("WarmupCosine needs 1 <= warmup_iters < horizon")
         super().__init__(optimizer, max_lr, warmup_iters, warmup_start)
-        # built after the warmup as the peer builds it: its initial_lr is the warmup's
-        # eta_min (used only at a restart past the run's end)
-        self._set_lr(warmup_start)
+        # the peer builds it after the warmup, which left initial_lr at its eta_min (used
+        # only at a restart past the run's end); its constructor step keeps the lr
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", warmup_start)
         self.cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=horizon - warmup_iters, eta_min=floor
         )
-        self._set_lr(warmup_start + self.delta)
 
     def step(self) -> None:
         """One training iteration: warm up, then anneal."""
