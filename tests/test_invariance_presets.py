@@ -149,7 +149,7 @@ def peer_rotation(k: int) -> Any:
 
 def test_preset_is_registered_with_the_peers_preprocessing() -> None:
     preset = get_preset("invariance", "ssl-medicalimaging")
-    assert preset is not None and preset.version == 3
+    assert preset is not None and preset.version == 4
     assert preset.source.startswith("jonahanton/SSL_medicalimaging@77fceef:")
     case = FakeCase("shenzhen", {}, ToyModel(4, 2))
     case.case.model = get_model_card("resnet50.moco_v2")

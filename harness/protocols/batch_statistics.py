@@ -33,10 +33,12 @@ from torch import nn
 from harness.data.transforms import describe
 from harness.features import extract, resolve_device
 from harness.protocols.image_transforms import applicable, apply_transform, transform_tag
+from harness.protocols.invariance_eval import transformed_images_preprocessing
 from harness.protocols.pairing import COV_BATCH_SIZE, legacy_cov_batches
 from harness.protocols.whitening import cached_feature_stats, cov_indices
 
 if TYPE_CHECKING:
+    from harness.config.cards import Preprocessing
     from harness.protocols.case import CaseRun
     from harness.protocols.invariance import InvarianceConfig
     from harness.protocols.multiview import MultiviewConfig
@@ -70,7 +72,11 @@ def batch_statistics_module(module: nn.Module) -> nn.Module:
 
 
 def batch_features(
-    case: CaseRun, images: np.ndarray, batches: list[np.ndarray], purpose: str
+    case: CaseRun,
+    images: np.ndarray,
+    batches: list[np.ndarray],
+    purpose: str,
+    pre: Preprocessing | None = None,
 ) -> np.ndarray:
     """Features of ``images[batch]`` for each batch, each batch normalised on its own.
 
@@ -79,11 +85,12 @@ def batch_features(
         images: The uint8 images (N, H, W, 3) the batches index.
         batches: Row indices of each batch, in order.
         purpose: Names the extraction in the cache key (e.g. ``"covariance"``).
+        pre: The images' preprocessing when it is not the case's.
 
     Returns:
         float32 features, the batches' rows concatenated in order (sum of batch sizes, D).
     """
-    pre = case.preprocessing()
+    pre = pre or case.preprocessing()
     depends_on = {
         "purpose": purpose,
         "preprocessing": describe(pre),
@@ -186,9 +193,9 @@ def invariance_batch_statistics(
     """The peer's training-mode features of a synthetic-invariance case.
 
     Each clean image goes through the model alone; the ``k`` entries of one transform
-    name (the identity included, transformed by the same kernel) of one image go through
-    together, as ``ManualTransform`` stacks them; the covariance images in the clean
-    loader's batches.
+    name (the identity included, transformed by the same kernel and normalised by
+    ``config.transformed_normalisation``) of one image go through together, as
+    ``ManualTransform`` stacks them; the covariance images in the clean loader's batches.
 
     Args:
         case: The invariance case.
@@ -219,6 +226,7 @@ def invariance_batch_statistics(
         else:
             entries.setdefault(name, []).append((tag, magnitude))
     transformed: dict[str, np.ndarray] = {}
+    pre = transformed_images_preprocessing(case, config)
     for name, sweep in entries.items():
         copies = np.stack(
             [apply_transform(name, subset, m, config.transform_backend) for _, m in sweep], axis=1
@@ -226,7 +234,7 @@ def invariance_batch_statistics(
         k = len(sweep)
         batches = [np.arange(u * k, (u + 1) * k) for u in range(len(subset))]
         flat = copies.reshape(-1, *copies.shape[2:])
-        features = batch_features(case, flat, batches, f"invariance-{name}")
+        features = batch_features(case, flat, batches, f"invariance-{name}", pre)
         features = features.reshape(len(subset), k, -1)
         for j, (tag, _) in enumerate(sweep):
             transformed[tag] = features[:, j]

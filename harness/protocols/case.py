@@ -45,7 +45,7 @@ from harness.features import cached_features
 from harness.precision import DEFAULT_PRECISION
 from harness.protocols.backbone import Backbone, make_backbone
 from harness.protocols.base import ProtocolResult, SplitFeatures, TaskInfo
-from harness.protocols.case_record import build_record
+from harness.protocols.case_record import build_record, feature_scale
 from harness.protocols.registry import Preset, get_preset, get_protocol
 from harness.records.results import ResultRecord, store
 from harness.zoo.build import model_preprocessing
@@ -192,7 +192,13 @@ class CaseRun:
             )
         return self._backbone
 
-    def _features(self, split: str, images: np.ndarray, digest: str | None = None) -> np.ndarray:
+    def _features(
+        self,
+        split: str,
+        images: np.ndarray,
+        digest: str | None = None,
+        pre: Preprocessing | None = None,
+    ) -> np.ndarray:
         backbone = self.backbone()
         features, info = cached_features(
             self.case.model,
@@ -200,7 +206,7 @@ class CaseRun:
             self.case.dataset,
             split,
             images,
-            self.preprocessing(),
+            pre or self.preprocessing(),
             backbone.load,
             device=self.device,
             layer=self.case.model.feature_layer,
@@ -231,13 +237,16 @@ class CaseRun:
         )
         return out
 
-    def derived_features(self, split: str, tag: str, images: np.ndarray) -> np.ndarray:
+    def derived_features(
+        self, split: str, tag: str, images: np.ndarray, pre: Preprocessing | None = None
+    ) -> np.ndarray:
         """Return (cached) features of images derived from a split, e.g. a transformed copy.
 
         Args:
             split: the split the images come from.
             tag: names the derivation (transform name and parameters); part of the cache key.
             images: the derived uint8 images.
+            pre: Their preprocessing when it is not the case's (part of the cache key).
 
         Raises:
             ValueError: When ``split`` or ``tag`` is not a plain name (they become part of
@@ -248,14 +257,18 @@ class CaseRun:
             if problem is not None:
                 raise ValueError(f"derived features of case {self.case.case_id}: {what} {problem}")
         started = time.perf_counter()
-        features = self._features(f"{split}:{tag}", images)
+        features = self._features(f"{split}:{tag}", images, pre=pre)
         self.timings["extraction_s"] = self.timings.get("extraction_s", 0.0) + (
             time.perf_counter() - started
         )
         return features
 
     def derived_feature_sets(
-        self, split: str, prefix: str, sets: dict[str, np.ndarray]
+        self,
+        split: str,
+        prefix: str,
+        sets: dict[str, np.ndarray],
+        pre: Preprocessing | None = None,
     ) -> dict[str, np.ndarray]:
         """Return features of several derived image sets, extracted together as one cache entry.
 
@@ -266,12 +279,13 @@ class CaseRun:
             split: the split the images come from.
             prefix: names the derivation (e.g. the subset and seed); part of the cache key.
             sets: tag -> derived uint8 images (every set the same image shape).
+            pre: Their preprocessing when it is not the case's (part of the cache key).
         """
         if not sets:
             return {}
         tags = list(sets)
         stacked = np.concatenate([sets[tag] for tag in tags])
-        features = self.derived_features(split, f"{prefix}-{stable_hash(tags)}", stacked)
+        features = self.derived_features(split, f"{prefix}-{stable_hash(tags)}", stacked, pre)
         bounds = np.cumsum([0, *(len(sets[tag]) for tag in tags)])
         return {tag: features[a:b] for tag, a, b in zip(tags, bounds[:-1], bounds[1:], strict=True)}
 
@@ -365,26 +379,3 @@ class CaseRun:
     ) -> ResultRecord:
         """The case's result record, not written (:func:`~harness.protocols.case_record.build_record`)."""
         return build_record(self, result, version, config, primary_metric)
-
-
-def feature_scale(features: np.ndarray) -> dict[str, Any]:
-    """Summarise the scale of a feature matrix, so a record shows degenerate features.
-
-    Returns:
-        ``abs_mean``, ``max_abs``, ``median_dim_std`` (per-dimension std across images),
-        ``near_constant_dims`` (std at most 1e-5 of the dimension's largest magnitude:
-        variation at rounding level), ``zero_rows`` and ``dim``.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2 or x.size == 0:
-        return {"dim": int(x.shape[-1]) if x.ndim else 0}
-    std = x.std(axis=0)
-    peak = np.abs(x).max(axis=0)
-    return {
-        "abs_mean": float(np.abs(x).mean()),
-        "max_abs": float(peak.max()),
-        "median_dim_std": float(np.median(std)),
-        "near_constant_dims": int(np.sum(std <= 1e-5 * peak)),
-        "zero_rows": int(np.sum(np.all(x == 0, axis=1))),
-        "dim": int(x.shape[1]),
-    }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from harness.features import device_class
 from harness.protocols.base import ProtocolResult
 from harness.protocols.registry import DEFAULT_PRESET
@@ -87,3 +89,26 @@ def numerics(run: CaseRun) -> dict[str, Any]:
     if run.feature_scale:
         out["feature_scale"] = run.feature_scale
     return out
+
+
+def feature_scale(features: np.ndarray) -> dict[str, Any]:
+    """Summarise the scale of a feature matrix, so a record shows degenerate features.
+
+    Returns:
+        ``abs_mean``, ``max_abs``, ``median_dim_std`` (per-dimension std across images),
+        ``near_constant_dims`` (std at most 1e-5 of the dimension's largest magnitude:
+        variation at rounding level), ``zero_rows`` and ``dim``.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        return {"dim": int(x.shape[-1]) if x.ndim else 0}
+    std = x.std(axis=0)
+    peak = np.abs(x).max(axis=0)
+    return {
+        "abs_mean": float(np.abs(x).mean()),
+        "max_abs": float(peak.max()),
+        "median_dim_std": float(np.median(std)),
+        "near_constant_dims": int(np.sum(std <= 1e-5 * peak)),
+        "zero_rows": int(np.sum(np.all(x == 0, axis=1))),
+        "dim": int(x.shape[1]),
+    }

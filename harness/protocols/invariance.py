@@ -49,7 +49,9 @@ transform name, the mean over its magnitudes of the per-magnitude mean over imag
 peers' ``nanmean(S, axis=0).mean()`` over a sweep that includes the identity) and
 ``transform_backend`` (``torchvision-pil``: the peers' kernels,
 :mod:`harness.protocols.image_transforms.pil`). A transform entry at its identity
-magnitude reuses the clean features (its cosine is 1 wherever it is defined).
+magnitude reuses the clean features (its cosine is 1 wherever it is defined), unless
+``transformed_normalisation`` normalises the transformed images differently
+(:mod:`harness.protocols.invariance_eval`).
 
 Caveat (also the peers'): with ``n`` covariance images and ``D`` feature dimensions,
 ``D - n + 1`` directions have zero variance and are scaled by ``epsilon^-1/2`` (1000) in the
@@ -67,25 +69,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.config.profiles import check_profile
+from harness.data.transforms import describe
 from harness.protocols.base import ProtocolResult, without_defaults
 from harness.protocols.batch_statistics import check_batchnorm_mode, invariance_batch_statistics
 from harness.protocols.image_transforms import (
     BACKENDS,
     DEFAULT_TRANSFORMS,
-    IDENTITY,
-    applicable,
-    apply_transform,
     get_transform,
     transform_tag,
 )
+from harness.protocols.invariance_eval import (
+    eval_mode_features,
+    transformed_images_preprocessing,
+)
 from harness.protocols.invariance_sampling import (
     SAMPLINGS,
-    eval_source,
     image_indices,
-    invariance_stats,
     is_default,
     pooled_images,
 )
+from harness.protocols.peer_normalisation import TRANSFORMED_NORMALISATIONS
 from harness.protocols.registry import DetailTable, register_protocol
 from harness.protocols.whitening import (
     as_features,
@@ -139,6 +142,11 @@ class InvarianceConfig:
             ``pool_splits`` or legacy sampling.
         whitening: ``float64-eigh`` (medxfer) or ``float32-cholesky`` (the peers'
             arithmetic; :mod:`harness.protocols.whitening_peer`).
+        transformed_normalisation: ``same`` (the transformed images are normalised as the
+            clean ones) or ``imagenet-if-histogram`` (SSL_medicalimaging's
+            ``ManualTransform.T``: ImageNet's mean / std instead of a histogram
+            normalisation; :func:`~harness.protocols.peer_normalisation.transformed_preprocessing`).
+            Identity entries then have features of their own.
     """
 
     transforms: tuple[tuple[str, float], ...] = DEFAULT_TRANSFORMS
@@ -155,6 +163,7 @@ class InvarianceConfig:
     transform_backend: str = "medxfer"
     batchnorm: str = "eval"
     whitening: str = WHITENINGS[0]
+    transformed_normalisation: str = "same"
 
     def __post_init__(self) -> None:
         transforms = tuple((str(name), float(magnitude)) for name, magnitude in self.transforms)
@@ -164,6 +173,11 @@ class InvarianceConfig:
             ("sampling", self.sampling, SAMPLINGS),
             ("aggregate", self.aggregate, AGGREGATES),
             ("transform_backend", self.transform_backend, tuple(BACKENDS)),
+            (
+                "transformed_normalisation",
+                self.transformed_normalisation,
+                TRANSFORMED_NORMALISATIONS,
+            ),
         ):
             if value not in known:
                 raise ValueError(f"InvarianceConfig.{field} must be one of {known}, got {value!r}")
@@ -232,7 +246,10 @@ class InvarianceConfig:
         out = asdict(self)
         out["transforms"] = [[name, magnitude] for name, magnitude in self.transforms]
         out["pool_splits"] = list(self.pool_splits)
-        return without_defaults(out, {"batchnorm": "eval", "whitening": WHITENINGS[0]})
+        return without_defaults(
+            out,
+            {"batchnorm": "eval", "whitening": WHITENINGS[0], "transformed_normalisation": "same"},
+        )
 
 
 def run_synthetic(
@@ -365,32 +382,15 @@ def run_case(case: CaseRun, config: InvarianceConfig) -> ProtocolResult:
     subset = images[unique]
     if config.batchnorm == "batch-statistics":
         stats, clean, transformed, skipped = invariance_batch_statistics(case, config, subset)
-        order = [tag for tag in config.tags() if tag in transformed]
-        transformed = {tag: transformed[tag][inverse] for tag in order}
-        result = run_synthetic(clean[inverse], transformed, stats, config, skipped=skipped)
-        result.details["batchnorm"] = config.batchnorm
-        return result
-    stats, stats_hit = invariance_stats(case, config)
-    sets, skipped, identities = {"identity": subset}, {}, []
-    for name, magnitude in config.transforms:
-        tag = transform_tag(name, magnitude)
-        reason = applicable(name, subset)
-        if reason is not None:
-            skipped[tag] = reason
-        elif magnitude == IDENTITY[name]:
-            identities.append(tag)
-        else:
-            sets[tag] = apply_transform(name, subset, magnitude, config.transform_backend)
-    # all transforms in one cache entry: small sets would each be one padded batch
-    prefix = f"subset{len(unique)}-seed{config.seed}"
-    if not is_default(config) or config.transform_backend != "medxfer":
-        prefix += f"-{config.sampling}-{config.transform_backend}"
-    features = case.derived_feature_sets(eval_source(config), prefix, sets)
-    clean = features.pop("identity")
-    transformed = {tag: clean for tag in identities} | features
+        details: dict[str, Any] = {"batchnorm": config.batchnorm}
+    else:
+        stats, hit, clean, transformed, skipped = eval_mode_features(case, config, subset)
+        details = {"stats_cache": "hit" if hit else "miss"}
     order = [tag for tag in config.tags() if tag in transformed]
-    clean = clean[inverse]
     transformed = {tag: transformed[tag][inverse] for tag in order}
-    result = run_synthetic(clean, transformed, stats, config, skipped=skipped)
-    result.details["stats_cache"] = "hit" if stats_hit else "miss"
+    result = run_synthetic(clean[inverse], transformed, stats, config, skipped=skipped)
+    transformed_pre = transformed_images_preprocessing(case, config)
+    if transformed_pre is not None:
+        details["transformed_preprocessing"] = describe(transformed_pre)
+    result.details.update(details)
     return result

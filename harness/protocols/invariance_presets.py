@@ -38,8 +38,10 @@ read from its code:
   ``CenterCrop(224)``: the ``torchvision-pil`` backend and the preprocessing below. Mean
   and std are ImageNet's except for the runner's ``--no-norm`` (SimCLR-v1) and the
   histogram-normalised MIMIC-CheXpert models (:mod:`harness.protocols.peer_normalisation`,
-  version 3). For the latter the peer ImageNet-normalises the transformed images
-  (``ManualTransform.T``) but not the clean ones; here both are histogram-normalised.
+  version 3). For the latter the peer histogram-normalises the clean images but
+  ImageNet-normalises every transformed copy, identity entries included
+  (``ManualTransform.T``): ``transformed_normalisation = "imagenet-if-histogram"``
+  (version 4; versions 1-3 histogram-normalised both).
 
 Left out: translation. The peer's translation sweep is a 2-D grid of pixel shifts
 (``a * 256`` native pixels) with a 1 degree x-shear in every entry (its ``shear`` values
@@ -106,7 +108,7 @@ def ssl_medical_transforms(dataset: str) -> tuple[tuple[str, float], ...]:
 @register_preset(
     "invariance",
     "ssl-medicalimaging",
-    version=3,
+    version=4,
     # the runner passes --no-norm for SimCLR-v1 only
     preprocessing=with_normalisation(PEER_PREPROCESSING, "raw-input-models"),
     source="jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py",
@@ -119,7 +121,8 @@ def ssl_medical_invariance(case: CaseRun) -> InvarianceConfig:
     """The config reproducing SSL_medicalimaging's invariance numbers on a case's dataset.
 
     Args:
-        case: The case (its dataset card's name picks the runner's rotation k).
+        case: The case (its dataset card's name picks the runner's rotation k; a
+            histogram-normalising model card, how the transformed images are normalised).
 
     Returns:
         The protocol config (see the module docstring for each setting's source).
@@ -137,4 +140,14 @@ def ssl_medical_invariance(case: CaseRun) -> InvarianceConfig:
         transform_backend="torchvision-pil",
         batchnorm="batch-statistics",
         whitening="float32-cholesky",
+        transformed_normalisation=(
+            "imagenet-if-histogram" if histogram_normalised(case) else "same"
+        ),
     )
+
+
+def histogram_normalised(case: CaseRun) -> bool:
+    """Whether the case's model card histogram-normalises its input (the MIMIC-CheXpert
+    models); False for a stand-in case that carries no model card."""
+    model = getattr(case.case, "model", None)
+    return bool(getattr(getattr(model, "preprocessing", None), "histogram_normalize", False))

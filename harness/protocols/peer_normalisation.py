@@ -43,6 +43,7 @@ channel's pretrained weights (``defaults/models.py`` ``modify_first_layer``): th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -52,6 +53,10 @@ IMAGENET: dict[str, Any] = {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAU
 
 #: Where the runner passes ``--no-norm``: always, for raw-input models only, or never.
 NO_NORM_RULES = ("always", "raw-input-models", "never")
+
+#: How a synthetic-invariance case normalises its transformed images: as its clean ones,
+#: or as SSL_medicalimaging's ``ManualTransform.T`` (see :func:`transformed_preprocessing`).
+TRANSFORMED_NORMALISATIONS = ("same", "imagenet-if-histogram")
 
 
 def _grey(mean: float, std: float) -> dict[str, Any]:
@@ -168,3 +173,34 @@ def with_target_normalisation(base: dict[str, Any], stats: dict[str, dict[str, A
         return {**base, **target_normalisation(case.case.dataset.name, stats)}
 
     return overrides
+
+
+def transformed_preprocessing(pre: Any, rule: str) -> Any:
+    """The preprocessing of a synthetic-invariance case's transformed images.
+
+    jonahanton/SSL_medicalimaging@77fceef:invariances/invariances.py builds the clean
+    images with ``HistogramNormalize`` for its ``mimic-chexpert`` models, but every
+    transformed copy (the identity entry of a sweep included) goes through
+    ``ManualTransform.T``, which ends in ``FT.normalize(image / 255., *self.norm)`` with
+    the runner's mean / std (ImageNet's: ``--no-norm`` is passed for SimCLR-v1 only) and
+    never histogram-normalises.
+
+    Args:
+        pre: The case's (clean images') preprocessing.
+        rule: A value of :data:`TRANSFORMED_NORMALISATIONS`: ``same`` keeps ``pre``;
+            ``imagenet-if-histogram`` swaps a histogram normalisation for ImageNet's mean
+            and std, as the peer's transformed images.
+
+    Returns:
+        ``pre`` itself when nothing changes, else the changed copy.
+
+    Raises:
+        ValueError: On an unknown rule.
+    """
+    if rule not in TRANSFORMED_NORMALISATIONS:
+        raise ValueError(
+            f"transformed_normalisation must be one of {TRANSFORMED_NORMALISATIONS}, got {rule!r}"
+        )
+    if rule == "same" or not getattr(pre, "histogram_normalize", False):
+        return pre
+    return dataclasses.replace(pre, histogram_normalize=False, **IMAGENET)
