@@ -1,9 +1,10 @@
-"""``medxfer derive``: fine-tune a model on a source dataset and register it as a model card.
+"""``medxfer derive``: fine-tune (or DINO-pretrain) a model on a source dataset and register
+it as a model card.
 
 Two forms:
 
-* ``medxfer derive --parent M --dataset D [--seed S] [--profile P] [--preset X]
-  [--name arch.tag] [--category C] [--cards DIR]`` derives the model now and writes (or
+* ``medxfer derive --parent M --dataset D [--protocol finetune|dino] [--seed S]
+  [--profile P] [--preset X] [--name arch.tag] [--category C] [--cards DIR]`` derives the model now and writes (or
   updates) its entry, with the checkpoint's sha256 pinned, in ``DIR/models/derived.yaml``
   (default ``DIR``: ``$MEDXFER_HOME/cards``, on the card search path);
 * ``medxfer derive NAME [--refresh]`` derives an existing derived card now (``--refresh``:
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.card_fields import CardError, Fields, read_yaml
+from harness.config.derived_cards import DERIVE_PROTOCOLS
 from harness.config.model_cards import CATEGORIES, MODEL_NAME
 
 DERIVED_FILE = "derived.yaml"
@@ -41,7 +43,14 @@ def add_derive_parser(sub: Any) -> None:
     p.add_argument("--dataset", help="the source dataset card")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (default 0)")
     p.add_argument("--profile", default="smoke", choices=tuple(PROFILES))
-    p.add_argument("--preset", default=None, help="a finetune preset (default: medxfer)")
+    p.add_argument(
+        "--protocol",
+        default="finetune",
+        choices=DERIVE_PROTOCOLS,
+        help="how the parent is trained on the dataset: finetune (default) or dino "
+        "(self-supervised pretraining; the teacher's backbone is kept)",
+    )
+    p.add_argument("--preset", default=None, help="a preset of that protocol (default: medxfer)")
     p.add_argument("--name", default=None, help="the new card's name (arch.tag)")
     p.add_argument(
         "--category",
@@ -122,7 +131,7 @@ def _new_card(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def _default_name(args: argparse.Namespace, parent: str) -> str:
-    parts = [f"{parent}_ft_{args.dataset}"]
+    parts = [f"{parent}_{'dino' if args.protocol == 'dino' else 'ft'}_{args.dataset}"]
     if args.profile != "smoke":
         parts.append(args.profile)
     if args.preset and args.preset != "medxfer":
@@ -137,6 +146,7 @@ def _entry(args: argparse.Namespace, name: str, category: str, sha: str | None) 
         "source": "derived",
         "parent": args.parent,
         "dataset": args.dataset,
+        **({"protocol": args.protocol} if args.protocol != "finetune" else {}),
         "profile": args.profile,
         "seed": args.seed,
     }
@@ -173,7 +183,7 @@ def info_rows(card: Any, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
     from harness.zoo.derived import provenance_text
 
     spec = card.weights.derived
-    source = f"derived: {spec.parent} fine-tuned on {spec.dataset}"
+    source = f"derived: {spec.parent} {spec.made} on {spec.dataset}"
     pin = card.weights.expected_sha256
     checksum = f"pinned sha256 {pin}" if pin else "not pinned (the checkpoint's sha256 is recorded)"
     replace = {"source": source, "checksum": checksum}

@@ -109,8 +109,11 @@ def test_paper_medical_covers_its_suite_exactly() -> None:
 def test_medical_transformers_entries_use_median_and_runs() -> None:
     path = EXPECTED_DIR / "medical-transformers.yaml"
     entries = load_expected(path, "medical-transformers").entries
-    assert len(entries) == 12
+    assert len(entries) == 18  # the "ImageNet + DINO" rows are derived cards
     assert {(e.preset, e.preset_version) for e in entries.values()} == {("medical-transformers", 1)}
+    dino = entries["finetune/isic2019/deit_small_patch16_224.fb_in1k_dino_isic2019"]
+    assert (dino.metric, dino.value) == ("mean_per_class_accuracy", 0.853)
+    assert dino.source["row"] == "ImageNet (supervised) + Self-supervised with DINO / DeiT-S"
     kappa = entries["finetune/aptos2019/resnet50.tv_in1k"]
     assert (kappa.metric, kappa.value) == ("quadratic_kappa", 0.893)
     assert kappa.source["interval"] == {"kind": "std", "value": 0.004, "runs": 5,

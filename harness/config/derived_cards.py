@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from harness.config.model_cards import ModelCard
 
 DERIVED = "derived"
-DERIVE_PROTOCOLS = ("finetune",)
+DERIVE_PROTOCOLS = ("finetune", "dino")
 DERIVED_FIELDS = frozenset({"parent", "dataset", "protocol", "profile", "preset"})
 # Fields of other sources that say where a file is or how its keys map: a derived
 # checkpoint is the harness's own, keyed like the parent's architecture.
@@ -52,14 +52,16 @@ _PRESET_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
 @dataclass(frozen=True)
 class DerivedSpec:
-    """How a derived model is made: its parent fine-tuned on a source dataset.
+    """How a derived model is made: its parent fine-tuned (or DINO-pretrained) on a source dataset.
 
     Attributes:
         parent: The model card fine-tuned.
         dataset: The dataset card it is fine-tuned on (the source).
-        protocol: The protocol that trains it (``finetune``).
-        profile: The profile whose fine-tuning settings and subset are used.
-        preset: A fine-tuning preset (``medxfer`` when None).
+        protocol: The protocol that trains it: ``finetune``, or ``dino`` (self-supervised
+            pretraining on the dataset's train split, :mod:`harness.protocols.dino`).
+        profile: The profile whose training settings and subset are used.
+        preset: A preset of that protocol (``medxfer`` when None); a ``dino`` preset
+            takes its preprocessing from the fine-tuning preset of the same name.
     """
 
     parent: str
@@ -67,6 +69,11 @@ class DerivedSpec:
     protocol: str = "finetune"
     profile: str = "smoke"
     preset: str | None = None
+
+    @property
+    def made(self) -> str:
+        """How the parent became this model, in words: ``fine-tuned`` or ``DINO-pretrained``."""
+        return "DINO-pretrained" if self.protocol == "dino" else "fine-tuned"
 
 
 def parse_derived(fields: Fields, source: str) -> DerivedSpec | None:
@@ -229,9 +236,9 @@ def _inherit(card: ModelCard, parent: ModelCard, spec: DerivedSpec, where: str) 
     if card.feature_layer != "pooled" and library != "timm":
         raise CardError(f"{where}: feature_layer '{card.feature_layer}' needs a timm architecture")
     if not card.pretraining_data:
-        changes["pretraining_data"] = f"{parent.pretraining_data} -> {spec.dataset} (fine-tuned)"
+        changes["pretraining_data"] = f"{parent.pretraining_data} -> {spec.dataset} ({spec.made})"
     if not card.paper:
-        changes["paper"] = f"derived in medxfer: {parent.name} fine-tuned on {spec.dataset}"
+        changes["paper"] = f"derived in medxfer: {parent.name} {spec.made} on {spec.dataset}"
     if not card.license:
         changes["license"] = parent.license
     return dataclasses.replace(card, **changes)

@@ -27,8 +27,6 @@ differs is refused naming both hashes.
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -42,13 +40,14 @@ from harness.cache.keys import file_sha256, safe_name
 from harness.cache.store import STORE, Entry
 from harness.config.cards import DatasetCard, ModelCard, Preprocessing
 from harness.config.profiles import Profile
-from harness.zoo.derived_files import CHECKPOINTS, SafetensorsState
+from harness.zoo.derived_files import (
+    BACKBONE_PREFIX,
+    CHECKPOINTS,
+    DERIVED_FORMAT,
+    SafetensorsState,
+)
+from harness.zoo.derived_make import derive as _derive
 from harness.zoo.errors import CheckpointError, WeightsUnavailable
-
-LOG = logging.getLogger("medxfer.derived")
-DERIVED_FORMAT = 1
-BACKBONE_PREFIX = "backbone."
-CREATED_BY = "medxfer derive (harness.zoo.derived)"
 
 
 class DerivationUnavailable(WeightsUnavailable):
@@ -72,15 +71,39 @@ class Derivation:
     preset: Any  # Preset | None
     run: Any  # the CaseRun that loads the dataset's splits (with the profile's subset)
 
+    @property
+    def protocol(self) -> str:
+        """The protocol that trains it: ``finetune`` or ``dino``."""
+        spec = self.card.weights.derived
+        return "finetune" if spec is None else spec.protocol
+
+    @property
+    def protocol_version(self) -> int:
+        """That protocol's version."""
+        if self.protocol == "dino":
+            from harness.protocols.dino import VERSION
+        else:
+            from harness.protocols.finetune import VERSION
+        return VERSION
+
+    @property
+    def preset_id(self) -> tuple[str, int] | None:
+        """The preset's name and version (None for medxfer's default)."""
+        if self.protocol == "dino":
+            from harness.protocols.dino import PRESETS
+
+            name = self.card.weights.derived.preset  # type: ignore[union-attr]
+            return None if name is None else (name, PRESETS[name][0])
+        return None if self.preset is None else (self.preset.name, self.preset.version)
+
     def key_payload(self) -> dict[str, Any]:
         """The cache key: parent, dataset, protocol, config, profile, preprocessing, versions."""
         import numpy
         import timm
 
-        from harness.protocols.finetune import VERSION
         from harness.zoo.build import weights_identity
 
-        preset = self.preset
+        preset = self.preset_id
         return {
             "format": DERIVED_FORMAT,
             "parent": {
@@ -90,9 +113,9 @@ class Derivation:
             },
             "dataset": {"name": self.dataset.name, "card": self.dataset.fingerprint()},
             "protocol": {
-                "name": "finetune",
-                "version": VERSION,
-                "preset": None if preset is None else [preset.name, preset.version],
+                "name": self.protocol,
+                "version": self.protocol_version,
+                "preset": None if preset is None else list(preset),
             },
             "config": self.config.to_dict(),
             "profile": self.profile.to_dict(),
@@ -111,12 +134,14 @@ class Derivation:
 
 
 def plan(card: ModelCard) -> Derivation:
-    """Resolve a derived card's parent, dataset, profile, preset and fine-tuning config.
+    """Resolve a derived card's parent, dataset, profile, preset and training config.
 
     Raises:
         CheckpointError: When the card is not derived.
-        CardError: When its parent or dataset card cannot be used.
+        CardError: When its parent or dataset card cannot be used, or its dino preset is
+            unknown.
     """
+    from harness.config.card_fields import CardError
     from harness.config.cards import get_dataset_card, get_model_card
     from harness.config.cases import Case
     from harness.config.profiles import get_profile
@@ -130,11 +155,22 @@ def plan(card: ModelCard) -> Derivation:
     discover()
     parent, dataset = get_model_card(spec.parent), get_dataset_card(spec.dataset)
     profile = get_profile(spec.profile)
-    case = Case(parent, dataset, spec.protocol, "derived", profile, preset=spec.preset or "medxfer")
+    # a dino preset's preprocessing is the fine-tuning preset's of the same name: the
+    # study pretrains and fine-tunes with one params.json
+    protocol = "finetune"
+    case = Case(parent, dataset, protocol, "derived", profile, preset=spec.preset or "medxfer")
     run = CaseRun(case, Path(tempfile.gettempdir()))
-    config = dataclasses.replace(
-        get_protocol(spec.protocol).make_config(run), seed=card.weights.seed
-    )
+    if spec.protocol == "dino":
+        from harness.protocols.dino import dino_config
+
+        try:
+            config = dino_config(profile.name, spec.preset, card.weights.seed)
+        except ValueError as exc:
+            raise CardError(f"model {card.name} ({card.source_file}): {exc}") from exc
+    else:
+        config = dataclasses.replace(
+            get_protocol(protocol).make_config(run), seed=card.weights.seed
+        )
     preset = run.preset
     pre = with_overrides(parent.preprocessing, preset.overrides(run) if preset else {})
     pre = pre.with_input_size(config.input_size or profile.input_size)
@@ -216,70 +252,6 @@ def _pinned(card: ModelCard, path: Path) -> Path:
             "remove the pin)"
         )
     return path
-
-
-def _derive(derivation: Derivation, device: str, progress: bool) -> tuple[dict, dict[str, str]]:
-    """Fine-tune the parent on the source dataset; return the network's state and metadata."""
-    import numpy
-    import safetensors
-    import timm
-
-    import harness
-    from harness.cache.keys import array_digest
-    from harness.protocols.base import TaskInfo
-    from harness.protocols.finetune import VERSION, fine_tune
-    from harness.zoo.build import build_model, weights_identity
-
-    card, parent, dataset = derivation.card, derivation.parent, derivation.dataset
-    LOG.warning("deriving model %s: fine-tuning %s on %s", card.name, parent.name, dataset.name)
-    splits = derivation.run.splits()
-    task = TaskInfo(dataset.task, dataset.num_classes, dataset.primary_metric, dataset.metrics)
-    fitted = fine_tune(
-        build_model(parent),
-        splits["train"],
-        splits["val"],
-        task,
-        derivation.config,
-        derivation.preprocessing,
-        device=device,
-        progress=progress,
-    )
-    state = {k: v.detach().to("cpu").contiguous() for k, v in fitted.model.state_dict().items()}
-    preset = derivation.preset
-    metadata = {
-        "format": str(DERIVED_FORMAT),
-        "parent": parent.name,
-        "parent_weights_id": weights_identity(parent),
-        "dataset": dataset.name,
-        "dataset_version": str(dataset.version),
-        "protocol": "finetune",
-        "protocol_version": str(VERSION),
-        "preset": "medxfer" if preset is None else preset.name,
-        "preset_version": "" if preset is None else str(preset.version),
-        "profile": derivation.profile.name,
-        "seed": str(derivation.config.seed),
-        "primary_metric": dataset.primary_metric,
-        "val_score": repr(float(fitted.hyperparameters.get("val_primary", float("nan")))),
-        "steps": str(fitted.hyperparameters.get("steps", "")),
-        "n_train": str(len(splits["train"])),
-        "n_val": str(len(splits["val"])),
-        "data_sha256": json.dumps(
-            {name: array_digest(splits[name].images) for name in ("train", "val")}, sort_keys=True
-        ),
-        "device": str(fitted.runtime.device.type),
-        "versions": json.dumps(
-            {
-                "medxfer": harness.__version__,
-                "torch": torch.__version__,
-                "timm": timm.__version__,
-                "numpy": numpy.__version__,
-                "safetensors": safetensors.__version__,
-            },
-            sort_keys=True,
-        ),
-        "created_by": CREATED_BY,
-    }
-    return state, metadata
 
 
 def backbone_state(card: ModelCard, module: torch.nn.Module) -> dict[str, torch.Tensor]:

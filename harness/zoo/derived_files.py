@@ -13,6 +13,9 @@ import torch
 
 from harness.cache.store import Damaged, Entry, KeyMismatch, Namespace
 
+DERIVED_FORMAT = 1
+BACKBONE_PREFIX = "backbone."
+CREATED_BY = "medxfer derive (harness.zoo.derived)"
 _META_KEY = "key"
 _META_CONTENT = "content_sha256"
 
