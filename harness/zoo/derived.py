@@ -4,7 +4,9 @@ A card with ``weights: {source: derived, parent: P, dataset: D, profile, seed, p
 (:mod:`harness.config.derived_cards`) names a network the harness makes: the parent
 fine-tuned on D's train split (selected on its val split) with the ``finetune``
 protocol under the profile's settings (and subset) and the seed, as cats-scans
-pretrains on its sources. :func:`derived_checkpoint` makes it once and keeps it in the
+pretrains on its sources, or, with ``protocol: dino``, pretrained on it with DINO
+(:mod:`harness.protocols.dino`, medical_transformers' "ImageNet + DINO" models; the
+training itself is :mod:`harness.zoo.derived_make`). :func:`derived_checkpoint` makes it once and keeps it in the
 cache service (:mod:`harness.cache.store`, namespace ``derived``):
 
 * the key is everything the network depends on: the parent's card fingerprint and

@@ -22,7 +22,7 @@ LOG = logging.getLogger("medxfer.derived")
 
 
 def derive(derivation: Derivation, device: str, progress: bool) -> tuple[dict, dict[str, str]]:
-    """Fine-tune the parent on the source dataset; return the network's state and metadata."""
+    """Train the parent on the source dataset (fine-tune or DINO); return the state and metadata."""
     import numpy
     import safetensors
     import timm
@@ -30,33 +30,15 @@ def derive(derivation: Derivation, device: str, progress: bool) -> tuple[dict, d
     import harness
     from harness.cache.keys import array_digest
     from harness.protocols.base import TaskInfo
-    from harness.protocols.finetune import fine_tune
-    from harness.zoo.build import build_model, weights_identity
+    from harness.zoo.build import weights_identity
 
     card, parent, dataset = derivation.card, derivation.parent, derivation.dataset
     how = "pretraining with DINO" if derivation.protocol == "dino" else "fine-tuning"
     LOG.warning("deriving model %s: %s %s on %s", card.name, how, parent.name, dataset.name)
     splits = derivation.run.splits()
     task = TaskInfo(dataset.task, dataset.num_classes, dataset.primary_metric, dataset.metrics)
-    if derivation.protocol == "dino":
-        state, facts = _dino(derivation, splits, task, device)
-    else:
-        fitted = fine_tune(
-            build_model(parent),
-            splits["train"],
-            splits["val"],
-            task,
-            derivation.config,
-            derivation.preprocessing,
-            device=device,
-            progress=progress,
-        )
-        state = {k: v.detach().to("cpu").contiguous() for k, v in fitted.model.state_dict().items()}
-        facts = {
-            "val_score": float(fitted.hyperparameters.get("val_primary", float("nan"))),
-            "steps": fitted.hyperparameters.get("steps", ""),
-            "device": fitted.runtime.device.type,
-        }
+    train = _dino if derivation.protocol == "dino" else _finetune
+    state, facts = train(derivation, splits, task, device, progress)
     preset = derivation.preset_id
     metadata = {
         "format": str(DERIVED_FORMAT),
@@ -94,8 +76,34 @@ def derive(derivation: Derivation, device: str, progress: bool) -> tuple[dict, d
     return state, metadata
 
 
+def _finetune(
+    derivation: Derivation, splits: dict[str, Any], task: Any, device: str, progress: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Fine-tune the parent on the source; the whole network (``backbone.*``, ``head.*``)."""
+    from harness.protocols.finetune import fine_tune
+    from harness.zoo.build import build_model
+
+    fitted = fine_tune(
+        build_model(derivation.parent),
+        splits["train"],
+        splits["val"],
+        task,
+        derivation.config,
+        derivation.preprocessing,
+        device=device,
+        progress=progress,
+    )
+    state = {k: v.detach().to("cpu").contiguous() for k, v in fitted.model.state_dict().items()}
+    facts = {
+        "val_score": float(fitted.hyperparameters.get("val_primary", float("nan"))),
+        "steps": fitted.hyperparameters.get("steps", ""),
+        "device": fitted.runtime.device.type,
+    }
+    return state, facts
+
+
 def _dino(
-    derivation: Derivation, splits: dict[str, Any], task: Any, device: str
+    derivation: Derivation, splits: dict[str, Any], task: Any, device: str, progress: bool
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Pretrain the parent with DINO on the source; the kept teacher backbone as ``backbone.*``."""
     from harness.protocols.dino import dino_pretrain
