@@ -301,3 +301,35 @@ def test_medxfer_derive_writes_a_dino_card() -> None:
             "weights"
         ]
     )
+
+
+def test_a_run_is_seeded_and_leaves_the_callers_rng_alone() -> None:
+    from harness.data.npz import SplitData
+    from harness.protocols.base import TaskInfo
+    from harness.protocols.dino import dino_pretrain
+
+    rng = np.random.default_rng(0)
+    train = SplitData(rng.integers(0, 256, (12, 10, 10, 3), dtype=np.uint8), np.arange(12) % 2)
+    val = SplitData(rng.integers(0, 256, (6, 10, 10, 3), dtype=np.uint8), np.arange(6) % 2)
+    task = TaskInfo("binary", 2, "accuracy", ("accuracy",))
+    config = DinoConfig(epochs=2, batch_size=4, warmup_iters=2, out_dim=16, knn_k=5)
+    torch.manual_seed(123)
+    backbone = tiny_backbone()
+    before = torch.random.get_rng_state()
+    runs = [dino_pretrain(backbone, 6, train, val, task, config, PRE, "cpu") for _ in "ab"]
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert runs[0].iterations == 2 * (12 // 4) and len(runs[0].history) == 2
+    assert runs[0].best_epoch in (1, 2) and runs[0].val_score == max(runs[0].history)
+    for name, value in runs[0].backbone_state.items():
+        assert torch.equal(value, runs[1].backbone_state[name]), name
+    with pytest.raises(ValueError, match="fewer than one batch of 16"):
+        dino_pretrain(
+            tiny_backbone(),
+            6,
+            train,
+            val,
+            task,
+            dataclasses.replace(config, batch_size=16),
+            PRE,
+            "cpu",
+        )

@@ -203,6 +203,23 @@ def dino_pretrain(
         FloatingPointError: When the loss is not finite.
     """
     where = resolve_device(device)
+    # every draw (head initialisation, stochastic depth) from the seed; the caller's RNG
+    # state is restored afterwards
+    with torch.random.fork_rng(devices=[where] if where.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _pretrain(backbone, feature_dim, train, val, task, config, pre, where)
+
+
+def _pretrain(
+    backbone: nn.Module,
+    feature_dim: int,
+    train: SplitData,
+    val: SplitData,
+    task: TaskInfo,
+    config: DinoConfig,
+    pre: Preprocessing,
+    where: torch.device,
+) -> DinoResult:
     per_epoch = len(train.labels) // config.batch_size
     if per_epoch < 1:
         raise ValueError(
@@ -210,11 +227,9 @@ def dino_pretrain(
             f"of {config.batch_size}"
         )
     total = per_epoch * config.epochs
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        teacher_backbone = trainable(copy.deepcopy(backbone))
-        student_backbone = with_drop_path(trainable(copy.deepcopy(backbone)), config.drop_path)
-        student = DinoNetwork(student_backbone, DinoHead(feature_dim, config.out_dim)).to(where)
+    teacher_backbone = trainable(copy.deepcopy(backbone))
+    student_backbone = with_drop_path(trainable(copy.deepcopy(backbone)), config.drop_path)
+    student = DinoNetwork(student_backbone, DinoHead(feature_dim, config.out_dim)).to(where)
     teacher = DinoNetwork(teacher_backbone, copy.deepcopy(student.head)).to(where)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
