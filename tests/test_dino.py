@@ -136,8 +136,8 @@ def test_one_iteration_is_the_peers_global_step_with_its_second_adam_step(epoch:
     peer_student, peer_teacher = copy.deepcopy(student), copy.deepcopy(teacher)
     temps = teacher_temperatures(0.04, 0.07, 30, 1000)
     loss_fn = DinoLoss(32, 4, temps)
-    optimizer = torch.optim.Adam(param_groups(student, 1e-5), lr=1e-2)
-    peer_optimizer = torch.optim.Adam(param_groups(peer_student, 1e-5), lr=1e-2)
+    optimizer = torch.optim.Adam(param_groups(student, 1e-5), lr=1e-3)
+    peer_optimizer = torch.optim.Adam(param_groups(peer_student, 1e-5), lr=1e-3)
     crops = views()
     center = torch.zeros(1, 32)
     for step in range(2):

@@ -168,7 +168,7 @@ def dino_step(
         optimizer.step()
     with torch.no_grad():
         for online, target in zip(student.parameters(), teacher.parameters(), strict=True):
-            target.mul_(beta).add_(online.detach(), alpha=1 - beta)
+            target.copy_(target * beta + (1 - beta) * online.detach())  # the peer's EMA
     return float(loss.detach())
 
 
