@@ -94,6 +94,18 @@ def with_drop_path(backbone: nn.Module, rate: float) -> nn.Module:
     return backbone
 
 
+def student_and_teacher(
+    backbone: nn.Module, feature_dim: int, config: DinoConfig, where: torch.device
+) -> tuple[DinoNetwork, DinoNetwork]:
+    """Copies of ``backbone`` with one new head: the student (stochastic depth in a ViT)
+    and the teacher (equal weights, no gradients), as medical_transformers' ``DINOWrapper``."""
+    student_backbone = with_drop_path(trainable(copy.deepcopy(backbone)), config.drop_path)
+    student = DinoNetwork(student_backbone, DinoHead(feature_dim, config.out_dim)).to(where)
+    teacher = DinoNetwork(trainable(copy.deepcopy(backbone)), copy.deepcopy(student.head))
+    teacher.to(where).load_state_dict(student.state_dict())
+    return student, teacher.requires_grad_(False)
+
+
 def param_groups(student: nn.Module, weight_decay: float) -> list[dict]:
     """Weights and embeddings decayed (group 0, the scheduled one), biases and 1-D not."""
     decayed, plain = [], []
@@ -207,73 +219,54 @@ def dino_pretrain(
     # state is restored afterwards
     with torch.random.fork_rng(devices=[where] if where.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        return _pretrain(backbone, feature_dim, train, val, task, config, pre, where)
-
-
-def _pretrain(
-    backbone: nn.Module,
-    feature_dim: int,
-    train: SplitData,
-    val: SplitData,
-    task: TaskInfo,
-    config: DinoConfig,
-    pre: Preprocessing,
-    where: torch.device,
-) -> DinoResult:
-    per_epoch = len(train.labels) // config.batch_size
-    if per_epoch < 1:
-        raise ValueError(
-            f"dino: the train split holds {len(train.labels)} images, fewer than one batch "
-            f"of {config.batch_size}"
+        per_epoch = len(train.labels) // config.batch_size
+        if per_epoch < 1:
+            raise ValueError(
+                f"dino: the train split holds {len(train.labels)} images, fewer than one batch "
+                f"of {config.batch_size}"
+            )
+        total = per_epoch * config.epochs
+        student, teacher = student_and_teacher(backbone, feature_dim, config, where)
+        loss_fn = DinoLoss(
+            config.out_dim,
+            config.n_crops,
+            teacher_temperatures(
+                config.teacher_temperature_start,
+                config.teacher_temperature,
+                config.teacher_warmup_epochs,
+                config.schedule_epochs,
+            ),
+            config.student_temperature,
+            config.center_momentum,
+        ).to(where)
+        optimizer = torch.optim.Adam(param_groups(student, config.weight_decay), lr=config.lr)
+        if config.warmup_iters >= total:
+            raise ValueError(
+                f"dino: {total} iterations do not outlast the warm-up's {config.warmup_iters}"
+            )
+        schedule = WarmupCosine(
+            optimizer, config.lr, config.warmup_iters, config.warmup_start, total, config.lr_floor
         )
-    total = per_epoch * config.epochs
-    teacher_backbone = trainable(copy.deepcopy(backbone))
-    student_backbone = with_drop_path(trainable(copy.deepcopy(backbone)), config.drop_path)
-    student = DinoNetwork(student_backbone, DinoHead(feature_dim, config.out_dim)).to(where)
-    teacher = DinoNetwork(teacher_backbone, copy.deepcopy(student.head)).to(where)
-    teacher.load_state_dict(student.state_dict())
-    teacher.requires_grad_(False)
-    temperatures = teacher_temperatures(
-        config.teacher_temperature_start,
-        config.teacher_temperature,
-        config.teacher_warmup_epochs,
-        config.schedule_epochs,
-    )
-    loss_fn = DinoLoss(
-        config.out_dim,
-        config.n_crops,
-        temperatures,
-        config.student_temperature,
-        config.center_momentum,
-    ).to(where)
-    optimizer = torch.optim.Adam(param_groups(student, config.weight_decay), lr=config.lr)
-    if config.warmup_iters >= total:
-        raise ValueError(
-            f"dino: {total} iterations do not outlast the warm-up's {config.warmup_iters}"
-        )
-    schedule = WarmupCosine(
-        optimizer, config.lr, config.warmup_iters, config.warmup_start, total, config.lr_floor
-    )
-    decay = cosine_schedule(config.weight_decay, config.weight_decay_end, total)
-    momentum = cosine_schedule(config.momentum, config.momentum_end, total)
-    dataset = ImageDataset(train.images, train.labels, multi_crop_transform(pre, config))
-    sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, drop_last=True)
-    batches = iter(DataLoader(dataset, batch_sampler=sampler, pin_memory=where.type == "cuda"))
-    best, kept, best_epoch, history, iteration = -math.inf, {}, 0, [], 0
-    for epoch in range(config.epochs):
-        student.train()
-        teacher.train()
-        for _ in range(per_epoch):
-            views, _ = next(batches)
-            views = [view.to(where, non_blocking=True) for view in views]
-            iteration += 1
-            beta = float(momentum[min(iteration - 1 + config.ema_schedule_offset, total - 1)])
-            dino_step(student, teacher, loss_fn, optimizer, views, epoch, beta, config)
-            schedule.step()
-            optimizer.param_groups[0]["weight_decay"] = float(decay[min(iteration, total - 1)])
-        score = knn_val_score(teacher.backbone, train, val, task, config, pre, where)
-        history.append(score)
-        if score > best:
-            best, best_epoch = score, epoch + 1
-            kept = clone_state(teacher.backbone)
-    return DinoResult(kept, float(best), best_epoch, iteration, where, history)
+        decay = cosine_schedule(config.weight_decay, config.weight_decay_end, total)
+        momentum = cosine_schedule(config.momentum, config.momentum_end, total)
+        dataset = ImageDataset(train.images, train.labels, multi_crop_transform(pre, config))
+        sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, drop_last=True)
+        batches = iter(DataLoader(dataset, batch_sampler=sampler, pin_memory=where.type == "cuda"))
+        best, kept, best_epoch, history, iteration = -math.inf, {}, 0, [], 0
+        for epoch in range(config.epochs):
+            student.train()
+            teacher.train()
+            for _ in range(per_epoch):
+                views, _ = next(batches)
+                views = [view.to(where, non_blocking=True) for view in views]
+                iteration += 1
+                beta = float(momentum[min(iteration - 1 + config.ema_schedule_offset, total - 1)])
+                dino_step(student, teacher, loss_fn, optimizer, views, epoch, beta, config)
+                schedule.step()
+                optimizer.param_groups[0]["weight_decay"] = float(decay[min(iteration, total - 1)])
+            score = knn_val_score(teacher.backbone, train, val, task, config, pre, where)
+            history.append(score)
+            if score > best:
+                best, best_epoch = score, epoch + 1
+                kept = clone_state(teacher.backbone)
+        return DinoResult(kept, float(best), best_epoch, iteration, where, history)
