@@ -52,7 +52,8 @@ class DinoConfig:
         local_fraction: Local crop size as a fraction of the input size (96 / 224).
         teacher_temperature: The teacher's final temperature.
         teacher_temperature_start: Its temperature at epoch 0.
-        teacher_warmup_epochs: Epochs of the temperature's linear rise.
+        teacher_warmup_epochs: Epochs of the temperature's linear rise (at most the
+            schedule's length: a longer rise is cut to it).
         temperature_schedule_epochs: Length of the temperature schedule (None: ``epochs``).
         student_temperature: The student's softmax temperature.
         center_momentum: Momentum of the loss's centre.
