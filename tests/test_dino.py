@@ -333,3 +333,18 @@ def test_a_run_is_seeded_and_leaves_the_callers_rng_alone() -> None:
             PRE,
             "cpu",
         )
+
+
+def test_a_val_split_without_a_score_keeps_the_first_epoch() -> None:
+    from harness.data.npz import SplitData
+    from harness.protocols.base import TaskInfo
+    from harness.protocols.dino import dino_pretrain
+
+    rng = np.random.default_rng(1)
+    train = SplitData(rng.integers(0, 256, (8, 10, 10, 3), dtype=np.uint8), np.arange(8) % 2)
+    val = SplitData(rng.integers(0, 256, (4, 10, 10, 3), dtype=np.uint8), np.zeros(4, np.int64))
+    task = TaskInfo("binary", 2, "roc_auc", ("roc_auc",))  # one class in val: ROC AUC is NaN
+    config = DinoConfig(epochs=2, batch_size=4, warmup_iters=1, out_dim=16, knn_k=3)
+    result = dino_pretrain(tiny_backbone(), 6, train, val, task, config, PRE, "cpu")
+    assert all(math.isnan(score) for score in result.history)
+    assert result.best_epoch == 1 and math.isnan(result.val_score) and result.backbone_state

@@ -22,6 +22,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from timm.layers import DropPath
 from torch import nn
@@ -249,10 +250,12 @@ def dino_pretrain(
         )
         decay = cosine_schedule(config.weight_decay, config.weight_decay_end, total)
         momentum = cosine_schedule(config.momentum, config.momentum_end, total)
-        dataset = ImageDataset(train.images, train.labels, multi_crop_transform(pre, config))
+        # self-supervised: the views need no labels (and NaN soft labels would be refused)
+        unlabelled = np.zeros(len(train.labels), dtype=np.int64)
+        dataset = ImageDataset(train.images, unlabelled, multi_crop_transform(pre, config))
         sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, drop_last=True)
         batches = iter(DataLoader(dataset, batch_sampler=sampler, pin_memory=where.type == "cuda"))
-        best, kept, best_epoch, history, iteration = -math.inf, {}, 0, [], 0
+        best, best_score, kept, best_epoch, history, iteration = -math.inf, math.nan, {}, 0, [], 0
         for epoch in range(config.epochs):
             student.train()
             teacher.train()
@@ -266,7 +269,8 @@ def dino_pretrain(
                 optimizer.param_groups[0]["weight_decay"] = float(decay[min(iteration, total - 1)])
             score = knn_val_score(teacher.backbone, train, val, task, config, pre, where)
             history.append(score)
-            if score > best:
-                best, best_epoch = score, epoch + 1
+            ranked = -math.inf if math.isnan(score) else score  # NaN: nothing to rank by
+            if not kept or ranked > best:
+                best, best_score, best_epoch = ranked, score, epoch + 1
                 kept = clone_state(teacher.backbone)
-        return DinoResult(kept, float(best), best_epoch, iteration, where, history)
+        return DinoResult(kept, float(best_score), best_epoch, iteration, where, history)
