@@ -28,7 +28,13 @@ from harness.config.cards import get_model_card
 from harness.config.model_cards import Preprocessing
 from harness.protocols.dino import DinoConfig, dino_config
 from harness.protocols.dino.head import DinoHead, DinoLoss, cosine_schedule, teacher_temperatures
-from harness.protocols.dino.train import DinoNetwork, dino_step, param_groups, with_drop_path
+from harness.protocols.dino.train import (
+    DinoNetwork,
+    dino_loss,
+    dino_step,
+    param_groups,
+    with_drop_path,
+)
 from harness.protocols.dino.views import local_size, multi_crop_transform
 from harness.zoo.build import build_model
 from harness.zoo.derived import derived_checkpoint, plan
@@ -174,6 +180,10 @@ def test_schedules_are_the_peers() -> None:
     assert preset.schedule_epochs == 1000 and preset.teacher_warmup_epochs == 30
     default = dino_config("paper", None, 0)
     assert default.schedule_epochs == 25 and default.teacher_warmup_epochs == 25
+    # the run's loss reads them: the preset ends its 25 epochs at 0.0648, the default at 0.07
+    assert dino_loss(preset).temperatures[24] == pytest.approx(0.04 + 24 * 0.03 / 29)
+    assert dino_loss(default).temperatures[24] == pytest.approx(0.07)
+    assert dino_loss(default).n_crops == 8 and dino_loss(preset).center.shape == (1, 4096)
     with pytest.raises(ValueError, match="unknown dino preset 'ssl-transfer'"):
         dino_config("paper", "ssl-transfer", 0)
 

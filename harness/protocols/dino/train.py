@@ -107,6 +107,23 @@ def student_and_teacher(
     return student, teacher.requires_grad_(False)
 
 
+def dino_loss(config: DinoConfig) -> DinoLoss:
+    """The run's loss: its crops, temperatures (:func:`teacher_temperatures`) and centre."""
+    temperatures = teacher_temperatures(
+        config.teacher_temperature_start,
+        config.teacher_temperature,
+        config.teacher_warmup_epochs,
+        config.schedule_epochs,
+    )
+    return DinoLoss(
+        config.out_dim,
+        config.n_crops,
+        temperatures,
+        config.student_temperature,
+        config.center_momentum,
+    )
+
+
 def param_groups(student: nn.Module, weight_decay: float) -> list[dict]:
     """Weights and embeddings decayed (group 0, the scheduled one), biases and 1-D not."""
     decayed, plain = [], []
@@ -228,18 +245,7 @@ def dino_pretrain(
             )
         total = per_epoch * config.epochs
         student, teacher = student_and_teacher(backbone, feature_dim, config, where)
-        loss_fn = DinoLoss(
-            config.out_dim,
-            config.n_crops,
-            teacher_temperatures(
-                config.teacher_temperature_start,
-                config.teacher_temperature,
-                config.teacher_warmup_epochs,
-                config.schedule_epochs,
-            ),
-            config.student_temperature,
-            config.center_momentum,
-        ).to(where)
+        loss_fn = dino_loss(config).to(where)
         optimizer = torch.optim.Adam(param_groups(student, config.weight_decay), lr=config.lr)
         if config.warmup_iters >= total:
             raise ValueError(
