@@ -6,7 +6,8 @@ targets): Adam lr 1e-4 with a 500-iteration linear warm-up from 1e-8 then a cosi
 1e-6, weight decay 1e-5 rising on a cosine to 0.4, batch 64, 25 epochs, gradients clipped
 to norm 1, the last layer frozen for the first epoch, the teacher an exponential moving
 average whose momentum rises on a cosine from 0.99 to 1, a 4096-prototype head, teacher
-temperature 0.04 rising to 0.07 over 30 epochs, two 224 px global crops (scale 0.4-1)
+temperature 0.04 rising to 0.07 over 30 epochs (over the run when it is shorter: the
+peer's quirk below aside), two 224 px global crops (scale 0.4-1)
 and six 96 px local crops (scale 0.05-0.4), stochastic depth 0.1 in a ViT student, and
 the teacher's backbone of the epoch with the best weighted k-NN score (k 200,
 temperature 0.1) on the validation split kept.
