@@ -203,4 +203,4 @@ def transformed_preprocessing(pre: Any, rule: str) -> Any:
         )
     if rule == "same" or not getattr(pre, "histogram_normalize", False):
         return pre
-    return dataclasses.replace(pre, histogram_normalize=False, **IMAGENET)
+    return dataclasses.replace(pre, **peer_normalisation(pre, "never", honours_histogram=False))

@@ -13,7 +13,6 @@ on ``global_2`` only, ToTensor and Normalize.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,10 +22,10 @@ from torchvision import transforms as v1
 from torchvision.transforms import InterpolationMode
 
 from harness.config.cards import Preprocessing
-from harness.data.pil_resize import WidthFirstResize, WidthFirstResizedCrop
+from harness.data.pil_resize import WidthFirstResizedCrop
 from harness.data.transforms import normalise, to_pil_rgb
 from harness.protocols.dino.config import DinoConfig
-from harness.protocols.finetune.augment import torchvision_interpolation
+from harness.protocols.finetune.augment import square_resize
 
 #: Blur probability of global_1, global_2 and each local view.
 BLUR_P = (1.0, 0.1, 0.5)
@@ -80,10 +79,7 @@ def multi_crop_transform(
         uint8 image array -> float tensors, global ones (3, S, S), local ones (3, s, s),
         drawing from torch's global RNG.
     """
-    side = math.floor(pre.input_size / pre.crop_pct)
-    resize = WidthFirstResize(
-        v1.Resize((side, side), torchvision_interpolation(pre, "the dino multi-crop"))
-    )
+    resize = square_resize(pre, "the dino multi-crop")
     small = local_size(pre, config)
     views = [
         _view(pre.input_size, config.global_scale, BLUR_P[0], solarize=False),

@@ -50,6 +50,19 @@ def torchvision_interpolation(pre: Preprocessing, transform: str) -> Interpolati
     return InterpolationMode(pre.interpolation)
 
 
+def square_resize(pre: Preprocessing, transform: str) -> WidthFirstResize:
+    """params.json's ``Resize`` of ChrisMats' studies: a square of ``floor(input_size /
+    crop_pct)`` (256 for 224 at 0.875) in the preprocessing's interpolation, width first
+    (Pillow-independent like the eval transform's).
+
+    Args:
+        pre: The preprocessing.
+        transform: What asks (named in an interpolation error).
+    """
+    side = math.floor(pre.input_size / pre.crop_pct)
+    return WidthFirstResize(v1.Resize((side, side), torchvision_interpolation(pre, transform)))
+
+
 def feature_reuse_transform(
     pre: Preprocessing,
     scale: tuple[float, float],
@@ -75,11 +88,9 @@ def feature_reuse_transform(
     Returns:
         Image array -> float tensor (3, S, S), drawing from torch's global RNG.
     """
-    side = math.floor(pre.input_size / pre.crop_pct)
-    resize = v1.Resize((side, side), torchvision_interpolation(pre, "augmentation 'feature-reuse'"))
     transform = v1.Compose(
         [
-            WidthFirstResize(resize),  # both resizes: Pillow-independent like eval's
+            square_resize(pre, "augmentation 'feature-reuse'"),
             WidthFirstResizedCrop(
                 v1.RandomResizedCrop(
                     pre.input_size, scale=scale, interpolation=InterpolationMode.BILINEAR

@@ -37,8 +37,8 @@ FEATURE_REUSE_EVAL = {
 }
 #: feature-reuse's eval geometry and its target's normalisation (k-NN uses it too).
 FEATURE_REUSE_PREPROCESSING = with_target_normalisation(FEATURE_REUSE_EVAL, FEATURE_REUSE_STATS)
-# feature-reuse's run length and warmup under the small profiles (paper: params.json).
-_FR_SMALL = {"smoke": {"epochs": 2, "warmup": 5}, "demo": {"epochs": 6, "warmup": 20}}
+# The run length and warmup of both studies under the small profiles (paper: params.json).
+_SMALL = {"smoke": {"epochs": 2, "warmup": 5}, "demo": {"epochs": 6, "warmup": 20}}
 
 
 @register_preset(
@@ -114,7 +114,7 @@ def feature_reuse(case: CaseRun) -> FinetuneConfig:
         amp="none",
     )
     if profile != "paper":
-        small = _FR_SMALL[profile]
+        small = _SMALL[profile]
         config = dataclasses.replace(
             config,
             epochs=small["epochs"],
@@ -129,8 +129,6 @@ MEDICAL_TRANSFORMERS = (
     "ChrisMats/medical_transformers@ecd460a:defaults/trainer.py"
     " (+ params.json, utils/_utils.py, defaults/wrappers.py, defaults/bases.py, utils/metrics.py)"
 )
-# medical_transformers' run length and warmup under the small profiles (paper: params.json).
-_MT_SMALL = {"smoke": {"epochs": 2, "warmup": 5}, "demo": {"epochs": 6, "warmup": 20}}
 
 
 @register_preset(
@@ -172,7 +170,7 @@ def medical_transformers(case: CaseRun) -> FinetuneConfig:
         val_drop_last=True,
     )
     if profile != "paper":  # the small val splits may hold less than one batch of 64
-        small = _MT_SMALL[profile]
+        small = _SMALL[profile]
         config = dataclasses.replace(
             config, epochs=small["epochs"], warmup_iters=small["warmup"], val_drop_last=False
         )
