@@ -26,13 +26,19 @@ from torch import nn
 from harness.config.card_fields import CardError
 from harness.config.cards import get_model_card
 from harness.config.model_cards import Preprocessing
+from harness.data.npz import SplitData
+from harness.features import extract
+from harness.protocols.base import TaskInfo
 from harness.protocols.dino import DinoConfig, dino_config
 from harness.protocols.dino.head import DinoHead, DinoLoss, cosine_schedule, teacher_temperatures
 from harness.protocols.dino.train import (
     DinoNetwork,
     dino_loss,
     dino_step,
+    knn_val_score,
     param_groups,
+    query_rows,
+    selection_sets,
     with_drop_path,
 )
 from harness.protocols.dino.views import local_size, multi_crop_transform
@@ -279,8 +285,9 @@ def test_the_medical_transformers_preset_changes_the_key_and_an_unknown_one_is_r
     monkeypatch.setenv("MEDXFER_CARDS", str(_card_folder(tmp_path / "a", "medical-transformers")))
     card = get_model_card("tf_efficientnet_lite0.in1k_pip_dino_demo_modality")
     derivation = plan(card)
-    assert derivation.preset_id == ("medical-transformers", 1)
+    assert derivation.preset_id == ("medical-transformers", 2)
     assert derivation.config.adam_steps_per_iteration == 2
+    assert derivation.config.knn_selection == "peer-batches"
     # the fine-tuning preset of that name gives the preprocessing: the target's statistics
     # (none for a demo dataset, so the card's mean stands) at the feature-reuse geometry
     assert derivation.preprocessing.interpolation == "bilinear"
@@ -358,3 +365,82 @@ def test_a_val_split_without_a_score_keeps_the_first_epoch() -> None:
     result = dino_pretrain(tiny_backbone(), 6, train, val, task, config, PRE, "cpu")
     assert all(math.isnan(score) for score in result.history)
     assert result.best_epoch == 1 and math.isnan(result.val_score) and result.backbone_state
+
+
+def _split(n: int, seed: int, classes: int = 3) -> SplitData:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 10, 10, 3), dtype=np.uint8)
+    return SplitData(images, np.arange(n) % classes)
+
+
+def test_the_peer_batches_selection_holds_what_the_peers_loaders_hold() -> None:
+    config = DinoConfig(batch_size=8, knn_selection="peer-batches", seed=3)
+    train, val, small = _split(20, 0), _split(19, 1), _split(5, 2)
+    bank, queries = selection_sets(train, val, config)
+    # the feature-bank loader: the val loader's settings (drop_last) without its shuffle
+    assert queries is val and len(bank) == 16
+    assert np.shares_memory(bank.images, train.images)  # a view, not a copy
+    assert np.array_equal(bank.images, train.images[:16])
+    assert np.array_equal(bank.labels, train.labels[:16])
+    # the val loader: shuffled, drop_last: two full batches of distinct rows per epoch
+    epochs = [query_rows(19, config, epoch) for epoch in range(3)]
+    for rows in epochs:
+        assert len(rows) == 16 and len(np.unique(rows)) == 16 and rows.max() < 19
+    assert not all(np.array_equal(epochs[0], rows) for rows in epochs[1:])
+    assert np.array_equal(epochs[1], query_rows(19, config, 1))  # seeded
+    # fewer val images than a batch: the peer's val loader is empty (it would select on
+    # the test split); refused, naming the split and the batch
+    with pytest.raises(ValueError, match="val split holds 5 images, less than one batch of 8"):
+        selection_sets(train, small, config)
+    default = dataclasses.replace(config, knn_selection="all")
+    assert selection_sets(train, small, default) == (train, small)
+    assert query_rows(19, default, 0) is None
+    with pytest.raises(ValueError, match="knn_selection must be one of"):
+        DinoConfig(knn_selection="shuffled")
+
+
+def test_the_peer_batches_score_is_the_peers_knn_predict_on_those_rows() -> None:
+    """medical_transformers' ``knn_predict`` (single-label branch) and its accuracy, written
+    out in torch on the bank's and the scored queries' normalised features."""
+    torch.manual_seed(0)
+    backbone = tiny_backbone().eval()
+    config = DinoConfig(batch_size=8, knn_k=5, knn_selection="peer-batches", seed=1)
+    train, val = _split(20, 0), _split(19, 1)
+    task = TaskInfo("multiclass", 3, "accuracy", ("accuracy",))
+    bank, queries = selection_sets(train, val, config)
+    rows = query_rows(len(queries), config, 0)
+    where = torch.device("cpu")
+    score = knn_val_score(backbone, bank, queries, task, config, PRE, where, rows)
+
+    bank_features = F.normalize(
+        torch.from_numpy(extract(backbone, train.images[:16], PRE, where, 8)), dim=1
+    )
+    features = F.normalize(
+        torch.from_numpy(extract(backbone, val.images, PRE, where, 8))[rows], dim=1
+    )
+    labels = torch.from_numpy(train.labels[:16])
+    weight, index = (features @ bank_features.T).topk(k=5, dim=-1)
+    neighbours = torch.gather(labels.expand(len(features), -1), dim=-1, index=index)
+    one_hot = torch.zeros(len(features) * 5, 3).scatter(-1, neighbours.view(-1, 1), 1.0)
+    votes = (one_hot.view(len(features), -1, 3) * (weight / 0.1).exp().unsqueeze(-1)).sum(1)
+    predicted = votes.argsort(dim=-1, descending=True)[:, 0].numpy()
+    assert score == pytest.approx(float(np.mean(predicted == val.labels[rows])), abs=1e-9)
+    everything = knn_val_score(backbone, train, val, task, config, PRE, where)
+    assert 0 <= everything <= 1
+
+
+def test_a_peer_batches_run_keeps_the_best_epoch_of_its_subsets() -> None:
+    from harness.protocols.dino import dino_pretrain
+
+    config = DinoConfig(
+        epochs=2, batch_size=4, warmup_iters=2, out_dim=16, knn_k=3, knn_selection="peer-batches"
+    )
+    train, val = _split(10, 0, 2), _split(7, 1, 2)
+    task = TaskInfo("binary", 2, "accuracy", ("accuracy",))
+    result = dino_pretrain(tiny_backbone(), 6, train, val, task, config, PRE, "cpu")
+    # one full batch of 4 of the 7 val images per epoch: accuracies in quarters
+    assert len(result.history) == 2
+    assert all(score * 4 == round(score * 4) for score in result.history)
+    assert result.val_score == max(result.history)
+    with pytest.raises(ValueError, match="val split holds 3 images"):
+        dino_pretrain(tiny_backbone(), 6, train, _split(3, 2, 2), task, config, PRE, "cpu")

@@ -32,6 +32,7 @@ DIFFERENCES = {
     "adam_steps_per_iteration": 2,
     "ema_schedule_offset": 1,
     "temperature_schedule_epochs": 1000,
+    "knn_selection": "peer-batches",
 }
 
 

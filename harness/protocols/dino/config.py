@@ -10,14 +10,21 @@ temperature 0.04 rising to 0.07 over 30 epochs (over the run when it is shorter:
 peer's quirk below aside), two 224 px global crops (scale 0.4-1)
 and six 96 px local crops (scale 0.05-0.4), stochastic depth 0.1 in a ViT student, and
 the teacher's backbone of the epoch with the best weighted k-NN score (k 200,
-temperature 0.1) on the validation split kept.
+temperature 0.1) on the validation split kept: every validation image scored against
+every train image (``knn_selection="all"``).
 
 The ``medical-transformers`` preset adds what the peer's code does besides
 (:data:`PRESETS`): two Adam steps per iteration on the same gradient
 (``DINOTrainer.global_step`` steps inside its precision branch and again after it, with
 no ``zero_grad`` between), the momentum schedule read one iteration late (its iteration
 counter is 1-based), and the teacher temperature schedule laid out for 1000 epochs
-(``DINOLoss``'s ``nepochs`` default) whatever the run's length.
+(``DINOLoss``'s ``nepochs`` default) whatever the run's length, and the k-NN selection on
+the peer's loaders (``knn_selection="peer-batches"``, defaults/wrappers.py
+``get_dataloaders``): the bank is the train split's full batches in order (the feature-bank
+loader takes the val loader's settings, ``drop_last`` on, shuffle off), the queries a freshly
+shuffled set of the validation split's full batches each epoch (``shuffle`` and
+``drop_last`` on). When the validation split holds less than one batch the peer's loader
+is empty and it selects on the test split (``valLoader = testLoader``); medxfer refuses.
 """
 
 from __future__ import annotations
@@ -27,8 +34,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from harness.protocols.base import without_defaults
+
 VERSION = 1
 GLOBAL_CROPS = 2
+#: How the k-NN selection picks its bank and queries (the module docstring).
+KNN_SELECTIONS = ("all", "peer-batches")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class DinoConfig:
         freeze_last_layer_epochs: Epochs during which the head's last layer gets no update.
         knn_k: Neighbours of the selection's weighted k-NN.
         knn_temperature: Its vote temperature.
+        knn_selection: Its bank and queries, one of :data:`KNN_SELECTIONS`.
         adam_steps_per_iteration: Optimizer steps on each iteration's gradient.
         ema_schedule_offset: Iterations the momentum schedule is read ahead.
         seed: Seed of the sample order, augmentation and head initialisation.
@@ -95,6 +107,7 @@ class DinoConfig:
     freeze_last_layer_epochs: int = 1
     knn_k: int = 200
     knn_temperature: float = 0.1
+    knn_selection: str = "all"
     adam_steps_per_iteration: int = 1
     ema_schedule_offset: int = 0
     seed: int = 0
@@ -111,6 +124,11 @@ class DinoConfig:
             raise ValueError(f"DinoConfig.local_crops must be >= 0, got {self.local_crops}")
         if self.adam_steps_per_iteration not in (1, 2):
             raise ValueError("DinoConfig.adam_steps_per_iteration must be 1 or 2")
+        if self.knn_selection not in KNN_SELECTIONS:
+            raise ValueError(
+                f"DinoConfig.knn_selection must be one of {KNN_SELECTIONS}, "
+                f"got {self.knn_selection!r}"
+            )
         if self.ema_schedule_offset not in (0, 1):
             raise ValueError("DinoConfig.ema_schedule_offset must be 0 or 1")
         if self.schedule_epochs < self.teacher_warmup_epochs:
@@ -137,8 +155,9 @@ class DinoConfig:
         return cls()
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-friendly dict (for the derived checkpoint's key)."""
-        out = asdict(self)
+        """The settings as a JSON-friendly dict (for the derived checkpoint's key; a later
+        field at its default is left out, so earlier keys stand)."""
+        out = without_defaults(asdict(self), {"knn_selection": "all"})
         out["global_scale"] = list(self.global_scale)
         out["local_scale"] = list(self.local_scale)
         return out
@@ -152,12 +171,14 @@ def medical_transformers(config: DinoConfig) -> DinoConfig:
         ema_schedule_offset=1,
         temperature_schedule_epochs=1000,
         teacher_warmup_epochs=30,
+        knn_selection="peer-batches",
     )
 
 
-#: Preset name -> (version, config transform).
+#: Preset name -> (version, config transform). medical-transformers 2: the k-NN selection
+#: on the peer's loaders.
 PRESETS: dict[str, tuple[int, Callable[[DinoConfig], DinoConfig]]] = {
-    "medical-transformers": (1, medical_transformers),
+    "medical-transformers": (2, medical_transformers),
 }
 
 

@@ -12,8 +12,8 @@ are in training mode, so a teacher's batch norm uses its batch's statistics and 
 own running statistics. After each epoch the teacher's backbone is scored by weighted
 k-NN on the validation split against the train split (L2-normalised features of the eval
 transform), and the best epoch's teacher backbone is kept (a strictly higher score
-replaces it). The peer scores a shuffled ``drop_last`` subset of the validation split;
-here every validation image counts.
+replaces it). By default every validation image is scored against every train image; the
+``peer-batches`` selection (:func:`selection_sets`) scores what the peer's loaders hold.
 """
 
 from __future__ import annotations
@@ -136,24 +136,67 @@ def param_groups(student: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def selection_sets(
+    train: SplitData, val: SplitData, config: DinoConfig
+) -> tuple[SplitData, SplitData]:
+    """The k-NN selection's bank and queries.
+
+    ``all``: the train and validation splits. ``peer-batches``: the train split's full
+    batches in order, and the validation split (whose rows each epoch scores are
+    :func:`query_rows`).
+
+    Raises:
+        ValueError: Under ``peer-batches``, when the validation split holds less than one
+            batch (the peer's val loader is then empty and it selects on the test split,
+            which medxfer never does).
+    """
+    if config.knn_selection == "all":
+        return train, val
+    if len(val) < config.batch_size:
+        raise ValueError(
+            f"dino: the val split holds {len(val)} images, less than one batch of "
+            f"{config.batch_size}: the peer-batches k-NN selection has nothing to score "
+            "(medical_transformers would select on the test split instead)"
+        )
+    full = len(train) // config.batch_size * config.batch_size
+    return SplitData(train.images[:full], train.labels[:full]), val
+
+
+def query_rows(n_queries: int, config: DinoConfig, epoch: int) -> np.ndarray | None:
+    """The query rows an epoch scores (None: all): under ``peer-batches`` the validation
+    split's full batches of a shuffle seeded by the run's seed and the epoch."""
+    if config.knn_selection == "all":
+        return None
+    order = np.random.default_rng([config.seed, epoch]).permutation(n_queries)
+    return np.sort(order[: n_queries // config.batch_size * config.batch_size])
+
+
 def knn_val_score(
     backbone: nn.Module,
-    train: SplitData,
-    val: SplitData,
+    bank: SplitData,
+    queries: SplitData,
     task: TaskInfo,
     config: DinoConfig,
     pre: Preprocessing,
     device: torch.device,
+    rows: np.ndarray | None = None,
 ) -> float:
-    """Weighted k-NN (cosine, ``exp(s / T)`` votes) of the val split on the train split."""
+    """Weighted k-NN (cosine, ``exp(s / T)`` votes) of the queries on the bank.
+
+    Args:
+        rows: The query rows scored (None: all; every query is extracted either way).
+    """
     probe = copy.deepcopy(backbone)
-    bank = extract(probe, train.images, pre, device, config.batch_size, desc="dino k-NN bank")
-    queries = extract(probe, val.images, pre, device, config.batch_size, desc="dino k-NN val")
+    bank_features = extract(
+        probe, bank.images, pre, device, config.batch_size, desc="dino k-NN bank"
+    )
+    features = extract(probe, queries.images, pre, device, config.batch_size, desc="dino k-NN val")
+    labels = queries.labels
+    if rows is not None:
+        features, labels = features[rows], labels[rows]
     knn = KnnConfig(ks=(config.knn_k,), temperature=config.knn_temperature, primary_k=config.knn_k)
-    scores = knn_scores(bank, train.labels, queries, task, knn)[config.knn_k]
-    return compute_metrics(task.task, val.labels, scores, (task.primary_metric,))[
-        task.primary_metric
-    ]
+    scores = knn_scores(bank_features, bank.labels, features, task, knn)[config.knn_k]
+    return compute_metrics(task.task, labels, scores, (task.primary_metric,))[task.primary_metric]
 
 
 def dino_step(
@@ -228,8 +271,8 @@ def dino_pretrain(
         The kept teacher backbone and the run's facts.
 
     Raises:
-        ValueError: When the train split holds fewer images than one batch, or the run is
-            not longer than its warm-up.
+        ValueError: When the train split holds fewer images than one batch, the run is
+            not longer than its warm-up, or the selection has no full validation batch.
         FloatingPointError: When the loss is not finite.
     """
     where = resolve_device(device)
@@ -244,6 +287,7 @@ def dino_pretrain(
                 f"of {config.batch_size}"
             )
         total = per_epoch * config.epochs
+        bank, queries = selection_sets(train, val, config)
         student, teacher = student_and_teacher(backbone, feature_dim, config, where)
         loss_fn = dino_loss(config).to(where)
         optimizer = torch.optim.Adam(param_groups(student, config.weight_decay), lr=config.lr)
@@ -273,7 +317,8 @@ def dino_pretrain(
                 dino_step(student, teacher, loss_fn, optimizer, views, epoch, beta, config)
                 schedule.step()
                 optimizer.param_groups[0]["weight_decay"] = float(decay[min(iteration, total - 1)])
-            score = knn_val_score(teacher.backbone, train, val, task, config, pre, where)
+            rows = query_rows(len(queries), config, epoch)
+            score = knn_val_score(teacher.backbone, bank, queries, task, config, pre, where, rows)
             history.append(score)
             ranked = -math.inf if math.isnan(score) else score  # NaN: nothing to rank by
             if not kept or ranked > best:
