@@ -54,6 +54,55 @@ def test_given_episodes_score_as_the_peer_protonet_episode_by_episode(
     assert "seed" not in result.details  # the seeded draw did not run
 
 
+def _class_relative(rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The peers' naming of pool rows: each way's class, and each image's index in that
+    class's images in pool order (``sub_meta[class]``)."""
+    classes = labels[rows[:, :, 0]]
+    within = np.empty_like(rows)
+    for (e, w, i), row in np.ndenumerate(rows):
+        within[e, w, i] = np.searchsorted(np.flatnonzero(labels == classes[e, w]), row)
+    return classes, within
+
+
+def test_episodes_named_by_class_and_index_score_as_the_same_pool_rows(tmp_path: Path) -> None:
+    case, pool, config = _pool_and_config(tmp_path, np.zeros((1, 2, 20), dtype=np.int64))
+    given = _peer_episodes(pool.labels, config.n_way, config.n_shot, config.n_query, 23)
+    np.save(config.episodes_file, given)
+    by_rows = run(pool, case.task, config, 2)
+    classes, within = _class_relative(given, pool.labels)
+    assert within.max() < given.max() and not np.array_equal(within, given)  # class-relative
+    relative = tmp_path / "relative.npz"
+    np.savez(relative, classes=classes, images=within)
+    by_class = run(pool, case.task, dataclasses.replace(config, episodes_file=str(relative)), 2)
+    reference = _peer_protonet_percent(pool.features, given, config.n_shot) / 100
+    np.testing.assert_allclose(by_class.details["episode_accuracies"], reference, atol=1e-12)
+    assert by_class.details["episode_accuracies"] == by_rows.details["episode_accuracies"]
+    assert by_class.details["episodes_file_sha256"] != by_rows.details["episodes_file_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c, i: (c, i[:, :1]), r"classes \(1, 2\) and images \(1, 1, 20\) do not pair"),
+        (lambda c, i: (c + 10, i), "episode 0, way 0 names class 10, not in the pool"),
+        (lambda c, i: (c, i + 100), r"episode 0, way 0 names image 119 of class 0, which has"),
+        (lambda c, i: (c, i - 1), "episode 0, way 0 names image"),
+        (lambda c, i: (c.astype(np.float32), i), "classes must be integer indices"),
+    ],
+    ids=["shape", "class", "past", "negative", "float"],
+)
+def test_bad_class_relative_episodes_name_the_file_and_the_way(
+    tmp_path: Path, mutate, message
+) -> None:
+    case, pool, config = _pool_and_config(tmp_path, np.zeros((1, 2, 20), dtype=np.int64))
+    classes, images = mutate(*_class_relative(_good(pool.labels), pool.labels))
+    path = tmp_path / "relative.npz"
+    np.savez(path, classes=classes, images=images)
+    with pytest.raises(ValueError, match=message) as caught:
+        run(pool, case.task, dataclasses.replace(config, episodes_file=str(path)), 2)
+    assert "relative.npz" in str(caught.value)
+
+
 def test_the_config_names_the_file_by_its_bytes(tmp_path: Path) -> None:
     default = FewShotConfig()
     assert "episodes_file" not in default.to_dict()  # old records keep their case keys
@@ -94,7 +143,7 @@ def _good(pool_labels: np.ndarray) -> np.ndarray:
         (lambda e, n: np.where(e == e[0, 1, 3], n, e), "episode 0 names a row outside"),
         (lambda e, n: e[:, [0, 0]], "episode 0 has a class in two ways"),
         (lambda e, n: np.concatenate([e[:, :, :1], e[:, :, :1], e[:, :, 2:]], 2), "twice"),
-        (lambda e, n: e.astype(np.float64), "must be integers"),
+        (lambda e, n: e.astype(np.float64), "must be integer indices"),
     ],
     ids=["shape", "outside", "class-twice", "image-twice", "float"],
 )
@@ -118,7 +167,7 @@ def test_a_way_mixing_classes_is_refused(tmp_path: Path) -> None:
 def test_unreadable_files_name_themselves(tmp_path: Path) -> None:
     case, pool, config = _pool_and_config(tmp_path, np.zeros((1, 2, 20), dtype=np.int64), ".npz")
     np.savez(config.episodes_file, other=_good(pool.labels))
-    with pytest.raises(ValueError, match=r"episodes\.npz: .*no 'episodes' array"):
+    with pytest.raises(ValueError, match=r"episodes\.npz: .*neither 'episodes' nor 'classes'"):
         run(pool, case.task, config, 2)
     Path(config.episodes_file).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match=r"episodes\.npz: unreadable"):

@@ -8,6 +8,13 @@ n_query``). The pool rows are those of the few-shot pool, in its order: the pool
 in the order the config names them (e.g. train, val, test), each split in the dataset's
 order, after ``pool_cap``. ``.npy`` files hold the array; ``.npz`` files hold it under
 ``episodes``. Files are read without pickle.
+
+A ``.npz`` file may instead name images as the peers' samplers draw them: ``classes``
+(episodes, n_way), the class id of each way, and ``images`` (episodes, n_way, n_shot +
+n_query), indices into that class's images in pool order (the CD-FSL ``SetDataset`` that
+ssl-transfer's and SSL_medicalimaging's few-shot loaders use keeps each class's images as
+``sub_meta[class]``, in dataset order, and a way's batch indexes it). They become pool rows
+(:func:`class_relative_rows`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 EPISODES_KEY = "episodes"
+#: The arrays of a file naming images by class and index within the class.
+CLASS_RELATIVE_KEYS = ("classes", "images")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -34,20 +43,23 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
-def read_episodes(path: str | Path) -> tuple[np.ndarray, str]:
-    """The episode array of a ``.npy`` file, or of ``episodes`` in a ``.npz`` file.
+def read_episodes(path: str | Path, labels: np.ndarray) -> tuple[np.ndarray, str]:
+    """The episodes of a file as pool rows: a ``.npy`` array, ``episodes`` in a ``.npz``,
+    or ``classes`` and ``images`` in a ``.npz`` (:func:`class_relative_rows`).
 
     Args:
         path: The file.
+        labels: The pool's class ids (N,), which class-relative indices refer to.
 
     Returns:
-        The array as int64 (not yet checked against a pool: :func:`check_episodes`) and
-        the sha256 of the bytes it was read from.
+        The pool rows as int64 (not yet checked against the pool: :func:`check_episodes`)
+        and the sha256 of the bytes they were read from.
 
     Raises:
         FileNotFoundError: When the file does not exist.
-        ValueError: Naming the file when it is unreadable, holds no ``episodes`` array
-            (``.npz``) or holds a non-integer array.
+        ValueError: Naming the file when it is unreadable, holds neither ``episodes`` nor
+            ``classes`` and ``images`` (``.npz``), holds a non-integer array, or names an
+            image its class does not have.
     """
     source = Path(path)
     if not source.is_file():
@@ -57,20 +69,73 @@ def read_episodes(path: str | Path) -> tuple[np.ndarray, str]:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
-                if EPISODES_KEY not in loaded.files:
-                    raise ValueError(f"holds {loaded.files}, no {EPISODES_KEY!r} array")
-                array = loaded[EPISODES_KEY]
+                if EPISODES_KEY in loaded.files:
+                    arrays = {EPISODES_KEY: loaded[EPISODES_KEY]}
+                elif set(CLASS_RELATIVE_KEYS) <= set(loaded.files):
+                    arrays = {key: loaded[key] for key in CLASS_RELATIVE_KEYS}
+                else:
+                    raise ValueError(
+                        f"holds {loaded.files}: neither {EPISODES_KEY!r} nor "
+                        f"{' and '.join(map(repr, CLASS_RELATIVE_KEYS))}"
+                    )
         else:
-            array = loaded
+            arrays = {EPISODES_KEY: loaded}
     except ValueError as exc:
         raise ValueError(f"few-shot episodes file {source}: {exc}") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"few-shot episodes file {source}: unreadable ({exc})") from exc
-    if not np.issubdtype(array.dtype, np.integer):
+    for name, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"few-shot episodes file {source}: {name} must be integer indices, "
+                f"got {array.dtype}"
+            )
+    digest = hashlib.sha256(data).hexdigest()
+    if EPISODES_KEY in arrays:
+        return arrays[EPISODES_KEY].astype(np.int64), digest
+    rows = class_relative_rows(arrays["classes"], arrays["images"], labels, str(source))
+    return rows, digest
+
+
+def class_relative_rows(
+    classes: np.ndarray, images: np.ndarray, labels: np.ndarray, source: str
+) -> np.ndarray:
+    """Pool rows of images named by class and index within the class's pool images.
+
+    Args:
+        classes: (E, W) class ids.
+        images: (E, W, S + Q) indices into each way's class: ``j`` is the class's
+            ``j``-th image in pool order.
+        labels: The pool's class ids (N,).
+        source: Names the episodes in errors (the file).
+
+    Returns:
+        (E, W, S + Q) pool rows.
+
+    Raises:
+        ValueError: Naming the file (and the episode and way) for shapes that do not
+            pair, a class with no image in the pool, or an index past its class's images.
+    """
+    where = f"few-shot episodes file {source}"
+    if classes.ndim != 2 or images.ndim != 3 or images.shape[:2] != classes.shape:
         raise ValueError(
-            f"few-shot episodes file {source}: pool row indices must be integers, got {array.dtype}"
+            f"{where}: classes {classes.shape} and images {images.shape} do not pair as "
+            "(episodes, n_way) and (episodes, n_way, n_shot + n_query)"
         )
-    return array.astype(np.int64), hashlib.sha256(data).hexdigest()
+    members = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+    rows = np.empty(images.shape, np.int64)
+    for (e, w), label in np.ndenumerate(classes):
+        own = members.get(int(label))
+        if own is None:
+            raise ValueError(f"{where}: episode {e}, way {w} names class {label}, not in the pool")
+        index = images[e, w]
+        if index.min() < 0 or index.max() >= len(own):
+            raise ValueError(
+                f"{where}: episode {e}, way {w} names image {int(index.max())} of class "
+                f"{label}, which has {len(own)} in the pool"
+            )
+        rows[e, w] = own[index]
+    return rows
 
 
 def check_episodes(

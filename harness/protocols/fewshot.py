@@ -101,8 +101,9 @@ class FewShotConfig:
         on_small_class: "error" to refuse a class with fewer than ``n_shot + n_query``
             images in the pool, "drop" to leave it out (recorded in the details).
         episodes_file: Score these episodes instead of drawing them: pool row indices
-            (episodes, n_way, n_shot + n_query) in a ``.npy`` or ``.npz`` file
-            (:mod:`harness.protocols.episodes_given`); ``episodes`` and ``seed`` are then
+            (episodes, n_way, n_shot + n_query) in a ``.npy`` or ``.npz`` file, or class
+            ids and indices within each class (:mod:`harness.protocols.episodes_given`);
+            ``episodes`` and ``seed`` are then
             not used, and the record keeps every episode's accuracy.
     """
 
@@ -273,7 +274,7 @@ def _run_given(
 ) -> ProtocolResult:
     """Score the episodes of ``config.episodes_file`` (checked against the pool)."""
     assert config.episodes_file is not None
-    given, sha256 = read_episodes(config.episodes_file)
+    given, sha256 = read_episodes(config.episodes_file, y)
     check_episodes(given, y, n_way, config.n_shot, config.n_query, config.episodes_file)
     result, accuracies = _score(x, y, given, n_way, n_way_source, counts, config)
     result.details |= {
