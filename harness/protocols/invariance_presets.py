@@ -26,7 +26,10 @@ read from its code:
 * Sweeps (``ManualTransform``): ``h_flip`` ``[False, True]``; ``rotation``
   ``linspace(0, 360, k + 1)[:k]`` degrees; ``hue`` ``linspace(-0.5, 0.5, k)``, float32.
   Runner k: hue 5; rotation 20 on EyePACS (``diabetic_retinopathy``), else the default
-  256; h_flip 2.
+  256; h_flip 2. The runner's Montgomery, Shenzhen and iChallenge lines pass ``--k None``,
+  which its parser (``type=int``) rejects with "invalid int value: 'None'" before any
+  work; they are read as ``--k`` left out (the parser's default None, then k 256 for
+  rotation and 2 for h_flip), the only reading under which they print a number.
 * Batch norm in training mode (version 2): models/backbones.py calls
   ``self.model.train()`` and invariances.py never calls ``eval()``, so each clean image
   is normalised on its own statistics (a batch of one), an image's ``k`` transformed
