@@ -84,8 +84,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="FILE",
         help="few-shot cases score these episodes instead of drawing them: pool row indices "
-        "(episodes, n_way, n_shot + n_query) in a .npy file (or 'episodes' in a .npz); "
-        "select one case with -k",
+        "(episodes, n_way, n_shot + n_query) in a .npy file (or 'episodes' in a .npz), or "
+        "'classes' (episodes, n_way) and 'images' (indices within each class's pool images) "
+        "in a .npz; select one case with -k",
     )
     add(
         "--medxfer-regen",
