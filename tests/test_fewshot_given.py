@@ -84,12 +84,13 @@ def test_episodes_named_by_class_and_index_score_as_the_same_pool_rows(tmp_path:
     ("mutate", "message"),
     [
         (lambda c, i: (c, i[:, :1]), r"classes \(1, 2\) and images \(1, 1, 20\) do not pair"),
+        (lambda c, i: (c, i[:, :, :0]), r"images \(1, 2, 0\) do not pair"),
         (lambda c, i: (c + 10, i), "episode 0, way 0 names class 10, not in the pool"),
         (lambda c, i: (c, i + 100), r"episode 0, way 0 names image 119 of class 0, which has"),
         (lambda c, i: (c, i - 1), "episode 0, way 0 names image"),
         (lambda c, i: (c.astype(np.float32), i), "classes must be integer indices"),
     ],
-    ids=["shape", "class", "past", "negative", "float"],
+    ids=["shape", "empty", "class", "past", "negative", "float"],
 )
 def test_bad_class_relative_episodes_name_the_file_and_the_way(
     tmp_path: Path, mutate, message

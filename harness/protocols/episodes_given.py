@@ -117,7 +117,12 @@ def class_relative_rows(
             pair, a class with no image in the pool, or an index past its class's images.
     """
     where = f"few-shot episodes file {source}"
-    if classes.ndim != 2 or images.ndim != 3 or images.shape[:2] != classes.shape:
+    if (
+        classes.ndim != 2
+        or images.ndim != 3
+        or images.shape[:2] != classes.shape
+        or not images.size
+    ):
         raise ValueError(
             f"{where}: classes {classes.shape} and images {images.shape} do not pair as "
             "(episodes, n_way) and (episodes, n_way, n_shot + n_query)"

@@ -103,8 +103,8 @@ class FewShotConfig:
         episodes_file: Score these episodes instead of drawing them: pool row indices
             (episodes, n_way, n_shot + n_query) in a ``.npy`` or ``.npz`` file, or class
             ids and indices within each class (:mod:`harness.protocols.episodes_given`);
-            ``episodes`` and ``seed`` are then
-            not used, and the record keeps every episode's accuracy.
+            ``episodes`` and ``seed`` are then not used, and the record keeps every
+            episode's accuracy.
     """
 
     n_way: int | None = None
