@@ -444,3 +444,41 @@ def test_a_peer_batches_run_keeps_the_best_epoch_of_its_subsets() -> None:
     assert result.val_score == max(result.history)
     with pytest.raises(ValueError, match="val split holds 3 images"):
         dino_pretrain(tiny_backbone(), 6, train, _split(3, 2, 2), task, config, PRE, "cpu")
+
+
+def test_the_presets_rounding_and_initial_best_pick_the_epoch_as_the_peer() -> None:
+    """``BYOLTrainer.evaluate``: scores rounded to 3 decimals, a strictly higher one
+    replaces the kept backbone, and the best starts at 0 with the parent's backbone."""
+    from harness.protocols.dino import dino_pretrain
+
+    train, val = _split(12, 0, 2), _split(7, 1, 2)
+    task = TaskInfo("binary", 2, "roc_auc", ("roc_auc",))
+    base = DinoConfig(epochs=3, batch_size=4, warmup_iters=2, out_dim=16, knn_k=5)
+    torch.manual_seed(0)
+    backbone = tiny_backbone()
+    raw = dino_pretrain(backbone, 6, train, val, task, base, PRE, "cpu")
+    rounded = dino_pretrain(
+        backbone, 6, train, val, task, dataclasses.replace(base, val_round=3), PRE, "cpu"
+    )
+    assert rounded.history == [round(score, 3) for score in raw.history]
+    assert any(round(score, 3) != score for score in raw.history)  # ROC AUC in twelfths
+    first = max(rounded.history)
+    assert rounded.best_epoch == rounded.history.index(first) + 1  # ties keep the earlier
+    # nothing beats the initial best: the parent's backbone is what is kept
+    parent = dino_pretrain(
+        backbone, 6, train, val, task, dataclasses.replace(base, initial_best=1.5), PRE, "cpu"
+    )
+    assert parent.best_epoch == 0 and math.isnan(parent.val_score)
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(parent.backbone_state[name], value), name
+    beaten = dino_pretrain(
+        backbone, 6, train, val, task, dataclasses.replace(base, initial_best=-1.0), PRE, "cpu"
+    )
+    assert beaten.best_epoch == raw.best_epoch and beaten.val_score == raw.val_score
+    with pytest.raises(ValueError, match="val_round must be >= 0"):
+        DinoConfig(val_round=-1)
+    preset = dino_config("paper", "medical-transformers", 0)
+    assert (preset.val_round, preset.initial_best) == (3, 0.0)
+    assert {"val_round", "initial_best", "knn_selection"}.isdisjoint(
+        dino_config("paper", None, 0).to_dict()
+    )  # the default's derived keys are those of before these fields

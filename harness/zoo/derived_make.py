@@ -120,6 +120,13 @@ def _dino(
         derivation.preprocessing,
         device=device,
     )
+    if result.best_epoch == 0:
+        LOG.warning(
+            "model %s: no DINO epoch's k-NN score beat %s: the parent's backbone is kept, as "
+            "medical_transformers keeps it",
+            derivation.card.name,
+            derivation.config.initial_best,
+        )
     state = {BACKBONE_PREFIX + k: v.contiguous() for k, v in result.backbone_state.items()}
     facts = {
         "val_score": result.val_score,

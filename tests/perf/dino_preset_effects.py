@@ -33,6 +33,8 @@ DIFFERENCES = {
     "ema_schedule_offset": 1,
     "temperature_schedule_epochs": 1000,
     "knn_selection": "peer-batches",
+    "val_round": 3,
+    "initial_best": 0.0,
 }
 
 

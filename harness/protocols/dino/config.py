@@ -23,8 +23,13 @@ the peer's loaders (``knn_selection="peer-batches"``, defaults/wrappers.py
 ``get_dataloaders``): the bank is the train split's full batches in order (the feature-bank
 loader takes the val loader's settings, ``drop_last`` on, shuffle off), the queries a freshly
 shuffled set of the validation split's full batches each epoch (``shuffle`` and
-``drop_last`` on). When the validation split holds less than one batch the peer's loader
-is empty and it selects on the test split (``valLoader = testLoader``); medxfer refuses.
+``drop_last`` on), scored to 3 decimals (``val_round=3``: utils/metrics.py rounds every
+metric it reports, and ``BYOLTrainer.evaluate`` keeps an epoch only on a strictly higher
+rounded score, so the earlier of two epochs that tie to 3 decimals stays; its best score
+starts at 0 with the parent's backbone kept, so a run none of whose epochs scores above 0
+keeps the parent: ``initial_best=0.0``). When the
+validation split holds less than one batch the peer's loader is empty and it selects on
+the test split (``valLoader = testLoader``); medxfer refuses.
 """
 
 from __future__ import annotations
@@ -75,6 +80,9 @@ class DinoConfig:
         knn_k: Neighbours of the selection's weighted k-NN.
         knn_temperature: Its vote temperature.
         knn_selection: Its bank and queries, one of :data:`KNN_SELECTIONS`.
+        val_round: Decimals the selection's scores are rounded to, or None.
+        initial_best: The score an epoch must beat (strictly) to replace the parent's
+            backbone, or None (the first epoch's teacher is always kept).
         adam_steps_per_iteration: Optimizer steps on each iteration's gradient.
         ema_schedule_offset: Iterations the momentum schedule is read ahead.
         seed: Seed of the sample order, augmentation and head initialisation.
@@ -108,6 +116,8 @@ class DinoConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     knn_selection: str = "all"
+    val_round: int | None = None
+    initial_best: float | None = None
     adam_steps_per_iteration: int = 1
     ema_schedule_offset: int = 0
     seed: int = 0
@@ -129,6 +139,8 @@ class DinoConfig:
                 f"DinoConfig.knn_selection must be one of {KNN_SELECTIONS}, "
                 f"got {self.knn_selection!r}"
             )
+        if self.val_round is not None and self.val_round < 0:
+            raise ValueError(f"DinoConfig.val_round must be >= 0 or None, got {self.val_round}")
         if self.ema_schedule_offset not in (0, 1):
             raise ValueError("DinoConfig.ema_schedule_offset must be 0 or 1")
         if self.schedule_epochs < self.teacher_warmup_epochs:
@@ -157,7 +169,9 @@ class DinoConfig:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-friendly dict (for the derived checkpoint's key; a later
         field at its default is left out, so earlier keys stand)."""
-        out = without_defaults(asdict(self), {"knn_selection": "all"})
+        out = without_defaults(
+            asdict(self), {"knn_selection": "all", "val_round": None, "initial_best": None}
+        )
         out["global_scale"] = list(self.global_scale)
         out["local_scale"] = list(self.local_scale)
         return out
@@ -172,11 +186,13 @@ def medical_transformers(config: DinoConfig) -> DinoConfig:
         temperature_schedule_epochs=1000,
         teacher_warmup_epochs=30,
         knn_selection="peer-batches",
+        val_round=3,
+        initial_best=0.0,
     )
 
 
 #: Preset name -> (version, config transform). medical-transformers 2: the k-NN selection
-#: on the peer's loaders.
+#: on the peer's loaders, scored to 3 decimals, the parent kept unless an epoch beats 0.
 PRESETS: dict[str, tuple[int, Callable[[DinoConfig], DinoConfig]]] = {
     "medical-transformers": (2, medical_transformers),
 }

@@ -13,7 +13,9 @@ own running statistics. After each epoch the teacher's backbone is scored by wei
 k-NN on the validation split against the train split (L2-normalised features of the eval
 transform), and the best epoch's teacher backbone is kept (a strictly higher score
 replaces it). By default every validation image is scored against every train image; the
-``peer-batches`` selection (:func:`selection_sets`) scores what the peer's loaders hold.
+``peer-batches`` selection (:func:`selection_sets`) scores what the peer's loaders hold,
+``val_round`` rounds each score before it is ranked, and ``initial_best`` keeps the
+parent's backbone unless an epoch beats it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class DinoResult:
     Attributes:
         backbone_state: The kept teacher backbone's state dict (on CPU).
         val_score: Its k-NN validation score (the task's primary metric).
-        best_epoch: The 1-based epoch it comes from.
+        best_epoch: The 1-based epoch it comes from (0: the parent's backbone, kept when
+            no epoch beat ``initial_best``; its ``val_score`` is then NaN).
         iterations: Iterations trained.
         device: Where it trained.
         history: The k-NN validation score of every epoch.
@@ -306,6 +309,8 @@ def dino_pretrain(
         sampler = EpochBatchSampler(len(dataset), config.batch_size, config.seed, drop_last=True)
         batches = iter(DataLoader(dataset, batch_sampler=sampler, pin_memory=where.type == "cuda"))
         best, best_score, kept, best_epoch, history, iteration = -math.inf, math.nan, {}, 0, [], 0
+        if config.initial_best is not None:  # the parent stands until an epoch beats it
+            best, kept = config.initial_best, clone_state(teacher.backbone)
         for epoch in range(config.epochs):
             student.train()
             teacher.train()
@@ -319,6 +324,8 @@ def dino_pretrain(
                 optimizer.param_groups[0]["weight_decay"] = float(decay[min(iteration, total - 1)])
             rows = query_rows(len(queries), config, epoch)
             score = knn_val_score(teacher.backbone, bank, queries, task, config, pre, where, rows)
+            if config.val_round is not None:
+                score = round(score, config.val_round)
             history.append(score)
             ranked = -math.inf if math.isnan(score) else score  # NaN: nothing to rank by
             if not kept or ranked > best:
