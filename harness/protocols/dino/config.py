@@ -18,18 +18,20 @@ The ``medical-transformers`` preset adds what the peer's code does besides
 (``DINOTrainer.global_step`` steps inside its precision branch and again after it, with
 no ``zero_grad`` between), the momentum schedule read one iteration late (its iteration
 counter is 1-based), and the teacher temperature schedule laid out for 1000 epochs
-(``DINOLoss``'s ``nepochs`` default) whatever the run's length, and the k-NN selection on
-the peer's loaders (``knn_selection="peer-batches"``, defaults/wrappers.py
-``get_dataloaders``): the bank is the train split's full batches in order (the feature-bank
-loader takes the val loader's settings, ``drop_last`` on, shuffle off), the queries a freshly
-shuffled set of the validation split's full batches each epoch (``shuffle`` and
-``drop_last`` on), scored to 3 decimals (``val_round=3``: utils/metrics.py rounds every
-metric it reports, and ``BYOLTrainer.evaluate`` keeps an epoch only on a strictly higher
-rounded score, so the earlier of two epochs that tie to 3 decimals stays; its best score
-starts at 0 with the parent's backbone kept, so a run none of whose epochs scores above 0
-keeps the parent: ``initial_best=0.0``). When the
-validation split holds less than one batch the peer's loader is empty and it selects on
-the test split (``valLoader = testLoader``); medxfer refuses.
+(``DINOLoss``'s ``nepochs`` default) whatever the run's length, and the peer's epoch
+selection (defaults/wrappers.py ``get_dataloaders``, ``BYOLTrainer.evaluate``):
+
+* ``knn_selection="peer-batches"``: the bank is the train split's full batches in order
+  (the feature-bank loader takes the val loader's settings, ``drop_last`` on, shuffle
+  off), the queries a freshly shuffled set of the validation split's full batches each
+  epoch (``shuffle`` and ``drop_last`` on). When the validation split holds less than one
+  batch the peer's loader is empty and it selects on the test split
+  (``valLoader = testLoader``); medxfer refuses.
+* ``val_round=3``: utils/metrics.py rounds every metric it reports, and an epoch is kept
+  only on a strictly higher rounded score, so of two epochs tied to 3 decimals the
+  earlier stays.
+* ``initial_best=0.0``: the best score starts at 0 with the model the trainer began with
+  kept, so a run none of whose epochs scores above 0 keeps the parent's backbone.
 """
 
 from __future__ import annotations
