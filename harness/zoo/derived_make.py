@@ -33,12 +33,11 @@ def derive(derivation: Derivation, device: str, progress: bool) -> tuple[dict, d
     from harness.zoo.build import weights_identity
 
     card, parent, dataset = derivation.card, derivation.parent, derivation.dataset
-    how = "pretraining with DINO" if derivation.protocol == "dino" else "fine-tuning"
-    LOG.warning("deriving model %s: %s %s on %s", card.name, how, parent.name, dataset.name)
+    made = card.weights.derived.made  # type: ignore[union-attr]
+    LOG.warning("deriving model %s: %s %s on %s", card.name, parent.name, made, dataset.name)
     splits = derivation.run.splits()
     task = TaskInfo(dataset.task, dataset.num_classes, dataset.primary_metric, dataset.metrics)
-    train = _dino if derivation.protocol == "dino" else _finetune
-    state, facts = train(derivation, splits, task, device, progress)
+    state, facts = _TRAINERS[derivation.protocol](derivation, splits, task, device, progress)
     preset = derivation.preset_id
     metadata = {
         "format": str(DERIVED_FORMAT),
@@ -134,3 +133,7 @@ def _dino(
         "device": result.device.type,
     }
     return state, facts
+
+
+#: Each derive protocol (``DERIVE_PROTOCOLS``) -> the function that trains the parent.
+_TRAINERS = {"finetune": _finetune, "dino": _dino}
